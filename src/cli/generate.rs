@@ -1,0 +1,59 @@
+//! `rill generate`: one prompt, generated text streamed to stdout, timing to stderr.
+
+use std::io::Write;
+
+use anyhow::Context;
+
+use crate::config::GenerateArgs;
+use crate::engine::{EngineConfig, Event, GenRequest};
+use crate::tokenizer::ChatMessage;
+
+pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    let engine = super::start_engine(&args.model, EngineConfig { max_running: 1, ..EngineConfig::default() })
+        .with_context(|| format!("loading model `{}`", args.model.model))?;
+    let shared = engine.shared().clone();
+    let text = if args.chat {
+        let mut msgs = Vec::new();
+        if let Some(s) = &args.system {
+            msgs.push(ChatMessage::new("system", s));
+        }
+        msgs.push(ChatMessage::new("user", &args.prompt));
+        shared.chat.render(&msgs, true)?
+    } else {
+        args.prompt.clone()
+    };
+    let prompt = shared.tokenizer.encode(&text)?;
+    tracing::debug!(prompt = ?text, ids = ?prompt, "prompt");
+    let req = GenRequest {
+        prompt,
+        sampling: args.sampling.params(),
+        max_tokens: Some(args.sampling.max_tokens),
+        stop: args.sampling.stop.clone(),
+        ignore_eos: args.sampling.ignore_eos,
+    };
+    let mut stream = engine.submit(req)?;
+    let mut out = std::io::stdout().lock();
+    while let Some(ev) = stream.blocking_next() {
+        match ev {
+            Event::Delta { text, .. } => {
+                out.write_all(text.as_bytes())?;
+                out.flush()?;
+            }
+            Event::Done(c) => {
+                writeln!(out)?;
+                let t = c.timings;
+                eprintln!(
+                    "[{} prompt tokens, {} generated; TTFT {:.0} ms; {:.1} tok/s; finish {:?}]",
+                    c.usage.prompt_tokens,
+                    c.usage.completion_tokens,
+                    t.ttft.as_secs_f64() * 1e3,
+                    t.decode_tokens_per_sec(c.usage.completion_tokens),
+                    c.finish
+                );
+                return Ok(());
+            }
+            Event::Error(e) => return Err(e.into()),
+        }
+    }
+    anyhow::bail!("the generation thread stopped unexpectedly")
+}

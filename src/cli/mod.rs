@@ -1,0 +1,31 @@
+//! The subcommands behind the binary.
+
+pub mod generate;
+pub mod serve;
+
+use crate::config::ModelArgs;
+use crate::engine::{EngineConfig, EngineHandle};
+use crate::model::{self, ModelError, ModelLocator};
+
+/// Resolves the model named on the command line and starts the generation thread with it loaded.
+pub fn start_engine(args: &ModelArgs, config: EngineConfig) -> Result<EngineHandle, ModelError> {
+    let locator = ModelLocator::from_env(args.models_dir());
+    let source = locator.resolve(&args.model)?;
+    let name = short_name(&args.model);
+    let device_name = args.device.clone();
+    tracing::info!(model = %args.model, source = ?source, "loading model");
+    EngineHandle::start(
+        move || {
+            let device = model::loader::device(&device_name)?;
+            model::load(&source, &name, &device)
+        },
+        config,
+    )
+}
+
+/// The name a model is served under: the last path component without extension (`models/smollm2` → `smollm2`).
+pub fn short_name(model: &str) -> String {
+    let trimmed = model.trim_end_matches('/');
+    let last = trimmed.rsplit('/').next().unwrap_or(trimmed);
+    last.strip_suffix(".gguf").unwrap_or(last).to_string()
+}

@@ -1,0 +1,154 @@
+//! Command-line flags (every flag also readable from the environment where that helps).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::engine::{EngineConfig, SamplingParams};
+
+/// rill: run a local language model and stream its output.
+#[derive(Debug, Parser)]
+#[command(name = "rill", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate text for one prompt, streaming only the generated text to stdout.
+    Generate(GenerateArgs),
+    /// Serve the model over HTTP.
+    Serve(ServeArgs),
+}
+
+/// Which model to load and where.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Model: a .gguf file, a HuggingFace-layout folder, a short name under the models folder (e.g. `smollm2`),
+    /// or a HuggingFace repo id (e.g. `gpt2`) resolved through the hub cache.
+    #[arg(long, short, env = "RILL_MODEL", default_value = "smollm2")]
+    pub model: String,
+    /// Folder of short-named models; defaults to `./models`, else the `models` folder of rill's source tree.
+    #[arg(long, env = "RILL_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// Compute device: cpu, cuda, metal or auto (cuda and metal need the matching cargo feature).
+    #[arg(long, env = "RILL_DEVICE", default_value = "cpu")]
+    pub device: String,
+}
+
+impl ModelArgs {
+    pub fn models_dir(&self) -> PathBuf {
+        if let Some(d) = &self.models_dir {
+            return d.clone();
+        }
+        let local = PathBuf::from("models");
+        if local.is_dir() {
+            local
+        } else {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models")
+        }
+    }
+}
+
+/// Sampling flags shared by the CLI commands.
+#[derive(Debug, Clone, Args)]
+pub struct SamplingArgs {
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Keep only the k most likely tokens (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Drop tokens less likely than this fraction of the most likely one (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    /// Repetition penalty over the last 64 tokens (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// Random seed; the same seed gives the same output.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop when this string appears (repeatable); it is not printed.
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Keep generating past the model's end-of-sequence token.
+    #[arg(long)]
+    pub ignore_eos: bool,
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            min_p: self.min_p,
+            repetition_penalty: self.repeat_penalty,
+            seed: self.seed,
+            ..SamplingParams::default()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The prompt (or the user message with --chat).
+    #[arg(long, short)]
+    pub prompt: String,
+    /// Format the prompt with the model's chat template as a user message.
+    #[arg(long)]
+    pub chat: bool,
+    /// System message for --chat.
+    #[arg(long)]
+    pub system: Option<String>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+/// Generation-thread tuning.
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// Sequences generated at once, batched into one forward pass per step.
+    #[arg(long, env = "RILL_MAX_RUNNING", default_value_t = 8)]
+    pub max_running: usize,
+    /// Requests allowed to wait for a slot; beyond it requests are refused (429/503).
+    #[arg(long, env = "RILL_QUEUE_SIZE", default_value_t = 64)]
+    pub queue_size: usize,
+    /// Prompt tokens per prefill step; long prompts are processed in chunks between decode steps.
+    #[arg(long, env = "RILL_PREFILL_CHUNK", default_value_t = 256)]
+    pub prefill_chunk: usize,
+}
+
+impl EngineArgs {
+    pub fn config(&self) -> EngineConfig {
+        EngineConfig {
+            max_running: self.max_running.max(1),
+            queue_capacity: self.queue_size.max(1),
+            prefill_chunk: self.prefill_chunk.max(1),
+            ..EngineConfig::default()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Address to listen on; 127.0.0.1 keeps the server private to this machine.
+    #[arg(long, env = "RILL_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one and prints it).
+    #[arg(long, env = "RILL_PORT", default_value_t = 8080)]
+    pub port: u16,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}

@@ -1,0 +1,290 @@
+//! The engine: a dedicated generation thread that owns the model and every sequence's KV cache.
+//!
+//! Callers [`EngineHandle::submit`] a tokenized [`GenRequest`] and get an [`EventStream`] of wire-neutral
+//! [`Event`]s: text deltas with their token ids, then exactly one `Done` or `Error`. Dropping the stream cancels
+//! the request: the thread notices before the sequence's next step and frees its cache.
+
+pub mod sampler;
+pub mod sequence;
+pub mod stop;
+mod worker;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::model::{CausalLm, ModelError, ModelInfo};
+use crate::tokenizer::{ChatTemplate, TextTokenizer};
+pub use sampler::SamplingParams;
+
+/// Errors a request can meet, before or during generation.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("the prompt has {prompt} tokens, but the model's context is {context} tokens (at least one must remain for the answer)")]
+    PromptTooLong { prompt: usize, context: usize },
+    #[error("the server is busy: {0} requests are already waiting")]
+    QueueFull(usize),
+    #[error("the generation thread has stopped")]
+    Stopped,
+    #[error("model failure: {0}")]
+    Model(String),
+    #[error("tokenizer failure: {0}")]
+    Tokenizer(String),
+}
+
+/// One generation request, already tokenized.
+#[derive(Debug, Clone)]
+pub struct GenRequest {
+    pub prompt: Vec<u32>,
+    pub sampling: SamplingParams,
+    /// Most tokens to generate; `None` runs to the end of the context.
+    pub max_tokens: Option<usize>,
+    /// Strings that end generation; they never appear in the output.
+    pub stop: Vec<String>,
+    /// Keep going past the model's end-of-sequence tokens.
+    pub ignore_eos: bool,
+}
+
+impl GenRequest {
+    pub fn new(prompt: Vec<u32>) -> Self {
+        Self { prompt, sampling: SamplingParams::default(), max_tokens: None, stop: Vec::new(), ignore_eos: false }
+    }
+}
+
+/// A generated token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenInfo {
+    pub id: u32,
+    pub logprob: f32,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model produced an end-of-sequence token.
+    Eos,
+    /// One of the request's stop strings appeared.
+    StopSequence(String),
+    /// `max_tokens` or the end of the context was reached.
+    Length,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+/// Where a request's time went. `ttft` and `total` count from submission.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    pub queued: Duration,
+    pub prefill: Duration,
+    pub ttft: Duration,
+    pub decode: Duration,
+    pub total: Duration,
+}
+
+impl Timings {
+    /// Generated tokens per second after the first one.
+    pub fn decode_tokens_per_sec(&self, completion_tokens: usize) -> f64 {
+        let s = self.decode.as_secs_f64();
+        if completion_tokens > 1 && s > 0.0 { (completion_tokens - 1) as f64 / s } else { 0.0 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub finish: FinishReason,
+    pub usage: Usage,
+    pub timings: Timings,
+}
+
+/// What the generation thread sends a request, in order: deltas, then one `Done` or `Error`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// New text and the tokens that produced it. Text may be empty while a character or a possible stop
+    /// string is held back; consecutive deltas may be merged when the reader is slow.
+    Delta { text: String, tokens: Vec<TokenInfo> },
+    Done(Completion),
+    Error(EngineError),
+}
+
+/// Tuning of the generation thread.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Sequences generating at once (batched into one forward per step).
+    pub max_running: usize,
+    /// Requests that may wait for a free slot; more are refused with `QueueFull`.
+    pub queue_capacity: usize,
+    /// Prompt tokens per prefill step; long prompts are split so running streams keep moving.
+    pub prefill_chunk: usize,
+    /// Events buffered per request before deltas are merged.
+    pub event_capacity: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { max_running: 8, queue_capacity: 64, prefill_chunk: 256, event_capacity: 64 }
+    }
+}
+
+/// Counters the generation thread keeps, readable from any thread.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Forward passes run.
+    pub steps: AtomicU64,
+    /// Tokens generated, all requests.
+    pub tokens_generated: AtomicU64,
+    /// Sequences currently holding a slot (and a KV cache).
+    pub running: AtomicUsize,
+    /// Requests dropped by their reader before finishing.
+    pub cancelled: AtomicU64,
+    /// Requests failed by a model error or panic.
+    pub failed: AtomicU64,
+}
+
+impl EngineStats {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything loaded on the generation thread that the rest of rill needs.
+pub struct Loaded {
+    pub model: Box<dyn CausalLm>,
+    pub tokenizer: TextTokenizer,
+    pub chat: ChatTemplate,
+}
+
+/// Read-only facts about the served model, shared with the HTTP layer.
+pub struct Shared {
+    pub info: ModelInfo,
+    pub tokenizer: TextTokenizer,
+    pub chat: ChatTemplate,
+    pub stats: EngineStats,
+    pub config: EngineConfig,
+    pub loaded_at: std::time::SystemTime,
+    pub load_time: Duration,
+}
+
+/// A request as it travels to the generation thread.
+pub(crate) struct Submission {
+    req: GenRequest,
+    max_new: usize,
+    events: tokio::sync::mpsc::Sender<Event>,
+    submitted: Instant,
+}
+
+/// The cheap, cloneable front of the engine.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: crossbeam_channel::Sender<Submission>,
+    shared: Arc<Shared>,
+}
+
+impl EngineHandle {
+    /// Starts the generation thread, runs `load` on it, and returns once the model is ready.
+    pub fn start<F>(load: F, config: EngineConfig) -> Result<Self, ModelError>
+    where
+        F: FnOnce() -> Result<Loaded, ModelError> + Send + 'static,
+    {
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity);
+        std::thread::Builder::new()
+            .name("rill-gen".into())
+            .spawn(move || {
+                let t0 = Instant::now();
+                let loaded = match load() {
+                    Ok(l) => l,
+                    Err(e) => return drop(ready_tx.send(Err(e))),
+                };
+                let shared = Arc::new(Shared {
+                    info: loaded.model.info().clone(),
+                    tokenizer: loaded.tokenizer.clone(),
+                    chat: loaded.chat,
+                    stats: EngineStats::default(),
+                    config: config.clone(),
+                    loaded_at: std::time::SystemTime::now(),
+                    load_time: t0.elapsed(),
+                });
+                let _ = ready_tx.send(Ok(shared.clone()));
+                worker::Worker::new(loaded.model, loaded.tokenizer, rx, shared).run();
+            })
+            .map_err(|e| ModelError::Io { path: "generation thread".into(), source: e })?;
+        let shared = ready_rx.recv().map_err(|_| ModelError::Unsupported("the generation thread died while loading".into()))??;
+        Ok(Self { tx, shared })
+    }
+
+    /// Validates and queues a request; the stream yields its events. Fails at once, before any event, when
+    /// the prompt cannot fit or the queue is full.
+    pub fn submit(&self, req: GenRequest) -> Result<EventStream, EngineError> {
+        let context = self.shared.info.context_length;
+        if req.prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if req.prompt.len() >= context {
+            return Err(EngineError::PromptTooLong { prompt: req.prompt.len(), context });
+        }
+        let room = context - req.prompt.len();
+        let max_new = req.max_tokens.map_or(room, |m| m.min(room));
+        let (events, rx) = tokio::sync::mpsc::channel(self.shared.config.event_capacity.max(2));
+        let sub = Submission { req, max_new, events, submitted: Instant::now() };
+        self.tx.try_send(sub).map_err(|e| match e {
+            crossbeam_channel::TrySendError::Full(_) => EngineError::QueueFull(self.tx.len()),
+            crossbeam_channel::TrySendError::Disconnected(_) => EngineError::Stopped,
+        })?;
+        Ok(EventStream { rx })
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.shared.info
+    }
+
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.shared.tokenizer
+    }
+
+    /// Requests waiting for a slot.
+    pub fn queued(&self) -> usize {
+        self.tx.len()
+    }
+}
+
+/// The events of one request. Dropping it cancels the request.
+pub struct EventStream {
+    rx: tokio::sync::mpsc::Receiver<Event>,
+}
+
+impl EventStream {
+    pub async fn next(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+
+    /// For synchronous callers (the CLI, tests); must not be called inside an async runtime.
+    pub fn blocking_next(&mut self) -> Option<Event> {
+        self.rx.blocking_recv()
+    }
+
+    /// Drains the stream synchronously: the full text, every token, and how it ended.
+    pub fn collect_blocking(mut self) -> Result<(String, Vec<TokenInfo>, Completion), EngineError> {
+        let (mut text, mut tokens) = (String::new(), Vec::new());
+        while let Some(ev) = self.blocking_next() {
+            match ev {
+                Event::Delta { text: t, tokens: ts } => {
+                    text.push_str(&t);
+                    tokens.extend(ts);
+                }
+                Event::Done(c) => return Ok((text, tokens, c)),
+                Event::Error(e) => return Err(e),
+            }
+        }
+        Err(EngineError::Stopped)
+    }
+}

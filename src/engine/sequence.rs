@@ -1,0 +1,181 @@
+//! One request inside the generation thread: its tokens, KV cache, sampler, decoder, stop matcher and the
+//! outbox that delivers events without ever blocking the thread on a slow reader.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use tokio::sync::mpsc::error::TrySendError;
+
+use super::sampler::{Sampled, Sampler};
+use super::stop::{StopMatcher, StopOutcome};
+use super::{Completion, EngineError, Event, FinishReason, Submission, Timings, TokenInfo, Usage};
+use crate::model::SeqCache;
+use crate::tokenizer::{IncrementalDecoder, TextTokenizer};
+
+/// A running (or finishing) request.
+pub struct Sequence {
+    events: tokio::sync::mpsc::Sender<Event>,
+    outbox: VecDeque<Event>,
+    /// Freed as soon as the sequence finishes.
+    pub cache: Option<SeqCache>,
+    /// Prompt followed by generated tokens.
+    pub tokens: Vec<u32>,
+    n_prompt: usize,
+    max_new: usize,
+    ignore_eos: bool,
+    sampler: Sampler,
+    decoder: IncrementalDecoder,
+    stop: StopMatcher,
+    submitted: Instant,
+    admitted: Instant,
+    first_token: Option<Instant>,
+    /// Set once `Done` or `Error` is in the outbox.
+    pub finished: bool,
+    /// Set when the reader went away.
+    pub cancelled: bool,
+}
+
+impl Sequence {
+    pub(crate) fn new(sub: Submission, cache: SeqCache) -> Self {
+        let Submission { req, max_new, events, submitted } = sub;
+        Self {
+            events,
+            outbox: VecDeque::new(),
+            cache: Some(cache),
+            n_prompt: req.prompt.len(),
+            tokens: req.prompt,
+            max_new,
+            ignore_eos: req.ignore_eos,
+            sampler: Sampler::new(req.sampling),
+            decoder: IncrementalDecoder::new(true),
+            stop: StopMatcher::new(req.stop),
+            submitted,
+            admitted: Instant::now(),
+            first_token: None,
+            finished: false,
+            cancelled: false,
+        }
+    }
+
+    /// Tokens not yet in the cache, at most `limit` of them: a prompt chunk, or the last sampled token.
+    pub fn pending_input(&self, limit: usize) -> &[u32] {
+        let fed = self.cache.as_ref().map_or(0, SeqCache::len);
+        let end = self.tokens.len().min(fed + limit.max(1));
+        &self.tokens[fed..end]
+    }
+
+    /// Whether the prompt is still being prefilled.
+    pub fn in_prefill(&self) -> bool {
+        self.cache.as_ref().is_some_and(|c| c.len() < self.n_prompt)
+    }
+
+    /// Whether the last forward consumed every known token, so its logits predict the next one.
+    pub fn ready_to_sample(&self) -> bool {
+        self.cache.as_ref().is_some_and(|c| c.len() == self.tokens.len())
+    }
+
+    pub fn generated(&self) -> usize {
+        self.tokens.len() - self.n_prompt
+    }
+
+    /// Samples from `logits`, then emits text and finishes as the token and the limits dictate.
+    pub fn accept_logits(&mut self, logits: &mut [f32], tok: &TextTokenizer) {
+        let Sampled { id, logprob } = self.sampler.sample(logits, &self.tokens, self.generated());
+        self.first_token.get_or_insert_with(Instant::now);
+        self.tokens.push(id);
+        let info = TokenInfo { id, logprob };
+        if !self.ignore_eos && tok.eos_ids.contains(&id) {
+            let rest = self.decoder.flush(tok).unwrap_or_default() + &self.stop.flush();
+            self.emit(Event::Delta { text: rest, tokens: vec![info] });
+            return self.finish(FinishReason::Eos);
+        }
+        let text = match self.decoder.push(tok, id) {
+            Ok(t) => t,
+            Err(e) => return self.fail(EngineError::Tokenizer(e.to_string())),
+        };
+        match self.stop.push(&text) {
+            StopOutcome::Stopped { emit, stop } => {
+                self.emit(Event::Delta { text: emit, tokens: vec![info] });
+                self.finish(FinishReason::StopSequence(stop));
+            }
+            StopOutcome::Emit(text) => {
+                self.emit(Event::Delta { text, tokens: vec![info] });
+                if self.generated() >= self.max_new {
+                    let rest = self.decoder.flush(tok).unwrap_or_default();
+                    let rest = match self.stop.push(&rest) {
+                        StopOutcome::Emit(t) => t + &self.stop.flush(),
+                        StopOutcome::Stopped { emit, .. } => emit,
+                    };
+                    if !rest.is_empty() {
+                        self.emit(Event::Delta { text: rest, tokens: vec![] });
+                    }
+                    self.finish(FinishReason::Length);
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, finish: FinishReason) {
+        let now = Instant::now();
+        let first = self.first_token.unwrap_or(now);
+        let timings = Timings {
+            queued: self.admitted - self.submitted,
+            prefill: first - self.admitted,
+            ttft: first - self.submitted,
+            decode: now - first,
+            total: now - self.submitted,
+        };
+        let usage = Usage { prompt_tokens: self.n_prompt, completion_tokens: self.generated() };
+        self.emit(Event::Done(Completion { finish, usage, timings }));
+        self.release();
+    }
+
+    /// Ends the sequence with an error event.
+    pub fn fail(&mut self, err: EngineError) {
+        self.emit(Event::Error(err));
+        self.release();
+    }
+
+    fn release(&mut self) {
+        self.finished = true;
+        self.cache = None;
+    }
+
+    /// Queues an event, merging it into a pending delta when the reader is behind.
+    fn emit(&mut self, ev: Event) {
+        if let (Some(Event::Delta { text, tokens }), Event::Delta { text: t2, tokens: k2 }) = (self.outbox.back_mut(), &ev) {
+            text.push_str(t2);
+            tokens.extend_from_slice(k2);
+            return;
+        }
+        self.outbox.push_back(ev);
+    }
+
+    /// Hands queued events to the channel without blocking; notes a reader that has gone away.
+    pub fn flush(&mut self) {
+        while let Some(ev) = self.outbox.pop_front() {
+            match self.events.try_send(ev) {
+                Ok(()) => {}
+                Err(TrySendError::Full(ev)) => return self.outbox.push_front(ev),
+                Err(TrySendError::Closed(_)) => return self.cancel(),
+            }
+        }
+    }
+
+    /// Stops the sequence because its reader went away, freeing its cache at once.
+    pub fn cancel(&mut self) {
+        self.cancelled = true;
+        self.outbox.clear();
+        self.cache = None;
+    }
+
+    /// Whether the reader dropped its stream.
+    pub fn reader_gone(&self) -> bool {
+        self.events.is_closed()
+    }
+
+    /// Nothing left to deliver.
+    pub fn delivered(&self) -> bool {
+        self.outbox.is_empty()
+    }
+}

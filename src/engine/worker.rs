@@ -1,0 +1,165 @@
+//! The generation loop: admit requests, build one batched forward from every running sequence (decode tokens
+//! plus at most one prefill chunk), sample, emit, and retire finished or cancelled sequences.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use super::sequence::Sequence;
+use super::{EngineError, Shared, Submission};
+use crate::model::{CausalLm, SeqStep};
+use crate::tokenizer::TextTokenizer;
+
+/// How long an otherwise idle thread waits before retrying delivery to a slow reader.
+const DRAIN_POLL: Duration = Duration::from_millis(2);
+
+pub(crate) struct Worker {
+    model: Box<dyn CausalLm>,
+    tokenizer: TextTokenizer,
+    rx: Receiver<Submission>,
+    shared: Arc<Shared>,
+    running: Vec<Sequence>,
+    /// Finished sequences whose last events are still being delivered.
+    draining: Vec<Sequence>,
+}
+
+impl Worker {
+    pub fn new(model: Box<dyn CausalLm>, tokenizer: TextTokenizer, rx: Receiver<Submission>, shared: Arc<Shared>) -> Self {
+        Self { model, tokenizer, rx, shared, running: Vec::new(), draining: Vec::new() }
+    }
+
+    pub fn run(mut self) {
+        while self.admit() {
+            self.retire();
+            if !self.running.is_empty() {
+                self.step();
+                self.retire();
+            }
+        }
+    }
+
+    /// Moves waiting requests into free slots; blocks when there is nothing to do. Returns false once every
+    /// handle is gone and all work is delivered.
+    fn admit(&mut self) -> bool {
+        let max = self.shared.config.max_running;
+        if self.running.is_empty() {
+            let first = if self.draining.is_empty() {
+                match self.rx.recv() {
+                    Ok(s) => Some(s),
+                    Err(_) => return false,
+                }
+            } else {
+                match self.rx.recv_timeout(DRAIN_POLL) {
+                    Ok(s) => Some(s),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        self.retire();
+                        return !self.draining.is_empty();
+                    }
+                }
+            };
+            if let Some(s) = first {
+                self.start(s);
+            }
+        }
+        while self.running.len() < max {
+            match self.rx.try_recv() {
+                Ok(s) => self.start(s),
+                Err(_) => break,
+            }
+        }
+        self.shared.stats.running.store(self.running.len(), Ordering::Relaxed);
+        true
+    }
+
+    fn start(&mut self, sub: Submission) {
+        if sub.events.is_closed() {
+            self.shared.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.running.push(Sequence::new(sub, self.model.new_cache()));
+    }
+
+    /// One forward pass over every running sequence.
+    fn step(&mut self) {
+        let chunk = self.shared.config.prefill_chunk;
+        // Decoding sequences take one token each; only the first sequence still in prefill takes a chunk, so a
+        // long prompt delays the others by one chunk per step at most.
+        let mut prefill_taken = false;
+        let selected: Vec<usize> = (0..self.running.len())
+            .filter(|&i| {
+                let s = &self.running[i];
+                if !s.in_prefill() {
+                    return true;
+                }
+                !std::mem::replace(&mut prefill_taken, true)
+            })
+            .collect();
+        let inputs: Vec<Vec<u32>> = selected.iter().map(|&i| self.running[i].pending_input(chunk).to_vec()).collect();
+        let model = &self.model;
+        let running = &mut self.running;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let mut caches: Vec<_> = running.iter_mut().map(|s| s.cache.as_mut()).collect();
+            let mut batch: Vec<SeqStep<'_>> = Vec::with_capacity(selected.len());
+            for (k, &i) in selected.iter().enumerate() {
+                let cache = caches[i].take().expect("running sequences hold a cache");
+                batch.push(SeqStep { tokens: &inputs[k], cache });
+            }
+            model.forward(&mut batch)
+        }));
+        self.shared.stats.steps.fetch_add(1, Ordering::Relaxed);
+        let logits = match result {
+            Ok(Ok(l)) => l.to_vec2::<f32>().map_err(|e| e.to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(panic) => Err(panic_message(panic)),
+        };
+        match logits {
+            Ok(mut rows) => {
+                for (k, &i) in selected.iter().enumerate() {
+                    let seq = &mut self.running[i];
+                    if seq.ready_to_sample() {
+                        seq.accept_logits(&mut rows[k], &self.tokenizer);
+                        self.shared.stats.tokens_generated.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Err(msg) => {
+                tracing::error!(error = %msg, sequences = selected.len(), "model step failed");
+                self.shared.stats.failed.fetch_add(selected.len() as u64, Ordering::Relaxed);
+                for &i in &selected {
+                    self.running[i].fail(EngineError::Model(msg.clone()));
+                }
+            }
+        }
+    }
+
+    /// Delivers pending events, drops sequences whose reader left, and moves finished ones out of the batch.
+    fn retire(&mut self) {
+        for seq in self.running.iter_mut().chain(self.draining.iter_mut()) {
+            if !seq.cancelled && seq.reader_gone() {
+                seq.cancel();
+            }
+            if !seq.cancelled {
+                seq.flush();
+            }
+        }
+        let (out, still): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.running).into_iter().partition(|s| s.finished || s.cancelled);
+        self.running = still;
+        let cancelled = out.iter().filter(|s| s.cancelled && !s.finished).count();
+        self.shared.stats.cancelled.fetch_add(cancelled as u64, Ordering::Relaxed);
+        self.draining.extend(out);
+        self.draining.retain(|s| !s.cancelled && !s.delivered());
+        self.shared.stats.running.store(self.running.len(), Ordering::Relaxed);
+    }
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic in model step".into())
+}

@@ -1,0 +1,12 @@
+//! rill: a local-model inference streaming server.
+//!
+//! Request path, in file order: [`config`] (flags) → [`api`] (HTTP, validation) → [`engine`] (generation thread,
+//! batching, sampling, stop strings) → [`model`] (architectures over caller-owned KV caches), with
+//! [`tokenizer`] turning text into ids and ids back into streamed text.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod model;
+pub mod tokenizer;

@@ -1,0 +1,210 @@
+//! Llama-family decoder (Llama, SmolLM, Mistral-style GGUF files): RMSNorm, rotary positions, grouped-query
+//! attention and a SwiGLU MLP, batched over sequences that each bring their own KV cache.
+
+use std::sync::Arc;
+
+use candle_core::quantized::QTensor;
+use candle_core::{DType, Device, Tensor};
+
+use super::gguf::GgufFile;
+use super::qlinear::QLinear;
+use super::{attention, check_context, last_rows, row_spans, CausalLm, ModelError, ModelInfo, SeqCache, SeqStep};
+
+/// Hyper-parameters read from GGUF metadata.
+#[derive(Debug, Clone)]
+struct Config {
+    n_layers: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    rms_eps: f64,
+    rope_base: f32,
+    context: usize,
+    /// GPT-NeoX rotary layout (pairs `i, i + d/2`) instead of interleaved pairs.
+    rope_neox: bool,
+}
+
+impl Config {
+    fn read(g: &GgufFile) -> Result<Self, ModelError> {
+        let arch = g.meta_str("general.architecture").unwrap_or("llama").to_string();
+        let key = |k: &str| format!("{arch}.{k}");
+        let n_heads = g.meta_u32(&key("attention.head_count"))? as usize;
+        let dim = g.meta_u32(&key("embedding_length"))? as usize;
+        Ok(Self {
+            n_layers: g.meta_u32(&key("block_count"))? as usize,
+            n_heads,
+            n_kv_heads: g.meta_u32(&key("attention.head_count_kv")).unwrap_or(n_heads as u32) as usize,
+            head_dim: g.meta_u32(&key("rope.dimension_count")).map(|d| d as usize).unwrap_or(dim / n_heads),
+            rms_eps: g.meta_f32(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f64,
+            rope_base: g.meta_f32(&key("rope.freq_base")).unwrap_or(10_000.0),
+            context: g.meta_u32(&key("context_length")).unwrap_or(4096) as usize,
+            rope_neox: matches!(arch.as_str(), "qwen2" | "qwen3" | "phi3" | "stablelm"),
+        })
+    }
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    wq: QLinear,
+    wk: QLinear,
+    wv: QLinear,
+    wo: QLinear,
+    ffn_norm: Tensor,
+    gate: QLinear,
+    up: QLinear,
+    down: QLinear,
+}
+
+/// A loaded llama-family model.
+pub struct Llama {
+    cfg: Config,
+    info: ModelInfo,
+    embed: Arc<QTensor>,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    output: QLinear,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// Architectures this file implements.
+pub const ARCHITECTURES: &[&str] = &["llama", "mistral", "smollm"];
+
+impl Llama {
+    pub fn load(mut g: GgufFile, name: &str, device: &Device) -> Result<Self, ModelError> {
+        let cfg = Config::read(&g)?;
+        let dense = |g: &mut GgufFile, n: &str| -> Result<Tensor, ModelError> {
+            Ok(g.tensor(n, device)?.dequantize(device)?)
+        };
+        let embed = g.tensor("token_embd.weight", device)?;
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for i in 0..cfg.n_layers {
+            let mut lin = |n: &str| -> Result<QLinear, ModelError> {
+                Ok(QLinear::new(g.tensor(&format!("blk.{i}.{n}.weight"), device)?)?)
+            };
+            layers.push(Layer {
+                wq: lin("attn_q")?,
+                wk: lin("attn_k")?,
+                wv: lin("attn_v")?,
+                wo: lin("attn_output")?,
+                gate: lin("ffn_gate")?,
+                up: lin("ffn_up")?,
+                down: lin("ffn_down")?,
+                attn_norm: dense(&mut g, &format!("blk.{i}.attn_norm.weight"))?,
+                ffn_norm: dense(&mut g, &format!("blk.{i}.ffn_norm.weight"))?,
+            });
+        }
+        let norm = dense(&mut g, "output_norm.weight")?;
+        // Tied embeddings: the output projection reuses the quantized embedding table as it is.
+        let output_w = if g.has_tensor("output.weight") { g.tensor("output.weight", device)? } else { embed.clone() };
+        let output = QLinear::new(output_w)?;
+        g.finish();
+        let (cos, sin) = rope_tables(cfg.head_dim, cfg.rope_base, cfg.context, device)?;
+        let (vocab, _) = embed.shape().dims2()?;
+        let info = ModelInfo {
+            name: name.to_string(),
+            arch: g.meta_str("general.architecture").unwrap_or("llama").to_string(),
+            quantization: quant_name(&g),
+            vocab_size: vocab,
+            context_length: cfg.context,
+            n_params: count_params(&g),
+            kv_bytes_per_token: 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 4,
+        };
+        Ok(Self { cfg, info, embed, layers, norm, output, cos, sin })
+    }
+
+    /// Attention of one layer for every sequence; `xs` holds all new tokens stacked, normalized.
+    fn attention(
+        &self,
+        layer: usize,
+        xs: &Tensor,
+        batch: &mut [SeqStep<'_>],
+        spans: &[(usize, usize)],
+    ) -> candle_core::Result<Tensor> {
+        let l = &self.layers[layer];
+        let (q, k, v) = (l.wq.forward(xs)?, l.wk.forward(xs)?, l.wv.forward(xs)?);
+        let (hd, nh, nkv) = (self.cfg.head_dim, self.cfg.n_heads, self.cfg.n_kv_heads);
+        let mut outs = Vec::with_capacity(batch.len());
+        for (seq, &(start, len)) in batch.iter_mut().zip(spans) {
+            let pos = seq.cache.len();
+            let heads = |t: &Tensor, n: usize| t.narrow(0, start, len)?.reshape((len, n, hd))?.transpose(0, 1);
+            let q = self.rope(&heads(&q, nh)?, pos)?;
+            let k = self.rope(&heads(&k, nkv)?, pos)?;
+            let v = heads(&v, nkv)?.contiguous()?;
+            let (k, v) = seq.cache.append(layer, &k, &v)?;
+            outs.push(attention::causal_attention(&q, &k, &v)?);
+        }
+        l.wo.forward(&Tensor::cat(&outs, 0)?)
+    }
+
+    /// Rotary position embedding of `x` (`[heads, len, head_dim]`) starting at absolute position `pos`.
+    fn rope(&self, x: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
+        let len = x.dim(1)?;
+        let (cos, sin) = (self.cos.narrow(0, pos, len)?, self.sin.narrow(0, pos, len)?);
+        let x = x.unsqueeze(0)?.contiguous()?;
+        let y = if self.cfg.rope_neox {
+            candle_nn::rotary_emb::rope(&x, &cos, &sin)?
+        } else {
+            candle_nn::rotary_emb::rope_i(&x, &cos, &sin)?
+        };
+        y.squeeze(0)
+    }
+
+    fn mlp(&self, layer: usize, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let l = &self.layers[layer];
+        let h = (candle_nn::ops::silu(&l.gate.forward(xs)?)? * l.up.forward(xs)?)?;
+        l.down.forward(&h)
+    }
+}
+
+impl CausalLm for Llama {
+    fn forward(&self, batch: &mut [SeqStep<'_>]) -> Result<Tensor, ModelError> {
+        check_context(batch, self.cfg.context)?;
+        let spans = row_spans(batch);
+        let ids: Vec<u32> = batch.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let ids = Tensor::new(ids.as_slice(), self.cos.device())?;
+        let mut xs = self.embed.embedding(&ids)?;
+        let eps = self.cfg.rms_eps as f32;
+        for i in 0..self.layers.len() {
+            let h = candle_nn::ops::rms_norm(&xs, &self.layers[i].attn_norm, eps)?;
+            xs = (xs + self.attention(i, &h, batch, &spans)?)?;
+            let h = candle_nn::ops::rms_norm(&xs, &self.layers[i].ffn_norm, eps)?;
+            xs = (&xs + self.mlp(i, &h)?)?;
+        }
+        for (seq, &(_, len)) in batch.iter_mut().zip(&spans) {
+            seq.cache.advance(len);
+        }
+        let last = candle_nn::ops::rms_norm(&last_rows(&xs, &spans)?, &self.norm, eps)?;
+        Ok(self.output.forward(&last)?.to_dtype(DType::F32)?)
+    }
+
+    fn new_cache(&self) -> SeqCache {
+        SeqCache::new(self.cfg.n_layers)
+    }
+
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+}
+
+/// cos/sin tables `[positions, head_dim / 2]` for rotary embeddings.
+fn rope_tables(head_dim: usize, base: f32, positions: usize, dev: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+    let inv: Vec<f32> = (0..head_dim).step_by(2).map(|i| 1.0 / base.powf(i as f32 / head_dim as f32)).collect();
+    let inv = Tensor::from_vec(inv, (1, head_dim / 2), dev)?;
+    let t = Tensor::arange(0u32, positions as u32, dev)?.to_dtype(DType::F32)?.reshape((positions, 1))?;
+    let freqs = t.matmul(&inv)?;
+    Ok((freqs.cos()?, freqs.sin()?))
+}
+
+/// The most common weight type among the 2-D tensors, e.g. `Q4_1`.
+fn quant_name(g: &GgufFile) -> String {
+    let mut counts = std::collections::HashMap::new();
+    for t in g.content.tensor_infos.values().filter(|t| t.shape.rank() == 2) {
+        *counts.entry(format!("{:?}", t.ggml_dtype)).or_insert(0usize) += t.shape.elem_count();
+    }
+    counts.into_iter().max_by_key(|(_, n)| *n).map(|(k, _)| k).unwrap_or_default()
+}
+
+fn count_params(g: &GgufFile) -> usize {
+    g.content.tensor_infos.values().map(|t| t.shape.elem_count()).sum()
+}

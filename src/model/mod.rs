@@ -1,0 +1,103 @@
+//! Model architectures behind one narrow trait: a batched causal LM whose KV caches belong to the caller.
+//!
+//! Every architecture takes a batch of sequences, each with its own [`SeqCache`] and position, runs one forward
+//! pass over all of their new tokens together, and returns the logits of each sequence's last token. The engine
+//! owns the caches, so a cancelled or finished sequence frees its memory by dropping its cache.
+
+pub mod attention;
+pub mod gguf;
+pub mod gpt2;
+pub mod kv_cache;
+pub mod llama;
+pub mod loader;
+pub mod q4_1;
+pub mod qlinear;
+
+use candle_core::Tensor;
+
+pub use kv_cache::SeqCache;
+pub use loader::{load, ModelLocator, ModelSource};
+
+/// Errors from resolving, loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model `{name}` not found; looked in: {}", looked.join(", "))]
+    NotFound { name: String, looked: Vec<String> },
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
+    #[error("invalid model file {path}: {reason}")]
+    Invalid { path: String, reason: String },
+    #[error("i/o error on {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("hub error: {0}")]
+    Hub(String),
+    #[error("tensor error: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("sequence of {needed} positions exceeds the model context of {context}")]
+    ContextOverflow { needed: usize, context: usize },
+}
+
+/// What the engine needs to know about a loaded model.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    /// Short name used in logs and API responses.
+    pub name: String,
+    /// Architecture, e.g. `gpt2` or `llama`.
+    pub arch: String,
+    /// Weight format, e.g. `F32` or `Q4_1`.
+    pub quantization: String,
+    pub vocab_size: usize,
+    /// Maximum positions a sequence may reach (prompt + generated).
+    pub context_length: usize,
+    /// Approximate parameter count.
+    pub n_params: usize,
+    /// Bytes of KV cache one position costs (all layers, K and V).
+    pub kv_bytes_per_token: usize,
+}
+
+/// One sequence's part of a forward pass: the new tokens and the cache they extend.
+pub struct SeqStep<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut SeqCache,
+}
+
+/// A causal language model that runs batched forward passes over caller-owned caches.
+pub trait CausalLm: Send {
+    /// Runs the new tokens of every sequence in `batch` through the model, appending their keys and values to
+    /// each sequence's cache, and returns the last-token logits as a `[batch, vocab]` f32 tensor.
+    fn forward(&self, batch: &mut [SeqStep<'_>]) -> Result<Tensor, ModelError>;
+    /// A fresh, empty cache for a new sequence.
+    fn new_cache(&self) -> SeqCache;
+    fn info(&self) -> &ModelInfo;
+}
+
+/// Checks that every sequence in a batch still fits in the context after its new tokens.
+pub(crate) fn check_context(batch: &[SeqStep<'_>], context: usize) -> Result<(), ModelError> {
+    for s in batch {
+        let needed = s.cache.len() + s.tokens.len();
+        if needed > context {
+            return Err(ModelError::ContextOverflow { needed, context });
+        }
+    }
+    Ok(())
+}
+
+/// Rows `[start, start+len)` for each sequence when all new tokens of a batch are stacked into one matrix.
+pub(crate) fn row_spans(batch: &[SeqStep<'_>]) -> Vec<(usize, usize)> {
+    let mut start = 0;
+    batch
+        .iter()
+        .map(|s| {
+            let span = (start, s.tokens.len());
+            start += s.tokens.len();
+            span
+        })
+        .collect()
+}
+
+/// Picks each sequence's last row out of the stacked hidden states: `[n_tokens, d]` → `[batch, d]`.
+pub(crate) fn last_rows(xs: &Tensor, spans: &[(usize, usize)]) -> candle_core::Result<Tensor> {
+    let idx: Vec<u32> = spans.iter().map(|&(s, l)| (s + l - 1) as u32).collect();
+    let idx = Tensor::new(idx.as_slice(), xs.device())?;
+    xs.index_select(&idx, 0)
+}

@@ -1,0 +1,146 @@
+//! Chat templates: the model's own Jinja template rendered with minijinja the way HuggingFace renders it
+//! (trim_blocks, lstrip_blocks, Python string methods), or a plain fallback for models without one.
+
+use minijinja::{context, Environment, Error, ErrorKind};
+use serde::{Deserialize, Serialize};
+
+use super::TokenizerError;
+
+/// The template used when a model ships none (GPT-2): a plain transcript that ends with `Assistant:`.
+///
+/// ```text
+/// <system prompt>\n\nUser: <message>\nAssistant: <message>\n...User: <message>\nAssistant:
+/// ```
+pub const FALLBACK_TEMPLATE: &str = "{% for m in messages %}{% if m.role == 'system' %}{{ m.content }}\n\n\
+{% else %}{{ m.role | capitalize }}: {{ m.content }}\n{% endif %}{% endfor %}\
+{% if add_generation_prompt %}Assistant:{% endif %}";
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: &str, content: &str) -> Self {
+        Self { role: role.into(), content: content.into() }
+    }
+}
+
+/// A compiled chat template and the special tokens it may refer to.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+    /// False when the model has no template and [`FALLBACK_TEMPLATE`] is in use.
+    pub is_model_template: bool,
+}
+
+impl ChatTemplate {
+    /// Compiles `source`, or the fallback when `None`.
+    pub fn new(source: Option<String>, bos: Option<&str>, eos: Option<&str>) -> Result<Self, TokenizerError> {
+        let is_model_template = source.is_some();
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
+            Err(Error::new(ErrorKind::InvalidOperation, msg))
+        });
+        env.add_function("strftime_now", |fmt: String| -> String { strftime_now(&fmt) });
+        env.add_template_owned("chat", source.unwrap_or_else(|| FALLBACK_TEMPLATE.to_string()))
+            .map_err(|e| TokenizerError::Template(e.to_string()))?;
+        Ok(Self {
+            env,
+            bos_token: bos.unwrap_or_default().to_string(),
+            eos_token: eos.unwrap_or_default().to_string(),
+            is_model_template,
+        })
+    }
+
+    /// The template from a `tokenizer_config.json` value (a string, or a list of named templates).
+    pub fn source_from_config(config: &serde_json::Value) -> Option<String> {
+        match config.get("chat_template")? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Array(list) => list
+                .iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .or_else(|| list.first())
+                .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+            _ => None,
+        }
+    }
+
+    /// Renders a conversation into prompt text, ending with the assistant's turn when `add_generation_prompt`.
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, TokenizerError> {
+        let tmpl = self.env.get_template("chat").map_err(|e| TokenizerError::Template(e.to_string()))?;
+        tmpl.render(context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token,
+            eos_token => self.eos_token,
+        })
+        .map_err(|e| TokenizerError::Template(e.to_string()))
+    }
+}
+
+/// Today's date for templates that print it; supports the `%d %b %Y` style fields templates use.
+fn strftime_now(fmt: &str) -> String {
+    let days = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() / 86_400).unwrap_or(0);
+    let (y, m, d) = civil_from_days(days as i64);
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    fmt.replace("%Y", &y.to_string())
+        .replace("%m", &format!("{m:02}"))
+        .replace("%d", &format!("{d:02}"))
+        .replace("%b", MONTHS[(m - 1) as usize])
+}
+
+/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHATML: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are helpful<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    #[test]
+    fn renders_chatml_with_default_system() {
+        let t = ChatTemplate::new(Some(CHATML.into()), None, None).unwrap();
+        let out = t.render(&[ChatMessage::new("user", "Hi")], true).unwrap();
+        assert_eq!(out, "<|im_start|>system\nYou are helpful<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+    }
+
+    #[test]
+    fn fallback_is_a_plain_transcript() {
+        let t = ChatTemplate::new(None, None, None).unwrap();
+        let msgs = [ChatMessage::new("system", "Be brief."), ChatMessage::new("user", "Hi"), ChatMessage::new("assistant", "Hello")];
+        assert_eq!(t.render(&msgs, true).unwrap(), "Be brief.\n\nUser: Hi\nAssistant: Hello\nAssistant:");
+    }
+
+    #[test]
+    fn python_methods_and_raise_exception_work() {
+        let src = "{% if messages[0].role != 'user' %}{{ raise_exception('first must be user') }}{% endif %}{{ messages[0].content.strip() }}";
+        let t = ChatTemplate::new(Some(src.into()), None, None).unwrap();
+        assert_eq!(t.render(&[ChatMessage::new("user", "  x  ")], false).unwrap(), "x");
+        let err = t.render(&[ChatMessage::new("system", "s")], false).unwrap_err();
+        assert!(err.to_string().contains("first must be user"));
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_778), (2026, 11, 21));
+    }
+}

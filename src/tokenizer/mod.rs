@@ -1,0 +1,104 @@
+//! Text ↔ token ids: a HuggingFace `tokenizer.json` or one built from GGUF metadata, the model's end-of-turn
+//! ids, its chat template, and the incremental decoder that streams text token by token.
+
+pub mod chat;
+pub mod detok;
+pub mod gguf;
+
+use std::path::Path;
+
+pub use chat::{ChatMessage, ChatTemplate};
+pub use detok::IncrementalDecoder;
+
+/// Errors from loading or using a tokenizer or chat template.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("cannot load tokenizer {path}: {reason}")]
+    Load { path: String, reason: String },
+    #[error("unsupported GGUF tokenizer: {0}")]
+    Unsupported(String),
+    #[error("tokenizer: {0}")]
+    Tokenize(String),
+    #[error("chat template: {0}")]
+    Template(String),
+}
+
+/// Token texts that end a turn in common model families, used as stop ids when present as special tokens.
+const END_OF_TURN_TEXTS: &[&str] = &["<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end|>", "</s>", "<|end_of_text|>"];
+
+/// A tokenizer plus what generation needs to know about its special tokens.
+#[derive(Clone)]
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+    /// Ids that end generation (EOS and end-of-turn tokens).
+    pub eos_ids: Vec<u32>,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    /// Whether prompts start with the BOS token.
+    pub add_bos: Option<u32>,
+}
+
+impl TextTokenizer {
+    /// Wraps a tokenizer; `eos` and `bos` are token texts from the model's configuration.
+    pub fn new(inner: tokenizers::Tokenizer, eos: Option<String>, bos: Option<String>, add_bos: bool) -> Self {
+        let mut eos_ids: Vec<u32> = eos.iter().filter_map(|t| inner.token_to_id(t)).collect();
+        for text in END_OF_TURN_TEXTS {
+            if let Some(id) = inner.token_to_id(text) {
+                if !eos_ids.contains(&id) && is_special(&inner, id) {
+                    eos_ids.push(id);
+                }
+            }
+        }
+        let add_bos = if add_bos { bos.as_deref().and_then(|b| inner.token_to_id(b)) } else { None };
+        Self { inner, eos_ids, bos_token: bos, eos_token: eos, add_bos }
+    }
+
+    /// Loads `tokenizer.json`, reading special tokens from `tokenizer_config.json` beside it when present.
+    pub fn from_file(path: &Path, config: Option<&serde_json::Value>) -> Result<Self, TokenizerError> {
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| TokenizerError::Load { path: path.display().to_string(), reason: e.to_string() })?;
+        let token = |k: &str| config.and_then(|c| c.get(k)).and_then(token_text);
+        let add_bos = config.and_then(|c| c.get("add_bos_token")).and_then(|v| v.as_bool()).unwrap_or(false);
+        Ok(Self::new(inner, token("eos_token"), token("bos_token"), add_bos))
+    }
+
+    /// Prompt text → ids, with BOS first when the model wants it. Special-token texts in `text` become
+    /// their single ids, as chat templates require.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let enc = self.inner.encode(text, false).map_err(|e| TokenizerError::Tokenize(e.to_string()))?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if let Some(bos) = self.add_bos {
+            if enc.get_ids().first() != Some(&bos) {
+                ids.push(bos);
+            }
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// Ids → text; special tokens are dropped when `skip_special` is set.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
+        self.inner.decode(ids, skip_special).map_err(|e| TokenizerError::Tokenize(e.to_string()))
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+}
+
+fn is_special(tok: &tokenizers::Tokenizer, id: u32) -> bool {
+    tok.get_added_vocabulary().get_added_tokens_decoder().get(&id).is_some_and(|t| t.special)
+}
+
+/// A special token in `tokenizer_config.json` is either a string or `{"content": ...}`.
+fn token_text(v: &serde_json::Value) -> Option<String> {
+    v.as_str().map(str::to_string).or_else(|| v.get("content").and_then(|c| c.as_str()).map(str::to_string))
+}

@@ -1,0 +1,55 @@
+//! Helpers shared by the integration tests: fixture paths, golden files and engines over real models.
+//! A missing model is a failure with instructions, never a silent skip.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use rill::engine::{EngineConfig, EngineHandle, GenRequest, SamplingParams};
+use rill::model::{self, ModelLocator};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A path under `models/`, which must exist: the scripts make it.
+pub fn model_path(rel: &str) -> PathBuf {
+    let p = root().join("models").join(rel);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-models.sh and scripts/make-fixtures.py (scripts/test.sh does both)",
+        p.display()
+    );
+    p
+}
+
+pub fn golden(name: &str) -> serde_json::Value {
+    let p = root().join("tests/fixtures").join(name);
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+}
+
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+/// Starts an engine over the model at `models/<rel>` (or any name the locator resolves).
+pub fn engine(rel: &str, config: EngineConfig) -> EngineHandle {
+    let locator = ModelLocator { models_dir: root().join("models"), hub_cache: root().join("models/hf-cache"), offline: true };
+    if !Path::new(rel).exists() && !rel.contains('/') {
+        model_path(rel);
+    }
+    let source = locator.resolve(rel).unwrap();
+    let name = rel.to_string();
+    EngineHandle::start(move || model::load(&source, &name, &candle_core::Device::Cpu), config).unwrap()
+}
+
+/// A greedy request for `n` tokens that does not stop at EOS.
+pub fn greedy(prompt: Vec<u32>, n: usize) -> GenRequest {
+    GenRequest { prompt, sampling: SamplingParams::greedy(), max_tokens: Some(n), stop: vec![], ignore_eos: true }
+}
+
+pub fn sha256(path: &Path) -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).unwrap();
+    sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
