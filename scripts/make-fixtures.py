@@ -10,7 +10,7 @@ Default mode (what CI runs) needs only the standard library and numpy. When the
 running interpreter has no numpy, the script creates `.venv-fixtures-lite/`
 (git-ignored) with `pip install numpy` once and re-runs itself inside it.
 `--goldens` does the same with `.venv-fixtures/` holding `torch` + `transformers`
-(the default PyPI torch is the CUDA build: a few GB and ~2 minutes to install;
+(the default `torch` wheel is the CUDA build: a few GB and ~2 minutes to install;
 it runs on the CPU). The goldens are committed, so CI never needs that venv.
 
 Needs models/gpt2-tokenizer/ (scripts/fetch-models.sh gpt2-tokenizer); the

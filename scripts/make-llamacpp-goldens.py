@@ -43,7 +43,7 @@ N_CTX = 2048
 SEED = 1234
 N_GEN = 32
 BENCH_TOKENS = 128
-BENCH_ROUNDS = 3
+BENCH_ROUNDS = 5
 EOS_ID = 2
 
 DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -323,6 +323,12 @@ def main():
             "median": med,
             "rounds": [{k: round(v, 2) if v is not None else None for k, v in r.items()} for r in rows],
         }
+    elif os.path.exists(OUT):
+        # --no-bench: keep the speed numbers of the previous run, if any.
+        with open(OUT, encoding="utf-8") as f:
+            prev = json.load(f).get("speed_info")
+        if prev is not None:
+            golden["speed_info"] = prev
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w", encoding="utf-8") as f:
         json.dump(golden, f, ensure_ascii=False, indent=1)

@@ -35,6 +35,9 @@ pub struct ModelArgs {
     /// Compute device: cpu, cuda, metal or auto (cuda and metal need the matching cargo feature).
     #[arg(long, env = "RILL_DEVICE", default_value = "cpu")]
     pub device: String,
+    /// CPU threads for the model's kernels (default: every available core).
+    #[arg(long, short = 't', env = "RILL_THREADS")]
+    pub threads: Option<usize>,
 }
 
 impl ModelArgs {

@@ -5,6 +5,11 @@ use rill::config::{Cli, Command};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let threads = match &cli.command {
+        Command::Serve(a) => a.model.threads,
+        Command::Generate(a) => a.model.threads,
+    };
+    rill::cli::set_cpu_threads(threads);
     let default_level = match cli.command {
         Command::Serve(_) => "info",
         Command::Generate(_) => "warn",

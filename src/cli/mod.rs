@@ -23,6 +23,18 @@ pub fn start_engine(args: &ModelArgs, config: EngineConfig) -> Result<EngineHand
     )
 }
 
+/// Fixes the CPU thread count for candle and rill's kernels before any of them start. candle otherwise re-reads
+/// `/proc/cpuinfo` each time it sizes a parallel operation, which costs several percent of decode time.
+/// Call it from `main` before any other thread exists: it sets environment variables.
+pub fn set_cpu_threads(threads: Option<usize>) {
+    let n = threads
+        .or_else(|| std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+}
+
 /// The name a model is served under: the last path component without extension (`models/smollm2` → `smollm2`).
 pub fn short_name(model: &str) -> String {
     let trimmed = model.trim_end_matches('/');

@@ -10,8 +10,8 @@ pub mod gpt2;
 pub mod kv_cache;
 pub mod llama;
 pub mod loader;
-pub mod q4_1;
 pub mod qlinear;
+pub mod quant;
 
 use candle_core::Tensor;
 

@@ -6,8 +6,7 @@
 
 use half::f16;
 
-/// Weights per block.
-pub const QK: usize = 32;
+use super::{QuantBlock, QK};
 
 /// One GGML Q4_1 block (20 bytes, the on-disk layout).
 #[repr(C)]
@@ -34,16 +33,22 @@ impl BlockQ8_1 {
     pub const ZERO: Self = Self { d: 0.0, s: 0.0, qs: [0; QK] };
 }
 
-/// Reinterprets raw GGUF bytes as Q4_1 blocks (copied, so alignment is guaranteed).
-pub fn blocks_from_bytes(bytes: &[u8]) -> Vec<BlockQ4_1> {
-    bytes
-        .chunks_exact(20)
-        .map(|c| BlockQ4_1 {
-            d: f16::from_le_bytes([c[0], c[1]]),
-            m: f16::from_le_bytes([c[2], c[3]]),
-            qs: c[4..20].try_into().expect("16 bytes"),
-        })
-        .collect()
+impl QuantBlock for BlockQ4_1 {
+    type Act = BlockQ8_1;
+    const BYTES: usize = 20;
+    const ZERO_ACT: BlockQ8_1 = BlockQ8_1::ZERO;
+
+    fn from_bytes(c: &[u8]) -> Self {
+        Self { d: f16::from_le_bytes([c[0], c[1]]), m: f16::from_le_bytes([c[2], c[3]]), qs: c[4..20].try_into().expect("16 bytes") }
+    }
+
+    fn quantize_acts(x: &[f32], out: &mut [BlockQ8_1]) {
+        quantize_row_q8_1(x, out)
+    }
+
+    fn vec_dot(w: &[Self], x: &[BlockQ8_1]) -> f32 {
+        vec_dot(w, x)
+    }
 }
 
 /// Quantizes one row of activations (`len` a multiple of 32) into Q8_1 blocks.
@@ -138,30 +143,6 @@ mod avx2 {
     }
 }
 
-/// `dst[r, c] = x[r] · w[c]` for activations `x` (`m` rows of `k`) and Q4_1 weights `w` (`n` rows of `k`),
-/// split across candle's CPU worker pool by output column.
-pub fn matmul(x: &[f32], m: usize, k: usize, w: &[BlockQ4_1], n: usize, dst: &mut [f32]) {
-    assert!(k % QK == 0 && x.len() == m * k && w.len() == n * k / QK && dst.len() == m * n);
-    let kb = k / QK;
-    let mut xq = vec![BlockQ8_1::ZERO; m * kb];
-    for (row, q) in x.chunks_exact(k).zip(xq.chunks_exact_mut(kb)) {
-        quantize_row_q8_1(row, q);
-    }
-    let dst_addr = dst.as_mut_ptr() as usize;
-    let xq = &xq;
-    candle_core::utils::barrier_pool().execute_chunked(n, move |cols| {
-        let dst = dst_addr as *mut f32;
-        for c in cols {
-            let wrow = &w[c * kb..(c + 1) * kb];
-            for r in 0..m {
-                let v = vec_dot(wrow, &xq[r * kb..(r + 1) * kb]);
-                // SAFETY: each (r, c) is written by exactly one worker, and dst has m * n elements.
-                unsafe { *dst.add(r * n + c) = v };
-            }
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +174,7 @@ mod tests {
 
     #[test]
     fn matmul_is_close_to_dequantized_f32() {
+        use super::super::matmul;
         let (m, k, n) = (3, 64, 10);
         let w = random_blocks(n * k / QK, 3);
         let x: Vec<f32> = (0..m * k).map(|i| ((i * 29 % 97) as f32 - 48.0) / 31.0).collect();
