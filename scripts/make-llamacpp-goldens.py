@@ -49,6 +49,9 @@ EOS_ID = 2
 DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
 
+GGML_TYPE_F32 = 0  # ggml's type id for f32 (KV cache type)
+
+
 def chat(user, system=DEFAULT_SYSTEM):
     """The text SmolLM2's chat template renders for one user turn + generation prompt."""
     return (f"<|im_start|>system\n{system}<|im_end|>\n"
@@ -281,6 +284,20 @@ def main():
             f"stable prefix {stable}, "
             f"text {e['generated_text_until_eos']!r}")
 
+    # llama.cpp keeps its KV cache in f16 by default; rill keeps it in f32. Greedy decoding of this model is
+    # sensitive enough that llama.cpp itself, switched to an f32 cache, leaves its default path within a few
+    # tokens on some prompts. So record the f32-cache run too: it is the like-for-like reference for rill.
+    llm32 = llama_cpp.Llama(model_path=GGUF, n_ctx=N_CTX, n_batch=512, n_threads=N_THREADS,
+                            n_threads_batch=N_THREADS, seed=SEED, logits_all=False, verbose=False,
+                            type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, flash_attn=False)
+    greedy32 = Greedy(llm32)
+    for e in entries:
+        out, gaps, top2 = greedy32.run(e["prompt_ids"], N_GEN)
+        e["f32_kv"] = {"generated_ids": out, "top1_top2_gaps": [round(g, 5) for g in gaps], "top2_ids": top2}
+        split = next((i for i, (a, b) in enumerate(zip(out, e["generated_ids"])) if a != b), None)
+        log(f"{e['name']}: f32 KV cache run leaves the default (f16 KV) run at token {split}")
+    del llm32
+
     im_start = llm.tokenize(b"<|im_start|>", add_bos=False, special=True)
     golden = {
         "description": "Greedy token-by-token outputs of llama.cpp (via llama-cpp-python) for "
@@ -291,7 +308,9 @@ def main():
         "llama_cpp_python": llama_cpp.__version__,
         "settings": {"n_threads": N_THREADS, "n_ctx": N_CTX, "n_batch": 512, "seed": SEED,
                      "sampling": "argmax over the last logits row (temperature 0 / top_k 1)",
-                     "n_generated": N_GEN, "use_extra_bufts": False},
+                     "n_generated": N_GEN, "use_extra_bufts": False,
+                     "kv_cache": "f16 (llama.cpp's default) for the top-level results; f32 under each "
+                                 "prompt's `f32_kv`", "flash_attn": False},
         "stable_gap_threshold": STABLE_GAP,
         "stable_prefix_len_note": "per prompt: number of leading generated tokens whose top1-top2 logit "
                                   "gap is >= stable_gap_threshold; compare other implementations on "

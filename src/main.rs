@@ -14,8 +14,12 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(_) => "info",
         Command::Generate(_) => "warn",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RILL_LOG").unwrap_or_else(|_| default_level.into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RILL_LOG")
+        .unwrap_or_else(|_| default_level.into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     match cli.command {
         Command::Generate(args) => rill::cli::generate::run(args),
         Command::Serve(args) => rill::cli::serve::run(args),

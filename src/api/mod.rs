@@ -9,7 +9,9 @@ use crate::engine::EngineHandle;
 
 /// The router with every route, over one engine.
 pub fn app(engine: EngineHandle) -> Router {
-    Router::new().route("/health", get(health)).with_state(engine)
+    Router::new()
+        .route("/health", get(health))
+        .with_state(engine)
 }
 
 async fn health(State(engine): State<EngineHandle>) -> Json<serde_json::Value> {

@@ -9,8 +9,14 @@ use crate::engine::{EngineConfig, Event, GenRequest};
 use crate::tokenizer::ChatMessage;
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let engine = super::start_engine(&args.model, EngineConfig { max_running: 1, ..EngineConfig::default() })
-        .with_context(|| format!("loading model `{}`", args.model.model))?;
+    let engine = super::start_engine(
+        &args.model,
+        EngineConfig {
+            max_running: 1,
+            ..EngineConfig::default()
+        },
+    )
+    .with_context(|| format!("loading model `{}`", args.model.model))?;
     let shared = engine.shared().clone();
     let text = if args.chat {
         let mut msgs = Vec::new();

@@ -28,7 +28,11 @@ pub fn start_engine(args: &ModelArgs, config: EngineConfig) -> Result<EngineHand
 /// Call it from `main` before any other thread exists: it sets environment variables.
 pub fn set_cpu_threads(threads: Option<usize>) {
     let n = threads
-        .or_else(|| std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()))
+        .or_else(|| {
+            std::env::var("RAYON_NUM_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        })
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());

@@ -9,7 +9,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("loading model `{}`", args.model.model))?;
     let info = engine.info().clone();
     tracing::info!(model = %info.name, arch = %info.arch, quant = %info.quantization, context = info.context_length, "model ready");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
             .await

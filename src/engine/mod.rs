@@ -49,7 +49,13 @@ pub struct GenRequest {
 
 impl GenRequest {
     pub fn new(prompt: Vec<u32>) -> Self {
-        Self { prompt, sampling: SamplingParams::default(), max_tokens: None, stop: Vec::new(), ignore_eos: false }
+        Self {
+            prompt,
+            sampling: SamplingParams::default(),
+            max_tokens: None,
+            stop: Vec::new(),
+            ignore_eos: false,
+        }
     }
 }
 
@@ -91,7 +97,11 @@ impl Timings {
     /// Generated tokens per second after the first one.
     pub fn decode_tokens_per_sec(&self, completion_tokens: usize) -> f64 {
         let s = self.decode.as_secs_f64();
-        if completion_tokens > 1 && s > 0.0 { (completion_tokens - 1) as f64 / s } else { 0.0 }
+        if completion_tokens > 1 && s > 0.0 {
+            (completion_tokens - 1) as f64 / s
+        } else {
+            0.0
+        }
     }
 }
 
@@ -107,7 +117,10 @@ pub struct Completion {
 pub enum Event {
     /// New text and the tokens that produced it. Text may be empty while a character or a possible stop
     /// string is held back; consecutive deltas may be merged when the reader is slow.
-    Delta { text: String, tokens: Vec<TokenInfo> },
+    Delta {
+        text: String,
+        tokens: Vec<TokenInfo>,
+    },
     Done(Completion),
     Error(EngineError),
 }
@@ -127,7 +140,12 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { max_running: 8, queue_capacity: 64, prefill_chunk: 256, event_capacity: 64 }
+        Self {
+            max_running: 8,
+            queue_capacity: 64,
+            prefill_chunk: 256,
+            event_capacity: 64,
+        }
     }
 }
 
@@ -213,8 +231,13 @@ impl EngineHandle {
                 let _ = ready_tx.send(Ok(shared.clone()));
                 worker::Worker::new(loaded.model, loaded.tokenizer, rx, shared).run();
             })
-            .map_err(|e| ModelError::Io { path: "generation thread".into(), source: e })?;
-        let shared = ready_rx.recv().map_err(|_| ModelError::Unsupported("the generation thread died while loading".into()))??;
+            .map_err(|e| ModelError::Io {
+                path: "generation thread".into(),
+                source: e,
+            })?;
+        let shared = ready_rx.recv().map_err(|_| {
+            ModelError::Unsupported("the generation thread died while loading".into())
+        })??;
         Ok(Self { tx, shared })
     }
 
@@ -226,12 +249,20 @@ impl EngineHandle {
             return Err(EngineError::EmptyPrompt);
         }
         if req.prompt.len() >= context {
-            return Err(EngineError::PromptTooLong { prompt: req.prompt.len(), context });
+            return Err(EngineError::PromptTooLong {
+                prompt: req.prompt.len(),
+                context,
+            });
         }
         let room = context - req.prompt.len();
         let max_new = req.max_tokens.map_or(room, |m| m.min(room));
         let (events, rx) = tokio::sync::mpsc::channel(self.shared.config.event_capacity.max(2));
-        let sub = Submission { req, max_new, events, submitted: Instant::now() };
+        let sub = Submission {
+            req,
+            max_new,
+            events,
+            submitted: Instant::now(),
+        };
         self.tx.try_send(sub).map_err(|e| match e {
             crossbeam_channel::TrySendError::Full(_) => EngineError::QueueFull(self.tx.len()),
             crossbeam_channel::TrySendError::Disconnected(_) => EngineError::Stopped,
@@ -277,7 +308,10 @@ impl EventStream {
         let (mut text, mut tokens) = (String::new(), Vec::new());
         while let Some(ev) = self.blocking_next() {
             match ev {
-                Event::Delta { text: t, tokens: ts } => {
+                Event::Delta {
+                    text: t,
+                    tokens: ts,
+                } => {
                     text.push_str(&t);
                     tokens.extend(ts);
                 }

@@ -44,7 +44,10 @@ impl Default for SamplingParams {
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        Self { temperature: 0.0, ..Self::default() }
+        Self {
+            temperature: 0.0,
+            ..Self::default()
+        }
     }
 }
 
@@ -75,8 +78,15 @@ impl Sampler {
     pub fn sample(&mut self, logits: &mut [f32], context: &[u32], generated: usize) -> Sampled {
         self.apply_penalties(logits, context, generated);
         let lse = log_sum_exp(logits);
-        let id = if self.params.temperature <= 0.0 { argmax(logits) } else { self.draw(logits) };
-        Sampled { id: id as u32, logprob: logits[id] - lse }
+        let id = if self.params.temperature <= 0.0 {
+            argmax(logits)
+        } else {
+            self.draw(logits)
+        };
+        Sampled {
+            id: id as u32,
+            logprob: logits[id] - lse,
+        }
     }
 
     fn apply_penalties(&self, logits: &mut [f32], context: &[u32], generated: usize) {
@@ -86,7 +96,11 @@ impl Sampler {
             let mut seen = std::collections::HashSet::new();
             for &t in recent.iter().filter(|t| seen.insert(**t)) {
                 if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+                    *l = if *l > 0.0 {
+                        *l / p.repetition_penalty
+                    } else {
+                        *l * p.repetition_penalty
+                    };
                 }
             }
         }
@@ -106,18 +120,30 @@ impl Sampler {
     /// Samples from the temperature-scaled distribution after top-k, min-p and top-p truncation.
     fn draw(&mut self, logits: &[f32]) -> usize {
         let p = &self.params;
-        let mut cand: Vec<(usize, f32)> = logits.iter().copied().enumerate().filter(|(_, l)| l.is_finite()).collect();
+        let mut cand: Vec<(usize, f32)> = logits
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|(_, l)| l.is_finite())
+            .collect();
         cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if p.top_k > 0 {
             cand.truncate(p.top_k);
         }
         let max = cand[0].1;
-        let mut probs: Vec<f32> = cand.iter().map(|(_, l)| ((l - max) / p.temperature).exp()).collect();
+        let mut probs: Vec<f32> = cand
+            .iter()
+            .map(|(_, l)| ((l - max) / p.temperature).exp())
+            .collect();
         let total: f32 = probs.iter().sum();
         probs.iter_mut().for_each(|x| *x /= total);
         let mut keep = probs.len();
         if p.min_p > 0.0 {
-            keep = probs.iter().take_while(|&&x| x >= p.min_p * probs[0]).count().max(1);
+            keep = probs
+                .iter()
+                .take_while(|&&x| x >= p.min_p * probs[0])
+                .count()
+                .max(1);
         }
         if p.top_p < 1.0 {
             let mut acc = 0.0;
@@ -176,8 +202,14 @@ mod tests {
     #[test]
     fn same_seed_same_tokens_and_different_seed_differs() {
         let run = |seed| {
-            let mut s = Sampler::new(SamplingParams { seed: Some(seed), temperature: 1.5, ..Default::default() });
-            (0..64).map(|_| s.sample(&mut logits(), &[], 0).id).collect::<Vec<_>>()
+            let mut s = Sampler::new(SamplingParams {
+                seed: Some(seed),
+                temperature: 1.5,
+                ..Default::default()
+            });
+            (0..64)
+                .map(|_| s.sample(&mut logits(), &[], 0).id)
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
@@ -185,26 +217,47 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy() {
-        let mut s = Sampler::new(SamplingParams { top_k: 1, seed: Some(1), ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            top_k: 1,
+            seed: Some(1),
+            ..Default::default()
+        });
         assert!((0..32).all(|_| s.sample(&mut logits(), &[], 0).id == 1));
     }
 
     #[test]
     fn top_p_and_min_p_truncate() {
-        let mut s = Sampler::new(SamplingParams { top_p: 0.5, seed: Some(3), ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            top_p: 0.5,
+            seed: Some(3),
+            ..Default::default()
+        });
         assert!((0..64).all(|_| s.sample(&mut logits(), &[], 0).id == 1));
-        let mut s = Sampler::new(SamplingParams { min_p: 0.5, seed: Some(3), ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            min_p: 0.5,
+            seed: Some(3),
+            ..Default::default()
+        });
         assert!((0..64).all(|_| [1, 2].contains(&s.sample(&mut logits(), &[], 0).id)));
     }
 
     #[test]
     fn penalties_push_away_from_repeats() {
-        let mut s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..SamplingParams::greedy() });
+        let mut s = Sampler::new(SamplingParams {
+            repetition_penalty: 2.0,
+            ..SamplingParams::greedy()
+        });
         assert_eq!(s.sample(&mut logits(), &[1], 0).id, 2); // 3.0 / 2 = 1.5 < 2.5
-        let mut s = Sampler::new(SamplingParams { frequency_penalty: 0.4, ..SamplingParams::greedy() });
+        let mut s = Sampler::new(SamplingParams {
+            frequency_penalty: 0.4,
+            ..SamplingParams::greedy()
+        });
         assert_eq!(s.sample(&mut logits(), &[7, 1, 1], 2).id, 2); // 3.0 - 0.8 = 2.2 < 2.5
         assert_eq!(s.sample(&mut logits(), &[1, 7], 1).id, 1); // prompt tokens are not counted
-        let mut s = Sampler::new(SamplingParams { presence_penalty: 1.0, ..SamplingParams::greedy() });
+        let mut s = Sampler::new(SamplingParams {
+            presence_penalty: 1.0,
+            ..SamplingParams::greedy()
+        });
         assert_eq!(s.sample(&mut logits(), &[1], 1).id, 2);
     }
 }

@@ -37,7 +37,12 @@ pub struct Sequence {
 
 impl Sequence {
     pub(crate) fn new(sub: Submission, cache: SeqCache) -> Self {
-        let Submission { req, max_new, events, submitted } = sub;
+        let Submission {
+            req,
+            max_new,
+            events,
+            submitted,
+        } = sub;
         Self {
             events,
             outbox: VecDeque::new(),
@@ -71,7 +76,9 @@ impl Sequence {
 
     /// Whether the last forward consumed every known token, so its logits predict the next one.
     pub fn ready_to_sample(&self) -> bool {
-        self.cache.as_ref().is_some_and(|c| c.len() == self.tokens.len())
+        self.cache
+            .as_ref()
+            .is_some_and(|c| c.len() == self.tokens.len())
     }
 
     pub fn generated(&self) -> usize {
@@ -86,7 +93,10 @@ impl Sequence {
         let info = TokenInfo { id, logprob };
         if !self.ignore_eos && tok.eos_ids.contains(&id) {
             let rest = self.decoder.flush(tok).unwrap_or_default() + &self.stop.flush();
-            self.emit(Event::Delta { text: rest, tokens: vec![info] });
+            self.emit(Event::Delta {
+                text: rest,
+                tokens: vec![info],
+            });
             return self.finish(FinishReason::Eos);
         }
         let text = match self.decoder.push(tok, id) {
@@ -95,11 +105,17 @@ impl Sequence {
         };
         match self.stop.push(&text) {
             StopOutcome::Stopped { emit, stop } => {
-                self.emit(Event::Delta { text: emit, tokens: vec![info] });
+                self.emit(Event::Delta {
+                    text: emit,
+                    tokens: vec![info],
+                });
                 self.finish(FinishReason::StopSequence(stop));
             }
             StopOutcome::Emit(text) => {
-                self.emit(Event::Delta { text, tokens: vec![info] });
+                self.emit(Event::Delta {
+                    text,
+                    tokens: vec![info],
+                });
                 if self.generated() >= self.max_new {
                     let rest = self.decoder.flush(tok).unwrap_or_default();
                     let rest = match self.stop.push(&rest) {
@@ -107,7 +123,10 @@ impl Sequence {
                         StopOutcome::Stopped { emit, .. } => emit,
                     };
                     if !rest.is_empty() {
-                        self.emit(Event::Delta { text: rest, tokens: vec![] });
+                        self.emit(Event::Delta {
+                            text: rest,
+                            tokens: vec![],
+                        });
                     }
                     self.finish(FinishReason::Length);
                 }
@@ -125,8 +144,15 @@ impl Sequence {
             decode: now - first,
             total: now - self.submitted,
         };
-        let usage = Usage { prompt_tokens: self.n_prompt, completion_tokens: self.generated() };
-        self.emit(Event::Done(Completion { finish, usage, timings }));
+        let usage = Usage {
+            prompt_tokens: self.n_prompt,
+            completion_tokens: self.generated(),
+        };
+        self.emit(Event::Done(Completion {
+            finish,
+            usage,
+            timings,
+        }));
         self.release();
     }
 
@@ -143,7 +169,14 @@ impl Sequence {
 
     /// Queues an event, merging it into a pending delta when the reader is behind.
     fn emit(&mut self, ev: Event) {
-        if let (Some(Event::Delta { text, tokens }), Event::Delta { text: t2, tokens: k2 }) = (self.outbox.back_mut(), &ev) {
+        if let (
+            Some(Event::Delta { text, tokens }),
+            Event::Delta {
+                text: t2,
+                tokens: k2,
+            },
+        ) = (self.outbox.back_mut(), &ev)
+        {
             text.push_str(t2);
             tokens.extend_from_slice(k2);
             return;

@@ -19,13 +19,20 @@ pub struct StopMatcher {
 
 impl StopMatcher {
     pub fn new(stops: Vec<String>) -> Self {
-        Self { stops: stops.into_iter().filter(|s| !s.is_empty()).collect(), held: String::new() }
+        Self {
+            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
+            held: String::new(),
+        }
     }
 
     /// Adds newly decoded text.
     pub fn push(&mut self, text: &str) -> StopOutcome {
         self.held.push_str(text);
-        let first = self.stops.iter().filter_map(|s| self.held.find(s.as_str()).map(|i| (i, s))).min_by_key(|(i, _)| *i);
+        let first = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()).map(|i| (i, s)))
+            .min_by_key(|(i, _)| *i);
         if let Some((i, stop)) = first {
             let stop = stop.clone();
             let emit = self.held[..i].to_string();
@@ -76,23 +83,38 @@ mod tests {
 
     #[test]
     fn stop_split_across_pieces_never_leaks() {
-        assert_eq!(feed(&["</s>"], &["Hello <", "/", "s> more"]), ("Hello ".into(), true));
+        assert_eq!(
+            feed(&["</s>"], &["Hello <", "/", "s> more"]),
+            ("Hello ".into(), true)
+        );
     }
 
     #[test]
     fn false_start_is_released() {
-        assert_eq!(feed(&["STOP"], &["a ST", "ART b"]), ("a START b".into(), false));
+        assert_eq!(
+            feed(&["STOP"], &["a ST", "ART b"]),
+            ("a START b".into(), false)
+        );
     }
 
     #[test]
     fn partial_stop_at_end_is_flushed() {
-        assert_eq!(feed(&["\n\nUser:"], &["done\n", "\nUs"]), ("done\n\nUs".into(), false));
+        assert_eq!(
+            feed(&["\n\nUser:"], &["done\n", "\nUs"]),
+            ("done\n\nUs".into(), false)
+        );
     }
 
     #[test]
     fn earliest_of_several_stops_wins() {
         let mut m = StopMatcher::new(vec!["world".into(), "lo".into()]);
-        assert_eq!(m.push("hello world"), StopOutcome::Stopped { emit: "hel".into(), stop: "lo".into() });
+        assert_eq!(
+            m.push("hello world"),
+            StopOutcome::Stopped {
+                emit: "hel".into(),
+                stop: "lo".into()
+            }
+        );
     }
 
     #[test]

@@ -27,8 +27,20 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub fn new(model: Box<dyn CausalLm>, tokenizer: TextTokenizer, rx: Receiver<Submission>, shared: Arc<Shared>) -> Self {
-        Self { model, tokenizer, rx, shared, running: Vec::new(), draining: Vec::new() }
+    pub fn new(
+        model: Box<dyn CausalLm>,
+        tokenizer: TextTokenizer,
+        rx: Receiver<Submission>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self {
+            model,
+            tokenizer,
+            rx,
+            shared,
+            running: Vec::new(),
+            draining: Vec::new(),
+        }
     }
 
     pub fn run(mut self) {
@@ -71,7 +83,10 @@ impl Worker {
                 Err(_) => break,
             }
         }
-        self.shared.stats.running.store(self.running.len(), Ordering::Relaxed);
+        self.shared
+            .stats
+            .running
+            .store(self.running.len(), Ordering::Relaxed);
         true
     }
 
@@ -80,7 +95,8 @@ impl Worker {
             self.shared.stats.cancelled.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        self.running.push(Sequence::new(sub, self.model.new_cache()));
+        self.running
+            .push(Sequence::new(sub, self.model.new_cache()));
     }
 
     /// One forward pass over every running sequence.
@@ -98,7 +114,10 @@ impl Worker {
                 !std::mem::replace(&mut prefill_taken, true)
             })
             .collect();
-        let inputs: Vec<Vec<u32>> = selected.iter().map(|&i| self.running[i].pending_input(chunk).to_vec()).collect();
+        let inputs: Vec<Vec<u32>> = selected
+            .iter()
+            .map(|&i| self.running[i].pending_input(chunk).to_vec())
+            .collect();
         let model = &self.model;
         let running = &mut self.running;
         let result = catch_unwind(AssertUnwindSafe(|| {
@@ -106,7 +125,10 @@ impl Worker {
             let mut batch: Vec<SeqStep<'_>> = Vec::with_capacity(selected.len());
             for (k, &i) in selected.iter().enumerate() {
                 let cache = caches[i].take().expect("running sequences hold a cache");
-                batch.push(SeqStep { tokens: &inputs[k], cache });
+                batch.push(SeqStep {
+                    tokens: &inputs[k],
+                    cache,
+                });
             }
             model.forward(&mut batch)
         }));
@@ -122,13 +144,19 @@ impl Worker {
                     let seq = &mut self.running[i];
                     if seq.ready_to_sample() {
                         seq.accept_logits(&mut rows[k], &self.tokenizer);
-                        self.shared.stats.tokens_generated.fetch_add(1, Ordering::Relaxed);
+                        self.shared
+                            .stats
+                            .tokens_generated
+                            .fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
             Err(msg) => {
                 tracing::error!(error = %msg, sequences = selected.len(), "model step failed");
-                self.shared.stats.failed.fetch_add(selected.len() as u64, Ordering::Relaxed);
+                self.shared
+                    .stats
+                    .failed
+                    .fetch_add(selected.len() as u64, Ordering::Relaxed);
                 for &i in &selected {
                     self.running[i].fail(EngineError::Model(msg.clone()));
                 }
@@ -146,14 +174,21 @@ impl Worker {
                 seq.flush();
             }
         }
-        let (out, still): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.running).into_iter().partition(|s| s.finished || s.cancelled);
+        let (out, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.running)
+            .into_iter()
+            .partition(|s| s.finished || s.cancelled);
         self.running = still;
         let cancelled = out.iter().filter(|s| s.cancelled && !s.finished).count();
-        self.shared.stats.cancelled.fetch_add(cancelled as u64, Ordering::Relaxed);
+        self.shared
+            .stats
+            .cancelled
+            .fetch_add(cancelled as u64, Ordering::Relaxed);
         self.draining.extend(out);
         self.draining.retain(|s| !s.cancelled && !s.delivered());
-        self.shared.stats.running.store(self.running.len(), Ordering::Relaxed);
+        self.shared
+            .stats
+            .running
+            .store(self.running.len(), Ordering::Relaxed);
     }
 }
 

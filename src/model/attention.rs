@@ -22,11 +22,18 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     };
     let att = candle_nn::ops::softmax_last_dim(&att)?;
     let y = att.matmul(&v)?; // [kv, group*new, hd]
-    y.reshape((n_heads, new, head_dim))?.transpose(0, 1)?.reshape((new, n_heads * head_dim))
+    y.reshape((n_heads, new, head_dim))?
+        .transpose(0, 1)?
+        .reshape((new, n_heads * head_dim))
 }
 
 /// Additive mask `[group * new, total]`: row `r` is query `r % new`, at absolute position `total - new + r % new`.
-fn causal_mask(new: usize, total: usize, group: usize, dev: &candle_core::Device) -> Result<Tensor> {
+fn causal_mask(
+    new: usize,
+    total: usize,
+    group: usize,
+    dev: &candle_core::Device,
+) -> Result<Tensor> {
     let past = total - new;
     let mut m = vec![0f32; group * new * total];
     for r in 0..group * new {
@@ -41,7 +48,11 @@ fn causal_mask(new: usize, total: usize, group: usize, dev: &candle_core::Device
 /// Softmax-free helper used by tests: the maximum absolute difference between two tensors.
 #[cfg(test)]
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-    (a - b)?.abs()?.flatten_all()?.max(candle_core::D::Minus1)?.to_scalar::<f32>()
+    (a - b)?
+        .abs()?
+        .flatten_all()?
+        .max(candle_core::D::Minus1)?
+        .to_scalar::<f32>()
 }
 
 #[cfg(test)]

@@ -21,16 +21,28 @@ pub struct GgufFile {
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self, ModelError> {
-        let io = |source| ModelError::Io { path: path.display().to_string(), source };
+        let io = |source| ModelError::Io {
+            path: path.display().to_string(),
+            source,
+        };
         let mut reader = BufReader::new(File::open(path).map_err(io)?);
         let content = Content::read(&mut reader).map_err(|e| invalid(path, e))?;
-        let progress = super::loader::progress_bar(content.tensor_infos.len() as u64, "loading tensors");
-        Ok(Self { path: path.to_path_buf(), content, reader, progress })
+        let progress =
+            super::loader::progress_bar(content.tensor_infos.len() as u64, "loading tensors");
+        Ok(Self {
+            path: path.to_path_buf(),
+            content,
+            reader,
+            progress,
+        })
     }
 
     /// A metadata value, or an error naming the missing key.
     pub fn meta(&self, key: &str) -> Result<&Value, ModelError> {
-        self.content.metadata.get(key).ok_or_else(|| invalid(&self.path, format!("missing metadata `{key}`")))
+        self.content
+            .metadata
+            .get(key)
+            .ok_or_else(|| invalid(&self.path, format!("missing metadata `{key}`")))
     }
 
     pub fn meta_u32(&self, key: &str) -> Result<u32, ModelError> {
@@ -42,7 +54,11 @@ impl GgufFile {
     }
 
     pub fn meta_str(&self, key: &str) -> Option<&str> {
-        self.content.metadata.get(key).and_then(|v| v.to_string().ok()).map(String::as_str)
+        self.content
+            .metadata
+            .get(key)
+            .and_then(|v| v.to_string().ok())
+            .map(String::as_str)
     }
 
     pub fn has_tensor(&self, name: &str) -> bool {
@@ -51,7 +67,10 @@ impl GgufFile {
 
     /// Reads one tensor onto `device`.
     pub fn tensor(&mut self, name: &str, device: &Device) -> Result<Arc<QTensor>, ModelError> {
-        let t = self.content.tensor(&mut self.reader, name, device).map_err(|e| invalid(&self.path, e))?;
+        let t = self
+            .content
+            .tensor(&mut self.reader, name, device)
+            .map_err(|e| invalid(&self.path, e))?;
         self.progress.inc(1);
         Ok(Arc::new(t))
     }
@@ -63,5 +82,8 @@ impl GgufFile {
 }
 
 pub(crate) fn invalid(path: &Path, reason: impl std::fmt::Display) -> ModelError {
-    ModelError::Invalid { path: path.display().to_string(), reason: reason.to_string() }
+    ModelError::Invalid {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
 }

@@ -8,7 +8,10 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 use serde::Deserialize;
 
-use super::{attention, check_context, last_rows, row_spans, CausalLm, ModelError, ModelInfo, SeqCache, SeqStep};
+use super::{
+    attention, check_context, last_rows, row_spans, CausalLm, ModelError, ModelInfo, SeqCache,
+    SeqStep,
+};
 
 /// The fields of a GPT-2 `config.json` that the forward pass needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -41,7 +44,10 @@ struct Conv1D {
 
 impl Conv1D {
     fn load(vb: VarBuilder, inp: usize, out: usize) -> candle_core::Result<Self> {
-        Ok(Self { w: vb.get((inp, out), "weight")?, b: vb.get(out, "bias")? })
+        Ok(Self {
+            w: vb.get((inp, out), "weight")?,
+            b: vb.get(out, "bias")?,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -71,19 +77,35 @@ pub struct Gpt2 {
 }
 
 fn layer_norm(vb: VarBuilder, d: usize, eps: f64) -> candle_core::Result<LayerNorm> {
-    Ok(LayerNorm::new(vb.get(d, "weight")?, vb.get(d, "bias")?, eps))
+    Ok(LayerNorm::new(
+        vb.get(d, "weight")?,
+        vb.get(d, "bias")?,
+        eps,
+    ))
 }
 
 impl Gpt2 {
     /// Loads from a folder's `config.json` and safetensors files (one file or shards).
-    pub fn load(config: &Path, weights: &[PathBuf], name: &str, device: &Device) -> Result<Self, ModelError> {
-        let text = std::fs::read_to_string(config)
-            .map_err(|source| ModelError::Io { path: config.display().to_string(), source })?;
-        let cfg: Config = serde_json::from_str(&text).map_err(|e| super::gguf::invalid(config, e))?;
+    pub fn load(
+        config: &Path,
+        weights: &[PathBuf],
+        name: &str,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let text = std::fs::read_to_string(config).map_err(|source| ModelError::Io {
+            path: config.display().to_string(),
+            source,
+        })?;
+        let cfg: Config =
+            serde_json::from_str(&text).map_err(|e| super::gguf::invalid(config, e))?;
         let progress = super::loader::progress_bar(cfg.n_layer as u64 + 2, "loading layers");
         // SAFETY: the files are mapped read-only and not modified while the model lives.
         let root = unsafe { VarBuilder::from_mmaped_safetensors(weights, DType::F32, device)? };
-        let vb = if root.contains_tensor("transformer.wte.weight") { root.pp("transformer") } else { root.clone() };
+        let vb = if root.contains_tensor("transformer.wte.weight") {
+            root.pp("transformer")
+        } else {
+            root.clone()
+        };
         let d = cfg.n_embd;
         let wte = vb.get((cfg.vocab_size, d), "wte.weight")?;
         let wpe = vb.get((cfg.n_positions, d), "wpe.weight")?;
@@ -118,16 +140,34 @@ impl Gpt2 {
             kv_bytes_per_token: 2 * cfg.n_layer * d * 4,
         };
         let exact_gelu = cfg.activation_function == "gelu";
-        Ok(Self { cfg, info, wte, wpe, blocks, ln_f, lm_head, exact_gelu })
+        Ok(Self {
+            cfg,
+            info,
+            wte,
+            wpe,
+            blocks,
+            ln_f,
+            lm_head,
+            exact_gelu,
+        })
     }
 
     fn embed(&self, batch: &[SeqStep<'_>]) -> candle_core::Result<Tensor> {
-        let ids: Vec<u32> = batch.iter().flat_map(|s| s.tokens.iter().copied()).collect();
-        let pos: Vec<u32> =
-            batch.iter().flat_map(|s| (s.cache.len()..s.cache.len() + s.tokens.len()).map(|p| p as u32)).collect();
+        let ids: Vec<u32> = batch
+            .iter()
+            .flat_map(|s| s.tokens.iter().copied())
+            .collect();
+        let pos: Vec<u32> = batch
+            .iter()
+            .flat_map(|s| (s.cache.len()..s.cache.len() + s.tokens.len()).map(|p| p as u32))
+            .collect();
         let dev = self.wte.device();
-        let tok = self.wte.index_select(&Tensor::new(ids.as_slice(), dev)?, 0)?;
-        let pos = self.wpe.index_select(&Tensor::new(pos.as_slice(), dev)?, 0)?;
+        let tok = self
+            .wte
+            .index_select(&Tensor::new(ids.as_slice(), dev)?, 0)?;
+        let pos = self
+            .wpe
+            .index_select(&Tensor::new(pos.as_slice(), dev)?, 0)?;
         tok + pos
     }
 
@@ -144,7 +184,11 @@ impl Gpt2 {
         let mut outs = Vec::with_capacity(batch.len());
         for (seq, &(start, len)) in batch.iter_mut().zip(spans) {
             let part = |j: usize| -> candle_core::Result<Tensor> {
-                qkv.narrow(0, start, len)?.narrow(1, j * d, d)?.reshape((len, nh, hd))?.transpose(0, 1)?.contiguous()
+                qkv.narrow(0, start, len)?
+                    .narrow(1, j * d, d)?
+                    .reshape((len, nh, hd))?
+                    .transpose(0, 1)?
+                    .contiguous()
             };
             let (k, v) = seq.cache.append(i, &part(1)?, &part(2)?)?;
             outs.push(attention::causal_attention(&part(0)?, &k, &v)?);
@@ -154,7 +198,11 @@ impl Gpt2 {
 
     fn mlp(&self, i: usize, xs: &Tensor) -> candle_core::Result<Tensor> {
         let h = self.blocks[i].c_fc.forward(xs)?;
-        let h = if self.exact_gelu { h.gelu_erf()? } else { h.gelu()? };
+        let h = if self.exact_gelu {
+            h.gelu_erf()?
+        } else {
+            h.gelu()?
+        };
         self.blocks[i].mlp_proj.forward(&h)
     }
 }

@@ -15,7 +15,9 @@ pub struct SeqCache {
 impl SeqCache {
     /// A cache for `n_layers` layers; tensors are `[kv_heads, positions, head_dim]`, grown along dim 1.
     pub fn new(n_layers: usize) -> Self {
-        let layers = (0..n_layers).map(|_| KvCache::new(1, INITIAL_POSITIONS)).collect();
+        let layers = (0..n_layers)
+            .map(|_| KvCache::new(1, INITIAL_POSITIONS))
+            .collect();
         Self { layers, len: 0 }
     }
 

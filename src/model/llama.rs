@@ -8,7 +8,10 @@ use candle_core::{DType, Device, Tensor};
 
 use super::gguf::GgufFile;
 use super::qlinear::QLinear;
-use super::{attention, check_context, last_rows, row_spans, CausalLm, ModelError, ModelInfo, SeqCache, SeqStep};
+use super::{
+    attention, check_context, last_rows, row_spans, CausalLm, ModelError, ModelInfo, SeqCache,
+    SeqStep,
+};
 
 /// Hyper-parameters read from GGUF metadata.
 #[derive(Debug, Clone)]
@@ -26,16 +29,26 @@ struct Config {
 
 impl Config {
     fn read(g: &GgufFile) -> Result<Self, ModelError> {
-        let arch = g.meta_str("general.architecture").unwrap_or("llama").to_string();
+        let arch = g
+            .meta_str("general.architecture")
+            .unwrap_or("llama")
+            .to_string();
         let key = |k: &str| format!("{arch}.{k}");
         let n_heads = g.meta_u32(&key("attention.head_count"))? as usize;
         let dim = g.meta_u32(&key("embedding_length"))? as usize;
         Ok(Self {
             n_layers: g.meta_u32(&key("block_count"))? as usize,
             n_heads,
-            n_kv_heads: g.meta_u32(&key("attention.head_count_kv")).unwrap_or(n_heads as u32) as usize,
-            head_dim: g.meta_u32(&key("rope.dimension_count")).map(|d| d as usize).unwrap_or(dim / n_heads),
-            rms_eps: g.meta_f32(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f64,
+            n_kv_heads: g
+                .meta_u32(&key("attention.head_count_kv"))
+                .unwrap_or(n_heads as u32) as usize,
+            head_dim: g
+                .meta_u32(&key("rope.dimension_count"))
+                .map(|d| d as usize)
+                .unwrap_or(dim / n_heads),
+            rms_eps: g
+                .meta_f32(&key("attention.layer_norm_rms_epsilon"))
+                .unwrap_or(1e-5) as f64,
             rope_base: g.meta_f32(&key("rope.freq_base")).unwrap_or(10_000.0),
             context: g.meta_u32(&key("context_length")).unwrap_or(4096) as usize,
             rope_neox: matches!(arch.as_str(), "qwen2" | "qwen3" | "phi3" | "stablelm"),
@@ -80,7 +93,9 @@ impl Llama {
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
             let mut lin = |n: &str| -> Result<QLinear, ModelError> {
-                Ok(QLinear::new(g.tensor(&format!("blk.{i}.{n}.weight"), device)?)?)
+                Ok(QLinear::new(
+                    g.tensor(&format!("blk.{i}.{n}.weight"), device)?,
+                )?)
             };
             layers.push(Layer {
                 wq: lin("attn_q")?,
@@ -96,21 +111,37 @@ impl Llama {
         }
         let norm = dense(&mut g, "output_norm.weight")?;
         // Tied embeddings: the output projection reuses the quantized embedding table as it is.
-        let output_w = if g.has_tensor("output.weight") { g.tensor("output.weight", device)? } else { embed.clone() };
+        let output_w = if g.has_tensor("output.weight") {
+            g.tensor("output.weight", device)?
+        } else {
+            embed.clone()
+        };
         let output = QLinear::new(output_w)?;
         g.finish();
         let (cos, sin) = rope_tables(cfg.head_dim, cfg.rope_base, cfg.context, device)?;
         let (vocab, _) = embed.shape().dims2()?;
         let info = ModelInfo {
             name: name.to_string(),
-            arch: g.meta_str("general.architecture").unwrap_or("llama").to_string(),
+            arch: g
+                .meta_str("general.architecture")
+                .unwrap_or("llama")
+                .to_string(),
             quantization: quant_name(&g),
             vocab_size: vocab,
             context_length: cfg.context,
             n_params: count_params(&g),
             kv_bytes_per_token: 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 4,
         };
-        Ok(Self { cfg, info, embed, layers, norm, output, cos, sin })
+        Ok(Self {
+            cfg,
+            info,
+            embed,
+            layers,
+            norm,
+            output,
+            cos,
+            sin,
+        })
     }
 
     /// Attention of one layer for every sequence; `xs` holds all new tokens stacked, normalized.
@@ -127,7 +158,11 @@ impl Llama {
         let mut outs = Vec::with_capacity(batch.len());
         for (seq, &(start, len)) in batch.iter_mut().zip(spans) {
             let pos = seq.cache.len();
-            let heads = |t: &Tensor, n: usize| t.narrow(0, start, len)?.reshape((len, n, hd))?.transpose(0, 1);
+            let heads = |t: &Tensor, n: usize| {
+                t.narrow(0, start, len)?
+                    .reshape((len, n, hd))?
+                    .transpose(0, 1)
+            };
             let q = self.rope(&heads(&q, nh)?, pos)?;
             let k = self.rope(&heads(&k, nkv)?, pos)?;
             let v = heads(&v, nkv)?.contiguous()?;
@@ -161,7 +196,10 @@ impl CausalLm for Llama {
     fn forward(&self, batch: &mut [SeqStep<'_>]) -> Result<Tensor, ModelError> {
         check_context(batch, self.cfg.context)?;
         let spans = row_spans(batch);
-        let ids: Vec<u32> = batch.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let ids: Vec<u32> = batch
+            .iter()
+            .flat_map(|s| s.tokens.iter().copied())
+            .collect();
         let ids = Tensor::new(ids.as_slice(), self.cos.device())?;
         let mut xs = self.embed.embedding(&ids)?;
         let eps = self.cfg.rms_eps as f32;
@@ -188,10 +226,20 @@ impl CausalLm for Llama {
 }
 
 /// cos/sin tables `[positions, head_dim / 2]` for rotary embeddings.
-fn rope_tables(head_dim: usize, base: f32, positions: usize, dev: &Device) -> candle_core::Result<(Tensor, Tensor)> {
-    let inv: Vec<f32> = (0..head_dim).step_by(2).map(|i| 1.0 / base.powf(i as f32 / head_dim as f32)).collect();
+fn rope_tables(
+    head_dim: usize,
+    base: f32,
+    positions: usize,
+    dev: &Device,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let inv: Vec<f32> = (0..head_dim)
+        .step_by(2)
+        .map(|i| 1.0 / base.powf(i as f32 / head_dim as f32))
+        .collect();
     let inv = Tensor::from_vec(inv, (1, head_dim / 2), dev)?;
-    let t = Tensor::arange(0u32, positions as u32, dev)?.to_dtype(DType::F32)?.reshape((positions, 1))?;
+    let t = Tensor::arange(0u32, positions as u32, dev)?
+        .to_dtype(DType::F32)?
+        .reshape((positions, 1))?;
     let freqs = t.matmul(&inv)?;
     Ok((freqs.cos()?, freqs.sin()?))
 }
@@ -199,12 +247,27 @@ fn rope_tables(head_dim: usize, base: f32, positions: usize, dev: &Device) -> ca
 /// The most common weight type among the 2-D tensors, e.g. `Q4_1`.
 fn quant_name(g: &GgufFile) -> String {
     let mut counts = std::collections::HashMap::new();
-    for t in g.content.tensor_infos.values().filter(|t| t.shape.rank() == 2) {
-        *counts.entry(format!("{:?}", t.ggml_dtype)).or_insert(0usize) += t.shape.elem_count();
+    for t in g
+        .content
+        .tensor_infos
+        .values()
+        .filter(|t| t.shape.rank() == 2)
+    {
+        *counts
+            .entry(format!("{:?}", t.ggml_dtype))
+            .or_insert(0usize) += t.shape.elem_count();
     }
-    counts.into_iter().max_by_key(|(_, n)| *n).map(|(k, _)| k).unwrap_or_default()
+    counts
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map(|(k, _)| k)
+        .unwrap_or_default()
 }
 
 fn count_params(g: &GgufFile) -> usize {
-    g.content.tensor_infos.values().map(|t| t.shape.elem_count()).sum()
+    g.content
+        .tensor_infos
+        .values()
+        .map(|t| t.shape.elem_count())
+        .sum()
 }

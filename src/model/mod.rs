@@ -28,7 +28,10 @@ pub enum ModelError {
     #[error("invalid model file {path}: {reason}")]
     Invalid { path: String, reason: String },
     #[error("i/o error on {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("hub error: {0}")]
     Hub(String),
     #[error("tensor error: {0}")]

@@ -27,15 +27,25 @@ pub struct Blocks<B> {
 impl<B: QuantBlock> Blocks<B> {
     fn new(w: &QTensor) -> Result<Self> {
         let (out, inp) = w.shape().dims2()?;
-        Ok(Self { blocks: quant::blocks_from_bytes(&w.data()?), out, inp })
+        Ok(Self {
+            blocks: quant::blocks_from_bytes(&w.data()?),
+            out,
+            inp,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (rows, k) = x.dims2()?;
         if k != self.inp {
-            candle_core::bail!("quantized linear: input width {k}, weight expects {}", self.inp);
+            candle_core::bail!(
+                "quantized linear: input width {k}, weight expects {}",
+                self.inp
+            );
         }
-        let xs = x.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let xs = x
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let mut dst = vec![0f32; rows * self.out];
         quant::matmul(&xs, rows, k, &self.blocks, self.out, &mut dst);
         Tensor::from_vec(dst, (rows, self.out), x.device())
@@ -46,7 +56,8 @@ impl QLinear {
     /// Picks rill's kernel for Q4_1 and Q8_0 weights on the CPU, candle's for everything else.
     /// `RILL_CANDLE_QUANT=1` forces candle's kernels (for comparisons).
     pub fn new(w: Arc<QTensor>) -> Result<Self> {
-        let own = matches!(w.device(), Device::Cpu) && std::env::var_os("RILL_CANDLE_QUANT").is_none();
+        let own =
+            matches!(w.device(), Device::Cpu) && std::env::var_os("RILL_CANDLE_QUANT").is_none();
         match w.dtype() {
             GgmlDType::Q4_1 if own => Ok(Self::Q4_1(Blocks::new(&w)?)),
             GgmlDType::Q8_0 if own => Ok(Self::Q8_0(Blocks::new(&w)?)),

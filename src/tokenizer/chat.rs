@@ -11,7 +11,8 @@ use super::TokenizerError;
 /// ```text
 /// <system prompt>\n\nUser: <message>\nAssistant: <message>\n...User: <message>\nAssistant:
 /// ```
-pub const FALLBACK_TEMPLATE: &str = "{% for m in messages %}{% if m.role == 'system' %}{{ m.content }}\n\n\
+pub const FALLBACK_TEMPLATE: &str =
+    "{% for m in messages %}{% if m.role == 'system' %}{{ m.content }}\n\n\
 {% else %}{{ m.role | capitalize }}: {{ m.content }}\n{% endif %}{% endfor %}\
 {% if add_generation_prompt %}Assistant:{% endif %}";
 
@@ -24,7 +25,10 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: &str, content: &str) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -39,7 +43,11 @@ pub struct ChatTemplate {
 
 impl ChatTemplate {
     /// Compiles `source`, or the fallback when `None`.
-    pub fn new(source: Option<String>, bos: Option<&str>, eos: Option<&str>) -> Result<Self, TokenizerError> {
+    pub fn new(
+        source: Option<String>,
+        bos: Option<&str>,
+        eos: Option<&str>,
+    ) -> Result<Self, TokenizerError> {
         let is_model_template = source.is_some();
         let mut env = Environment::new();
         env.set_trim_blocks(true);
@@ -48,9 +56,14 @@ impl ChatTemplate {
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
         });
-        env.add_function("strftime_now", |fmt: String| -> String { strftime_now(&fmt) });
-        env.add_template_owned("chat", source.unwrap_or_else(|| FALLBACK_TEMPLATE.to_string()))
-            .map_err(|e| TokenizerError::Template(e.to_string()))?;
+        env.add_function("strftime_now", |fmt: String| -> String {
+            strftime_now(&fmt)
+        });
+        env.add_template_owned(
+            "chat",
+            source.unwrap_or_else(|| FALLBACK_TEMPLATE.to_string()),
+        )
+        .map_err(|e| TokenizerError::Template(e.to_string()))?;
         Ok(Self {
             env,
             bos_token: bos.unwrap_or_default().to_string(),
@@ -73,8 +86,15 @@ impl ChatTemplate {
     }
 
     /// Renders a conversation into prompt text, ending with the assistant's turn when `add_generation_prompt`.
-    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, TokenizerError> {
-        let tmpl = self.env.get_template("chat").map_err(|e| TokenizerError::Template(e.to_string()))?;
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(|e| TokenizerError::Template(e.to_string()))?;
         tmpl.render(context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
@@ -87,9 +107,14 @@ impl ChatTemplate {
 
 /// Today's date for templates that print it; supports the `%d %b %Y` style fields templates use.
 fn strftime_now(fmt: &str) -> String {
-    let days = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() / 86_400).unwrap_or(0);
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0);
     let (y, m, d) = civil_from_days(days as i64);
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     fmt.replace("%Y", &y.to_string())
         .replace("%m", &format!("{m:02}"))
         .replace("%d", &format!("{d:02}"))
@@ -125,16 +150,29 @@ mod tests {
     #[test]
     fn fallback_is_a_plain_transcript() {
         let t = ChatTemplate::new(None, None, None).unwrap();
-        let msgs = [ChatMessage::new("system", "Be brief."), ChatMessage::new("user", "Hi"), ChatMessage::new("assistant", "Hello")];
-        assert_eq!(t.render(&msgs, true).unwrap(), "Be brief.\n\nUser: Hi\nAssistant: Hello\nAssistant:");
+        let msgs = [
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", "Hi"),
+            ChatMessage::new("assistant", "Hello"),
+        ];
+        assert_eq!(
+            t.render(&msgs, true).unwrap(),
+            "Be brief.\n\nUser: Hi\nAssistant: Hello\nAssistant:"
+        );
     }
 
     #[test]
     fn python_methods_and_raise_exception_work() {
         let src = "{% if messages[0].role != 'user' %}{{ raise_exception('first must be user') }}{% endif %}{{ messages[0].content.strip() }}";
         let t = ChatTemplate::new(Some(src.into()), None, None).unwrap();
-        assert_eq!(t.render(&[ChatMessage::new("user", "  x  ")], false).unwrap(), "x");
-        let err = t.render(&[ChatMessage::new("system", "s")], false).unwrap_err();
+        assert_eq!(
+            t.render(&[ChatMessage::new("user", "  x  ")], false)
+                .unwrap(),
+            "x"
+        );
+        let err = t
+            .render(&[ChatMessage::new("system", "s")], false)
+            .unwrap_err();
         assert!(err.to_string().contains("first must be user"));
     }
 

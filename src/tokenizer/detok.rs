@@ -21,7 +21,10 @@ pub struct IncrementalDecoder {
 
 impl IncrementalDecoder {
     pub fn new(skip_special: bool) -> Self {
-        Self { skip_special, ..Self::default() }
+        Self {
+            skip_special,
+            ..Self::default()
+        }
     }
 
     /// Adds one token and returns the text that became complete (possibly empty).
@@ -61,5 +64,9 @@ impl IncrementalDecoder {
 }
 
 fn common_prefix_len(a: &str, b: &str) -> usize {
-    a.char_indices().zip(b.chars()).take_while(|((_, x), y)| x == y).last().map_or(0, |((i, c), _)| i + c.len_utf8())
+    a.char_indices()
+        .zip(b.chars())
+        .take_while(|((_, x), y)| x == y)
+        .last()
+        .map_or(0, |((i, c), _)| i + c.len_utf8())
 }

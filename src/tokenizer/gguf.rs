@@ -33,28 +33,55 @@ pub fn from_gguf(g: &GgufFile) -> Result<TextTokenizer, TokenizerError> {
         Some(Value::Array(v)) => v.iter().map(|t| t.to_i32().unwrap_or(1)).collect(),
         _ => vec![1; tokens.len()],
     };
-    let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
     let merges = merges
         .iter()
-        .filter_map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
+        .filter_map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+        })
         .collect();
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .build()
         .map_err(|e| TokenizerError::Unsupported(e.to_string()))?;
     let mut tok = Tokenizer::new(bpe);
-    tok.with_pre_tokenizer(Some(pre_tokenizer(g.meta_str("tokenizer.ggml.pre").unwrap_or("default"))?));
+    tok.with_pre_tokenizer(Some(pre_tokenizer(
+        g.meta_str("tokenizer.ggml.pre").unwrap_or("default"),
+    )?));
     tok.with_decoder(Some(ByteLevelDecoder::default()));
     let specials = tokens
         .iter()
         .zip(&types)
         .filter(|(_, ty)| SPECIAL_TYPES.contains(ty))
         .map(|(t, _)| AddedToken::from(t.clone(), true));
-    tok.add_special_tokens(specials.collect::<Vec<_>>()).map_err(|e| TokenizerError::Unsupported(e.to_string()))?;
-    let id_text = |key: &str| g.meta_u32(key).ok().and_then(|id| tokens.get(id as usize).cloned());
-    let add_bos = g.content.metadata.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok());
-    let mut t = TextTokenizer::new(tok, id_text("tokenizer.ggml.eos_token_id"), id_text("tokenizer.ggml.bos_token_id"), add_bos.unwrap_or(false));
-    if let Some(eot) = g.meta_u32("tokenizer.ggml.eot_token_id").ok().filter(|id| !t.eos_ids.contains(id)) {
+    tok.add_special_tokens(specials.collect::<Vec<_>>())
+        .map_err(|e| TokenizerError::Unsupported(e.to_string()))?;
+    let id_text = |key: &str| {
+        g.meta_u32(key)
+            .ok()
+            .and_then(|id| tokens.get(id as usize).cloned())
+    };
+    let add_bos = g
+        .content
+        .metadata
+        .get("tokenizer.ggml.add_bos_token")
+        .and_then(|v| v.to_bool().ok());
+    let mut t = TextTokenizer::new(
+        tok,
+        id_text("tokenizer.ggml.eos_token_id"),
+        id_text("tokenizer.ggml.bos_token_id"),
+        add_bos.unwrap_or(false),
+    );
+    if let Some(eot) = g
+        .meta_u32("tokenizer.ggml.eot_token_id")
+        .ok()
+        .filter(|id| !t.eos_ids.contains(id))
+    {
         t.eos_ids.push(eot);
     }
     Ok(t)
@@ -67,17 +94,28 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper, TokenizerError> {
         "default" | "gpt-2" | "gpt2" => byte_level(true),
         "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level(true)]).into(),
         "llama-bpe" | "llama3" | "smaug-bpe" => {
-            let split = Split::new(SplitPattern::Regex(LLAMA3_SPLIT.into()), SplitDelimiterBehavior::Isolated, false)
-                .map_err(|e| TokenizerError::Unsupported(e.to_string()))?;
+            let split = Split::new(
+                SplitPattern::Regex(LLAMA3_SPLIT.into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| TokenizerError::Unsupported(e.to_string()))?;
             Sequence::new(vec![split.into(), byte_level(false)]).into()
         }
-        other => return Err(TokenizerError::Unsupported(format!("tokenizer.ggml.pre = `{other}`"))),
+        other => {
+            return Err(TokenizerError::Unsupported(format!(
+                "tokenizer.ggml.pre = `{other}`"
+            )))
+        }
     })
 }
 
 fn strings(g: &GgufFile, key: &str) -> Result<Vec<String>, TokenizerError> {
     match g.content.metadata.get(key) {
-        Some(Value::Array(v)) => Ok(v.iter().filter_map(|s| s.to_string().ok().cloned()).collect()),
+        Some(Value::Array(v)) => Ok(v
+            .iter()
+            .filter_map(|s| s.to_string().ok().cloned())
+            .collect()),
         _ => Err(TokenizerError::Unsupported(format!("missing `{key}`"))),
     }
 }

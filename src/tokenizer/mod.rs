@@ -24,7 +24,14 @@ pub enum TokenizerError {
 }
 
 /// Token texts that end a turn in common model families, used as stop ids when present as special tokens.
-const END_OF_TURN_TEXTS: &[&str] = &["<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end|>", "</s>", "<|end_of_text|>"];
+const END_OF_TURN_TEXTS: &[&str] = &[
+    "<|endoftext|>",
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|end|>",
+    "</s>",
+    "<|end_of_text|>",
+];
 
 /// A tokenizer plus what generation needs to know about its special tokens.
 #[derive(Clone)]
@@ -40,7 +47,12 @@ pub struct TextTokenizer {
 
 impl TextTokenizer {
     /// Wraps a tokenizer; `eos` and `bos` are token texts from the model's configuration.
-    pub fn new(inner: tokenizers::Tokenizer, eos: Option<String>, bos: Option<String>, add_bos: bool) -> Self {
+    pub fn new(
+        inner: tokenizers::Tokenizer,
+        eos: Option<String>,
+        bos: Option<String>,
+        add_bos: bool,
+    ) -> Self {
         let mut eos_ids: Vec<u32> = eos.iter().filter_map(|t| inner.token_to_id(t)).collect();
         for text in END_OF_TURN_TEXTS {
             if let Some(id) = inner.token_to_id(text) {
@@ -49,23 +61,49 @@ impl TextTokenizer {
                 }
             }
         }
-        let add_bos = if add_bos { bos.as_deref().and_then(|b| inner.token_to_id(b)) } else { None };
-        Self { inner, eos_ids, bos_token: bos, eos_token: eos, add_bos }
+        let add_bos = if add_bos {
+            bos.as_deref().and_then(|b| inner.token_to_id(b))
+        } else {
+            None
+        };
+        Self {
+            inner,
+            eos_ids,
+            bos_token: bos,
+            eos_token: eos,
+            add_bos,
+        }
     }
 
     /// Loads `tokenizer.json`, reading special tokens from `tokenizer_config.json` beside it when present.
-    pub fn from_file(path: &Path, config: Option<&serde_json::Value>) -> Result<Self, TokenizerError> {
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| TokenizerError::Load { path: path.display().to_string(), reason: e.to_string() })?;
+    pub fn from_file(
+        path: &Path,
+        config: Option<&serde_json::Value>,
+    ) -> Result<Self, TokenizerError> {
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| TokenizerError::Load {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
         let token = |k: &str| config.and_then(|c| c.get(k)).and_then(token_text);
-        let add_bos = config.and_then(|c| c.get("add_bos_token")).and_then(|v| v.as_bool()).unwrap_or(false);
-        Ok(Self::new(inner, token("eos_token"), token("bos_token"), add_bos))
+        let add_bos = config
+            .and_then(|c| c.get("add_bos_token"))
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        Ok(Self::new(
+            inner,
+            token("eos_token"),
+            token("bos_token"),
+            add_bos,
+        ))
     }
 
     /// Prompt text → ids, with BOS first when the model wants it. Special-token texts in `text` become
     /// their single ids, as chat templates require.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        let enc = self.inner.encode(text, false).map_err(|e| TokenizerError::Tokenize(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| TokenizerError::Tokenize(e.to_string()))?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if let Some(bos) = self.add_bos {
             if enc.get_ids().first() != Some(&bos) {
@@ -78,7 +116,9 @@ impl TextTokenizer {
 
     /// Ids → text; special tokens are dropped when `skip_special` is set.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
-        self.inner.decode(ids, skip_special).map_err(|e| TokenizerError::Tokenize(e.to_string()))
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| TokenizerError::Tokenize(e.to_string()))
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -95,10 +135,17 @@ impl TextTokenizer {
 }
 
 fn is_special(tok: &tokenizers::Tokenizer, id: u32) -> bool {
-    tok.get_added_vocabulary().get_added_tokens_decoder().get(&id).is_some_and(|t| t.special)
+    tok.get_added_vocabulary()
+        .get_added_tokens_decoder()
+        .get(&id)
+        .is_some_and(|t| t.special)
 }
 
 /// A special token in `tokenizer_config.json` is either a string or `{"content": ...}`.
 fn token_text(v: &serde_json::Value) -> Option<String> {
-    v.as_str().map(str::to_string).or_else(|| v.get("content").and_then(|c| c.as_str()).map(str::to_string))
+    v.as_str().map(str::to_string).or_else(|| {
+        v.get("content")
+            .and_then(|c| c.as_str())
+            .map(str::to_string)
+    })
 }

@@ -29,27 +29,48 @@ pub fn golden(name: &str) -> serde_json::Value {
 }
 
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// Starts an engine over the model at `models/<rel>` (or any name the locator resolves).
 pub fn engine(rel: &str, config: EngineConfig) -> EngineHandle {
-    let locator = ModelLocator { models_dir: root().join("models"), hub_cache: root().join("models/hf-cache"), offline: true };
+    let locator = ModelLocator {
+        models_dir: root().join("models"),
+        hub_cache: root().join("models/hf-cache"),
+        offline: true,
+    };
     if !Path::new(rel).exists() && !rel.contains('/') {
         model_path(rel);
     }
     let source = locator.resolve(rel).unwrap();
     let name = rel.to_string();
-    EngineHandle::start(move || model::load(&source, &name, &candle_core::Device::Cpu), config).unwrap()
+    EngineHandle::start(
+        move || model::load(&source, &name, &candle_core::Device::Cpu),
+        config,
+    )
+    .unwrap()
 }
 
 /// A greedy request for `n` tokens that does not stop at EOS.
 pub fn greedy(prompt: Vec<u32>, n: usize) -> GenRequest {
-    GenRequest { prompt, sampling: SamplingParams::greedy(), max_tokens: Some(n), stop: vec![], ignore_eos: true }
+    GenRequest {
+        prompt,
+        sampling: SamplingParams::greedy(),
+        max_tokens: Some(n),
+        stop: vec![],
+        ignore_eos: true,
+    }
 }
 
 pub fn sha256(path: &Path) -> String {
     use sha2::Digest;
     let bytes = std::fs::read(path).unwrap();
-    sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -30,7 +30,11 @@ pub struct BlockQ8_1 {
 }
 
 impl BlockQ8_1 {
-    pub const ZERO: Self = Self { d: 0.0, s: 0.0, qs: [0; QK] };
+    pub const ZERO: Self = Self {
+        d: 0.0,
+        s: 0.0,
+        qs: [0; QK],
+    };
 }
 
 impl QuantBlock for BlockQ4_1 {
@@ -39,7 +43,11 @@ impl QuantBlock for BlockQ4_1 {
     const ZERO_ACT: BlockQ8_1 = BlockQ8_1::ZERO;
 
     fn from_bytes(c: &[u8]) -> Self {
-        Self { d: f16::from_le_bytes([c[0], c[1]]), m: f16::from_le_bytes([c[2], c[3]]), qs: c[4..20].try_into().expect("16 bytes") }
+        Self {
+            d: f16::from_le_bytes([c[0], c[1]]),
+            m: f16::from_le_bytes([c[2], c[3]]),
+            qs: c[4..20].try_into().expect("16 bytes"),
+        }
     }
 
     fn quantize_acts(x: &[f32], out: &mut [BlockQ8_1]) {
@@ -165,7 +173,9 @@ mod tests {
     #[test]
     fn simd_dot_matches_scalar() {
         let w = random_blocks(24, 7);
-        let x: Vec<f32> = (0..24 * QK).map(|i| ((i * 37 % 101) as f32 - 50.0) / 13.0).collect();
+        let x: Vec<f32> = (0..24 * QK)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 13.0)
+            .collect();
         let mut xq = vec![BlockQ8_1::ZERO; 24];
         quantize_row_q8_1(&x, &mut xq);
         let (a, b) = (vec_dot(&w, &xq), vec_dot_scalar(&w, &xq));
@@ -177,7 +187,9 @@ mod tests {
         use super::super::matmul;
         let (m, k, n) = (3, 64, 10);
         let w = random_blocks(n * k / QK, 3);
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 29 % 97) as f32 - 48.0) / 31.0).collect();
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 29 % 97) as f32 - 48.0) / 31.0)
+            .collect();
         let mut dst = vec![0f32; m * n];
         matmul(&x, m, k, &w, n, &mut dst);
         let mut wf = vec![0f32; n * k];
@@ -185,8 +197,16 @@ mod tests {
         for r in 0..m {
             for c in 0..n {
                 let exact: f32 = (0..k).map(|i| x[r * k + i] * wf[c * k + i]).sum();
-                let tol = 0.02 * (0..k).map(|i| (x[r * k + i] * wf[c * k + i]).abs()).sum::<f32>() + 1e-3;
-                assert!((dst[r * n + c] - exact).abs() < tol, "({r},{c}): {} vs {exact}", dst[r * n + c]);
+                let tol = 0.02
+                    * (0..k)
+                        .map(|i| (x[r * k + i] * wf[c * k + i]).abs())
+                        .sum::<f32>()
+                    + 1e-3;
+                assert!(
+                    (dst[r * n + c] - exact).abs() < tol,
+                    "({r},{c}): {} vs {exact}",
+                    dst[r * n + c]
+                );
             }
         }
     }

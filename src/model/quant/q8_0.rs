@@ -23,10 +23,16 @@ pub struct ActQ8_0 {
 impl QuantBlock for BlockQ8_0 {
     type Act = ActQ8_0;
     const BYTES: usize = 34;
-    const ZERO_ACT: ActQ8_0 = ActQ8_0 { d: 0.0, qs: [0; QK] };
+    const ZERO_ACT: ActQ8_0 = ActQ8_0 {
+        d: 0.0,
+        qs: [0; QK],
+    };
 
     fn from_bytes(c: &[u8]) -> Self {
-        Self { d: f16::from_le_bytes([c[0], c[1]]), qs: std::array::from_fn(|i| c[2 + i] as i8) }
+        Self {
+            d: f16::from_le_bytes([c[0], c[1]]),
+            qs: std::array::from_fn(|i| c[2 + i] as i8),
+        }
     }
 
     fn quantize_acts(x: &[f32], out: &mut [ActQ8_0]) {
@@ -57,7 +63,12 @@ pub fn vec_dot_scalar(w: &[BlockQ8_0], x: &[ActQ8_0]) -> f32 {
     w.iter()
         .zip(x)
         .map(|(bw, bx)| {
-            let isum: i32 = bw.qs.iter().zip(&bx.qs).map(|(a, b)| *a as i32 * *b as i32).sum();
+            let isum: i32 = bw
+                .qs
+                .iter()
+                .zip(&bx.qs)
+                .map(|(a, b)| *a as i32 * *b as i32)
+                .sum();
             bw.d.to_f32() * bx.d * isum as f32
         })
         .sum()
@@ -97,16 +108,28 @@ mod tests {
         let w: Vec<BlockQ8_0> = (0..n)
             .map(|b| BlockQ8_0 {
                 d: f16::from_f32(0.01 + b as f32 * 1e-3),
-                qs: std::array::from_fn(|i| ((i * 7 + b * 13) % 255) as i32 as i8 - ((i * 7 + b * 13) % 255 == 128) as i8),
+                qs: std::array::from_fn(|i| {
+                    ((i * 7 + b * 13) % 255) as i32 as i8 - ((i * 7 + b * 13) % 255 == 128) as i8
+                }),
             })
             .collect();
-        let x: Vec<f32> = (0..n * QK).map(|i| ((i * 31 % 89) as f32 - 44.0) / 17.0).collect();
+        let x: Vec<f32> = (0..n * QK)
+            .map(|i| ((i * 31 % 89) as f32 - 44.0) / 17.0)
+            .collect();
         let mut xq = vec![BlockQ8_0::ZERO_ACT; n];
         BlockQ8_0::quantize_acts(&x, &mut xq);
         let (a, b) = (BlockQ8_0::vec_dot(&w, &xq), vec_dot_scalar(&w, &xq));
         assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
-        let terms: Vec<f32> = (0..n * QK).map(|i| w[i / QK].d.to_f32() * w[i / QK].qs[i % QK] as f32 * x[i]).collect();
-        let (exact, scale) = (terms.iter().sum::<f32>(), terms.iter().map(|t| t.abs()).sum::<f32>());
-        assert!((a - exact).abs() < 0.01 * scale, "{a} vs {exact} (Σ|terms| = {scale})");
+        let terms: Vec<f32> = (0..n * QK)
+            .map(|i| w[i / QK].d.to_f32() * w[i / QK].qs[i % QK] as f32 * x[i])
+            .collect();
+        let (exact, scale) = (
+            terms.iter().sum::<f32>(),
+            terms.iter().map(|t| t.abs()).sum::<f32>(),
+        );
+        assert!(
+            (a - exact).abs() < 0.01 * scale,
+            "{a} vs {exact} (Σ|terms| = {scale})"
+        );
     }
 }

@@ -1,0 +1,258 @@
+//! OpenAI request bodies and their translation into an engine request: messages through the chat template,
+//! prompts through the tokenizer, sampling fields checked against OpenAI's ranges. Unsupported features (n > 1,
+//! logprobs, tools, non-text content, echo, suffix) are refused with a 400 rather than silently ignored.
+
+use serde::Deserialize;
+use serde_json::{Number, Value};
+
+use crate::api::error::ApiError;
+use crate::api::params::{self, Limits, OneOrMany, SamplingFields};
+use crate::engine::{GenRequest, SamplingParams, Shared};
+use crate::tokenizer::ChatMessage;
+
+const LIMITS: Limits = Limits { max_temperature: 2.0 };
+
+/// `max_tokens` of `/v1/completions` when the request gives none, as OpenAI documents.
+pub const COMPLETIONS_DEFAULT_MAX_TOKENS: usize = 16;
+
+/// Fields shared by chat and text completions.
+#[derive(Debug, Default, Deserialize)]
+pub struct Common {
+    pub model: Option<String>,
+    pub max_tokens: Option<i64>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub stop: Option<OneOrMany>,
+    pub seed: Option<Number>,
+    pub n: Option<i64>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    /// vLLM's extension: keep generating past end-of-sequence.
+    pub ignore_eos: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamOptions {
+    pub include_usage: Option<bool>,
+}
+
+/// `POST /v1/chat/completions`.
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    pub messages: Vec<Message>,
+    pub max_completion_tokens: Option<i64>,
+    pub logprobs: Option<bool>,
+    pub tools: Option<Vec<Value>>,
+    pub response_format: Option<Value>,
+    #[serde(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: Option<Content>,
+}
+
+/// Message content: a string, or a list of parts of which rill understands `text`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Part {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+/// `POST /v1/completions`.
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    pub prompt: Prompt,
+    pub echo: Option<bool>,
+    pub suffix: Option<String>,
+    pub best_of: Option<i64>,
+    pub logprobs: Option<Value>,
+    #[serde(flatten)]
+    pub common: Common,
+}
+
+/// A prompt as text or token ids; a list must hold exactly one prompt.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    Text(String),
+    Texts(Vec<String>),
+    Ids(Vec<u32>),
+    IdLists(Vec<Vec<u32>>),
+}
+
+/// An engine request and how to answer it.
+#[derive(Debug)]
+pub struct Prepared {
+    pub gen: GenRequest,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+impl ChatRequest {
+    pub fn prepare(self, shared: &Shared) -> Result<Prepared, ApiError> {
+        if self.logprobs == Some(true) {
+            return Err(ApiError::bad_request("`logprobs` is not supported yet"));
+        }
+        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+            return Err(ApiError::bad_request("`tools` are not supported yet"));
+        }
+        if let Some(kind) = self.response_format.as_ref().and_then(|f| f.get("type")).and_then(Value::as_str) {
+            if kind != "text" {
+                return Err(ApiError::bad_request(format!("`response_format` `{kind}` is not supported yet; only `text`")));
+            }
+        }
+        if self.messages.is_empty() {
+            return Err(ApiError::bad_request("`messages` must hold at least one message"));
+        }
+        let messages = self.messages.into_iter().map(chat_message).collect::<Result<Vec<_>, _>>()?;
+        let prompt = shared.tokenizer.encode(&shared.chat.render(&messages, true)?)?;
+        let max = params::positive("max_completion_tokens", self.max_completion_tokens)?;
+        self.common.prepare(prompt, max, None)
+    }
+}
+
+impl CompletionRequest {
+    pub fn prepare(self, shared: &Shared) -> Result<Prepared, ApiError> {
+        if self.echo == Some(true) {
+            return Err(ApiError::bad_request("`echo` is not supported yet"));
+        }
+        if self.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
+            return Err(ApiError::bad_request("`suffix` is not supported"));
+        }
+        if self.best_of.is_some_and(|b| b != 1) {
+            return Err(ApiError::bad_request("`best_of` must be 1"));
+        }
+        if self.logprobs.as_ref().is_some_and(|l| !l.is_null()) {
+            return Err(ApiError::bad_request("`logprobs` is not supported yet"));
+        }
+        let prompt = prompt_ids(self.prompt, shared)?;
+        self.common.prepare(prompt, None, Some(COMPLETIONS_DEFAULT_MAX_TOKENS))
+    }
+}
+
+impl Common {
+    fn prepare(self, prompt: Vec<u32>, max_override: Option<usize>, default_max: Option<usize>) -> Result<Prepared, ApiError> {
+        if let Some(n) = self.n.filter(|&n| n != 1) {
+            return Err(ApiError::bad_request(format!("`n` must be 1 (got {n}): one choice per request is supported")));
+        }
+        let max_tokens = max_override.or(params::positive("max_tokens", self.max_tokens)?).or(default_max);
+        let fields = SamplingFields {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            repeat_last_n: None,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            seed: params::seed(self.seed.as_ref())?,
+        };
+        let sampling = fields.build(SamplingParams::default(), LIMITS)?;
+        let stream = self.stream.unwrap_or(false);
+        let include_usage = stream && self.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
+        let gen = GenRequest { prompt, sampling, max_tokens, stop: params::stops(self.stop), ignore_eos: self.ignore_eos.unwrap_or(false) };
+        Ok(Prepared { gen, stream, include_usage })
+    }
+}
+
+/// One OpenAI message as a template message: `developer` counts as `system`; only text content is accepted.
+fn chat_message(m: Message) -> Result<ChatMessage, ApiError> {
+    let role = match m.role.as_str() {
+        "system" | "developer" => "system",
+        "user" => "user",
+        "assistant" => "assistant",
+        other => return Err(ApiError::bad_request(format!("message role `{other}` is not supported; use system, user or assistant"))),
+    };
+    let content = match m.content {
+        None => String::new(),
+        Some(Content::Text(t)) => t,
+        Some(Content::Parts(parts)) => {
+            let mut text = String::new();
+            for p in parts {
+                match (p.kind.as_str(), p.text) {
+                    ("text", Some(t)) => text.push_str(&t),
+                    (kind, _) => return Err(ApiError::bad_request(format!("content part `{kind}` is not supported; only text"))),
+                }
+            }
+            text
+        }
+    };
+    Ok(ChatMessage::new(role, &content))
+}
+
+fn prompt_ids(p: Prompt, shared: &Shared) -> Result<Vec<u32>, ApiError> {
+    let one = |n: usize| {
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(ApiError::bad_request(format!("`prompt` must hold exactly one prompt, got {n}")))
+        }
+    };
+    let ids = match p {
+        Prompt::Text(t) => shared.tokenizer.encode(&t)?,
+        Prompt::Texts(mut v) => {
+            one(v.len())?;
+            shared.tokenizer.encode(&v.remove(0))?
+        }
+        Prompt::Ids(ids) => ids,
+        Prompt::IdLists(mut v) => {
+            one(v.len())?;
+            v.remove(0)
+        }
+    };
+    if let Some(bad) = ids.iter().find(|&&id| id as usize >= shared.info.vocab_size) {
+        return Err(ApiError::bad_request(format!("token id {bad} is outside the vocabulary of {}", shared.info.vocab_size)));
+    }
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_parts_join_and_roles_map() {
+        let m: Message = serde_json::from_str(r#"{"role":"developer","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}"#).unwrap();
+        assert_eq!(chat_message(m).unwrap(), ChatMessage::new("system", "ab"));
+        let img: Message = serde_json::from_str(r#"{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}"#).unwrap();
+        assert!(chat_message(img).unwrap_err().to_string().contains("image_url"));
+        let tool: Message = serde_json::from_str(r#"{"role":"tool","content":"x"}"#).unwrap();
+        assert!(chat_message(tool).is_err());
+    }
+
+    #[test]
+    fn common_fields() {
+        let c: Common = serde_json::from_str(r#"{"n":2}"#).unwrap();
+        assert!(c.prepare(vec![1], None, None).unwrap_err().to_string().contains("`n`"));
+        let c: Common = serde_json::from_str(r#"{"stream_options":{"include_usage":true},"max_tokens":5,"stop":"x","seed":7}"#).unwrap();
+        let p = c.prepare(vec![1], None, None).unwrap();
+        assert!(!p.include_usage, "usage is only for streams");
+        assert_eq!((p.gen.max_tokens, p.gen.stop, p.gen.sampling.seed), (Some(5), vec!["x".to_string()], Some(7)));
+        let c: Common = serde_json::from_str(r#"{"stream":true,"stream_options":{}}"#).unwrap();
+        assert!(!c.prepare(vec![1], None, Some(16)).unwrap().include_usage);
+    }
+
+    #[test]
+    fn prompt_forms_parse() {
+        let r: CompletionRequest = serde_json::from_str(r#"{"prompt":[1,2,3]}"#).unwrap();
+        assert!(matches!(r.prompt, Prompt::Ids(ref v) if v == &[1, 2, 3]));
+        let r: CompletionRequest = serde_json::from_str(r#"{"prompt":["a","b"]}"#).unwrap();
+        assert!(matches!(r.prompt, Prompt::Texts(ref v) if v.len() == 2));
+    }
+}
