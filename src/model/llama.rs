@@ -58,13 +58,12 @@ impl Config {
 
 struct Layer {
     attn_norm: Tensor,
-    wq: QLinear,
-    wk: QLinear,
-    wv: QLinear,
+    /// Q, K and V stacked: one matmul per layer.
+    wqkv: QLinear,
     wo: QLinear,
     ffn_norm: Tensor,
-    gate: QLinear,
-    up: QLinear,
+    /// Gate and up stacked, applied as SwiGLU.
+    gate_up: QLinear,
     down: QLinear,
 }
 
@@ -92,19 +91,14 @@ impl Llama {
         let embed = g.tensor("token_embd.weight", device)?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
-            let mut lin = |n: &str| -> Result<QLinear, ModelError> {
-                Ok(QLinear::new(
-                    g.tensor(&format!("blk.{i}.{n}.weight"), device)?,
-                )?)
-            };
+            let mut w = |n: &str| g.tensor(&format!("blk.{i}.{n}.weight"), device);
+            let (q, k, v) = (w("attn_q")?, w("attn_k")?, w("attn_v")?);
+            let (wo, gate, up, down) = (w("attn_output")?, w("ffn_gate")?, w("ffn_up")?, w("ffn_down")?);
             layers.push(Layer {
-                wq: lin("attn_q")?,
-                wk: lin("attn_k")?,
-                wv: lin("attn_v")?,
-                wo: lin("attn_output")?,
-                gate: lin("ffn_gate")?,
-                up: lin("ffn_up")?,
-                down: lin("ffn_down")?,
+                wqkv: QLinear::fused(vec![q, k, v])?,
+                wo: QLinear::new(wo)?,
+                gate_up: QLinear::fused(vec![gate, up])?,
+                down: QLinear::new(down)?,
                 attn_norm: dense(&mut g, &format!("blk.{i}.attn_norm.weight"))?,
                 ffn_norm: dense(&mut g, &format!("blk.{i}.ffn_norm.weight"))?,
             });
@@ -153,8 +147,9 @@ impl Llama {
         spans: &[(usize, usize)],
     ) -> candle_core::Result<Tensor> {
         let l = &self.layers[layer];
-        let (q, k, v) = (l.wq.forward(xs)?, l.wk.forward(xs)?, l.wv.forward(xs)?);
         let (hd, nh, nkv) = (self.cfg.head_dim, self.cfg.n_heads, self.cfg.n_kv_heads);
+        let qkv = l.wqkv.forward(xs)?;
+        let (q, k, v) = (qkv.narrow(1, 0, nh * hd)?, qkv.narrow(1, nh * hd, nkv * hd)?, qkv.narrow(1, (nh + nkv) * hd, nkv * hd)?);
         let mut outs = Vec::with_capacity(batch.len());
         for (seq, &(start, len)) in batch.iter_mut().zip(spans) {
             let pos = seq.cache.len();
@@ -187,8 +182,7 @@ impl Llama {
 
     fn mlp(&self, layer: usize, xs: &Tensor) -> candle_core::Result<Tensor> {
         let l = &self.layers[layer];
-        let h = (candle_nn::ops::silu(&l.gate.forward(xs)?)? * l.up.forward(xs)?)?;
-        l.down.forward(&h)
+        l.down.forward(&l.gate_up.forward_swiglu(xs)?)
     }
 }
 
