@@ -1,10 +1,11 @@
 //! Incremental detokenization: turns a stream of token ids into text deltas without ever decoding a token
 //! alone, holding back bytes that do not yet form a complete UTF-8 character.
 //!
-//! It keeps a small window of ids: `prefix..read` is text already emitted, `read..` is new. Each step decodes
-//! the window with and without the new ids and emits the difference, unless the new text ends in U+FFFD
-//! (an incomplete character), in which case it waits for the next token. Spaces, punctuation and CJK text are
-//! emitted as soon as they are complete.
+//! It keeps a small window of ids: `prefix..read` is context already emitted, `read..` is new. Each step decodes
+//! the window with and without the new ids and emits the difference, up to the last complete character: when
+//! the new text ends in U+FFFD (a character whose bytes are still arriving), the complete part before it is
+//! emitted now and the rest waits. So a token that carries a space and the first byte of a CJK character
+//! shows its space at once. Spaces, punctuation and CJK text appear on the token that completes them.
 
 use super::{TextTokenizer, TokenizerError};
 
@@ -16,15 +17,14 @@ pub struct IncrementalDecoder {
     ids: Vec<u32>,
     prefix: usize,
     read: usize,
+    /// Bytes of the text of `read..` already emitted while its last character was incomplete.
+    partial: usize,
     skip_special: bool,
 }
 
 impl IncrementalDecoder {
     pub fn new(skip_special: bool) -> Self {
-        Self {
-            skip_special,
-            ..Self::default()
-        }
+        Self { skip_special, ..Self::default() }
     }
 
     /// Adds one token and returns the text that became complete (possibly empty).
@@ -44,21 +44,19 @@ impl IncrementalDecoder {
         }
         let before = tok.decode(&self.ids[self.prefix..self.read], self.skip_special)?;
         let after = tok.decode(&self.ids[self.prefix..], self.skip_special)?;
-        if !at_end && after.ends_with(REPLACEMENT) {
-            return Ok(String::new());
-        }
-        let new = match after.strip_prefix(before.as_str()) {
-            Some(new) => new.to_string(),
-            // A decoder that rewrites earlier text (rare): emit what differs after the common prefix.
-            None => after[common_prefix_len(&before, &after)..].to_string(),
-        };
-        if new.is_empty() && !at_end {
-            // Nothing visible yet (e.g. a skipped special token): keep the window but move on.
+        let incomplete = !at_end && after.ends_with(REPLACEMENT);
+        let complete = if incomplete { after.trim_end_matches(REPLACEMENT) } else { after.as_str() };
+        // Text of the new tokens; a decoder that rewrites earlier text (rare) is diffed after the common prefix.
+        let start = if complete.starts_with(before.as_str()) { before.len() } else { common_prefix_len(&before, complete) };
+        let visible = &complete[start.min(complete.len())..];
+        let new = visible.get(self.partial..).unwrap_or_default().to_string();
+        if incomplete {
+            self.partial += new.len();
+        } else {
+            self.prefix = self.read;
             self.read = self.ids.len();
-            return Ok(new);
+            self.partial = 0;
         }
-        self.prefix = self.read;
-        self.read = self.ids.len();
         Ok(new)
     }
 }
