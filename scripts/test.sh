@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Everything rill's tests need, then the tests: fetch the real models, make the GPT-2 fixtures, build, run the
+# Rust test suite, then the official-SDK conformance suite against a real `rill serve`.
+# Works on a fresh machine with Rust, Python 3 (pip) and Node (npm); safe to re-run (each step skips finished work).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+echo "== models"
+scripts/fetch-models.sh
+python3 scripts/make-fixtures.py
+
+echo "== build"
+cargo build --release --locked
+
+echo "== cargo test"
+cargo test --release --locked
+
+if [ -x scripts/sdk-test.sh ]; then
+  echo "== SDK conformance"
+  scripts/sdk-test.sh
+fi
