@@ -21,6 +21,11 @@ pub trait QuantBlock: Copy + Send + Sync + Sized {
     fn quantize_acts(x: &[f32], out: &mut [Self::Act]);
     /// Dot product of a weight row with an activation row.
     fn vec_dot(w: &[Self], x: &[Self::Act]) -> f32;
+    /// Dot products of one weight row with four activation rows (prefill and batched decode), unpacking each
+    /// weight block once.
+    fn vec_dot4(w: &[Self], x: [&[Self::Act]; 4]) -> [f32; 4] {
+        x.map(|x| Self::vec_dot(w, x))
+    }
 }
 
 /// Parses GGUF tensor bytes into blocks (copied, so alignment is guaranteed).
@@ -28,8 +33,13 @@ pub fn blocks_from_bytes<B: QuantBlock>(bytes: &[u8]) -> Vec<B> {
     bytes.chunks_exact(B::BYTES).map(B::from_bytes).collect()
 }
 
+/// Output columns per unit of parallel work: a tile of weight rows small enough to stay in L1 while every
+/// activation row passes over it.
+const COL_TILE: usize = 16;
+
 /// `dst[r, c] = x[r] · w[c]` for activations `x` (`m` rows of `k`) and weights `w` (`n` rows of `k`), split
-/// across candle's CPU worker pool by output column, so each weight row is read once for all `m` rows.
+/// across candle's CPU worker pool by tiles of output columns. Within a tile, activation rows go four at a
+/// time across the tile's weight rows, so both stay in cache and each weight row is read from memory once.
 pub fn matmul<B: QuantBlock>(x: &[f32], m: usize, k: usize, w: &[B], n: usize, dst: &mut [f32]) {
     assert!(k % QK == 0 && x.len() == m * k && w.len() == n * k / QK && dst.len() == m * n);
     let kb = k / QK;
@@ -39,14 +49,25 @@ pub fn matmul<B: QuantBlock>(x: &[f32], m: usize, k: usize, w: &[B], n: usize, d
     }
     let dst_addr = dst.as_mut_ptr() as usize;
     let xq = &xq;
-    candle_core::utils::barrier_pool().execute_chunked(n, move |cols| {
+    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(COL_TILE), move |tiles| {
         let dst = dst_addr as *mut f32;
-        for c in cols {
-            let wrow = &w[c * kb..(c + 1) * kb];
-            for r in 0..m {
-                let v = B::vec_dot(wrow, &xq[r * kb..(r + 1) * kb]);
-                // SAFETY: each (r, c) is written by exactly one worker, and dst has m * n elements.
-                unsafe { *dst.add(r * n + c) = v };
+        let xrow = |r: usize| &xq[r * kb..(r + 1) * kb];
+        let wrow = |c: usize| &w[c * kb..(c + 1) * kb];
+        let cols = tiles.start * COL_TILE..(tiles.end * COL_TILE).min(n);
+        // SAFETY (writes below): each (r, c) is written by exactly one worker, and dst has m * n elements.
+        let mut r = 0;
+        while r + 4 <= m {
+            let rows = [xrow(r), xrow(r + 1), xrow(r + 2), xrow(r + 3)];
+            for c in cols.clone() {
+                for (i, v) in B::vec_dot4(wrow(c), rows).into_iter().enumerate() {
+                    unsafe { *dst.add((r + i) * n + c) = v };
+                }
+            }
+            r += 4;
+        }
+        for r in r..m {
+            for c in cols.clone() {
+                unsafe { *dst.add(r * n + c) = B::vec_dot(wrow(c), xrow(r)) };
             }
         }
     });

@@ -57,6 +57,17 @@ impl QuantBlock for BlockQ4_1 {
     fn vec_dot(w: &[Self], x: &[BlockQ8_1]) -> f32 {
         vec_dot(w, x)
     }
+
+    fn vec_dot4(w: &[Self], x: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the features were just detected.
+                return unsafe { avx2::vec_dot4(w, x) };
+            }
+        }
+        x.map(|x| vec_dot_scalar(w, x))
+    }
 }
 
 /// Quantizes one row of activations (`len` a multiple of 32) into Q8_1 blocks.
@@ -139,6 +150,30 @@ mod avx2 {
             summs += bx.m.to_f32() * by.s;
         }
         hsum(acc) + summs
+    }
+
+    /// One weight row against four activation rows: each weight block is unpacked once.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn vec_dot4(x: &[BlockQ4_1], ys: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+        let low = _mm_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut summs = [0f32; 4];
+        for (b, bx) in x.iter().enumerate() {
+            let packed = _mm_loadu_si128(bx.qs.as_ptr() as *const __m128i);
+            let lo = _mm_and_si128(packed, low);
+            let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
+            let qx = _mm256_set_m128i(hi, lo);
+            let (d, m) = (bx.d.to_f32(), bx.m.to_f32());
+            for j in 0..4 {
+                let by = &ys[j][b];
+                let qy = _mm256_loadu_si256(by.qs.as_ptr() as *const __m256i);
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(qx, qy), ones);
+                acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(d * by.d), _mm256_cvtepi32_ps(p), acc[j]);
+                summs[j] += m * by.s;
+            }
+        }
+        [hsum(acc[0]) + summs[0], hsum(acc[1]) + summs[1], hsum(acc[2]) + summs[2], hsum(acc[3]) + summs[3]]
     }
 
     #[inline]

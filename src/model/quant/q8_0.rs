@@ -57,6 +57,17 @@ impl QuantBlock for BlockQ8_0 {
         }
         vec_dot_scalar(w, x)
     }
+
+    fn vec_dot4(w: &[Self], x: [&[ActQ8_0]; 4]) -> [f32; 4] {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the features were just detected.
+                return unsafe { avx2::vec_dot4(w, x) };
+            }
+        }
+        x.map(|x| vec_dot_scalar(w, x))
+    }
 }
 
 pub fn vec_dot_scalar(w: &[BlockQ8_0], x: &[ActQ8_0]) -> f32 {
@@ -92,6 +103,31 @@ mod avx2 {
             let scale = _mm256_set1_ps(bw.d.to_f32() * bx.d);
             acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc);
         }
+        hsum(acc)
+    }
+
+    /// One weight row against four activation rows: each weight block's magnitude is computed once.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn vec_dot4(w: &[BlockQ8_0], xs: [&[ActQ8_0]; 4]) -> [f32; 4] {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (b, bw) in w.iter().enumerate() {
+            let qw = _mm256_loadu_si256(bw.qs.as_ptr() as *const __m256i);
+            let aw = _mm256_sign_epi8(qw, qw);
+            let d = bw.d.to_f32();
+            for j in 0..4 {
+                let bx = &xs[j][b];
+                let qx = _mm256_loadu_si256(bx.qs.as_ptr() as *const __m256i);
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(qx, qw)), ones);
+                acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(d * bx.d), _mm256_cvtepi32_ps(p), acc[j]);
+            }
+        }
+        [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(acc: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
