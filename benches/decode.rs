@@ -26,7 +26,10 @@ struct Row {
 }
 
 fn env_usize(k: &str, default: usize) -> usize {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -52,7 +55,10 @@ fn models(root: &Path) -> Vec<(String, PathBuf)> {
     if wanted.contains("gpt2-124m") {
         let dir = root.join("models/gpt2-124m-shape");
         if !dir.join("model.safetensors").exists() {
-            eprintln!("making {} (scripts/make-fixtures.py --bench-model)...", dir.display());
+            eprintln!(
+                "making {} (scripts/make-fixtures.py --bench-model)...",
+                dir.display()
+            );
             let ok = std::process::Command::new("python3")
                 .args(["scripts/make-fixtures.py", "--bench-model"])
                 .current_dir(root)
@@ -74,13 +80,21 @@ fn models(root: &Path) -> Vec<(String, PathBuf)> {
 }
 
 fn request(prompt: Vec<u32>, max_tokens: usize) -> GenRequest {
-    GenRequest { prompt, sampling: SamplingParams::greedy(), max_tokens: Some(max_tokens), stop: vec![], ignore_eos: true }
+    GenRequest {
+        prompt,
+        sampling: SamplingParams::greedy(),
+        max_tokens: Some(max_tokens),
+        stop: vec![],
+        ignore_eos: true,
+    }
 }
 
 /// Aggregate and median per-stream decode tok/s for `n` concurrent streams of `tokens` tokens.
 fn decode(e: &EngineHandle, prompt: &[u32], n: usize, tokens: usize) -> (f64, f64) {
     let t0 = Instant::now();
-    let streams: Vec<_> = (0..n).map(|_| e.submit(request(prompt.to_vec(), tokens)).unwrap()).collect();
+    let streams: Vec<_> = (0..n)
+        .map(|_| e.submit(request(prompt.to_vec(), tokens)).unwrap())
+        .collect();
     let done: Vec<_> = streams
         .into_iter()
         .map(|s| std::thread::spawn(move || s.collect_blocking().unwrap().2))
@@ -90,7 +104,11 @@ fn decode(e: &EngineHandle, prompt: &[u32], n: usize, tokens: usize) -> (f64, f6
         .collect();
     let wall = t0.elapsed().as_secs_f64();
     let total: usize = done.iter().map(|c| c.usage.completion_tokens).sum();
-    let per_stream = median(done.iter().map(|c| c.timings.decode_tokens_per_sec(c.usage.completion_tokens)).collect());
+    let per_stream = median(
+        done.iter()
+            .map(|c| c.timings.decode_tokens_per_sec(c.usage.completion_tokens))
+            .collect(),
+    );
     (total as f64 / wall, per_stream)
 }
 
@@ -98,26 +116,62 @@ fn bench_model(name: &str, dir: &Path, dev_name: &str, dev: &Device, rows: &mut 
     let locator = ModelLocator::from_env(dir.parent().unwrap().to_path_buf());
     let source = locator.resolve(dir.to_str().unwrap()).unwrap();
     let (label, device) = (name.to_string(), dev.clone());
-    let e = EngineHandle::start(move || model::load(&source, &label, &device), EngineConfig::default()).unwrap();
-    let (tokens, rounds) = (env_usize("RILL_BENCH_TOKENS", 64), env_usize("RILL_BENCH_ROUNDS", 3).max(1));
-    let prompt = e.tokenizer().encode("Once upon a time, in a small village by the sea,").unwrap();
+    let e = EngineHandle::start(
+        move || model::load(&source, &label, &device),
+        EngineConfig::default(),
+    )
+    .unwrap();
+    let (tokens, rounds) = (
+        env_usize("RILL_BENCH_TOKENS", 64),
+        env_usize("RILL_BENCH_ROUNDS", 3).max(1),
+    );
+    let prompt = e
+        .tokenizer()
+        .encode("Once upon a time, in a small village by the sea,")
+        .unwrap();
     decode(&e, &prompt, 1, 4); // warm-up
     let mut add = |what: String, tok_s: f64, per_stream: f64| {
         eprintln!("  {name} {dev_name} {what}: {tok_s:.1} tok/s");
-        rows.push(Row { model: name.into(), device: dev_name.into(), what, tok_s, per_stream });
+        rows.push(Row {
+            model: name.into(),
+            device: dev_name.into(),
+            what,
+            tok_s,
+            per_stream,
+        });
     };
     for n in CONCURRENCY {
-        let runs: Vec<(f64, f64)> = (0..rounds).map(|_| decode(&e, &prompt, n, tokens)).collect();
-        add(format!("decode x{n}"), median(runs.iter().map(|r| r.0).collect()), median(runs.iter().map(|r| r.1).collect()));
+        let runs: Vec<(f64, f64)> = (0..rounds)
+            .map(|_| decode(&e, &prompt, n, tokens))
+            .collect();
+        add(
+            format!("decode x{n}"),
+            median(runs.iter().map(|r| r.0).collect()),
+            median(runs.iter().map(|r| r.1).collect()),
+        );
     }
-    let long: Vec<u32> = prompt.iter().copied().cycle().take(PREFILL_TOKENS).collect();
+    let long: Vec<u32> = prompt
+        .iter()
+        .copied()
+        .cycle()
+        .take(PREFILL_TOKENS)
+        .collect();
     let prefill = (0..rounds)
         .map(|_| {
-            let c = e.submit(request(long.clone(), 1)).unwrap().collect_blocking().unwrap().2;
+            let c = e
+                .submit(request(long.clone(), 1))
+                .unwrap()
+                .collect_blocking()
+                .unwrap()
+                .2;
             PREFILL_TOKENS as f64 / c.timings.ttft.as_secs_f64()
         })
         .collect();
-    add(format!("prefill {PREFILL_TOKENS}"), median(prefill), f64::NAN);
+    add(
+        format!("prefill {PREFILL_TOKENS}"),
+        median(prefill),
+        f64::NAN,
+    );
 }
 
 fn main() {
@@ -130,11 +184,24 @@ fn main() {
             bench_model(&name, &dir, &dev_name, &dev, &mut rows);
         }
     }
-    println!("\n{:<10} {:<6} {:<12} {:>14} {:>16}", "model", "device", "measure", "total tok/s", "per-stream tok/s");
+    println!(
+        "\n{:<10} {:<6} {:<12} {:>14} {:>16}",
+        "model", "device", "measure", "total tok/s", "per-stream tok/s"
+    );
     for r in &rows {
-        let per = if r.per_stream.is_nan() { "-".to_string() } else { format!("{:.1}", r.per_stream) };
-        println!("{:<10} {:<6} {:<12} {:>14.1} {:>16}", r.model, r.device, r.what, r.tok_s, per);
+        let per = if r.per_stream.is_nan() {
+            "-".to_string()
+        } else {
+            format!("{:.1}", r.per_stream)
+        };
+        println!(
+            "{:<10} {:<6} {:<12} {:>14.1} {:>16}",
+            r.model, r.device, r.what, r.tok_s, per
+        );
     }
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_default();
-    println!("(CPU threads: {threads}; medians of {} rounds)", env_usize("RILL_BENCH_ROUNDS", 3).max(1));
+    println!(
+        "(CPU threads: {threads}; medians of {} rounds)",
+        env_usize("RILL_BENCH_ROUNDS", 3).max(1)
+    );
 }

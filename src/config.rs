@@ -154,4 +154,49 @@ pub struct ServeArgs {
     pub port: u16,
     #[command(flatten)]
     pub engine: EngineArgs,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// HTTP behaviour of `rill serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// Require this key on every model route, as `Authorization: Bearer <key>` or `x-api-key: <key>`
+    /// (`/health` and `/` stay open).
+    #[arg(long, env = "RILL_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Allow browsers from this origin (repeatable or comma-separated; `*` allows any). CORS is off by default.
+    #[arg(long, env = "RILL_CORS_ORIGIN", value_delimiter = ',')]
+    pub cors_origin: Vec<String>,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    #[arg(long, env = "RILL_BODY_LIMIT", default_value_t = 4 * 1024 * 1024)]
+    pub body_limit: usize,
+    /// Let OpenAI and Anthropic requests name any model and get the served one (by default an unknown name is a
+    /// 404; Ollama requests must always name the served model).
+    #[arg(long, env = "RILL_ANY_MODEL")]
+    pub any_model: bool,
+    /// Seconds a stream may stay silent (e.g. during a long prefill) before an SSE keep-alive is sent.
+    #[arg(long, env = "RILL_SSE_PING_SECS", default_value_t = 10.0)]
+    pub sse_ping_secs: f64,
+}
+
+impl ApiArgs {
+    pub fn config(&self) -> crate::api::ApiConfig {
+        crate::api::ApiConfig {
+            api_key: self.api_key.clone().filter(|k| !k.is_empty()),
+            cors_origins: self
+                .cors_origin
+                .iter()
+                .map(|o| o.trim().to_string())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            body_limit: self.body_limit.max(1),
+            any_model: self.any_model,
+            ping_interval: std::time::Duration::from_secs_f64(if self.sse_ping_secs.is_finite() {
+                self.sse_ping_secs.clamp(0.05, 3600.0)
+            } else {
+                10.0
+            }),
+        }
+    }
 }

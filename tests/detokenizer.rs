@@ -13,12 +13,17 @@ use rill::tokenizer::{gguf::from_gguf, IncrementalDecoder, TextTokenizer};
 
 fn gpt2() -> &'static TextTokenizer {
     static T: OnceLock<TextTokenizer> = OnceLock::new();
-    T.get_or_init(|| TextTokenizer::from_file(&model_path("gpt2-tokenizer/tokenizer.json"), None).unwrap())
+    T.get_or_init(|| {
+        TextTokenizer::from_file(&model_path("gpt2-tokenizer/tokenizer.json"), None).unwrap()
+    })
 }
 
 fn smollm2() -> &'static TextTokenizer {
     static T: OnceLock<TextTokenizer> = OnceLock::new();
-    T.get_or_init(|| from_gguf(&GgufFile::open(&model_path("smollm2/SmolLM2-135M-Instruct-Q4_1.gguf")).unwrap()).unwrap())
+    T.get_or_init(|| {
+        from_gguf(&GgufFile::open(&model_path("smollm2/SmolLM2-135M-Instruct-Q4_1.gguf")).unwrap())
+            .unwrap()
+    })
 }
 
 /// Streams `ids` through a fresh decoder; returns every delta.
@@ -58,7 +63,11 @@ fn text_is_emitted_as_soon_as_it_is_complete() {
     let text = "Hi, 東京! ok";
     let ids = tok.encode(text).unwrap();
     let deltas = stream(tok, &ids);
-    assert_eq!(deltas.last().unwrap(), "", "everything was emitted before the flush: {deltas:?}");
+    assert_eq!(
+        deltas.last().unwrap(),
+        "",
+        "everything was emitted before the flush: {deltas:?}"
+    );
     let mut shown = String::new();
     for (i, d) in deltas.iter().enumerate().take(ids.len()) {
         shown.push_str(d);

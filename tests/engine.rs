@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 use common::{engine, model_path};
-use rill::engine::{EngineConfig, EngineError, EngineHandle, Event, FinishReason, GenRequest, Loaded, SamplingParams};
+use rill::engine::{
+    EngineConfig, EngineError, EngineHandle, Event, FinishReason, GenRequest, Loaded,
+    SamplingParams,
+};
 use rill::model::{CausalLm, ModelError, ModelInfo, SeqCache, SeqStep};
 use rill::tokenizer::{ChatTemplate, TextTokenizer};
 
@@ -35,11 +38,19 @@ impl CausalLm for Counting {
         for (i, s) in batch.iter_mut().enumerate() {
             assert!(!s.tokens.contains(&PANIC_ON), "scripted panic");
             let last = *s.tokens.last().unwrap();
-            let next = if last == EOS_AFTER { EOS } else { (last + 1) % EOS };
+            let next = if last == EOS_AFTER {
+                EOS
+            } else {
+                (last + 1) % EOS
+            };
             logits[i * VOCAB + next as usize] = 10.0;
             s.cache.advance(s.tokens.len());
         }
-        Ok(Tensor::from_vec(logits, (batch.len(), VOCAB), &Device::Cpu)?)
+        Ok(Tensor::from_vec(
+            logits,
+            (batch.len(), VOCAB),
+            &Device::Cpu,
+        )?)
     }
 
     fn new_cache(&self) -> SeqCache {
@@ -53,7 +64,9 @@ impl CausalLm for Counting {
 
 fn gpt2_tokenizer() -> TextTokenizer {
     let dir = model_path("gpt2-tokenizer");
-    let config = serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap()).unwrap();
+    let config =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap())
+            .unwrap();
     TextTokenizer::from_file(&dir.join("tokenizer.json"), Some(&config)).unwrap()
 }
 
@@ -70,20 +83,37 @@ fn fake(config: EngineConfig, step_delay: Duration) -> (EngineHandle, Arc<Atomic
             n_params: 0,
             kv_bytes_per_token: 0,
         };
-        let model: Box<dyn CausalLm> = Box::new(Counting { info, step_delay, forwards: counter });
-        Ok(Loaded { model, tokenizer: gpt2_tokenizer(), chat: ChatTemplate::new(None, None, None).unwrap() })
+        let model: Box<dyn CausalLm> = Box::new(Counting {
+            info,
+            step_delay,
+            forwards: counter,
+        });
+        Ok(Loaded {
+            model,
+            tokenizer: gpt2_tokenizer(),
+            chat: ChatTemplate::new(None, None, None).unwrap(),
+        })
     };
     (EngineHandle::start(load, config).unwrap(), forwards)
 }
 
 fn request(prompt: Vec<u32>, max_tokens: usize) -> GenRequest {
-    GenRequest { prompt, sampling: SamplingParams::greedy(), max_tokens: Some(max_tokens), stop: vec![], ignore_eos: false }
+    GenRequest {
+        prompt,
+        sampling: SamplingParams::greedy(),
+        max_tokens: Some(max_tokens),
+        stop: vec![],
+        ignore_eos: false,
+    }
 }
 
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !cond() {
-        assert!(t0.elapsed() < Duration::from_secs(20), "timed out waiting for: {what}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "timed out waiting for: {what}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -97,41 +127,80 @@ fn dropping_the_stream_cancels_and_stops_consuming_steps() {
     }
     drop(s);
     let stats = &e.shared().stats;
-    wait_until("the sequence to leave the batch", || stats.running.load(Ordering::SeqCst) == 0);
+    wait_until("the sequence to leave the batch", || {
+        stats.running.load(Ordering::SeqCst) == 0
+    });
     let steps = forwards.load(Ordering::SeqCst);
     std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(forwards.load(Ordering::SeqCst), steps, "a cancelled request kept the model stepping");
-    assert!(steps < 100, "{steps} steps ran for a request cancelled after 3 tokens");
+    assert_eq!(
+        forwards.load(Ordering::SeqCst),
+        steps,
+        "a cancelled request kept the model stepping"
+    );
+    assert!(
+        steps < 100,
+        "{steps} steps ran for a request cancelled after 3 tokens"
+    );
     assert_eq!(stats.cancelled.load(Ordering::SeqCst), 1);
 }
 
 #[test]
 fn a_panicking_step_fails_its_requests_but_not_the_thread() {
     let (e, _) = fake(EngineConfig::default(), Duration::ZERO);
-    let err = e.submit(request(vec![5, PANIC_ON], 4)).unwrap().collect_blocking().unwrap_err();
-    assert!(matches!(&err, EngineError::Model(m) if m.contains("scripted panic")), "{err:?}");
-    let (_, tokens, done) = e.submit(request(vec![10], 4)).unwrap().collect_blocking().unwrap();
-    assert_eq!(tokens.iter().map(|t| t.id).collect::<Vec<_>>(), vec![11, 12, 13, 14]);
+    let err = e
+        .submit(request(vec![5, PANIC_ON], 4))
+        .unwrap()
+        .collect_blocking()
+        .unwrap_err();
+    assert!(
+        matches!(&err, EngineError::Model(m) if m.contains("scripted panic")),
+        "{err:?}"
+    );
+    let (_, tokens, done) = e
+        .submit(request(vec![10], 4))
+        .unwrap()
+        .collect_blocking()
+        .unwrap();
+    assert_eq!(
+        tokens.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![11, 12, 13, 14]
+    );
     assert_eq!(done.finish, FinishReason::Length);
 }
 
 #[test]
 fn a_full_queue_refuses_before_any_event() {
-    let config = EngineConfig { max_running: 1, queue_capacity: 1, ..EngineConfig::default() };
+    let config = EngineConfig {
+        max_running: 1,
+        queue_capacity: 1,
+        ..EngineConfig::default()
+    };
     let (e, _) = fake(config, Duration::from_millis(2));
     let mut running = e.submit(request(vec![1], 50_000)).unwrap();
-    assert!(matches!(running.blocking_next(), Some(Event::Delta { .. })), "first request is admitted");
+    assert!(
+        matches!(running.blocking_next(), Some(Event::Delta { .. })),
+        "first request is admitted"
+    );
     let _waiting = e.submit(request(vec![1], 1)).unwrap();
-    assert_eq!(e.submit(request(vec![1], 1)).err(), Some(EngineError::QueueFull(1)));
+    assert_eq!(
+        e.submit(request(vec![1], 1)).err(),
+        Some(EngineError::QueueFull(1))
+    );
 }
 
 #[test]
 fn requests_are_validated_before_they_are_queued() {
     let (e, _) = fake(EngineConfig::default(), Duration::ZERO);
-    assert_eq!(e.submit(request(vec![], 1)).err(), Some(EngineError::EmptyPrompt));
+    assert_eq!(
+        e.submit(request(vec![], 1)).err(),
+        Some(EngineError::EmptyPrompt)
+    );
     assert_eq!(
         e.submit(request(vec![1; 100_000], 1)).err(),
-        Some(EngineError::PromptTooLong { prompt: 100_000, context: 100_000 })
+        Some(EngineError::PromptTooLong {
+            prompt: 100_000,
+            context: 100_000
+        })
     );
 }
 
@@ -139,8 +208,14 @@ fn requests_are_validated_before_they_are_queued() {
 fn concurrent_requests_get_their_own_streams() {
     let (e, forwards) = fake(EngineConfig::default(), Duration::from_millis(1));
     let starts = [100u32, 2000, 30_000, 45_000];
-    let streams: Vec<_> = starts.iter().map(|&s| e.submit(request(vec![s], 40)).unwrap()).collect();
-    let handles: Vec<_> = streams.into_iter().map(|s| std::thread::spawn(move || s.collect_blocking().unwrap())).collect();
+    let streams: Vec<_> = starts
+        .iter()
+        .map(|&s| e.submit(request(vec![s], 40)).unwrap())
+        .collect();
+    let handles: Vec<_> = streams
+        .into_iter()
+        .map(|s| std::thread::spawn(move || s.collect_blocking().unwrap()))
+        .collect();
     for (start, h) in starts.iter().zip(handles) {
         let (_, tokens, done) = h.join().unwrap();
         let want: Vec<u32> = (1..=40).map(|i| start + i).collect();
@@ -148,16 +223,27 @@ fn concurrent_requests_get_their_own_streams() {
         assert_eq!(done.usage.completion_tokens, 40);
     }
     // Four 40-token requests batched together need far fewer than 160 forward passes.
-    assert!(forwards.load(Ordering::SeqCst) < 120, "{} forwards", forwards.load(Ordering::SeqCst));
+    assert!(
+        forwards.load(Ordering::SeqCst) < 120,
+        "{} forwards",
+        forwards.load(Ordering::SeqCst)
+    );
 }
 
 #[test]
 fn a_slow_reader_loses_nothing_and_does_not_block_the_thread() {
-    let config = EngineConfig { event_capacity: 2, ..EngineConfig::default() };
+    let config = EngineConfig {
+        event_capacity: 2,
+        ..EngineConfig::default()
+    };
     let (e, _) = fake(config, Duration::ZERO);
     let slow = e.submit(request(vec![300], 200)).unwrap();
     // Another request completes while the first reader reads nothing.
-    let (_, other, _) = e.submit(request(vec![9], 5)).unwrap().collect_blocking().unwrap();
+    let (_, other, _) = e
+        .submit(request(vec![9], 5))
+        .unwrap()
+        .collect_blocking()
+        .unwrap();
     assert_eq!(other.len(), 5);
     let (text, tokens, done) = slow.collect_blocking().unwrap();
     let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
@@ -169,14 +255,29 @@ fn a_slow_reader_loses_nothing_and_does_not_block_the_thread() {
 #[test]
 fn eos_ends_generation_and_is_not_printed() {
     let (e, _) = fake(EngineConfig::default(), Duration::ZERO);
-    let (text, tokens, done) = e.submit(request(vec![EOS_AFTER - 2], 50)).unwrap().collect_blocking().unwrap();
-    assert_eq!(tokens.iter().map(|t| t.id).collect::<Vec<_>>(), vec![EOS_AFTER - 1, EOS_AFTER, EOS]);
+    let (text, tokens, done) = e
+        .submit(request(vec![EOS_AFTER - 2], 50))
+        .unwrap()
+        .collect_blocking()
+        .unwrap();
+    assert_eq!(
+        tokens.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![EOS_AFTER - 1, EOS_AFTER, EOS]
+    );
     assert_eq!(done.finish, FinishReason::Eos);
-    assert_eq!(text, gpt2_tokenizer().decode(&[EOS_AFTER - 1, EOS_AFTER], true).unwrap());
+    assert_eq!(
+        text,
+        gpt2_tokenizer()
+            .decode(&[EOS_AFTER - 1, EOS_AFTER], true)
+            .unwrap()
+    );
     let mut req = request(vec![EOS_AFTER], 3);
     req.ignore_eos = true;
     let (_, tokens, done) = e.submit(req).unwrap().collect_blocking().unwrap();
-    assert_eq!(tokens.iter().map(|t| t.id).collect::<Vec<_>>(), vec![EOS, 1, 2]);
+    assert_eq!(
+        tokens.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![EOS, 1, 2]
+    );
     assert_eq!(done.finish, FinishReason::Length);
 }
 
@@ -201,9 +302,27 @@ fn same_seed_same_tokens_on_a_real_model() {
     let e = engine("tiny-gpt2", EngineConfig::default());
     let prompt = e.tokenizer().encode("Hello, world!").unwrap();
     let run = |seed| {
-        let sampling = SamplingParams { temperature: 1.0, top_p: 0.95, seed: Some(seed), ..SamplingParams::default() };
-        let req = GenRequest { prompt: prompt.clone(), sampling, max_tokens: Some(24), stop: vec![], ignore_eos: true };
-        e.submit(req).unwrap().collect_blocking().unwrap().1.iter().map(|t| t.id).collect::<Vec<_>>()
+        let sampling = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.95,
+            seed: Some(seed),
+            ..SamplingParams::default()
+        };
+        let req = GenRequest {
+            prompt: prompt.clone(),
+            sampling,
+            max_tokens: Some(24),
+            stop: vec![],
+            ignore_eos: true,
+        };
+        e.submit(req)
+            .unwrap()
+            .collect_blocking()
+            .unwrap()
+            .1
+            .iter()
+            .map(|t| t.id)
+            .collect::<Vec<_>>()
     };
     assert_eq!(run(42), run(42));
     assert_ne!(run(42), run(43));
@@ -212,14 +331,34 @@ fn same_seed_same_tokens_on_a_real_model() {
 #[test]
 fn batching_does_not_change_greedy_results() {
     let e = engine("tiny-gpt2", EngineConfig::default());
-    let prompts: Vec<Vec<u32>> = ["Hello, world!", "The quick brown fox", "Café 東京 🚀", "In 1969, astronauts"]
+    let prompts: Vec<Vec<u32>> = [
+        "Hello, world!",
+        "The quick brown fox",
+        "Café 東京 🚀",
+        "In 1969, astronauts",
+    ]
+    .iter()
+    .map(|p| e.tokenizer().encode(p).unwrap())
+    .collect();
+    let solo: Vec<_> = prompts
         .iter()
-        .map(|p| e.tokenizer().encode(p).unwrap())
+        .map(|p| {
+            e.submit(common::greedy(p.clone(), 24))
+                .unwrap()
+                .collect_blocking()
+                .unwrap()
+                .1
+        })
         .collect();
-    let solo: Vec<_> = prompts.iter().map(|p| e.submit(common::greedy(p.clone(), 24)).unwrap().collect_blocking().unwrap().1).collect();
-    let streams: Vec<_> = prompts.iter().map(|p| e.submit(common::greedy(p.clone(), 24)).unwrap()).collect();
+    let streams: Vec<_> = prompts
+        .iter()
+        .map(|p| e.submit(common::greedy(p.clone(), 24)).unwrap())
+        .collect();
     for (alone, s) in solo.iter().zip(streams) {
         let together = s.collect_blocking().unwrap().1;
-        assert_eq!(alone.iter().map(|t| t.id).collect::<Vec<_>>(), together.iter().map(|t| t.id).collect::<Vec<_>>());
+        assert_eq!(
+            alone.iter().map(|t| t.id).collect::<Vec<_>>(),
+            together.iter().map(|t| t.id).collect::<Vec<_>>()
+        );
     }
 }

@@ -7,7 +7,7 @@ mod common;
 use candle_core::Device;
 use common::{engine, golden, greedy, ids, model_path, root, sha256};
 use rill::engine::EngineConfig;
-use rill::model::{self, CausalLm, ModelLocator, ModelSource, SeqStep};
+use rill::model::{self, ModelLocator, ModelSource, SeqStep};
 
 #[test]
 fn fixture_weights_are_the_ones_the_goldens_were_made_from() {

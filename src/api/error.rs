@@ -24,6 +24,9 @@ pub enum ApiError {
     /// No route matches.
     #[error("no route for {method} {path}")]
     RouteNotFound { method: String, path: String },
+    /// The route exists, but not for this method.
+    #[error("{path} does not accept {method}")]
+    MethodNotAllowed { method: String, path: String },
     /// The model has not finished loading.
     #[error("the model is still loading; retry when GET /health answers 200")]
     Loading,
@@ -44,6 +47,7 @@ pub enum ErrorKind {
     InvalidRequest,
     Authentication,
     NotFound,
+    MethodNotAllowed,
     TooLarge,
     /// Too many requests are waiting; retry later.
     Overloaded,
@@ -62,10 +66,13 @@ impl ApiError {
             Self::TooLarge { .. } => ErrorKind::TooLarge,
             Self::Unauthorized => ErrorKind::Authentication,
             Self::ModelNotFound { .. } | Self::RouteNotFound { .. } => ErrorKind::NotFound,
+            Self::MethodNotAllowed { .. } => ErrorKind::MethodNotAllowed,
             Self::Loading | Self::LoadFailed(_) => ErrorKind::Unavailable,
             Self::Internal(_) => ErrorKind::Internal,
             Self::Engine(e) => match e {
-                EngineError::EmptyPrompt | EngineError::PromptTooLong { .. } => ErrorKind::InvalidRequest,
+                EngineError::EmptyPrompt | EngineError::PromptTooLong { .. } => {
+                    ErrorKind::InvalidRequest
+                }
                 EngineError::QueueFull(_) => ErrorKind::Overloaded,
                 EngineError::Stopped => ErrorKind::Unavailable,
                 EngineError::Model(_) | EngineError::Tokenizer(_) => ErrorKind::Internal,
@@ -75,7 +82,11 @@ impl ApiError {
 
     /// Whether the client should be told to come back (`Retry-After`).
     pub fn retry_after(&self) -> Option<u64> {
-        matches!(self, Self::Loading | Self::Engine(EngineError::QueueFull(_))).then_some(RETRY_AFTER_SECS)
+        matches!(
+            self,
+            Self::Loading | Self::Engine(EngineError::QueueFull(_))
+        )
+        .then_some(RETRY_AFTER_SECS)
     }
 
     pub fn bad_request(msg: impl Into<String>) -> Self {
@@ -87,29 +98,11 @@ impl From<crate::tokenizer::TokenizerError> for ApiError {
     fn from(e: crate::tokenizer::TokenizerError) -> Self {
         match e {
             // A template that raises (e.g. "roles must alternate") is the caller's input at fault.
-            crate::tokenizer::TokenizerError::Template(m) => Self::BadRequest(format!("chat template: {m}")),
+            crate::tokenizer::TokenizerError::Template(m) => {
+                Self::BadRequest(format!("chat template: {m}"))
+            }
             other => Self::Internal(other.to_string()),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kinds_follow_the_cause() {
-        assert_eq!(ApiError::Engine(EngineError::PromptTooLong { prompt: 9, context: 8 }).kind(), ErrorKind::InvalidRequest);
-        assert_eq!(ApiError::Engine(EngineError::QueueFull(3)).kind(), ErrorKind::Overloaded);
-        assert_eq!(ApiError::Engine(EngineError::QueueFull(3)).retry_after(), Some(RETRY_AFTER_SECS));
-        assert_eq!(ApiError::Unauthorized.retry_after(), None);
-        assert_eq!(ApiError::TooLarge { limit: 1 }.kind(), ErrorKind::TooLarge);
-    }
-
-    #[test]
-    fn prompt_too_long_names_both_lengths() {
-        let m = ApiError::Engine(EngineError::PromptTooLong { prompt: 300, context: 256 }).to_string();
-        assert!(m.contains("300") && m.contains("256"), "{m}");
     }
 }
 
@@ -137,9 +130,52 @@ macro_rules! dialect_error {
 pub(crate) use dialect_error;
 
 /// Adds `Retry-After` when the error asks for it.
-pub fn with_retry_after(err: &ApiError, mut resp: axum::response::Response) -> axum::response::Response {
+pub fn with_retry_after(
+    err: &ApiError,
+    mut resp: axum::response::Response,
+) -> axum::response::Response {
     if let Some(secs) = err.retry_after() {
-        resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
+        resp.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from(secs),
+        );
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_follow_the_cause() {
+        assert_eq!(
+            ApiError::Engine(EngineError::PromptTooLong {
+                prompt: 9,
+                context: 8
+            })
+            .kind(),
+            ErrorKind::InvalidRequest
+        );
+        assert_eq!(
+            ApiError::Engine(EngineError::QueueFull(3)).kind(),
+            ErrorKind::Overloaded
+        );
+        assert_eq!(
+            ApiError::Engine(EngineError::QueueFull(3)).retry_after(),
+            Some(RETRY_AFTER_SECS)
+        );
+        assert_eq!(ApiError::Unauthorized.retry_after(), None);
+        assert_eq!(ApiError::TooLarge { limit: 1 }.kind(), ErrorKind::TooLarge);
+    }
+
+    #[test]
+    fn prompt_too_long_names_both_lengths() {
+        let m = ApiError::Engine(EngineError::PromptTooLong {
+            prompt: 300,
+            context: 256,
+        })
+        .to_string();
+        assert!(m.contains("300") && m.contains("256"), "{m}");
+    }
 }

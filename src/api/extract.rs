@@ -17,7 +17,7 @@ use super::error::ApiError;
 use super::state::AppState;
 
 /// A request body parsed as `T`, rejected with dialect error `E`.
-pub struct Body<T, E>(pub T, PhantomData<E>);
+pub struct Body<T, E>(pub T, pub PhantomData<E>);
 
 impl<T, E> FromRequest<AppState> for Body<T, E>
 where
@@ -27,20 +27,28 @@ where
     type Rejection = E;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, E> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|r| E::from(body_error(r, state)))?;
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|r| E::from(body_error(r, state)))?;
         parse(&bytes).map(|v| Body(v, PhantomData)).map_err(E::from)
     }
 }
 
 /// Parses a body; an empty body is treated as `{}` so that optional-only requests work without one.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { bytes };
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        bytes
+    };
     serde_json::from_slice(bytes).map_err(|e| ApiError::BadJson(e.to_string()))
 }
 
 fn body_error(r: BytesRejection, state: &AppState) -> ApiError {
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::TooLarge { limit: state.config().body_limit }
+        ApiError::TooLarge {
+            limit: state.config().body_limit,
+        }
     } else {
         ApiError::BadRequest(r.body_text())
     }
@@ -59,8 +67,14 @@ mod tests {
     #[test]
     fn parse_errors_name_the_field() {
         let e = parse::<Req>(b"{}").unwrap_err();
-        assert!(matches!(&e, ApiError::BadJson(m) if m.contains("model")), "{e}");
-        assert!(matches!(parse::<Req>(b"{not json"), Err(ApiError::BadJson(_))));
+        assert!(
+            matches!(&e, ApiError::BadJson(m) if m.contains("model")),
+            "{e}"
+        );
+        assert!(matches!(
+            parse::<Req>(b"{not json"),
+            Err(ApiError::BadJson(_))
+        ));
         assert!(parse::<Req>(br#"{"model":"m","extra":1}"#).is_ok());
     }
 }

@@ -7,7 +7,10 @@ use serde_json::Value;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
     /// A JSON payload, with an SSE event name where the dialect uses one (Anthropic).
-    Json { event: Option<&'static str>, data: Value },
+    Json {
+        event: Option<&'static str>,
+        data: Value,
+    },
     /// OpenAI's end marker, `data: [DONE]`.
     Done,
     /// An SSE comment (`: ping`), ignored by clients; keeps proxies and clients from timing out.
@@ -20,7 +23,10 @@ impl Frame {
     }
 
     pub fn event(event: &'static str, data: Value) -> Self {
-        Self::Json { event: Some(event), data }
+        Self::Json {
+            event: Some(event),
+            data,
+        }
     }
 }
 
@@ -93,12 +99,20 @@ mod tests {
             Frame::Done,
         ];
         let s = String::from_utf8(Framing::Sse.encode(&frames)).unwrap();
-        assert_eq!(s, "data: {\"a\":\"x\\ny\"}\n\nevent: ping\ndata: {\"type\":\"ping\"}\n\n: ping\n\ndata: [DONE]\n\n");
+        assert_eq!(
+            s,
+            "data: {\"a\":\"x\\ny\"}\n\nevent: ping\ndata: {\"type\":\"ping\"}\n\n: ping\n\ndata: [DONE]\n\n"
+        );
     }
 
     #[test]
     fn ndjson_layout_skips_sse_only_frames() {
-        let frames = [Frame::json(json!({"a": 1})), Frame::Comment("ping"), Frame::Done, Frame::json(json!({"b": "é"}))];
+        let frames = [
+            Frame::json(json!({"a": 1})),
+            Frame::Comment("ping"),
+            Frame::Done,
+            Frame::json(json!({"b": "é"})),
+        ];
         let s = String::from_utf8(Framing::Ndjson.encode(&frames)).unwrap();
         assert_eq!(s, "{\"a\":1}\n{\"b\":\"é\"}\n");
     }

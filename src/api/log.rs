@@ -17,7 +17,11 @@ pub struct RequestLog {
 impl RequestLog {
     pub fn new(route: &'static str, model: &str, prompt_tokens: usize, stream: bool) -> Self {
         let span = tracing::info_span!("request", route, model, prompt_tokens, stream);
-        Self { span, started: Instant::now(), done: false }
+        Self {
+            span,
+            started: Instant::now(),
+            done: false,
+        }
     }
 
     pub fn finished(&mut self, c: &Completion) {
@@ -39,7 +43,9 @@ impl RequestLog {
 
     pub fn failed(&mut self, e: &EngineError) {
         self.done = true;
-        self.span.in_scope(|| tracing::warn!(error = %e, elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3, "request failed"));
+        self.span.in_scope(
+            || tracing::warn!(error = %e, elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3, "request failed"),
+        );
     }
 }
 
@@ -47,7 +53,9 @@ impl Drop for RequestLog {
     fn drop(&mut self) {
         if !self.done {
             let ms = self.started.elapsed().as_secs_f64() * 1e3;
-            self.span.in_scope(|| tracing::info!(elapsed_ms = ms, "request cancelled: the client went away"));
+            self.span.in_scope(|| {
+                tracing::info!(elapsed_ms = ms, "request cancelled: the client went away")
+            });
         }
     }
 }

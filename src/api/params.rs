@@ -52,7 +52,11 @@ pub struct Limits {
 
 impl SamplingFields {
     /// Checks every field against its range and fills the rest from `defaults`.
-    pub fn build(&self, defaults: SamplingParams, limits: Limits) -> Result<SamplingParams, ApiError> {
+    pub fn build(
+        &self,
+        defaults: SamplingParams,
+        limits: Limits,
+    ) -> Result<SamplingParams, ApiError> {
         let mut p = defaults;
         if let Some(t) = self.temperature {
             p.temperature = in_range("temperature", t, 0.0, limits.max_temperature)?;
@@ -89,7 +93,9 @@ fn in_range(name: &str, v: f32, lo: f32, hi: f32) -> Result<f32, ApiError> {
     if v.is_finite() && (lo..=hi).contains(&v) {
         Ok(v)
     } else {
-        Err(ApiError::BadRequest(format!("`{name}` must be between {lo} and {hi}, got {v}")))
+        Err(ApiError::BadRequest(format!(
+            "`{name}` must be between {lo} and {hi}, got {v}"
+        )))
     }
 }
 
@@ -107,7 +113,9 @@ pub fn positive(name: &str, v: Option<i64>) -> Result<Option<usize>, ApiError> {
     match v {
         None => Ok(None),
         Some(n) if n >= 1 => Ok(Some(n as usize)),
-        Some(n) => Err(ApiError::BadRequest(format!("`{name}` must be at least 1, got {n}"))),
+        Some(n) => Err(ApiError::BadRequest(format!(
+            "`{name}` must be at least 1, got {n}"
+        ))),
     }
 }
 
@@ -115,7 +123,9 @@ pub fn positive(name: &str, v: Option<i64>) -> Result<Option<usize>, ApiError> {
 mod tests {
     use super::*;
 
-    const OPENAI: Limits = Limits { max_temperature: 2.0 };
+    const OPENAI: Limits = Limits {
+        max_temperature: 2.0,
+    };
 
     #[test]
     fn stop_forms() {
@@ -127,24 +137,46 @@ mod tests {
 
     #[test]
     fn ranges_are_enforced_with_the_field_name() {
-        let f = SamplingFields { temperature: Some(2.5), ..Default::default() };
+        let f = SamplingFields {
+            temperature: Some(2.5),
+            ..Default::default()
+        };
         let e = f.build(SamplingParams::default(), OPENAI).unwrap_err();
         assert!(e.to_string().contains("temperature"), "{e}");
-        let f = SamplingFields { top_p: Some(f32::NAN), ..Default::default() };
+        let f = SamplingFields {
+            top_p: Some(f32::NAN),
+            ..Default::default()
+        };
         assert!(f.build(SamplingParams::default(), OPENAI).is_err());
     }
 
     #[test]
     fn fields_override_defaults() {
         let seed = seed(Some(&serde_json::Number::from(-1))).unwrap();
-        let f = SamplingFields { temperature: Some(0.0), top_k: Some(-1), seed, ..Default::default() };
-        let p = f.build(SamplingParams { top_k: 40, ..SamplingParams::default() }, OPENAI).unwrap();
+        let f = SamplingFields {
+            temperature: Some(0.0),
+            top_k: Some(-1),
+            seed,
+            ..Default::default()
+        };
+        let p = f
+            .build(
+                SamplingParams {
+                    top_k: 40,
+                    ..SamplingParams::default()
+                },
+                OPENAI,
+            )
+            .unwrap();
         assert_eq!((p.temperature, p.top_k, p.seed), (0.0, 0, Some(u64::MAX)));
     }
 
     #[test]
     fn seeds() {
-        assert_eq!(seed(Some(&serde_json::Number::from(u64::MAX))).unwrap(), Some(u64::MAX));
+        assert_eq!(
+            seed(Some(&serde_json::Number::from(u64::MAX))).unwrap(),
+            Some(u64::MAX)
+        );
         assert!(seed(serde_json::Number::from_f64(1.5).as_ref()).is_err());
     }
 

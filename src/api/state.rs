@@ -4,7 +4,7 @@
 //! model routes refuse with 503) and flips to ready when the generation thread reports the model loaded.
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use super::error::ApiError;
 use crate::engine::{EngineHandle, EventStream, GenRequest};
@@ -61,7 +61,9 @@ impl AppState {
             load_error: OnceLock::new(),
             model_size: OnceLock::new(),
         };
-        Self { inner: Arc::new(inner) }
+        Self {
+            inner: Arc::new(inner),
+        }
     }
 
     /// State over an engine that is already running.
@@ -130,7 +132,10 @@ impl AppState {
         if requested == name || requested.strip_suffix(":latest") == Some(name) {
             Ok(())
         } else {
-            Err(ApiError::ModelNotFound { requested: requested.to_string(), served: name.to_string() })
+            Err(ApiError::ModelNotFound {
+                requested: requested.to_string(),
+                served: name.to_string(),
+            })
         }
     }
 }
@@ -153,9 +158,18 @@ mod tests {
         assert!(s.check_model(None).is_ok());
         assert!(s.check_model(Some("smollm2")).is_ok());
         assert!(s.check_model_strict("smollm2:latest").is_ok());
-        assert!(matches!(s.check_model(Some("gpt-4o")), Err(ApiError::ModelNotFound { .. })));
+        assert!(matches!(
+            s.check_model(Some("gpt-4o")),
+            Err(ApiError::ModelNotFound { .. })
+        ));
         assert!(s.check_model_strict("smollm2:7b").is_err());
-        let any = AppState::loading("smollm2", ApiConfig { any_model: true, ..ApiConfig::default() });
+        let any = AppState::loading(
+            "smollm2",
+            ApiConfig {
+                any_model: true,
+                ..ApiConfig::default()
+            },
+        );
         assert!(any.check_model(Some("gpt-4o")).is_ok());
         assert!(any.check_model_strict("gpt-4o").is_err());
     }

@@ -90,15 +90,32 @@ impl<E: Encoder> Driver<E> {
 }
 
 /// A streaming response: headers now, then the encoder's messages as the engine produces them.
-pub fn response<E: Encoder>(events: EventStream, encoder: E, framing: Framing, ping: Duration, log: RequestLog) -> Response {
-    let driver = Driver { events, encoder, framing, ping, log, started: false, finished: false };
+pub fn response<E: Encoder>(
+    events: EventStream,
+    encoder: E,
+    framing: Framing,
+    ping: Duration,
+    log: RequestLog,
+) -> Response {
+    let driver = Driver {
+        events,
+        encoder,
+        framing,
+        ping,
+        log,
+        started: false,
+        finished: false,
+    };
     let body = futures_util::stream::unfold(driver, |mut d| async move {
         let chunk = d.next_chunk().await?;
         Some((Ok::<_, Infallible>(chunk), d))
     });
     let mut resp = Body::from_stream(body).into_response();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(framing.content_type()));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(framing.content_type()),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp
@@ -114,7 +131,10 @@ pub struct Collected {
 
 /// Waits for the whole answer. If the client goes away meanwhile, the handler's future (and with it the event
 /// stream) is dropped, which cancels the request.
-pub async fn collect(mut events: EventStream, log: &mut RequestLog) -> Result<Collected, EngineError> {
+pub async fn collect(
+    mut events: EventStream,
+    log: &mut RequestLog,
+) -> Result<Collected, EngineError> {
     let (mut text, mut tokens) = (String::new(), Vec::new());
     loop {
         match events.next().await {
@@ -124,7 +144,11 @@ pub async fn collect(mut events: EventStream, log: &mut RequestLog) -> Result<Co
             }
             Some(Event::Done(completion)) => {
                 log.finished(&completion);
-                return Ok(Collected { text, tokens, completion });
+                return Ok(Collected {
+                    text,
+                    tokens,
+                    completion,
+                });
             }
             Some(Event::Error(e)) => {
                 log.failed(&e);

@@ -93,7 +93,12 @@ impl Llama {
         for i in 0..cfg.n_layers {
             let mut w = |n: &str| g.tensor(&format!("blk.{i}.{n}.weight"), device);
             let (q, k, v) = (w("attn_q")?, w("attn_k")?, w("attn_v")?);
-            let (wo, gate, up, down) = (w("attn_output")?, w("ffn_gate")?, w("ffn_up")?, w("ffn_down")?);
+            let (wo, gate, up, down) = (
+                w("attn_output")?,
+                w("ffn_gate")?,
+                w("ffn_up")?,
+                w("ffn_down")?,
+            );
             layers.push(Layer {
                 wqkv: QLinear::fused(vec![q, k, v])?,
                 wo: QLinear::new(wo)?,
@@ -149,7 +154,11 @@ impl Llama {
         let l = &self.layers[layer];
         let (hd, nh, nkv) = (self.cfg.head_dim, self.cfg.n_heads, self.cfg.n_kv_heads);
         let qkv = l.wqkv.forward(xs)?;
-        let (q, k, v) = (qkv.narrow(1, 0, nh * hd)?, qkv.narrow(1, nh * hd, nkv * hd)?, qkv.narrow(1, (nh + nkv) * hd, nkv * hd)?);
+        let (q, k, v) = (
+            qkv.narrow(1, 0, nh * hd)?,
+            qkv.narrow(1, nh * hd, nkv * hd)?,
+            qkv.narrow(1, (nh + nkv) * hd, nkv * hd)?,
+        );
         let mut outs = Vec::with_capacity(batch.len());
         for (seq, &(start, len)) in batch.iter_mut().zip(spans) {
             let pos = seq.cache.len();

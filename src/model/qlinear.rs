@@ -44,7 +44,12 @@ impl QLinear {
         let kind = match dtype {
             GgmlDType::Q4_1 if own && same => Kind::Q4_1(concat_blocks(&parts)?),
             GgmlDType::Q8_0 if own && same => Kind::Q8_0(concat_blocks(&parts)?),
-            _ => Kind::Candle(parts.into_iter().map(QMatMul::from_arc).collect::<Result<_>>()?),
+            _ => Kind::Candle(
+                parts
+                    .into_iter()
+                    .map(QMatMul::from_arc)
+                    .collect::<Result<_>>()?,
+            ),
         };
         Ok(Self { kind, out })
     }
@@ -53,9 +58,18 @@ impl QLinear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.kind {
             Kind::Candle(ms) if ms.len() == 1 => ms[0].forward(x),
-            Kind::Candle(ms) => Tensor::cat(&ms.iter().map(|m| m.forward(x)).collect::<Result<Vec<_>>>()?, 1),
-            Kind::Q4_1(b) => Tensor::from_vec(self.own_matmul(x, b)?, (x.dim(0)?, self.out), x.device()),
-            Kind::Q8_0(b) => Tensor::from_vec(self.own_matmul(x, b)?, (x.dim(0)?, self.out), x.device()),
+            Kind::Candle(ms) => Tensor::cat(
+                &ms.iter()
+                    .map(|m| m.forward(x))
+                    .collect::<Result<Vec<_>>>()?,
+                1,
+            ),
+            Kind::Q4_1(b) => {
+                Tensor::from_vec(self.own_matmul(x, b)?, (x.dim(0)?, self.out), x.device())
+            }
+            Kind::Q8_0(b) => {
+                Tensor::from_vec(self.own_matmul(x, b)?, (x.dim(0)?, self.out), x.device())
+            }
         }
     }
 
@@ -85,7 +99,9 @@ impl QLinear {
             candle_core::bail!("quantized linear: input width {k} does not match the weight");
         }
         let mut dst = vec![0f32; rows * self.out];
-        with_f32_rows(x, |xs| quant::matmul(xs, rows, k, blocks, self.out, &mut dst))?;
+        with_f32_rows(x, |xs| {
+            quant::matmul(xs, rows, k, blocks, self.out, &mut dst)
+        })?;
         Ok(dst)
     }
 }
@@ -93,12 +109,16 @@ impl QLinear {
 /// Runs `f` over the f32 contents of `x`, borrowing the CPU storage when it is contiguous f32.
 fn with_f32_rows(x: &Tensor, f: impl FnOnce(&[f32])) -> Result<()> {
     let (storage, layout) = x.storage_and_layout();
-    if let (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
+    if let (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) =
+        (&*storage, layout.contiguous_offsets())
+    {
         f(&v[start..end]);
         return Ok(());
     }
     drop(storage);
-    f(&x.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+    f(&x.to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?);
     Ok(())
 }
 

@@ -105,13 +105,9 @@ impl ChatTemplate {
     }
 }
 
-/// Today's date for templates that print it; supports the `%d %b %Y` style fields templates use.
+/// Today's date for templates that print it; supports the `%Y %m %d %b` fields templates use.
 fn strftime_now(fmt: &str) -> String {
-    let days = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() / 86_400)
-        .unwrap_or(0);
-    let (y, m, d) = civil_from_days(days as i64);
+    let (y, m, d) = crate::time::today();
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
@@ -119,19 +115,6 @@ fn strftime_now(fmt: &str) -> String {
         .replace("%m", &format!("{m:02}"))
         .replace("%d", &format!("{d:02}"))
         .replace("%b", MONTHS[(m - 1) as usize])
-}
-
-/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 #[cfg(test)]
@@ -174,11 +157,5 @@ mod tests {
             .render(&[ChatMessage::new("system", "s")], false)
             .unwrap_err();
         assert!(err.to_string().contains("first must be user"));
-    }
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_778), (2026, 11, 21));
     }
 }

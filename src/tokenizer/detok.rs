@@ -24,7 +24,10 @@ pub struct IncrementalDecoder {
 
 impl IncrementalDecoder {
     pub fn new(skip_special: bool) -> Self {
-        Self { skip_special, ..Self::default() }
+        Self {
+            skip_special,
+            ..Self::default()
+        }
     }
 
     /// Adds one token and returns the text that became complete (possibly empty).
@@ -45,9 +48,17 @@ impl IncrementalDecoder {
         let before = tok.decode(&self.ids[self.prefix..self.read], self.skip_special)?;
         let after = tok.decode(&self.ids[self.prefix..], self.skip_special)?;
         let incomplete = !at_end && after.ends_with(REPLACEMENT);
-        let complete = if incomplete { after.trim_end_matches(REPLACEMENT) } else { after.as_str() };
+        let complete = if incomplete {
+            after.trim_end_matches(REPLACEMENT)
+        } else {
+            after.as_str()
+        };
         // Text of the new tokens; a decoder that rewrites earlier text (rare) is diffed after the common prefix.
-        let start = if complete.starts_with(before.as_str()) { before.len() } else { common_prefix_len(&before, complete) };
+        let start = if complete.starts_with(before.as_str()) {
+            before.len()
+        } else {
+            common_prefix_len(&before, complete)
+        };
         let visible = &complete[start.min(complete.len())..];
         let new = visible.get(self.partial..).unwrap_or_default().to_string();
         if incomplete {

@@ -17,14 +17,35 @@ dialect_error!(
 pub fn classify(e: &ApiError) -> (StatusCode, &'static str, Option<&'static str>) {
     match e.kind() {
         ErrorKind::InvalidRequest => (StatusCode::BAD_REQUEST, "invalid_request_error", None),
-        ErrorKind::Authentication => (StatusCode::UNAUTHORIZED, "authentication_error", Some("invalid_api_key")),
+        ErrorKind::Authentication => (
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            Some("invalid_api_key"),
+        ),
         ErrorKind::NotFound => {
             let code = matches!(e, ApiError::ModelNotFound { .. }).then_some("model_not_found");
             (StatusCode::NOT_FOUND, "not_found_error", code)
         }
-        ErrorKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", Some("request_too_large")),
-        ErrorKind::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", Some("queue_full")),
-        ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable_error", None),
+        ErrorKind::MethodNotAllowed => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            None,
+        ),
+        ErrorKind::TooLarge => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            Some("request_too_large"),
+        ),
+        ErrorKind::Overloaded => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            Some("queue_full"),
+        ),
+        ErrorKind::Unavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable_error",
+            None,
+        ),
         ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None),
     }
 }
@@ -61,9 +82,25 @@ mod tests {
         let resp = render(&full);
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(resp.headers()["retry-after"], "1");
-        assert_eq!(classify(&ApiError::Unauthorized).0, StatusCode::UNAUTHORIZED);
-        assert_eq!(classify(&ApiError::TooLarge { limit: 1 }).0, StatusCode::PAYLOAD_TOO_LARGE);
-        let nf = ApiError::ModelNotFound { requested: "x".into(), served: "y".into() };
-        assert_eq!(classify(&nf), (StatusCode::NOT_FOUND, "not_found_error", Some("model_not_found")));
+        assert_eq!(
+            classify(&ApiError::Unauthorized).0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            classify(&ApiError::TooLarge { limit: 1 }).0,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        let nf = ApiError::ModelNotFound {
+            requested: "x".into(),
+            served: "y".into(),
+        };
+        assert_eq!(
+            classify(&nf),
+            (
+                StatusCode::NOT_FOUND,
+                "not_found_error",
+                Some("model_not_found")
+            )
+        );
     }
 }

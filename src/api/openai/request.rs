@@ -10,7 +10,9 @@ use crate::api::params::{self, Limits, OneOrMany, SamplingFields};
 use crate::engine::{GenRequest, SamplingParams, Shared};
 use crate::tokenizer::ChatMessage;
 
-const LIMITS: Limits = Limits { max_temperature: 2.0 };
+const LIMITS: Limits = Limits {
+    max_temperature: 2.0,
+};
 
 /// `max_tokens` of `/v1/completions` when the request gives none, as OpenAI documents.
 pub const COMPLETIONS_DEFAULT_MAX_TOKENS: usize = 16;
@@ -112,16 +114,31 @@ impl ChatRequest {
         if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
             return Err(ApiError::bad_request("`tools` are not supported yet"));
         }
-        if let Some(kind) = self.response_format.as_ref().and_then(|f| f.get("type")).and_then(Value::as_str) {
+        if let Some(kind) = self
+            .response_format
+            .as_ref()
+            .and_then(|f| f.get("type"))
+            .and_then(Value::as_str)
+        {
             if kind != "text" {
-                return Err(ApiError::bad_request(format!("`response_format` `{kind}` is not supported yet; only `text`")));
+                return Err(ApiError::bad_request(format!(
+                    "`response_format` `{kind}` is not supported yet; only `text`"
+                )));
             }
         }
         if self.messages.is_empty() {
-            return Err(ApiError::bad_request("`messages` must hold at least one message"));
+            return Err(ApiError::bad_request(
+                "`messages` must hold at least one message",
+            ));
         }
-        let messages = self.messages.into_iter().map(chat_message).collect::<Result<Vec<_>, _>>()?;
-        let prompt = shared.tokenizer.encode(&shared.chat.render(&messages, true)?)?;
+        let messages = self
+            .messages
+            .into_iter()
+            .map(chat_message)
+            .collect::<Result<Vec<_>, _>>()?;
+        let prompt = shared
+            .tokenizer
+            .encode(&shared.chat.render(&messages, true)?)?;
         let max = params::positive("max_completion_tokens", self.max_completion_tokens)?;
         self.common.prepare(prompt, max, None)
     }
@@ -142,16 +159,26 @@ impl CompletionRequest {
             return Err(ApiError::bad_request("`logprobs` is not supported yet"));
         }
         let prompt = prompt_ids(self.prompt, shared)?;
-        self.common.prepare(prompt, None, Some(COMPLETIONS_DEFAULT_MAX_TOKENS))
+        self.common
+            .prepare(prompt, None, Some(COMPLETIONS_DEFAULT_MAX_TOKENS))
     }
 }
 
 impl Common {
-    fn prepare(self, prompt: Vec<u32>, max_override: Option<usize>, default_max: Option<usize>) -> Result<Prepared, ApiError> {
+    fn prepare(
+        self,
+        prompt: Vec<u32>,
+        max_override: Option<usize>,
+        default_max: Option<usize>,
+    ) -> Result<Prepared, ApiError> {
         if let Some(n) = self.n.filter(|&n| n != 1) {
-            return Err(ApiError::bad_request(format!("`n` must be 1 (got {n}): one choice per request is supported")));
+            return Err(ApiError::bad_request(format!(
+                "`n` must be 1 (got {n}): one choice per request is supported"
+            )));
         }
-        let max_tokens = max_override.or(params::positive("max_tokens", self.max_tokens)?).or(default_max);
+        let max_tokens = max_override
+            .or(params::positive("max_tokens", self.max_tokens)?)
+            .or(default_max);
         let fields = SamplingFields {
             temperature: self.temperature,
             top_p: self.top_p,
@@ -165,9 +192,23 @@ impl Common {
         };
         let sampling = fields.build(SamplingParams::default(), LIMITS)?;
         let stream = self.stream.unwrap_or(false);
-        let include_usage = stream && self.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
-        let gen = GenRequest { prompt, sampling, max_tokens, stop: params::stops(self.stop), ignore_eos: self.ignore_eos.unwrap_or(false) };
-        Ok(Prepared { gen, stream, include_usage })
+        let include_usage = stream
+            && self
+                .stream_options
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false);
+        let gen = GenRequest {
+            prompt,
+            sampling,
+            max_tokens,
+            stop: params::stops(self.stop),
+            ignore_eos: self.ignore_eos.unwrap_or(false),
+        };
+        Ok(Prepared {
+            gen,
+            stream,
+            include_usage,
+        })
     }
 }
 
@@ -177,7 +218,11 @@ fn chat_message(m: Message) -> Result<ChatMessage, ApiError> {
         "system" | "developer" => "system",
         "user" => "user",
         "assistant" => "assistant",
-        other => return Err(ApiError::bad_request(format!("message role `{other}` is not supported; use system, user or assistant"))),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "message role `{other}` is not supported; use system, user or assistant"
+            )))
+        }
     };
     let content = match m.content {
         None => String::new(),
@@ -187,7 +232,11 @@ fn chat_message(m: Message) -> Result<ChatMessage, ApiError> {
             for p in parts {
                 match (p.kind.as_str(), p.text) {
                     ("text", Some(t)) => text.push_str(&t),
-                    (kind, _) => return Err(ApiError::bad_request(format!("content part `{kind}` is not supported; only text"))),
+                    (kind, _) => {
+                        return Err(ApiError::bad_request(format!(
+                            "content part `{kind}` is not supported; only text"
+                        )))
+                    }
                 }
             }
             text
@@ -201,7 +250,9 @@ fn prompt_ids(p: Prompt, shared: &Shared) -> Result<Vec<u32>, ApiError> {
         if n == 1 {
             Ok(())
         } else {
-            Err(ApiError::bad_request(format!("`prompt` must hold exactly one prompt, got {n}")))
+            Err(ApiError::bad_request(format!(
+                "`prompt` must hold exactly one prompt, got {n}"
+            )))
         }
     };
     let ids = match p {
@@ -216,8 +267,14 @@ fn prompt_ids(p: Prompt, shared: &Shared) -> Result<Vec<u32>, ApiError> {
             v.remove(0)
         }
     };
-    if let Some(bad) = ids.iter().find(|&&id| id as usize >= shared.info.vocab_size) {
-        return Err(ApiError::bad_request(format!("token id {bad} is outside the vocabulary of {}", shared.info.vocab_size)));
+    if let Some(bad) = ids
+        .iter()
+        .find(|&&id| id as usize >= shared.info.vocab_size)
+    {
+        return Err(ApiError::bad_request(format!(
+            "token id {bad} is outside the vocabulary of {}",
+            shared.info.vocab_size
+        )));
     }
     Ok(ids)
 }
@@ -228,10 +285,19 @@ mod tests {
 
     #[test]
     fn content_parts_join_and_roles_map() {
-        let m: Message = serde_json::from_str(r#"{"role":"developer","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}"#).unwrap();
+        let m: Message = serde_json::from_str(
+            r#"{"role":"developer","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}"#,
+        )
+        .unwrap();
         assert_eq!(chat_message(m).unwrap(), ChatMessage::new("system", "ab"));
-        let img: Message = serde_json::from_str(r#"{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}"#).unwrap();
-        assert!(chat_message(img).unwrap_err().to_string().contains("image_url"));
+        let img: Message = serde_json::from_str(
+            r#"{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}"#,
+        )
+        .unwrap();
+        assert!(chat_message(img)
+            .unwrap_err()
+            .to_string()
+            .contains("image_url"));
         let tool: Message = serde_json::from_str(r#"{"role":"tool","content":"x"}"#).unwrap();
         assert!(chat_message(tool).is_err());
     }
@@ -239,11 +305,21 @@ mod tests {
     #[test]
     fn common_fields() {
         let c: Common = serde_json::from_str(r#"{"n":2}"#).unwrap();
-        assert!(c.prepare(vec![1], None, None).unwrap_err().to_string().contains("`n`"));
-        let c: Common = serde_json::from_str(r#"{"stream_options":{"include_usage":true},"max_tokens":5,"stop":"x","seed":7}"#).unwrap();
+        assert!(c
+            .prepare(vec![1], None, None)
+            .unwrap_err()
+            .to_string()
+            .contains("`n`"));
+        let c: Common = serde_json::from_str(
+            r#"{"stream_options":{"include_usage":true},"max_tokens":5,"stop":"x","seed":7}"#,
+        )
+        .unwrap();
         let p = c.prepare(vec![1], None, None).unwrap();
         assert!(!p.include_usage, "usage is only for streams");
-        assert_eq!((p.gen.max_tokens, p.gen.stop, p.gen.sampling.seed), (Some(5), vec!["x".to_string()], Some(7)));
+        assert_eq!(
+            (p.gen.max_tokens, p.gen.stop, p.gen.sampling.seed),
+            (Some(5), vec!["x".to_string()], Some(7))
+        );
         let c: Common = serde_json::from_str(r#"{"stream":true,"stream_options":{}}"#).unwrap();
         assert!(!c.prepare(vec![1], None, Some(16)).unwrap().include_usage);
     }

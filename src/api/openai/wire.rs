@@ -21,7 +21,11 @@ pub struct Meta {
 
 impl Meta {
     pub fn new(prefix: &str, model: &str) -> Self {
-        Self { id: util::new_id(prefix), created: util::unix_secs(std::time::SystemTime::now()), model: model.to_string() }
+        Self {
+            id: util::new_id(prefix),
+            created: util::unix_secs(std::time::SystemTime::now()),
+            model: model.to_string(),
+        }
     }
 }
 
@@ -33,7 +37,8 @@ pub fn finish_reason(f: &FinishReason) -> &'static str {
 }
 
 pub fn usage(u: &Usage) -> Value {
-    json!({ "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.prompt_tokens + u.completion_tokens })
+    let total = u.prompt_tokens + u.completion_tokens;
+    json!({ "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": total })
 }
 
 /// Which OpenAI object a stream is made of.
@@ -52,7 +57,11 @@ pub struct OpenAiStream {
 
 impl OpenAiStream {
     pub fn new(meta: Meta, kind: Kind, include_usage: bool) -> Self {
-        Self { meta, kind, include_usage }
+        Self {
+            meta,
+            kind,
+            include_usage,
+        }
     }
 
     fn chunk(&self, choices: Value) -> Frame {
@@ -82,7 +91,9 @@ impl OpenAiStream {
                 }
                 json!([{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }])
             }
-            Kind::Text => json!([{ "index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish }]),
+            Kind::Text => {
+                json!([{ "index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish }])
+            }
         }
     }
 }
@@ -144,7 +155,9 @@ pub fn text_completion(meta: &Meta, c: &Collected) -> Value {
     json!({
         "id": meta.id, "object": "text_completion", "created": meta.created, "model": meta.model,
         "system_fingerprint": null,
-        "choices": [{ "index": 0, "text": c.text, "logprobs": null, "finish_reason": finish_reason(&c.completion.finish) }],
+        "choices": [{
+            "index": 0, "text": c.text, "logprobs": null, "finish_reason": finish_reason(&c.completion.finish),
+        }],
         "usage": usage(&c.completion.usage),
     })
 }
@@ -160,11 +173,22 @@ mod tests {
     use crate::engine::Timings;
 
     fn meta() -> Meta {
-        Meta { id: "chatcmpl-1".into(), created: 7, model: "m".into() }
+        Meta {
+            id: "chatcmpl-1".into(),
+            created: 7,
+            model: "m".into(),
+        }
     }
 
     fn done(finish: FinishReason) -> Completion {
-        Completion { finish, usage: Usage { prompt_tokens: 3, completion_tokens: 2 }, timings: Timings::default() }
+        Completion {
+            finish,
+            usage: Usage {
+                prompt_tokens: 3,
+                completion_tokens: 2,
+            },
+            timings: Timings::default(),
+        }
     }
 
     fn data(f: &Frame) -> &Value {
@@ -178,7 +202,10 @@ mod tests {
     fn chat_stream_sequence_without_usage() {
         let mut s = OpenAiStream::new(meta(), Kind::Chat, false);
         let start = s.start();
-        assert_eq!(data(&start[0])["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+        assert_eq!(
+            data(&start[0])["choices"][0]["delta"],
+            json!({"role": "assistant", "content": ""})
+        );
         assert!(data(&start[0]).get("usage").is_none());
         assert!(s.delta("", &[]).is_empty(), "held-back text sends nothing");
         let d = s.delta("Hé", &[]);
@@ -186,7 +213,10 @@ mod tests {
         assert_eq!(data(&d[0])["id"], "chatcmpl-1");
         let end = s.done(&done(FinishReason::StopSequence("x".into())));
         assert_eq!(end.len(), 2);
-        assert_eq!(data(&end[0])["choices"][0], json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": "stop"}));
+        assert_eq!(
+            data(&end[0])["choices"][0],
+            json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": "stop"})
+        );
         assert_eq!(end[1], Frame::Done);
     }
 
@@ -199,7 +229,10 @@ mod tests {
         assert_eq!(data(&end[0])["choices"][0]["finish_reason"], "length");
         assert_eq!(data(&end[0])["usage"], Value::Null);
         assert_eq!(data(&end[1])["choices"], json!([]));
-        assert_eq!(data(&end[1])["usage"], json!({"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}));
+        assert_eq!(
+            data(&end[1])["usage"],
+            json!({"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5})
+        );
         assert_eq!(end[2], Frame::Done);
     }
 
@@ -212,14 +245,24 @@ mod tests {
         assert_eq!(data(&d[0])["choices"][0]["text"], " world");
         let e = s.error(&EngineError::Model("boom".into()));
         assert_eq!(data(&e[0])["error"]["type"], "server_error");
-        assert!(data(&e[0])["error"]["message"].as_str().unwrap().contains("boom"));
+        assert!(data(&e[0])["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("boom"));
     }
 
     #[test]
     fn whole_objects() {
-        let c = Collected { text: "hi".into(), tokens: vec![], completion: done(FinishReason::Eos) };
+        let c = Collected {
+            text: "hi".into(),
+            tokens: vec![],
+            completion: done(FinishReason::Eos),
+        };
         let v = chat_completion(&meta(), &c);
-        assert_eq!(v["choices"][0]["message"], json!({"role": "assistant", "content": "hi"}));
+        assert_eq!(
+            v["choices"][0]["message"],
+            json!({"role": "assistant", "content": "hi"})
+        );
         assert_eq!(v["usage"]["total_tokens"], 5);
         assert_eq!(text_completion(&meta(), &c)["choices"][0]["text"], "hi");
     }

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Conformance with the real clients: starts `rill serve --model smollm2` on a free port of 127.0.0.1, runs the
+# Python SDK tests in tests/sdk (openai, ollama, anthropic, curl) and every example of the API docs, then stops
+# the server. Exits non-zero on any failure.
+#
+#   scripts/sdk-test.sh [MARKDOWN]    # MARKDOWN: the docs whose examples are run (default README.md)
+#
+# Environment: RILL_SDK_VENV (default .venv-sdk), RILL_SDK_NO_BUILD=1 to skip `cargo build --release`,
+# PYTEST_ARGS for extra pytest arguments.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+cd "$RILL_ROOT"
+
+DOCS="${1:-README.md}"
+VENV="${RILL_SDK_VENV:-.venv-sdk}"
+PACKAGES=(openai ollama anthropic pytest httpx)
+
+need curl python3
+[[ -f "$DOCS" ]] || die "no such markdown file: $DOCS"
+[[ -f models/smollm2/SmolLM2-135M-Instruct-Q4_1.gguf ]] || die "models/smollm2 is missing: run scripts/fetch-models.sh"
+
+if [[ "${RILL_SDK_NO_BUILD:-}" != 1 ]]; then
+  log "building rill (release)"
+  cargo build --release --quiet
+fi
+[[ -x target/release/rill ]] || die "target/release/rill is missing: run cargo build --release"
+
+if ! "$VENV/bin/python" -c "import openai, ollama, anthropic, pytest, httpx" 2>/dev/null; then
+  log "creating $VENV with ${PACKAGES[*]}"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PACKAGES[@]}"
+fi
+
+LOG="$(mktemp -t rill-sdk-server.XXXXXX)"
+RILL_LOG="${RILL_LOG:-info}" target/release/rill serve --model smollm2 --host 127.0.0.1 --port 0 2>"$LOG" &
+SERVER=$!
+cleanup() {
+  kill "$SERVER" 2>/dev/null || true
+  wait "$SERVER" 2>/dev/null || true
+  rm -f "$LOG"
+}
+trap cleanup EXIT
+
+# The server prints its address once bound, then loads the model; /health turns 200 when it is ready.
+URL=""
+for _ in $(seq 1 600); do
+  kill -0 "$SERVER" 2>/dev/null || { cat "$LOG" >&2; die "rill serve exited early"; }
+  URL="$(sed -n 's/^rill listening on \(http:[^ ]*\)$/\1/p' "$LOG" | head -n1)"
+  if [[ -n "$URL" ]] && [[ "$(curl -s -o /dev/null -w '%{http_code}' "$URL/health")" == 200 ]]; then
+    break
+  fi
+  sleep 0.2
+done
+[[ -n "$URL" ]] && [[ "$(curl -s -o /dev/null -w '%{http_code}' "$URL/health")" == 200 ]] || { cat "$LOG" >&2; die "rill serve did not become ready"; }
+log "server ready at $URL; running the SDK tests and the examples of $DOCS"
+
+status=0
+RILL_BASE_URL="$URL" RILL_DOCS="$DOCS" "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/sdk ${PYTEST_ARGS:-} || status=$?
+if [[ $status -ne 0 ]]; then
+  log "server log (last 40 lines):"
+  tail -n 40 "$LOG" >&2
+fi
+exit "$status"

@@ -1,0 +1,496 @@
+//! Every dialect over real models on a real socket: streaming and non-streaming answers agree (greedy and
+//! seeded), usage and counts are exact, stop strings never leak, and the listing routes describe the model.
+//! tiny-gpt2 (fast, gibberish) carries most checks; SmolLM2 (a real chat model) checks each dialect once.
+
+mod http_support;
+
+use http_support::*;
+use serde_json::{json, Value};
+
+/// Stream and non-stream answers of one OpenAI chat request; asserts they agree and returns the text.
+async fn openai_chat_parity(s: &Server, body: Value) -> String {
+    let whole = s.post_json("/v1/chat/completions", &body, 200).await;
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let events = sse(s.post("/v1/chat/completions", &sbody).await).await;
+    let first = events[0].json();
+    assert_eq!(
+        first["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""})
+    );
+    let text = openai_text(&events);
+    assert_eq!(
+        text,
+        whole["choices"][0]["message"]["content"].as_str().unwrap(),
+        "{body}"
+    );
+    let finish = events[events.len() - 2].json();
+    assert_eq!(finish["choices"][0]["delta"], json!({}));
+    assert_eq!(
+        finish["choices"][0]["finish_reason"],
+        whole["choices"][0]["finish_reason"]
+    );
+    let ids: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| e.json()["id"].clone())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "one id per stream");
+    assert!(ids[0].as_str().unwrap().starts_with("chatcmpl-"));
+    text
+}
+
+async fn openai_completion_parity(s: &Server, body: Value) -> String {
+    let whole = s.post_json("/v1/completions", &body, 200).await;
+    assert_eq!(whole["object"], "text_completion");
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let events = sse(s.post("/v1/completions", &sbody).await).await;
+    let text = openai_text(&events);
+    assert_eq!(
+        text,
+        whole["choices"][0]["text"].as_str().unwrap(),
+        "{body}"
+    );
+    text
+}
+
+async fn ollama_parity(s: &Server, path: &str, body: Value) -> String {
+    let mut nbody = body.clone();
+    nbody["stream"] = json!(false);
+    let whole = s.post_json(path, &nbody, 200).await;
+    let (text, last) = ollama_text(&ndjson(s.post(path, &body).await).await);
+    let whole_text = whole["response"]
+        .as_str()
+        .or(whole["message"]["content"].as_str())
+        .unwrap();
+    assert_eq!(text, whole_text, "{body}");
+    for k in ["done_reason", "prompt_eval_count", "eval_count", "context"] {
+        assert_eq!(last.get(k), whole.get(k), "{k}");
+    }
+    text
+}
+
+async fn anthropic_parity(s: &Server, body: Value) -> String {
+    let whole = s.post_json("/v1/messages", &body, 200).await;
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let events = sse(s.post("/v1/messages", &sbody).await).await;
+    let (text, delta) = anthropic_text(&events);
+    assert_eq!(
+        text,
+        whole["content"][0]["text"].as_str().unwrap(),
+        "{body}"
+    );
+    assert_eq!(delta["delta"]["stop_reason"], whole["stop_reason"]);
+    assert_eq!(
+        delta["usage"]["output_tokens"],
+        whole["usage"]["output_tokens"]
+    );
+    assert_eq!(
+        events[0].json()["message"]["usage"]["input_tokens"],
+        whole["usage"]["input_tokens"]
+    );
+    text
+}
+
+fn user(text: &str) -> Value {
+    json!([{ "role": "user", "content": text }])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_gpt2_stream_equals_whole_in_every_dialect() {
+    let s = Server::ready(tiny_engine()).await;
+    for sampling in [
+        json!({"temperature": 0}),
+        json!({"temperature": 0.9, "seed": 7}),
+    ] {
+        let mut chat =
+            json!({"model": "tiny-gpt2", "messages": user("Hello there"), "max_tokens": 20});
+        merge(&mut chat, &sampling);
+        let a = openai_chat_parity(&s, chat).await;
+        assert!(!a.is_empty());
+        let mut comp =
+            json!({"model": "tiny-gpt2", "prompt": "Once upon a time", "max_tokens": 20});
+        merge(&mut comp, &sampling);
+        openai_completion_parity(&s, comp).await;
+        let opts = json!({"num_predict": 20, "temperature": sampling["temperature"], "seed": sampling.get("seed")});
+        ollama_parity(
+            &s,
+            "/api/generate",
+            json!({"model": "tiny-gpt2", "prompt": "Hello there", "options": opts}),
+        )
+        .await;
+        ollama_parity(
+            &s,
+            "/api/chat",
+            json!({"model": "tiny-gpt2", "messages": user("Hello there"), "options": opts}),
+        )
+        .await;
+        let mut msg =
+            json!({"model": "tiny-gpt2", "messages": user("Hello there"), "max_tokens": 20});
+        merge(&mut msg, &sampling);
+        let c = anthropic_parity(&s, msg).await;
+        // Same prompt, same sampling defaults: OpenAI and Anthropic give the same answer.
+        assert_eq!(a, c, "{sampling}");
+    }
+}
+
+fn merge(into: &mut Value, from: &Value) {
+    for (k, v) in from.as_object().unwrap() {
+        into[k] = v.clone();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_is_exact_and_only_when_asked() {
+    let s = Server::ready(tiny_engine()).await;
+    let messages = user("Count my tokens");
+    let counted = s
+        .post_json("/tokenize", &json!({"messages": messages}), 200)
+        .await["count"]
+        .as_u64()
+        .unwrap();
+    let base = json!({"messages": messages, "max_tokens": 5, "temperature": 0, "ignore_eos": true, "stream": true});
+    for (options, expect_usage) in [
+        (json!(null), false),
+        (json!({}), false),
+        (json!({"include_usage": false}), false),
+        (json!({"include_usage": true}), true),
+    ] {
+        let mut body = base.clone();
+        body["stream_options"] = options.clone();
+        let events = sse(s.post("/v1/chat/completions", &body).await).await;
+        let with_usage: Vec<Value> = events
+            .iter()
+            .filter(|e| e.data != "[DONE]")
+            .map(|e| e.json())
+            .filter(|v| v.get("usage").is_some_and(|u| !u.is_null()))
+            .collect();
+        if expect_usage {
+            assert_eq!(with_usage.len(), 1, "{options}");
+            let last = &events[events.len() - 2].json();
+            assert_eq!(last["choices"], json!([]));
+            assert_eq!(
+                last["usage"],
+                json!({"prompt_tokens": counted, "completion_tokens": 5, "total_tokens": counted + 5})
+            );
+            assert!(
+                events[..events.len() - 2]
+                    .iter()
+                    .all(|e| e.json()["usage"].is_null()),
+                "other chunks carry usage: null"
+            );
+        } else {
+            assert!(with_usage.is_empty(), "{options}");
+            assert!(events
+                .iter()
+                .filter(|e| e.data != "[DONE]")
+                .all(|e| e.json().get("usage").is_none()));
+        }
+    }
+    let whole = s
+        .post_json(
+            "/v1/chat/completions",
+            &json!({"messages": messages, "max_tokens": 5, "temperature": 0, "ignore_eos": true}),
+            200,
+        )
+        .await;
+    assert_eq!(
+        whole["usage"],
+        json!({"prompt_tokens": counted, "completion_tokens": 5, "total_tokens": counted + 5})
+    );
+    assert_eq!(whole["choices"][0]["finish_reason"], "length");
+    let ol = s
+        .post_json(
+            "/api/chat",
+            &json!({"model": "tiny-gpt2", "messages": messages, "stream": false, "options": {"num_predict": 5}}),
+            200,
+        )
+        .await;
+    assert_eq!(
+        (ol["prompt_eval_count"].as_u64(), ol["eval_count"].as_u64()),
+        (Some(counted), Some(5))
+    );
+    assert_eq!(ol["done_reason"], "length");
+    let an = s
+        .post_json(
+            "/v1/messages",
+            &json!({"messages": messages, "max_tokens": 5}),
+            200,
+        )
+        .await;
+    assert_eq!(
+        an["usage"],
+        json!({"input_tokens": counted, "output_tokens": 5})
+    );
+    let ct = s
+        .post_json(
+            "/v1/messages/count_tokens",
+            &json!({"messages": messages}),
+            200,
+        )
+        .await;
+    assert_eq!(ct["input_tokens"], counted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ollama_generate_context_continues() {
+    let s = Server::ready(tiny_engine()).await;
+    let greedy4 = json!({"num_predict": 4, "temperature": 0});
+    let body = json!({"model": "tiny-gpt2", "prompt": "Hi", "raw": true, "stream": false, "options": greedy4});
+    let first = s.post_json("/api/generate", &body, 200).await;
+    let ctx = first["context"].as_array().unwrap().clone();
+    let prompt_ids = s
+        .post_json("/tokenize", &json!({"content": "Hi"}), 200)
+        .await["tokens"]
+        .clone();
+    assert_eq!(ctx.len(), prompt_ids.as_array().unwrap().len() + 4);
+    assert_eq!(
+        &ctx[..ctx.len() - 4],
+        prompt_ids.as_array().unwrap().as_slice()
+    );
+    let decoded = s
+        .post_json("/detokenize", &json!({"tokens": ctx}), 200)
+        .await;
+    assert_eq!(
+        decoded["content"].as_str().unwrap(),
+        format!("Hi{}", first["response"].as_str().unwrap())
+    );
+    let body =
+        json!({"model": "tiny-gpt2", "prompt": "!", "raw": true, "context": ctx, "stream": false});
+    let next = s.post_json("/api/generate", &body, 200).await;
+    assert_eq!(
+        next["prompt_eval_count"].as_u64().unwrap() as usize,
+        ctx.len() + 1
+    );
+}
+
+/// Greedy text, then the same request with a stop string taken from its middle: every dialect must end the
+/// answer just before the stop string, streaming or not, and never send any of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_strings_never_leak() {
+    let s = Server::ready(tiny_engine()).await;
+    let base = json!({"model": "tiny-gpt2", "messages": user("Tell me"), "max_tokens": 40, "temperature": 0, "ignore_eos": true});
+    let full = s.post_json("/v1/chat/completions", &base, 200).await["choices"][0]["message"]
+        ["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let chars: Vec<char> = full.chars().collect();
+    assert!(chars.len() > 12, "need a longer answer: {full:?}");
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 3].iter().collect();
+    let expected = &full[..full.find(&stop).unwrap()];
+    let mut chat = base.clone();
+    chat["stop"] = json!([stop, "never-appears"]);
+    assert_eq!(openai_chat_parity(&s, chat.clone()).await, expected);
+    let whole = s.post_json("/v1/chat/completions", &chat, 200).await;
+    assert_eq!(whole["choices"][0]["finish_reason"], "stop");
+    let mut msg = json!({"messages": user("Tell me"), "max_tokens": 40, "temperature": 0, "stop_sequences": [stop]});
+    assert_eq!(anthropic_parity(&s, msg.clone()).await, expected);
+    msg["stream"] = json!(false);
+    let whole = s.post_json("/v1/messages", &msg, 200).await;
+    assert_eq!(
+        (
+            whole["stop_reason"].as_str(),
+            whole["stop_sequence"].as_str()
+        ),
+        (Some("stop_sequence"), Some(stop.as_str()))
+    );
+    let opts = json!({"num_predict": 40, "temperature": 0, "repeat_penalty": 1.0, "top_k": 0, "top_p": 1.0, "stop": [stop]});
+    let text = ollama_parity(
+        &s,
+        "/api/chat",
+        json!({"model": "tiny-gpt2", "messages": user("Tell me"), "options": opts}),
+    )
+    .await;
+    assert_eq!(text, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_describe_the_served_model() {
+    let s = Server::ready(tiny_engine()).await;
+    let models = s.get("/v1/models").await;
+    assert_eq!(models.headers()["x-rill-model"], "tiny-gpt2");
+    let models: Value = models.json().await.unwrap();
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["id"], "tiny-gpt2");
+    assert_eq!(models["data"][0]["owned_by"], "rill");
+    let one: Value = s.get("/v1/models/tiny-gpt2").await.json().await.unwrap();
+    assert_eq!(one["object"], "model");
+    let tags: Value = s.get("/api/tags").await.json().await.unwrap();
+    let tag = &tags["models"][0];
+    assert_eq!(tag["name"], "tiny-gpt2:latest");
+    assert_eq!(tag["details"]["family"], "gpt2");
+    assert_eq!(tag["digest"].as_str().unwrap().len(), 64);
+    let ps: Value = s.get("/api/ps").await.json().await.unwrap();
+    assert_eq!(ps["models"][0]["name"], "tiny-gpt2:latest");
+    let show = s
+        .post_json("/api/show", &json!({"model": "tiny-gpt2:latest"}), 200)
+        .await;
+    assert_eq!(show["model_info"]["gpt2.context_length"], 256);
+    let version: Value = s.get("/api/version").await.json().await.unwrap();
+    assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
+    let root = s.get("/").await;
+    assert_eq!(root.status(), 200);
+    assert!(root.text().await.unwrap().contains("rill is running"));
+    let health: Value = s.get("/health").await.json().await.unwrap();
+    assert_eq!(
+        (health["status"].as_str(), health["model"].as_str()),
+        (Some("ok"), Some("tiny-gpt2"))
+    );
+    let load = s
+        .post_json("/api/generate", &json!({"model": "tiny-gpt2"}), 200)
+        .await;
+    assert_eq!(
+        (load["done"].as_bool(), load["done_reason"].as_str()),
+        (Some(true), Some("load"))
+    );
+    let load = s
+        .post_json(
+            "/api/chat",
+            &json!({"model": "tiny-gpt2", "messages": []}),
+            200,
+        )
+        .await;
+    assert_eq!(
+        (
+            load["message"]["content"].as_str(),
+            load["done_reason"].as_str()
+        ),
+        (Some(""), Some("load"))
+    );
+    let head = s.http.head(s.url("/")).send().await.unwrap();
+    assert_eq!(head.status(), 200, "clients probe HEAD /");
+    // Clients configured without the /v1 prefix reach the same routes.
+    let bare: Value = s.get("/models").await.json().await.unwrap();
+    assert_eq!(bare["data"][0]["id"], "tiny-gpt2");
+    let v = s
+        .post_json(
+            "/chat/completions",
+            &json!({"messages": user("x"), "max_tokens": 2}),
+            200,
+        )
+        .await;
+    assert_eq!(v["object"], "chat.completion");
+    let v = s
+        .post_json(
+            "/completions",
+            &json!({"prompt": "x", "max_tokens": 2}),
+            200,
+        )
+        .await;
+    assert_eq!(v["object"], "text_completion");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_as_token_ids_and_detokenize() {
+    let s = Server::ready(tiny_engine()).await;
+    let ids = s
+        .post_json("/tokenize", &json!({"content": "Once upon a time"}), 200)
+        .await["tokens"]
+        .clone();
+    let body = |prompt: Value| json!({"prompt": prompt, "max_tokens": 6, "temperature": 0});
+    let by_text = s
+        .post_json("/v1/completions", &body(json!("Once upon a time")), 200)
+        .await;
+    let by_ids = s
+        .post_json("/v1/completions", &body(ids.clone()), 200)
+        .await;
+    let by_list = s
+        .post_json("/v1/completions", &body(json!([ids])), 200)
+        .await;
+    assert_eq!(by_text["choices"][0]["text"], by_ids["choices"][0]["text"]);
+    assert_eq!(by_text["choices"][0]["text"], by_list["choices"][0]["text"]);
+    assert_eq!(by_text["usage"], by_ids["usage"]);
+    let v = s
+        .post_json("/v1/completions", &body(json!([1, 999_999])), 400)
+        .await;
+    assert!(v["error"]["message"].as_str().unwrap().contains("999999"));
+    let v = s
+        .post_json("/detokenize", &json!({"tokens": [999_999]}), 400)
+        .await;
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    let v = s
+        .post_json(
+            "/tokenize",
+            &json!({"content": "a", "messages": user("b")}),
+            400,
+        )
+        .await;
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("exactly one"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_streaming_answers_carry_timings() {
+    let s = Server::ready(tiny_engine()).await;
+    let resp = s
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": user("x"), "max_tokens": 2}),
+        )
+        .await;
+    let timing = resp.headers()["server-timing"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    for k in [
+        "queue;dur=",
+        "prefill;dur=",
+        "ttft;dur=",
+        "decode;dur=",
+        "total;dur=",
+    ] {
+        assert!(timing.contains(k), "{timing}");
+    }
+}
+
+/// SmolLM2, a real chat model: each dialect once, greedy and seeded, stream equal to whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smollm2_stream_equals_whole_in_every_dialect() {
+    let s = Server::ready(smollm2_engine()).await;
+    let q = user("What is the capital of France? Answer in one word.");
+    let a = openai_chat_parity(
+        &s,
+        json!({"model": "smollm2", "messages": q, "max_tokens": 16, "temperature": 0}),
+    )
+    .await;
+    assert!(a.contains("Paris"), "{a:?}");
+    openai_chat_parity(
+        &s,
+        json!({"model": "smollm2", "messages": q, "max_tokens": 16, "temperature": 0.8, "seed": 11}),
+    )
+    .await;
+    openai_completion_parity(
+        &s,
+        json!({"model": "smollm2", "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}),
+    )
+    .await;
+    let greedy = json!({"num_predict": 16, "temperature": 0, "repeat_penalty": 1.0});
+    let b = ollama_parity(
+        &s,
+        "/api/chat",
+        json!({"model": "smollm2", "messages": q, "options": greedy}),
+    )
+    .await;
+    assert!(b.contains("Paris"), "{b:?}");
+    ollama_parity(
+        &s,
+        "/api/generate",
+        json!({"model": "smollm2:latest", "prompt": "Say hello.", "options": {"num_predict": 12, "seed": 5}}),
+    )
+    .await;
+    let c = anthropic_parity(
+        &s,
+        json!({"model": "smollm2", "messages": q, "max_tokens": 16, "temperature": 0, "system": "Be brief."}),
+    )
+    .await;
+    assert!(c.contains("Paris"), "{c:?}");
+    anthropic_parity(
+        &s,
+        json!({"model": "smollm2", "messages": q, "max_tokens": 16, "temperature": 1.0, "seed": 3}),
+    )
+    .await;
+}

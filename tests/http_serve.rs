@@ -1,0 +1,151 @@
+//! The `rill serve` binary itself: it binds 127.0.0.1 on the port it prints, turns `/health` to 200 once the model
+//! has loaded, applies its flags and environment (API key, CORS origin, body limit), and stops on SIGTERM.
+
+mod http_support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use http_support::common;
+use serde_json::{json, Value};
+
+struct Served {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary on a free port with `args`, returning once it printed its address.
+fn start(args: &[&str], env: &[(&str, &str)]) -> Served {
+    common::model_path("tiny-gpt2");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rill"));
+    cmd.args(["serve", "--model", "tiny-gpt2", "--port", "0"])
+        .args(args);
+    cmd.arg("--models-dir").arg(common::root().join("models"));
+    cmd.env_remove("RILL_API_KEY")
+        .env("RILL_LOG", "warn")
+        .envs(env.iter().copied());
+    let mut child = cmd
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("rill serve printed its address")
+            .unwrap();
+        if let Some(url) = line.strip_prefix("rill listening on ") {
+            break url.to_string();
+        }
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    Served { child, url }
+}
+
+async fn wait_ready(http: &reqwest::Client, url: &str) -> Value {
+    for _ in 0..600 {
+        if let Ok(r) = http.get(format!("{url}/health")).send().await {
+            if r.status() == 200 {
+                return r.json().await.unwrap();
+            }
+            assert_eq!(r.status(), 503, "only 503 while loading");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("rill serve at {url} never became ready");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_with_its_flags() {
+    let origin = "http://app.example";
+    let s = start(
+        &["--cors-origin", origin, "--body-limit", "2000"],
+        &[("RILL_API_KEY", "sekret")],
+    );
+    assert!(
+        s.url.starts_with("http://127.0.0.1:"),
+        "binds 127.0.0.1 by default: {}",
+        s.url
+    );
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let health = wait_ready(&http, &s.url).await;
+    assert_eq!(health["model"], "tiny-gpt2");
+    let chat = format!("{}/v1/chat/completions", s.url);
+    let body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3});
+    let denied = http.post(&chat).json(&body).send().await.unwrap();
+    assert_eq!(denied.status(), 401, "RILL_API_KEY is enforced");
+    let ok = http
+        .post(&chat)
+        .bearer_auth("sekret")
+        .header("origin", origin)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.headers()["x-rill-model"], "tiny-gpt2");
+    assert_eq!(ok.headers()["access-control-allow-origin"], origin);
+    let v: Value = ok.json().await.unwrap();
+    assert_eq!(v["usage"]["completion_tokens"], 3);
+    let big = json!({"messages": [{"role": "user", "content": "x".repeat(3000)}]});
+    let too_big = http
+        .post(&chat)
+        .bearer_auth("sekret")
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_big.status(), 413);
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_server() {
+    let mut s = start(&[], &[]);
+    let http = reqwest::Client::new();
+    wait_ready(&http, &s.url).await;
+    let pid = s.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    for _ in 0..600 {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            assert!(status.success(), "a clean exit: {status}");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("rill serve did not stop on SIGTERM");
+}
+
+#[test]
+fn a_model_that_fails_to_load_stops_the_server_with_the_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_rill"))
+        .args(["serve", "--port", "0", "--model"])
+        .arg(common::root().join("models/no-such-model.gguf"))
+        .env("RILL_LOG", "off")
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rill listening on") && err.contains("no-such-model"),
+        "{err}"
+    );
+}
