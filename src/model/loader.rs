@@ -74,6 +74,14 @@ impl ModelLocator {
                 name: name.into(),
                 looked,
             }),
+            // An unreachable hub (an offline machine, a mistyped name): still say where rill looked locally.
+            Err(ModelError::Hub(e)) => {
+                looked.push(format!("the hub ({e})"));
+                Err(ModelError::NotFound {
+                    name: name.into(),
+                    looked,
+                })
+            }
             Err(e) => Err(e),
         }
     }
