@@ -506,3 +506,36 @@ async fn health_is_503_while_loading_then_200() {
     assert_eq!(v["status"], "error");
     assert!(v["error"].as_str().unwrap().contains("no such file"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_the_engine_did() {
+    let s = Server::ready(fake_engine(
+        FakeLm::cycle(script(" abc def")),
+        EngineConfig::default(),
+    ))
+    .await;
+    for _ in 0..3 {
+        s.post_json(
+            "/v1/completions",
+            &json!({"prompt": "go", "max_tokens": 5}),
+            200,
+        )
+        .await;
+    }
+    let resp = s.get("/metrics").await;
+    assert_eq!(resp.status(), 200);
+    let kind = resp.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
+    let text = resp.text().await.unwrap();
+    let value = |series: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(series));
+        let line = line.unwrap_or_else(|| panic!("no {series} in:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("rill_generated_tokens_total{"), 15.0);
+    assert_eq!(value("rill_ttft_seconds_count{"), 3.0);
+    assert_eq!(value("rill_steps_total{"), value("rill_batch_size_count{"));
+    assert!(value("rill_steps_total{") >= 15.0);
+    assert_eq!(value("rill_running_sequences{"), 0.0);
+    assert_eq!(value("rill_cancelled_requests_total{"), 0.0);
+}

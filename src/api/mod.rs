@@ -12,6 +12,7 @@ pub mod extract;
 pub mod frame;
 pub mod health;
 pub mod log;
+pub mod metrics;
 pub mod middleware;
 pub mod ollama;
 pub mod openai;
@@ -34,6 +35,7 @@ pub fn app(state: AppState) -> Router {
     let config = state.config().clone();
     let router = Router::new()
         .merge(health::routes())
+        .merge(metrics::routes())
         .merge(openai::routes())
         .merge(ollama::routes())
         .merge(anthropic::routes())

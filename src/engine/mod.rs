@@ -4,6 +4,7 @@
 //! [`Event`]s: text deltas with their token ids, then exactly one `Done` or `Error`. Dropping the stream cancels
 //! the request: the thread notices before the sequence's next step and frees its cache.
 
+pub mod histogram;
 pub mod sampler;
 pub mod sequence;
 pub mod stop;
@@ -149,8 +150,13 @@ impl Default for EngineConfig {
     }
 }
 
+/// Sequences per forward pass: the buckets of the batch-size histogram.
+pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+/// Seconds from submission to first token: the buckets of the TTFT histogram.
+pub const TTFT_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
 /// Counters the generation thread keeps, readable from any thread.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EngineStats {
     /// Forward passes run.
     pub steps: AtomicU64,
@@ -162,6 +168,24 @@ pub struct EngineStats {
     pub cancelled: AtomicU64,
     /// Requests failed by a model error or panic.
     pub failed: AtomicU64,
+    /// Sequences in each forward pass.
+    pub batch_size: histogram::Histogram,
+    /// Time to first token of each request, in seconds.
+    pub ttft: histogram::Histogram,
+}
+
+impl Default for EngineStats {
+    fn default() -> Self {
+        Self {
+            steps: AtomicU64::new(0),
+            tokens_generated: AtomicU64::new(0),
+            running: AtomicUsize::new(0),
+            cancelled: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            batch_size: histogram::Histogram::new(BATCH_BUCKETS),
+            ttft: histogram::Histogram::new(TTFT_BUCKETS),
+        }
+    }
 }
 
 impl EngineStats {

@@ -81,6 +81,11 @@ impl Sequence {
             .is_some_and(|c| c.len() == self.tokens.len())
     }
 
+    /// Time from submission to the first generated token, once there is one.
+    pub fn ttft(&self) -> Option<std::time::Duration> {
+        self.first_token.map(|t| t - self.submitted)
+    }
+
     pub fn generated(&self) -> usize {
         self.tokens.len() - self.n_prompt
     }

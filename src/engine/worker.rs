@@ -133,6 +133,7 @@ impl Worker {
             model.forward(&mut batch)
         }));
         self.shared.stats.steps.fetch_add(1, Ordering::Relaxed);
+        self.shared.stats.batch_size.observe(selected.len() as f64);
         let logits = match result {
             Ok(Ok(l)) => l.to_vec2::<f32>().map_err(|e| e.to_string()),
             Ok(Err(e)) => Err(e.to_string()),
@@ -144,6 +145,10 @@ impl Worker {
                     let seq = &mut self.running[i];
                     if seq.ready_to_sample() {
                         seq.accept_logits(&mut rows[k], &self.tokenizer);
+                        if seq.generated() == 1 {
+                            let ttft = seq.ttft().unwrap_or_default().as_secs_f64();
+                            self.shared.stats.ttft.observe(ttft);
+                        }
                         self.shared
                             .stats
                             .tokens_generated
