@@ -129,6 +129,10 @@ pub struct EngineArgs {
     /// Prompt tokens per prefill step; long prompts are processed in chunks between decode steps.
     #[arg(long, env = "RILL_PREFILL_CHUNK", default_value_t = 256)]
     pub prefill_chunk: usize,
+    /// KV-cache memory the running requests may reserve together, in MiB (each counted at its worst case:
+    /// prompt plus maximum tokens). Larger requests are refused; others wait in order until theirs fits.
+    #[arg(long, env = "RILL_KV_BUDGET_MB", default_value_t = 4096)]
+    pub kv_budget_mb: usize,
 }
 
 impl EngineArgs {
@@ -137,6 +141,7 @@ impl EngineArgs {
             max_running: self.max_running.max(1),
             queue_capacity: self.queue_size.max(1),
             prefill_chunk: self.prefill_chunk.max(1),
+            kv_budget_bytes: self.kv_budget_mb.saturating_mul(1 << 20),
             ..EngineConfig::default()
         }
     }

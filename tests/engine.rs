@@ -27,6 +27,9 @@ struct Counting {
     forwards: Arc<AtomicUsize>,
 }
 
+/// KV cache bytes the fake model says one position costs.
+const KV_PER_TOKEN: usize = 1000;
+
 const PANIC_ON: u32 = 666;
 const EOS_AFTER: u32 = 777;
 
@@ -81,7 +84,7 @@ fn fake(config: EngineConfig, step_delay: Duration) -> (EngineHandle, Arc<Atomic
             vocab_size: VOCAB,
             context_length: 100_000,
             n_params: 0,
-            kv_bytes_per_token: 0,
+            kv_bytes_per_token: KV_PER_TOKEN,
         };
         let model: Box<dyn CausalLm> = Box::new(Counting {
             info,
@@ -361,4 +364,45 @@ fn batching_does_not_change_greedy_results() {
             together.iter().map(|t| t.id).collect::<Vec<_>>()
         );
     }
+}
+
+#[test]
+fn the_kv_budget_refuses_what_cannot_fit_and_queues_what_cannot_fit_yet() {
+    // Room for 10 positions: each request below needs 7 (1 prompt + 6 generated), so they cannot run together.
+    let config = EngineConfig {
+        kv_budget_bytes: 10 * KV_PER_TOKEN,
+        ..EngineConfig::default()
+    };
+    let (e, _) = fake(config, Duration::from_millis(2));
+    assert_eq!(
+        e.submit(request(vec![1], 20)).err(),
+        Some(EngineError::ExceedsKvBudget {
+            needed: 21 * KV_PER_TOKEN,
+            budget: 10 * KV_PER_TOKEN
+        })
+    );
+    let first = e.submit(request(vec![100], 6)).unwrap();
+    let second = e.submit(request(vec![200], 6)).unwrap();
+    let timed = |mut s: rill::engine::EventStream| {
+        std::thread::spawn(move || {
+            let (mut first_token, mut done) = (None, None);
+            while let Some(ev) = s.blocking_next() {
+                match ev {
+                    Event::Delta { .. } => first_token = first_token.or(Some(Instant::now())),
+                    Event::Done(c) => done = Some((Instant::now(), c.usage.completion_tokens)),
+                    Event::Error(err) => panic!("{err}"),
+                }
+            }
+            (first_token.unwrap(), done.unwrap())
+        })
+    };
+    let (a, b) = (timed(first), timed(second));
+    let ((_, (a_done, a_tokens)), (b_first, (_, b_tokens))) =
+        (a.join().unwrap(), b.join().unwrap());
+    assert_eq!((a_tokens, b_tokens), (6, 6));
+    assert!(
+        b_first >= a_done,
+        "the second request started before the first one freed its KV reservation"
+    );
+    assert_eq!(e.shared().stats.running.load(Ordering::SeqCst), 0);
 }

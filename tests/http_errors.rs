@@ -315,6 +315,51 @@ async fn prompts_longer_than_the_context_are_400_naming_both_lengths() {
     assert!(m.contains("10 tokens") && m.contains("8 tokens"), "{m}");
 }
 
+/// A request whose worst-case KV cache exceeds the server's budget is a 400 in every dialect, before any byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_the_kv_budget_are_400() {
+    let ids = gpt2_tokenizer().encode(" fine").unwrap();
+    // The fake model costs 4 bytes per position: a 40-byte budget holds 10 positions.
+    let config = EngineConfig {
+        kv_budget_bytes: 40,
+        ..EngineConfig::default()
+    };
+    let engine = fake_engine(FakeLm::script(ids).context(64), config);
+    let s = Server::start(AppState::ready(engine, test_config())).await;
+    for (path, body, shape) in [
+        (
+            CHAT,
+            json!({"messages": user("hi"), "max_tokens": 30, "stream": true}),
+            Shape::OpenAi,
+        ),
+        (
+            "/api/generate",
+            json!({"model": "fake", "prompt": "hi", "options": {"num_predict": 30}}),
+            Shape::Ollama,
+        ),
+        (
+            "/v1/messages",
+            json!({"messages": user("hi"), "max_tokens": 30}),
+            Shape::Anthropic,
+        ),
+    ] {
+        let m = refused(&s, path, body, 400, shape).await;
+        assert!(
+            m.contains("KV cache") && m.contains("budget of 40 bytes"),
+            "{path}: {m}"
+        );
+    }
+    // A request that fits is served.
+    let ok = s
+        .post_json(
+            "/v1/completions",
+            &json!({"prompt": "hi", "max_tokens": 3}),
+            200,
+        )
+        .await;
+    assert_eq!(ok["choices"][0]["text"], " fine");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_over_the_limit_are_413() {
     let s = server(ApiConfig {

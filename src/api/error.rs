@@ -70,9 +70,9 @@ impl ApiError {
             Self::Loading | Self::LoadFailed(_) => ErrorKind::Unavailable,
             Self::Internal(_) => ErrorKind::Internal,
             Self::Engine(e) => match e {
-                EngineError::EmptyPrompt | EngineError::PromptTooLong { .. } => {
-                    ErrorKind::InvalidRequest
-                }
+                EngineError::EmptyPrompt
+                | EngineError::PromptTooLong { .. }
+                | EngineError::ExceedsKvBudget { .. } => ErrorKind::InvalidRequest,
                 EngineError::QueueFull(_) => ErrorKind::Overloaded,
                 EngineError::Stopped => ErrorKind::Unavailable,
                 EngineError::Model(_) | EngineError::Tokenizer(_) => ErrorKind::Internal,

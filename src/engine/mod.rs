@@ -27,6 +27,8 @@ pub enum EngineError {
     PromptTooLong { prompt: usize, context: usize },
     #[error("the server is busy: {0} requests are already waiting")]
     QueueFull(usize),
+    #[error("the request may need {needed} bytes of KV cache (prompt plus maximum tokens), more than the server's budget of {budget} bytes; ask for fewer tokens")]
+    ExceedsKvBudget { needed: usize, budget: usize },
     #[error("the generation thread has stopped")]
     Stopped,
     #[error("model failure: {0}")]
@@ -137,6 +139,9 @@ pub struct EngineConfig {
     pub prefill_chunk: usize,
     /// Events buffered per request before deltas are merged.
     pub event_capacity: usize,
+    /// Bytes of KV cache the running sequences may hold together, counting each at its worst case (prompt plus
+    /// maximum tokens). A request that could never fit is refused; others wait, in order, until theirs fits.
+    pub kv_budget_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -146,6 +151,7 @@ impl Default for EngineConfig {
             queue_capacity: 64,
             prefill_chunk: 256,
             event_capacity: 64,
+            kv_budget_bytes: 4 << 30,
         }
     }
 }
@@ -216,6 +222,8 @@ pub struct Shared {
 pub(crate) struct Submission {
     req: GenRequest,
     max_new: usize,
+    /// Worst-case KV cache bytes this request may hold.
+    kv_bytes: usize,
     events: tokio::sync::mpsc::Sender<Event>,
     submitted: Instant,
 }
@@ -280,10 +288,19 @@ impl EngineHandle {
         }
         let room = context - req.prompt.len();
         let max_new = req.max_tokens.map_or(room, |m| m.min(room));
+        let kv_bytes = (req.prompt.len() + max_new) * self.shared.info.kv_bytes_per_token;
+        let budget = self.shared.config.kv_budget_bytes;
+        if kv_bytes > budget {
+            return Err(EngineError::ExceedsKvBudget {
+                needed: kv_bytes,
+                budget,
+            });
+        }
         let (events, rx) = tokio::sync::mpsc::channel(self.shared.config.event_capacity.max(2));
         let sub = Submission {
             req,
             max_new,
+            kv_bytes,
             events,
             submitted: Instant::now(),
         };

@@ -18,6 +18,8 @@ pub struct Sequence {
     outbox: VecDeque<Event>,
     /// Freed as soon as the sequence finishes.
     pub cache: Option<SeqCache>,
+    /// Worst-case KV cache bytes reserved for this sequence while it runs.
+    pub kv_bytes: usize,
     /// Prompt followed by generated tokens.
     pub tokens: Vec<u32>,
     n_prompt: usize,
@@ -40,12 +42,14 @@ impl Sequence {
         let Submission {
             req,
             max_new,
+            kv_bytes,
             events,
             submitted,
         } = sub;
         Self {
             events,
             outbox: VecDeque::new(),
+            kv_bytes,
             cache: Some(cache),
             n_prompt: req.prompt.len(),
             tokens: req.prompt,

@@ -24,6 +24,8 @@ pub(crate) struct Worker {
     running: Vec<Sequence>,
     /// Finished sequences whose last events are still being delivered.
     draining: Vec<Sequence>,
+    /// The oldest waiting request, taken from the queue but not yet admitted: its KV cache does not fit yet.
+    held: Option<Submission>,
 }
 
 impl Worker {
@@ -40,6 +42,7 @@ impl Worker {
             shared,
             running: Vec::new(),
             draining: Vec::new(),
+            held: None,
         }
     }
 
@@ -53,11 +56,11 @@ impl Worker {
         }
     }
 
-    /// Moves waiting requests into free slots; blocks when there is nothing to do. Returns false once every
-    /// handle is gone and all work is delivered.
+    /// Moves waiting requests into free slots, in arrival order, while their worst-case KV cache fits the
+    /// budget; blocks when there is nothing to do. Returns false once every handle is gone and all work is
+    /// delivered.
     fn admit(&mut self) -> bool {
-        let max = self.shared.config.max_running;
-        if self.running.is_empty() {
+        if self.running.is_empty() && self.held.is_none() {
             let first = if self.draining.is_empty() {
                 match self.rx.recv() {
                     Ok(s) => Some(s),
@@ -73,15 +76,23 @@ impl Worker {
                     }
                 }
             };
-            if let Some(s) = first {
-                self.start(s);
-            }
+            self.held = first;
         }
+        let (max, budget) = (
+            self.shared.config.max_running,
+            self.shared.config.kv_budget_bytes,
+        );
         while self.running.len() < max {
-            match self.rx.try_recv() {
-                Ok(s) => self.start(s),
-                Err(_) => break,
+            let Some(sub) = self.held.take().or_else(|| self.rx.try_recv().ok()) else {
+                break;
+            };
+            let reserved: usize = self.running.iter().map(|s| s.kv_bytes).sum();
+            if reserved + sub.kv_bytes > budget && !self.running.is_empty() {
+                // The head of the queue waits for memory; nothing behind it may overtake it.
+                self.held = Some(sub);
+                break;
             }
+            self.start(sub);
         }
         self.shared
             .stats
