@@ -120,18 +120,6 @@ impl TextTokenizer {
             .decode(ids, skip_special)
             .map_err(|e| TokenizerError::Tokenize(e.to_string()))
     }
-
-    pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
-    }
-
-    pub fn id_to_token(&self, id: u32) -> Option<String> {
-        self.inner.id_to_token(id)
-    }
-
-    pub fn inner(&self) -> &tokenizers::Tokenizer {
-        &self.inner
-    }
 }
 
 fn is_special(tok: &tokenizers::Tokenizer, id: u32) -> bool {
