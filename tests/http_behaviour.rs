@@ -522,6 +522,14 @@ async fn metrics_count_what_the_engine_did() {
         )
         .await;
     }
+    // The engine releases a slot just after handing out its Done: wait for that before scraping.
+    let stats = &s.engine().shared().stats;
+    for _ in 0..2000 {
+        if stats.running.load(Relaxed) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let resp = s.get("/metrics").await;
     assert_eq!(resp.status(), 200);
     let kind = resp.headers()["content-type"].to_str().unwrap().to_string();
