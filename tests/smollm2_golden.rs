@@ -3,24 +3,37 @@
 //!
 //! Two implementations that round differently can only split where the top two logits are nearly tied, and
 //! this model's greedy path is full of near-ties: llama.cpp itself, switched from its default f16 KV cache to
-//! an f32 one, leaves its own default path after 4-7 tokens on three of the seven prompts. So each comparison
-//! demands identical tokens up to the first step where llama.cpp's top-1/top-2 gap is below [`NEAR_TIE`];
-//! against llama.cpp's default run rill must pick the runner-up there, keep at least [`MIN_AGREED`] tokens on
-//! every prompt and three quarters of all tokens. (Measured: 191/224 tokens follow the default run exactly,
-//! 148/224 the f32-KV run; llama.cpp's two runs share fewer with each other.)
+//! an f32 one, leaves its own default path after 4-7 tokens on three of the seven prompts. So:
+//! - teacher-forced along llama.cpp's path, rill's pick must be llama.cpp's at every step whose top-1/top-2
+//!   gap is at least [`NEAR_TIE`], and its runner-up elsewhere (measured: 220 of 224 steps pick the same);
+//! - generating freely, rill must follow llama.cpp's default run up to a near-tie, pick the runner-up there,
+//!   and keep at least [`MIN_AGREED`] tokens unless a near-tie comes first. How far each prompt gets after a
+//!   coin-flip is printed, not asserted: one early split decides the rest of the path.
 
 mod common;
 
-use common::{engine, golden, greedy, ids};
+use common::{engine, golden, greedy, ids, load};
 use rill::engine::EngineConfig;
+use rill::model::{CausalLm, SeqStep};
 use serde_json::Value;
 
-/// Largest llama.cpp logit gap at which a different pick is put down to rounding. KV precision alone moves
-/// this model's gaps by more: at chat-colors step 27 llama.cpp prefers EOS by 0.20 with its f16 cache and
-/// "\n" by 0.25 with an f32 one.
-const NEAR_TIE: f64 = 0.3;
-/// Leading tokens every prompt must share with llama.cpp's default run.
+/// Largest llama.cpp logit gap at which a different pick is put down to rounding. Activations are quantized
+/// to 8 bits before every matmul, so a last-bit change can move a value across a rounding boundary, and this
+/// model carries such steps all the way to its logits: KV precision alone moves gaps by 0.45 (chat-colors
+/// step 27: llama.cpp prefers EOS by 0.20 with its f16 cache and "\n" by 0.25 with an f32 one), and rill's
+/// row-at-a-time and interleaved kernels, which differ only in float summation order, give chat-capital's
+/// first gap as 0.13 and 0.34.
+const NEAR_TIE: f64 = 0.5;
+/// Leading tokens every prompt must share with llama.cpp's default run, unless a near-tie comes earlier.
 const MIN_AGREED: usize = 5;
+
+/// How many leading tokens must agree with `reference`: [`MIN_AGREED`], or up to its first near-tie.
+fn required_agreement(reference: &Value) -> usize {
+    let gaps = reference["top1_top2_gaps"].as_array().unwrap();
+    gaps.iter()
+        .position(|g| g.as_f64().unwrap() < NEAR_TIE)
+        .map_or(MIN_AGREED, |first| first.min(MIN_AGREED))
+}
 
 /// Compares rill's greedy ids with one llama.cpp run and returns how many leading tokens agree. A split must
 /// come at a near-tie; with `runner_up`, rill must also have picked llama.cpp's second choice there.
@@ -68,6 +81,70 @@ fn prompt_ids_match_llama_cpp() {
     }
 }
 
+/// Rill's top pick after each prefix of llama.cpp's own path (prompt plus its first `i` generated tokens), and
+/// the gap to its runner-up.
+fn teacher_forced_picks(model: &dyn CausalLm, prompt: &[u32], path: &[u32]) -> Vec<(u32, f32)> {
+    let mut cache = model.new_cache();
+    let mut input = prompt.to_vec();
+    let mut picks = Vec::new();
+    for &next in path {
+        let mut step = [SeqStep {
+            tokens: &input,
+            cache: &mut cache,
+        }];
+        let logits: Vec<f32> = model
+            .forward(&mut step)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.select_nth_unstable_by(1, |a, b| logits[*b].total_cmp(&logits[*a]));
+        let (top, second) = if logits[order[0]] >= logits[order[1]] {
+            (order[0], order[1])
+        } else {
+            (order[1], order[0])
+        };
+        picks.push((top as u32, logits[top] - logits[second]));
+        input = vec![next];
+    }
+    picks
+}
+
+/// Step by step along llama.cpp's path, rill's top pick is llama.cpp's wherever llama.cpp's top two are more
+/// than [`NEAR_TIE`] apart, and its runner-up otherwise. Unlike free-running generation this checks every step
+/// of every prompt: one early coin-flip does not hide the rest.
+#[test]
+fn teacher_forced_picks_match_llama_cpp_except_near_ties() {
+    let loaded = load("smollm2");
+    let (mut same, mut total) = (0, 0);
+    for p in golden("smollm2-llamacpp-golden.json")["prompts"]
+        .as_array()
+        .unwrap()
+    {
+        let name = p["name"].as_str().unwrap();
+        let path = ids(&p["generated_ids"]);
+        let picks = teacher_forced_picks(loaded.model.as_ref(), &ids(&p["prompt_ids"]), &path);
+        for (i, (&want, &(got, rill_gap))) in path.iter().zip(&picks).enumerate() {
+            total += 1;
+            if got == want {
+                same += 1;
+                continue;
+            }
+            let gap = p["top1_top2_gaps"][i].as_f64().unwrap();
+            let second = p["top2_ids"][i][1].as_u64().unwrap() as u32;
+            eprintln!("{name} step {i}: llama.cpp picks {want} by {gap}, rill {got} by {rill_gap}");
+            assert!(gap < NEAR_TIE, "{name} step {i}: llama.cpp's gap is {gap}");
+            assert_eq!(
+                got, second,
+                "{name} step {i}: rill must pick llama.cpp's runner-up"
+            );
+        }
+    }
+    eprintln!("teacher-forced: rill's pick is llama.cpp's at {same}/{total} steps");
+}
+
 #[test]
 fn greedy_tokens_match_llama_cpp_up_to_near_ties() {
     let e = engine("smollm2", EngineConfig::default());
@@ -86,7 +163,7 @@ fn greedy_tokens_match_llama_cpp_up_to_near_ties() {
         let got: Vec<u32> = tokens.iter().map(|t| t.id).collect();
         let agreed = compare(name, "default (f16 KV)", &got, p, true);
         assert!(
-            agreed >= MIN_AGREED,
+            agreed >= required_agreement(p),
             "{name}: only {agreed} tokens agree with llama.cpp"
         );
         agreed_default += agreed;
@@ -94,8 +171,4 @@ fn greedy_tokens_match_llama_cpp_up_to_near_ties() {
         total += n;
     }
     eprintln!("agreement: {agreed_default}/{total} tokens with llama.cpp's default run, {agreed_f32}/{total} with its f32-KV run");
-    assert!(
-        agreed_default * 4 >= total * 3,
-        "only {agreed_default}/{total} tokens agree with llama.cpp's default run"
-    );
 }

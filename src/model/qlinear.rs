@@ -7,7 +7,9 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, Device, Module, Result, Storage, Tensor};
 
-use super::quant::{self, q4_1::BlockQ4_1, q8_0::BlockQ8_0, QuantBlock};
+use super::quant::q4_1x8::{self, Q4_1x8};
+use super::quant::q8_0x8::{self, Q8_0x8};
+use super::quant::{self, q4_1::BlockQ4_1, q8_0::BlockQ8_0, x8::Interleaved, QuantBlock};
 
 /// `y = x · Wᵀ` for one weight, or several stacked along the output, stored `[out, in]` in a GGUF file.
 pub struct QLinear {
@@ -17,9 +19,15 @@ pub struct QLinear {
 }
 
 enum Kind {
-    /// Q4_1 weights on the CPU: rill's kernel (candle's is scalar for this type).
+    /// Q4_1 weights on the CPU, eight output rows interleaved: rill's batched kernel.
+    Q4_1x8(Interleaved<Q4_1x8>),
+    /// Q8_0 weights on the CPU, eight output rows interleaved.
+    Q8_0x8(Interleaved<Q8_0x8>),
+    /// Q4_1 weights on the CPU whose output width is not a multiple of eight: rill's row-at-a-time kernel
+    /// (candle's is scalar for this type).
     Q4_1(Vec<BlockQ4_1>),
-    /// Q8_0 weights on the CPU: rill's kernel, rounding activations as llama.cpp does.
+    /// Q8_0 weights on the CPU whose output width is not a multiple of eight: row at a time, rounding
+    /// activations as llama.cpp does.
     Q8_0(Vec<BlockQ8_0>),
     /// Any other type or device: candle's quantized matmul, one per part.
     Candle(Vec<QMatMul>),
@@ -37,13 +45,26 @@ impl QLinear {
         for p in &parts {
             out += p.shape().dims2()?.0;
         }
+        let k = parts[0].shape().dims2()?.1;
         let on_cpu = parts.iter().all(|p| matches!(p.device(), Device::Cpu));
         let own = on_cpu && std::env::var_os("RILL_CANDLE_QUANT").is_none();
         let dtype = parts[0].dtype();
         let same = parts.iter().all(|p| p.dtype() == dtype);
         let kind = match dtype {
-            GgmlDType::Q4_1 if own && same => Kind::Q4_1(concat_blocks(&parts)?),
-            GgmlDType::Q8_0 if own && same => Kind::Q8_0(concat_blocks(&parts)?),
+            GgmlDType::Q4_1 if own && same => {
+                let blocks: Vec<BlockQ4_1> = concat_blocks(&parts)?;
+                match q4_1x8::pack(&blocks, out, k) {
+                    Some(p) => Kind::Q4_1x8(p),
+                    None => Kind::Q4_1(blocks),
+                }
+            }
+            GgmlDType::Q8_0 if own && same => {
+                let blocks: Vec<BlockQ8_0> = concat_blocks(&parts)?;
+                match q8_0x8::pack(&blocks, out, k) {
+                    Some(p) => Kind::Q8_0x8(p),
+                    None => Kind::Q8_0(blocks),
+                }
+            }
             _ => Kind::Candle(
                 parts
                     .into_iter()
@@ -64,12 +85,7 @@ impl QLinear {
                     .collect::<Result<Vec<_>>>()?,
                 1,
             ),
-            Kind::Q4_1(b) => {
-                Tensor::from_vec(self.own_matmul(x, b)?, (x.dim(0)?, self.out), x.device())
-            }
-            Kind::Q8_0(b) => {
-                Tensor::from_vec(self.own_matmul(x, b)?, (x.dim(0)?, self.out), x.device())
-            }
+            _ => Tensor::from_vec(self.own_matmul(x)?, (x.dim(0)?, self.out), x.device()),
         }
     }
 
@@ -78,12 +94,11 @@ impl QLinear {
         let rows = x.dim(0)?;
         let half = self.out / 2;
         let y = match &self.kind {
-            Kind::Q4_1(b) => self.own_matmul(x, b)?,
-            Kind::Q8_0(b) => self.own_matmul(x, b)?,
             Kind::Candle(_) => {
                 let y = self.forward(x)?;
                 return candle_nn::ops::silu(&y.narrow(1, 0, half)?)? * y.narrow(1, half, half)?;
             }
+            _ => self.own_matmul(x)?,
         };
         let mut h = Vec::with_capacity(rows * half);
         for row in y.chunks_exact(self.out) {
@@ -93,14 +108,29 @@ impl QLinear {
         Tensor::from_vec(h, (rows, half), x.device())
     }
 
-    fn own_matmul<B: QuantBlock>(&self, x: &Tensor, blocks: &[B]) -> Result<Vec<f32>> {
+    /// `x · Wᵀ` through rill's own kernels, as a row-major `[rows, out]` buffer.
+    fn own_matmul(&self, x: &Tensor) -> Result<Vec<f32>> {
         let (rows, k) = x.dims2()?;
-        if blocks.len() * quant::QK != self.out * k {
-            candle_core::bail!("quantized linear: input width {k} does not match the weight");
+        let k_weight = match &self.kind {
+            Kind::Q4_1x8(p) => p.k(),
+            Kind::Q8_0x8(p) => p.k(),
+            Kind::Q4_1(b) => b.len() * quant::QK / self.out,
+            Kind::Q8_0(b) => b.len() * quant::QK / self.out,
+            Kind::Candle(_) => candle_core::bail!("quantized linear: not one of rill's kernels"),
+        };
+        if k != k_weight {
+            candle_core::bail!(
+                "quantized linear: input width {k} does not match the weight's {k_weight}"
+            );
         }
         let mut dst = vec![0f32; rows * self.out];
-        with_f32_rows(x, |xs| {
-            quant::matmul(xs, rows, k, blocks, self.out, &mut dst)
+        let n = self.out;
+        with_f32_rows(x, |xs| match &self.kind {
+            Kind::Q4_1x8(p) => p.matmul(xs, rows, &mut dst),
+            Kind::Q8_0x8(p) => p.matmul(xs, rows, &mut dst),
+            Kind::Q4_1(b) => quant::matmul(xs, rows, k, b, n, &mut dst),
+            Kind::Q8_0(b) => quant::matmul(xs, rows, k, b, n, &mut dst),
+            Kind::Candle(_) => unreachable!("checked above"),
         })?;
         Ok(dst)
     }

@@ -36,6 +36,24 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
         .collect()
 }
 
+/// Loads the model at `models/<rel>` (or any name the locator resolves) on the CPU, without an engine.
+pub fn load(rel: &str) -> rill::engine::Loaded {
+    let locator = ModelLocator {
+        models_dir: root().join("models"),
+        hub_cache: root().join("models/hf-cache"),
+        offline: true,
+    };
+    if !Path::new(rel).exists() && !rel.contains('/') {
+        model_path(rel);
+    }
+    model::load(
+        &locator.resolve(rel).unwrap(),
+        rel,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
+}
+
 /// Starts an engine over the model at `models/<rel>` (or any name the locator resolves).
 pub fn engine(rel: &str, config: EngineConfig) -> EngineHandle {
     let locator = ModelLocator {

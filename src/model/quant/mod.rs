@@ -4,7 +4,12 @@
 //! which rounds differently from llama.cpp.
 
 pub mod q4_1;
+pub mod q4_1x8;
 pub mod q8_0;
+pub mod q8_0x8;
+pub mod x8;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 /// Values per block, for every format here.
 pub const QK: usize = 32;

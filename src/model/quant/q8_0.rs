@@ -36,15 +36,7 @@ impl QuantBlock for BlockQ8_0 {
     }
 
     fn quantize_acts(x: &[f32], out: &mut [ActQ8_0]) {
-        for (xb, ob) in x.chunks_exact(QK).zip(out.iter_mut()) {
-            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            for (q, v) in ob.qs.iter_mut().zip(xb) {
-                *q = (v * id).round() as i8;
-            }
-            ob.d = f16::from_f32(d).to_f32();
-        }
+        quantize_row(x, out)
     }
 
     fn vec_dot(w: &[Self], x: &[ActQ8_0]) -> f32 {
@@ -67,6 +59,19 @@ impl QuantBlock for BlockQ8_0 {
             }
         }
         x.map(|x| vec_dot_scalar(w, x))
+    }
+}
+
+/// Quantizes one row of activations (`len` a multiple of 32) into Q8_0 blocks, rounding as ggml does.
+pub fn quantize_row(x: &[f32], out: &mut [ActQ8_0]) {
+    for (xb, ob) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        for (q, v) in ob.qs.iter_mut().zip(xb) {
+            *q = (v * id).round() as i8;
+        }
+        ob.d = f16::from_f32(d).to_f32();
     }
 }
 

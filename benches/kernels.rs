@@ -1,0 +1,70 @@
+//! `cargo bench --bench kernels`: throughput of rill's quantized CPU matmul kernels (GMAC/s) for the shapes of
+//! SmolLM2's layers, with 1 to 16 activation rows (batched decode) and 64 (a prefill chunk).
+
+use std::time::Instant;
+
+use rill::model::quant::{matmul, q4_1::BlockQ4_1, q4_1x8, q8_0::BlockQ8_0, q8_0x8, QuantBlock};
+
+/// Deterministic pseudo-random bytes, so every run times the same data.
+fn bytes(n: usize, seed: u32) -> Vec<u8> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 16) as u8
+        })
+        .collect()
+}
+
+/// Weight blocks with small, finite f16 scales (raw random bytes could hold NaN or infinity).
+fn weights<B: QuantBlock>(n: usize, k: usize) -> Vec<B> {
+    let mut raw = bytes(n * k / 32 * B::BYTES, 7);
+    for blk in raw.chunks_exact_mut(B::BYTES) {
+        blk[0] = 0x00;
+        blk[1] = 0x20; // f16 ≈ 0.0078
+        if B::BYTES == 20 {
+            blk[2] = 0x00;
+            blk[3] = 0xA0; // Q4_1 min ≈ -0.0078
+        }
+    }
+    rill::model::quant::blocks_from_bytes(&raw)
+}
+
+/// Times `f` (one `[m, k] × [k, n]` product) and prints its throughput.
+fn gmacs(name: &str, m: usize, k: usize, n: usize, mut f: impl FnMut(&[f32], &mut [f32])) {
+    let x: Vec<f32> = bytes(m * k, 3)
+        .iter()
+        .map(|&b| b as f32 / 64.0 - 2.0)
+        .collect();
+    let mut dst = vec![0f32; m * n];
+    f(&x, &mut dst); // warm-up
+    let reps = (2_000_000_000 / (m * k * n)).clamp(3, 2000);
+    let t = Instant::now();
+    for _ in 0..reps {
+        f(&x, &mut dst);
+    }
+    let s = t.elapsed().as_secs_f64();
+    let g = (reps * m * k * n) as f64 / s / 1e9;
+    println!(
+        "{name:<6} m={m:<3} k={k:<5} n={n:<6} {:>9.1} µs/call {g:>8.2} GMAC/s",
+        s / reps as f64 * 1e6
+    );
+}
+
+fn main() {
+    rill::cli::set_cpu_threads(None);
+    let (k, n) = (576, 3072);
+    let w = weights::<BlockQ4_1>(n, k);
+    let packed = q4_1x8::pack(&w, n, k).unwrap();
+    for m in [1, 2, 4, 8, 16, 64] {
+        gmacs("q4_1", m, k, n, |x, d| matmul(x, m, k, &w, n, d));
+        gmacs("q4_1x8", m, k, n, |x, d| packed.matmul(x, m, d));
+    }
+    let (k, n) = (576, 49152);
+    let w = weights::<BlockQ8_0>(n, k);
+    let packed = q8_0x8::pack(&w, n, k).unwrap();
+    for m in [1, 4, 8, 16] {
+        gmacs("q8_0", m, k, n, |x, d| matmul(x, m, k, &w, n, d));
+        gmacs("q8_0x8", m, k, n, |x, d| packed.matmul(x, m, d));
+    }
+}

@@ -1,0 +1,181 @@
+//! Weights interleaved eight output rows at a time, and the matmul driver shared by the formats stored that
+//! way ([`super::q4_1x8`], [`super::q8_0x8`]).
+//!
+//! The plain layout dots one weight row with one activation row, so every 32-value block ends in a float
+//! conversion and a scaled add for a single output. Interleaved, one 32-byte load holds four weights of each
+//! of eight rows; an integer multiply-add against four broadcast activation bytes yields partial sums for all
+//! eight outputs at once, and the float work is done once per block for eight outputs. Every activation row
+//! goes through the same instructions whatever the batch size, so a sequence's result does not depend on what
+//! it is batched with.
+
+use super::QK;
+
+/// Output rows per interleaved group.
+pub const ROWS: usize = 8;
+/// Output columns per unit of parallel work (two groups).
+const COL_TILE: usize = 16;
+/// Activation rows that share one pass over a weight group.
+const ROW_TILE: usize = 4;
+
+/// A block format stored interleaved: one `Block` holds block `b` of eight consecutive weight rows.
+pub trait Format {
+    type Block: Copy + Send + Sync;
+    /// One quantized block of activations.
+    type Act: Copy + Send + Sync;
+    const ZERO_ACT: Self::Act;
+    /// Quantizes a row of activations (length a multiple of [`QK`]).
+    fn quantize_acts(x: &[f32], out: &mut [Self::Act]);
+    /// Writes `dst[r * stride + c]`, `c < 8`, for the `R` activation rows `xs` against one weight group `w`.
+    ///
+    /// # Safety
+    /// `kernel` must be one of [`Kernel::available`], and `dst` valid for those writes by this thread alone.
+    unsafe fn rows<const R: usize>(
+        kernel: Kernel,
+        xs: [&[Self::Act]; R],
+        w: &[Self::Block],
+        dst: *mut f32,
+        stride: usize,
+    );
+}
+
+/// The instruction set used for the integer multiply-adds.
+#[derive(Clone, Copy, Debug)]
+pub enum Kernel {
+    /// AVX-512 VNNI on 256-bit vectors (`vpdpbusd`).
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni,
+    /// AVX-VNNI (`vpdpbusd`, VEX-encoded).
+    #[cfg(target_arch = "x86_64")]
+    AvxVnni,
+    /// AVX2 without VNNI (`vpmaddubsw` + `vpmaddwd`).
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Scalar,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    pub fn detect() -> Self {
+        Self::available()[0]
+    }
+
+    /// Every kernel this CPU runs, fastest first.
+    pub fn available() -> Vec<Self> {
+        #[allow(unused_mut)]
+        let mut out = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            let avx2 = has!("avx2") && has!("fma") && has!("f16c");
+            if avx2 && has!("avx512vnni") && has!("avx512vl") {
+                out.push(Self::Avx512Vnni);
+            }
+            if avx2 && has!("avxvnni") {
+                out.push(Self::AvxVnni);
+            }
+            if avx2 {
+                out.push(Self::Avx2);
+            }
+        }
+        out.push(Self::Scalar);
+        out
+    }
+}
+
+/// An `[n, k]` weight (`n` a multiple of [`ROWS`]) stored interleaved in format `F`.
+pub struct Interleaved<F: Format> {
+    blocks: Vec<F::Block>,
+    n: usize,
+    k: usize,
+}
+
+impl<F: Format> Interleaved<F> {
+    /// Builds the weight from its group blocks, `n / 8` groups of `k / 32` blocks each.
+    pub fn new(blocks: Vec<F::Block>, n: usize, k: usize) -> Self {
+        assert!(n % ROWS == 0 && k % QK == 0 && blocks.len() == n / ROWS * (k / QK));
+        Self { blocks, n, k }
+    }
+
+    /// Input width.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// `dst[r, c] = x[r] · w[c]` for `m` activation rows of `k`, split across candle's CPU worker pool by
+    /// tiles of output columns.
+    pub fn matmul(&self, x: &[f32], m: usize, dst: &mut [f32]) {
+        self.matmul_with(Kernel::detect(), x, m, dst)
+    }
+
+    /// [`Self::matmul`] with a given kernel (tests compare them all).
+    pub fn matmul_with(&self, kernel: Kernel, x: &[f32], m: usize, dst: &mut [f32]) {
+        let (n, k) = (self.n, self.k);
+        assert!(x.len() == m * k && dst.len() == m * n);
+        let kb = k / QK;
+        let mut xq = vec![F::ZERO_ACT; m * kb];
+        for (row, q) in x.chunks_exact(k).zip(xq.chunks_exact_mut(kb)) {
+            F::quantize_acts(row, q);
+        }
+        let dst_addr = dst.as_mut_ptr() as usize;
+        let (xq, blocks) = (&xq, &self.blocks);
+        candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(COL_TILE), move |tiles| {
+            let x = |r: usize| &xq[r * kb..(r + 1) * kb];
+            // Tile by tile, every activation row passes over the tile while its weights are in L1.
+            for tile in tiles {
+                let groups = tile * COL_TILE / ROWS..((tile + 1) * COL_TILE).min(n) / ROWS;
+                let mut r = 0;
+                while r < m {
+                    let rows = ROW_TILE.min(m - r);
+                    for g in groups.clone() {
+                        let w = &blocks[g * kb..(g + 1) * kb];
+                        // SAFETY: `kernel` was detected or listed as available; each (row, group) output
+                        // is written by exactly one worker, inside dst's `m * n` elements.
+                        unsafe {
+                            let d = (dst_addr as *mut f32).add(r * n + g * ROWS);
+                            match rows {
+                                4 => F::rows(kernel, [x(r), x(r + 1), x(r + 2), x(r + 3)], w, d, n),
+                                3 => F::rows(kernel, [x(r), x(r + 1), x(r + 2)], w, d, n),
+                                2 => F::rows(kernel, [x(r), x(r + 1)], w, d, n),
+                                _ => F::rows(kernel, [x(r)], w, d, n),
+                            }
+                        }
+                    }
+                    r += rows;
+                }
+            }
+        });
+    }
+}
+
+/// Test helpers shared by the interleaved formats.
+#[cfg(test)]
+pub mod testing {
+    use super::*;
+
+    /// Checks every available kernel and several batch sizes against `want(row, col)`, and that a row's
+    /// result is bit-identical alone and in a batch.
+    pub fn check<F: Format>(w: &Interleaved<F>, want: impl Fn(&[f32], usize) -> f32) {
+        let (n, k) = (w.n, w.k);
+        for kernel in Kernel::available() {
+            let m = 9;
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 29 % 97) as f32 - 48.0) / 31.0)
+                .collect();
+            let mut all = vec![0f32; m * n];
+            w.matmul_with(kernel, &x, m, &mut all);
+            for r in 0..m {
+                let row = &x[r * k..(r + 1) * k];
+                for c in 0..n {
+                    let (got, want) = (all[r * n + c], want(row, c));
+                    assert!(
+                        (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                        "{kernel:?} ({r},{c}): {got} vs {want}"
+                    );
+                }
+                let mut one = vec![0f32; n];
+                w.matmul_with(kernel, row, 1, &mut one);
+                assert_eq!(one, all[r * n..(r + 1) * n], "{kernel:?} row {r} alone");
+            }
+        }
+    }
+}

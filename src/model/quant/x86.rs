@@ -1,0 +1,27 @@
+//! x86 integer dot-product steps shared by the interleaved kernels: `acc += Σ₄ u·s` in each 32-bit lane, for
+//! unsigned bytes `u` and signed bytes `s`.
+
+use std::arch::x86_64::*;
+
+/// `vpdpbusd` with AVX-512 VNNI on 256-bit vectors.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub unsafe fn dot_avx512vnni(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(acc, u, s)
+}
+
+/// `vpdpbusd` with AVX-VNNI.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+pub unsafe fn dot_avxvnni(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+    _mm256_dpbusd_avx_epi32(acc, u, s)
+}
+
+/// AVX2 without VNNI: byte pairs into i16, then pairs into i32. Exact only while a pair's sum fits i16, i.e.
+/// for `u < 128` (4-bit weights: at most 2·15·128).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_avx2_u8(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+    _mm256_add_epi32(acc, p)
+}
