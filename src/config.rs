@@ -20,6 +20,8 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Serve the model over HTTP.
     Serve(ServeArgs),
+    /// Measure an OpenAI-compatible streaming server (rill or any other) at one or more concurrency levels.
+    Bench(crate::cli::bench::BenchArgs),
 }
 
 /// Which model to load and where.

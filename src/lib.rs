@@ -2,9 +2,11 @@
 //!
 //! Request path, in file order: [`config`] (flags) → [`api`] (HTTP, validation) → [`engine`] (generation thread,
 //! batching, sampling, stop strings) → [`model`] (architectures over caller-owned KV caches), with
-//! [`tokenizer`] turning text into ids and ids back into streamed text.
+//! [`tokenizer`] turning text into ids and ids back into streamed text. [`bench`] is the other side: a client
+//! that measures any OpenAI-compatible streaming server.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod engine;

@@ -1,5 +1,6 @@
 //! The subcommands behind the binary.
 
+pub mod bench;
 pub mod generate;
 pub mod serve;
 
