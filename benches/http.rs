@@ -24,10 +24,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// CPU cost of one delta through each dialect's encoder and framing (pure functions, no I/O).
 fn encoder_cost_per_token() {
-    let tok = [TokenInfo {
-        id: 42,
-        logprob: -0.5,
-    }];
+    let tok = [TokenInfo { id: 42 }];
     let mut encoders: Vec<(&str, Box<dyn Encoder>, Framing)> = vec![
         (
             "openai",

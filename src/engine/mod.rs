@@ -66,7 +66,6 @@ impl GenRequest {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TokenInfo {
     pub id: u32,
-    pub logprob: f32,
 }
 
 /// Why generation ended.

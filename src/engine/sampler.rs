@@ -51,13 +51,6 @@ impl SamplingParams {
     }
 }
 
-/// A chosen token and its log-probability under the model's (penalized) distribution.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Sampled {
-    pub id: u32,
-    pub logprob: f32,
-}
-
 /// Per-request sampler state: the parameters and the seeded generator.
 pub struct Sampler {
     params: SamplingParams,
@@ -75,18 +68,14 @@ impl Sampler {
 
     /// Picks the next token from `logits`; `context` is every token so far and `generated` how many of its
     /// last entries the model produced.
-    pub fn sample(&mut self, logits: &mut [f32], context: &[u32], generated: usize) -> Sampled {
+    pub fn sample(&mut self, logits: &mut [f32], context: &[u32], generated: usize) -> u32 {
         self.apply_penalties(logits, context, generated);
-        let lse = log_sum_exp(logits);
         let id = if self.params.temperature <= 0.0 {
             argmax(logits)
         } else {
             self.draw(logits)
         };
-        Sampled {
-            id: id as u32,
-            logprob: logits[id] - lse,
-        }
+        id as u32
     }
 
     fn apply_penalties(&self, logits: &mut [f32], context: &[u32], generated: usize) {
@@ -117,52 +106,77 @@ impl Sampler {
         }
     }
 
-    /// Samples from the temperature-scaled distribution after top-k, min-p and top-p truncation.
+    /// Samples from the temperature-scaled distribution after top-k, top-p and min-p truncation, in that
+    /// order (as llama.cpp and HF do). Only as many candidates are sorted as top-p needs: a full sort of a 50k
+    /// vocabulary per token would cost more than the model's forward pass at small sizes.
     fn draw(&mut self, logits: &[f32]) -> usize {
         let p = &self.params;
+        let max = logits
+            .iter()
+            .copied()
+            .filter(|l| l.is_finite())
+            .fold(f32::NEG_INFINITY, f32::max);
+        let weight = |l: f32| ((l - max) / p.temperature).exp();
         let mut cand: Vec<(usize, f32)> = logits
             .iter()
             .copied()
             .enumerate()
             .filter(|(_, l)| l.is_finite())
             .collect();
-        cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if p.top_k > 0 {
+        if p.top_k > 0 && p.top_k < cand.len() {
+            cand.select_nth_unstable_by(p.top_k - 1, by_logit);
             cand.truncate(p.top_k);
         }
-        let max = cand[0].1;
-        let mut probs: Vec<f32> = cand
-            .iter()
-            .map(|(_, l)| ((l - max) / p.temperature).exp())
-            .collect();
-        let total: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|x| *x /= total);
-        let mut keep = probs.len();
-        if p.min_p > 0.0 {
-            keep = probs
-                .iter()
-                .take_while(|&&x| x >= p.min_p * probs[0])
-                .count()
-                .max(1);
-        }
         if p.top_p < 1.0 {
-            let mut acc = 0.0;
-            let n = probs[..keep].iter().take_while(|&&x| {
-                let below = acc < p.top_p;
-                acc += x;
-                below
-            });
-            keep = n.count().max(1);
+            let total: f32 = cand.iter().map(|c| weight(c.1)).sum();
+            let keep = top_p_prefix(&mut cand, p.top_p * total, weight);
+            cand.truncate(keep);
         }
-        let mass: f32 = probs[..keep].iter().sum();
+        if p.min_p > 0.0 {
+            // At least `min_p` times as likely as the best token: logit ≥ max + T·ln(min_p).
+            let floor = max + p.temperature * p.min_p.ln();
+            cand.retain(|c| c.1 >= floor);
+        }
+        let probs: Vec<f32> = cand.iter().map(|c| weight(c.1)).collect();
+        let mass: f32 = probs.iter().sum();
         let mut r = self.rng.random::<f32>() * mass;
-        for (i, x) in probs[..keep].iter().enumerate() {
+        for (c, x) in cand.iter().zip(&probs) {
             r -= x;
             if r <= 0.0 {
-                return cand[i].0;
+                return c.0;
             }
         }
-        cand[keep - 1].0
+        cand[cand.len() - 1].0
+    }
+}
+
+/// Descending logit, then ascending id.
+fn by_logit(a: &(usize, f32), b: &(usize, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// Sorts the head of `cand` until its weights reach `mass` and returns how many it takes (at least one): the
+/// smallest set whose mass reaches it, the token that crosses included. Sorts 64 candidates first, then eight
+/// times more until enough.
+fn top_p_prefix(cand: &mut [(usize, f32)], mass: f32, weight: impl Fn(f32) -> f32) -> usize {
+    let mut head = 64;
+    loop {
+        if head < cand.len() {
+            cand.select_nth_unstable_by(head - 1, by_logit);
+        }
+        let head_len = head.min(cand.len());
+        cand[..head_len].sort_unstable_by(by_logit);
+        let mut acc = 0.0;
+        for (i, c) in cand[..head_len].iter().enumerate() {
+            if acc >= mass {
+                return i.max(1);
+            }
+            acc += weight(c.1);
+        }
+        if head_len == cand.len() {
+            return head_len.max(1);
+        }
+        head *= 8;
     }
 }
 
@@ -177,11 +191,6 @@ pub fn argmax(logits: &[f32]) -> usize {
     best
 }
 
-fn log_sum_exp(logits: &[f32]) -> f32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    max + logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,12 +200,54 @@ mod tests {
     }
 
     #[test]
-    fn greedy_takes_argmax_and_reports_logprob() {
+    fn greedy_takes_argmax() {
         let mut s = Sampler::new(SamplingParams::greedy());
-        let out = s.sample(&mut logits(), &[], 0);
-        assert_eq!(out.id, 1);
-        let expected = 3.0 - logits().iter().map(|l: &f32| l.exp()).sum::<f32>().ln();
-        assert!((out.logprob - expected).abs() < 1e-5);
+        assert_eq!(s.sample(&mut logits(), &[], 0), 1);
+    }
+
+    /// Draw frequencies follow the truncated, temperature-scaled distribution.
+    #[test]
+    fn draws_follow_the_truncated_distribution() {
+        let freq = |params: SamplingParams| {
+            let mut s = Sampler::new(SamplingParams {
+                seed: Some(11),
+                ..params
+            });
+            let mut counts = [0usize; 5];
+            for _ in 0..20_000 {
+                counts[s.sample(&mut logits(), &[], 0) as usize] += 1;
+            }
+            counts.map(|c| c as f64 / 20_000.0)
+        };
+        let softmax = |ids: &[usize], t: f32| {
+            let l = logits();
+            let z: f32 = ids.iter().map(|&i| (l[i] / t).exp()).sum();
+            let mut p = [0f64; 5];
+            ids.iter()
+                .for_each(|&i| p[i] = ((l[i] / t).exp() / z) as f64);
+            p
+        };
+        let close = |got: [f64; 5], want: [f64; 5]| {
+            got.iter().zip(&want).all(|(g, w)| (g - w).abs() < 0.015)
+        };
+        let plain = freq(SamplingParams::default());
+        assert!(close(plain, softmax(&[0, 1, 2, 3, 4], 1.0)), "{plain:?}");
+        let hot = freq(SamplingParams {
+            temperature: 2.0,
+            ..Default::default()
+        });
+        assert!(close(hot, softmax(&[0, 1, 2, 3, 4], 2.0)), "{hot:?}");
+        // Probabilities 0.54, 0.33, 0.07, ...: top-p 0.6 keeps the first and the second, which crosses 0.6.
+        let top_p = freq(SamplingParams {
+            top_p: 0.6,
+            ..Default::default()
+        });
+        assert!(close(top_p, softmax(&[1, 2], 1.0)), "{top_p:?}");
+        let top_k = freq(SamplingParams {
+            top_k: 2,
+            ..Default::default()
+        });
+        assert!(close(top_k, softmax(&[1, 2], 1.0)), "{top_k:?}");
     }
 
     #[test]
@@ -208,11 +259,34 @@ mod tests {
                 ..Default::default()
             });
             (0..64)
-                .map(|_| s.sample(&mut logits(), &[], 0).id)
+                .map(|_| s.sample(&mut logits(), &[], 0))
                 .collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
+    }
+
+    /// The incremental top-p prefix equals the one a full sort gives, also when it needs thousands of tokens.
+    #[test]
+    fn top_p_prefix_matches_a_full_sort() {
+        for (n, top_p) in [(10, 0.5), (5000, 0.05), (5000, 0.9), (5000, 1.0)] {
+            let cand: Vec<(usize, f32)> = (0..n)
+                .map(|i| (i, ((i * 7919) % 1000) as f32 / 300.0))
+                .collect();
+            let weight = |l: f32| l.exp();
+            let total: f32 = cand.iter().map(|c| weight(c.1)).sum();
+            let mut sorted = cand.clone();
+            sorted.sort_by(by_logit);
+            let (mut acc, mut want) = (0.0, 0);
+            while want < n && acc < top_p * total {
+                acc += weight(sorted[want].1);
+                want += 1;
+            }
+            let mut got = cand.clone();
+            let keep = top_p_prefix(&mut got, top_p * total, weight);
+            assert_eq!(keep, want.max(1), "n={n} top_p={top_p}");
+            assert_eq!(got[..keep], sorted[..keep], "n={n} top_p={top_p}");
+        }
     }
 
     #[test]
@@ -222,7 +296,7 @@ mod tests {
             seed: Some(1),
             ..Default::default()
         });
-        assert!((0..32).all(|_| s.sample(&mut logits(), &[], 0).id == 1));
+        assert!((0..32).all(|_| s.sample(&mut logits(), &[], 0) == 1));
     }
 
     #[test]
@@ -232,13 +306,13 @@ mod tests {
             seed: Some(3),
             ..Default::default()
         });
-        assert!((0..64).all(|_| s.sample(&mut logits(), &[], 0).id == 1));
+        assert!((0..64).all(|_| s.sample(&mut logits(), &[], 0) == 1));
         let mut s = Sampler::new(SamplingParams {
             min_p: 0.5,
             seed: Some(3),
             ..Default::default()
         });
-        assert!((0..64).all(|_| [1, 2].contains(&s.sample(&mut logits(), &[], 0).id)));
+        assert!((0..64).all(|_| [1, 2].contains(&s.sample(&mut logits(), &[], 0))));
     }
 
     #[test]
@@ -247,17 +321,17 @@ mod tests {
             repetition_penalty: 2.0,
             ..SamplingParams::greedy()
         });
-        assert_eq!(s.sample(&mut logits(), &[1], 0).id, 2); // 3.0 / 2 = 1.5 < 2.5
+        assert_eq!(s.sample(&mut logits(), &[1], 0), 2); // 3.0 / 2 = 1.5 < 2.5
         let mut s = Sampler::new(SamplingParams {
             frequency_penalty: 0.4,
             ..SamplingParams::greedy()
         });
-        assert_eq!(s.sample(&mut logits(), &[7, 1, 1], 2).id, 2); // 3.0 - 0.8 = 2.2 < 2.5
-        assert_eq!(s.sample(&mut logits(), &[1, 7], 1).id, 1); // prompt tokens are not counted
+        assert_eq!(s.sample(&mut logits(), &[7, 1, 1], 2), 2); // 3.0 - 0.8 = 2.2 < 2.5
+        assert_eq!(s.sample(&mut logits(), &[1, 7], 1), 1); // prompt tokens are not counted
         let mut s = Sampler::new(SamplingParams {
             presence_penalty: 1.0,
             ..SamplingParams::greedy()
         });
-        assert_eq!(s.sample(&mut logits(), &[1], 1).id, 2);
+        assert_eq!(s.sample(&mut logits(), &[1], 1), 2);
     }
 }

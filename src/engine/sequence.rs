@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::error::TrySendError;
 
-use super::sampler::{Sampled, Sampler};
+use super::sampler::Sampler;
 use super::stop::{StopMatcher, StopOutcome};
 use super::{Completion, EngineError, Event, FinishReason, Submission, Timings, TokenInfo, Usage};
 use crate::model::SeqCache;
@@ -96,10 +96,10 @@ impl Sequence {
 
     /// Samples from `logits`, then emits text and finishes as the token and the limits dictate.
     pub fn accept_logits(&mut self, logits: &mut [f32], tok: &TextTokenizer) {
-        let Sampled { id, logprob } = self.sampler.sample(logits, &self.tokens, self.generated());
+        let id = self.sampler.sample(logits, &self.tokens, self.generated());
         self.first_token.get_or_insert_with(Instant::now);
         self.tokens.push(id);
-        let info = TokenInfo { id, logprob };
+        let info = TokenInfo { id };
         if !self.ignore_eos && tok.eos_ids.contains(&id) {
             let rest = self.decoder.flush(tok).unwrap_or_default() + &self.stop.flush();
             self.emit(Event::Delta {

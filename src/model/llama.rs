@@ -159,7 +159,11 @@ impl Llama {
             qkv.narrow(1, nh * hd, nkv * hd)?,
             qkv.narrow(1, (nh + nkv) * hd, nkv * hd)?,
         );
-        let mut outs = Vec::with_capacity(batch.len());
+        // Rotate and cache every sequence's new keys; attend now for prefill chunks, and in one batched
+        // kernel call afterwards for the sequences decoding a single token (on the CPU).
+        let batched_decode = self.cos.device().is_cpu();
+        let mut outs: Vec<Option<Tensor>> = Vec::with_capacity(batch.len());
+        let mut decoding = Vec::new();
         for (seq, &(start, len)) in batch.iter_mut().zip(spans) {
             let pos = seq.cache.len();
             let heads = |t: &Tensor, n: usize| {
@@ -171,8 +175,26 @@ impl Llama {
             let k = self.rope(&heads(&k, nkv)?, pos)?;
             let v = heads(&v, nkv)?.contiguous()?;
             let (k, v) = seq.cache.append(layer, &k, &v)?;
-            outs.push(attention::causal_attention(&q, &k, &v)?);
+            if len == 1 && batched_decode {
+                outs.push(None);
+                decoding.push((q, k, v));
+            } else {
+                outs.push(Some(attention::causal_attention(&q, &k, &v)?));
+            }
         }
+        if !decoding.is_empty() {
+            let inputs: Vec<_> = decoding
+                .iter()
+                .map(|(q, k, v)| attention::DecodeInput { q, k, v })
+                .collect();
+            let rows = attention::decode_batch(&inputs)?;
+            let mut rows = rows.chunks_exact(nh * hd);
+            for o in outs.iter_mut().filter(|o| o.is_none()) {
+                let row = rows.next().expect("one row per decoding sequence");
+                *o = Some(Tensor::from_slice(row, (1, nh * hd), xs.device())?);
+            }
+        }
+        let outs: Vec<Tensor> = outs.into_iter().flatten().collect();
         l.wo.forward(&Tensor::cat(&outs, 0)?)
     }
 

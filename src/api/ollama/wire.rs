@@ -252,22 +252,8 @@ mod tests {
     fn generate_stream_lines() {
         let mut s = OllamaStream::new("m".into(), Mode::Generate { prompt: vec![5, 6] }, epoch);
         assert!(s.start().is_empty());
-        assert!(s
-            .delta(
-                "",
-                &[TokenInfo {
-                    id: 7,
-                    logprob: 0.0
-                }]
-            )
-            .is_empty());
-        let d = s.delta(
-            "é",
-            &[TokenInfo {
-                id: 8,
-                logprob: 0.0,
-            }],
-        );
+        assert!(s.delta("", &[TokenInfo { id: 7 }]).is_empty());
+        let d = s.delta("é", &[TokenInfo { id: 8 }]);
         assert_eq!(
             data(&d[0]),
             &json!({"model": "m", "created_at": "1970-01-01T00:00:00.000000000Z", "response": "é", "done": false})
