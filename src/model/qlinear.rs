@@ -100,11 +100,8 @@ impl QLinear {
             }
             _ => self.own_matmul(x)?,
         };
-        let mut h = Vec::with_capacity(rows * half);
-        for row in y.chunks_exact(self.out) {
-            let (gate, up) = row.split_at(half);
-            h.extend(gate.iter().zip(up).map(|(g, u)| g / (1.0 + (-g).exp()) * u));
-        }
+        let mut h = vec![0f32; rows * half];
+        swiglu_rows(&y, &mut h, half);
         Tensor::from_vec(h, (rows, half), x.device())
     }
 
@@ -134,6 +131,31 @@ impl QLinear {
         })?;
         Ok(dst)
     }
+}
+
+/// `h[r, i] = silu(y[r, i]) * y[r, half + i]` for every row `r` of `y` (`[rows, 2 * half]`), in chunks across
+/// candle's CPU worker pool.
+fn swiglu_rows(y: &[f32], h: &mut [f32], half: usize) {
+    const CHUNK: usize = 256;
+    let per_row = half.div_ceil(CHUNK);
+    let h_addr = h.as_mut_ptr() as usize;
+    candle_core::utils::barrier_pool().execute_chunked(h.len() / half * per_row, |items| {
+        for item in items {
+            let (r, c) = (item / per_row, item % per_row * CHUNK);
+            let n = CHUNK.min(half - c);
+            let (gate, up) = (
+                &y[r * 2 * half + c..][..n],
+                &y[r * 2 * half + half + c..][..n],
+            );
+            // SAFETY: item (r, c) alone writes these `n` outputs, inside `h`.
+            let out = unsafe {
+                std::slice::from_raw_parts_mut((h_addr as *mut f32).add(r * half + c), n)
+            };
+            for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
+                *o = g / (1.0 + (-g).exp()) * u;
+            }
+        }
+    });
 }
 
 /// Runs `f` over the f32 contents of `x`, borrowing the CPU storage when it is contiguous f32.

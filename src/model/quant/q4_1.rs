@@ -70,8 +70,21 @@ impl QuantBlock for BlockQ4_1 {
     }
 }
 
-/// Quantizes one row of activations (`len` a multiple of 32) into Q8_1 blocks.
+/// Quantizes one row of activations (`len` a multiple of 32) into Q8_1 blocks, with AVX2 when the CPU has
+/// it (the same values as the portable version, rounding halves away from zero as ggml's reference does).
 pub fn quantize_row_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the features were just detected.
+            return unsafe { avx2::quantize_row_q8_1(x, out) };
+        }
+    }
+    quantize_row_q8_1_scalar(x, out)
+}
+
+/// Portable [`quantize_row_q8_1`].
+pub fn quantize_row_q8_1_scalar(x: &[f32], out: &mut [BlockQ8_1]) {
     for (xb, ob) in x.chunks_exact(QK).zip(out.iter_mut()) {
         let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
         let d = amax / 127.0;
@@ -129,6 +142,7 @@ pub fn vec_dot(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{BlockQ4_1, BlockQ8_1};
+    use half::f16;
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx2,fma")]
@@ -150,6 +164,50 @@ mod avx2 {
             summs += bx.m.to_f32() * by.s;
         }
         hsum(acc) + summs
+    }
+
+    /// [`super::quantize_row_q8_1`] eight lanes at a time.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn quantize_row_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
+        let sign = _mm256_set1_ps(-0.0);
+        for (xb, ob) in x.chunks_exact(32).zip(out.iter_mut()) {
+            let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(xb.as_ptr().add(8 * i)));
+            let abs = v.map(|v| _mm256_andnot_ps(sign, v));
+            let m = _mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3]));
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+            let d = amax / 127.0;
+            let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+            let mut sum = _mm256_setzero_si256();
+            let mut q = [_mm256_setzero_si256(); 4];
+            for i in 0..4 {
+                let x = _mm256_mul_ps(v[i], id);
+                // Round half away from zero: truncate, then step away when the exact remainder is ≥ 0.5.
+                let t = _mm256_round_ps(x, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+                let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(x, t));
+                let away = _mm256_cmp_ps(frac, _mm256_set1_ps(0.5), _CMP_GE_OQ);
+                let step = _mm256_or_ps(_mm256_and_ps(x, sign), _mm256_set1_ps(1.0));
+                q[i] = _mm256_cvtps_epi32(_mm256_add_ps(t, _mm256_and_ps(away, step)));
+                sum = _mm256_add_epi32(sum, q[i]);
+            }
+            // i32 → i16 → i8 packs interleave 128-bit lanes; the permute puts the 32 bytes back in order.
+            let p16 = [
+                _mm256_packs_epi32(q[0], q[1]),
+                _mm256_packs_epi32(q[2], q[3]),
+            ];
+            let p8 = _mm256_packs_epi16(p16[0], p16[1]);
+            let p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256(ob.qs.as_mut_ptr() as *mut __m256i, p8);
+            let s = _mm_add_epi32(
+                _mm256_castsi256_si128(sum),
+                _mm256_extracti128_si256(sum, 1),
+            );
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+            let s = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01)));
+            ob.d = f16::from_f32(d).to_f32();
+            ob.s = f16::from_f32(d * s as f32).to_f32();
+        }
     }
 
     /// One weight row against four activation rows: each weight block is unpacked once.
@@ -220,6 +278,25 @@ mod tests {
         quantize_row_q8_1(&x, &mut xq);
         let (a, b) = (vec_dot(&w, &xq), vec_dot_scalar(&w, &xq));
         assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
+    }
+
+    /// The SIMD quantizer gives the portable one's bits, exact halves included.
+    #[test]
+    fn simd_quantize_matches_scalar() {
+        let mut x: Vec<f32> = (0..8 * QK)
+            .map(|i| ((i * 7919 % 2003) as f32 - 1001.0) / 97.0)
+            .collect();
+        // A block whose values land on exact halves once scaled (amax 127 → scale 1).
+        for (i, v) in x[..QK].iter_mut().enumerate() {
+            *v = [127.0, 0.5, -0.5, 1.5, -2.5, 0.49999997, -126.5, 3.0][i % 8];
+        }
+        x[QK..2 * QK].fill(0.0);
+        let (mut a, mut b) = (vec![BlockQ8_1::ZERO; 8], vec![BlockQ8_1::ZERO; 8]);
+        quantize_row_q8_1(&x, &mut a);
+        quantize_row_q8_1_scalar(&x, &mut b);
+        for (a, b) in a.iter().zip(&b) {
+            assert_eq!((a.d, a.s, a.qs), (b.d, b.s, b.qs));
+        }
     }
 
     #[test]

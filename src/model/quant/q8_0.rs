@@ -2,6 +2,7 @@
 
 use half::f16;
 
+use super::q4_1::{quantize_row_q8_1, BlockQ8_1};
 use super::{QuantBlock, QK};
 
 /// One GGML Q8_0 block (34 bytes on disk).
@@ -62,16 +63,13 @@ impl QuantBlock for BlockQ8_0 {
     }
 }
 
-/// Quantizes one row of activations (`len` a multiple of 32) into Q8_0 blocks, rounding as ggml does.
+/// Quantizes one row of activations (`len` a multiple of 32) into Q8_0 blocks, rounding as ggml does: the
+/// values and scale of Q8_1 quantization, without its sum.
 pub fn quantize_row(x: &[f32], out: &mut [ActQ8_0]) {
-    for (xb, ob) in x.chunks_exact(QK).zip(out.iter_mut()) {
-        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        for (q, v) in ob.qs.iter_mut().zip(xb) {
-            *q = (v * id).round() as i8;
-        }
-        ob.d = f16::from_f32(d).to_f32();
+    let mut q8_1 = vec![BlockQ8_1::ZERO; out.len()];
+    quantize_row_q8_1(x, &mut q8_1);
+    for (o, b) in out.iter_mut().zip(q8_1) {
+        *o = ActQ8_0 { d: b.d, qs: b.qs };
     }
 }
 
