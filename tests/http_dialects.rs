@@ -383,6 +383,33 @@ async fn listings_describe_the_served_model() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logit_bias_bans_and_forces_tokens() {
+    let s = Server::ready(tiny_engine()).await;
+    let first = |bias: Value| {
+        let s = &s;
+        async move {
+            let v = s
+                .post_json(
+                    "/v1/completions",
+                    &json!({"prompt": "Once upon a time", "max_tokens": 1, "temperature": 0, "logit_bias": bias}),
+                    200,
+                )
+                .await;
+            let text = v["choices"][0]["text"].clone();
+            let ids = s
+                .post_json("/tokenize", &json!({"content": text}), 200)
+                .await;
+            ids["tokens"][0].as_u64().unwrap()
+        }
+    };
+    let free = first(json!({})).await;
+    let banned = first(json!({ free.to_string(): -100 })).await;
+    assert_ne!(banned, free, "a -100 bias must ban the greedy pick");
+    let forced = first(json!({"262": 100})).await;
+    assert_eq!(forced, 262, "a +100 bias must force the token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prompts_as_token_ids_and_detokenize() {
     let s = Server::ready(tiny_engine()).await;
     let ids = s

@@ -112,6 +112,14 @@ async fn malformed_and_invalid_requests_are_400_in_each_shape() {
             "tool",
         ),
         (json!({"messages": user("x"), "seed": 1.5}), "seed"),
+        (
+            json!({"messages": user("x"), "logit_bias": {"abc": 1}}),
+            "logit_bias",
+        ),
+        (
+            json!({"messages": user("x"), "logit_bias": {"5": 101}}),
+            "logit_bias",
+        ),
         (json!({"messages": []}), "messages"),
     ] {
         let m = refused(&s, CHAT, body.clone(), 400, Shape::OpenAi).await;

@@ -24,6 +24,8 @@ pub struct SamplingParams {
     pub frequency_penalty: f32,
     /// Same seed, same tokens; `None` draws a fresh seed.
     pub seed: Option<u64>,
+    /// Added to the given tokens' logits before anything else (OpenAI's `logit_bias`; -100 bans a token).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -38,6 +40,7 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             seed: None,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -80,6 +83,11 @@ impl Sampler {
 
     fn apply_penalties(&self, logits: &mut [f32], context: &[u32], generated: usize) {
         let p = &self.params;
+        for &(t, bias) in &p.logit_bias {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l += bias;
+            }
+        }
         if p.repetition_penalty != 1.0 && p.repeat_last_n > 0 {
             let recent = &context[context.len().saturating_sub(p.repeat_last_n)..];
             let mut seen = std::collections::HashSet::new();
@@ -287,6 +295,20 @@ mod tests {
             assert_eq!(keep, want.max(1), "n={n} top_p={top_p}");
             assert_eq!(got[..keep], sorted[..keep], "n={n} top_p={top_p}");
         }
+    }
+
+    #[test]
+    fn logit_bias_bans_and_favours_tokens() {
+        let mut s = Sampler::new(SamplingParams {
+            logit_bias: vec![(1, -100.0)],
+            ..SamplingParams::greedy()
+        });
+        assert_eq!(s.sample(&mut logits(), &[], 0), 2);
+        let mut s = Sampler::new(SamplingParams {
+            logit_bias: vec![(3, 5.0)],
+            ..SamplingParams::greedy()
+        });
+        assert_eq!(s.sample(&mut logits(), &[], 0), 3); // -1 + 5 = 4 > 3
     }
 
     #[test]

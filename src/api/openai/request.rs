@@ -36,6 +36,8 @@ pub struct Common {
     pub stream_options: Option<StreamOptions>,
     /// vLLM's extension: keep generating past end-of-sequence.
     pub ignore_eos: Option<bool>,
+    /// Token id (as a string) → bias in [-100, 100] added to its logit before sampling.
+    pub logit_bias: Option<std::collections::HashMap<String, f32>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -140,7 +142,8 @@ impl ChatRequest {
             .tokenizer
             .encode(&shared.chat.render(&messages, true)?)?;
         let max = params::positive("max_completion_tokens", self.max_completion_tokens)?;
-        self.common.prepare(prompt, max, None)
+        self.common
+            .prepare(prompt, max, None, shared.info.vocab_size)
     }
 }
 
@@ -159,8 +162,12 @@ impl CompletionRequest {
             return Err(ApiError::bad_request("`logprobs` is not supported yet"));
         }
         let prompt = prompt_ids(self.prompt, shared)?;
-        self.common
-            .prepare(prompt, None, Some(COMPLETIONS_DEFAULT_MAX_TOKENS))
+        self.common.prepare(
+            prompt,
+            None,
+            Some(COMPLETIONS_DEFAULT_MAX_TOKENS),
+            shared.info.vocab_size,
+        )
     }
 }
 
@@ -170,6 +177,7 @@ impl Common {
         prompt: Vec<u32>,
         max_override: Option<usize>,
         default_max: Option<usize>,
+        vocab_size: usize,
     ) -> Result<Prepared, ApiError> {
         if let Some(n) = self.n.filter(|&n| n != 1) {
             return Err(ApiError::bad_request(format!(
@@ -190,7 +198,8 @@ impl Common {
             frequency_penalty: self.frequency_penalty,
             seed: params::seed(self.seed.as_ref())?,
         };
-        let sampling = fields.build(SamplingParams::default(), LIMITS)?;
+        let mut sampling = fields.build(SamplingParams::default(), LIMITS)?;
+        sampling.logit_bias = logit_bias(self.logit_bias, vocab_size)?;
         let stream = self.stream.unwrap_or(false);
         let include_usage = stream
             && self
@@ -210,6 +219,34 @@ impl Common {
             include_usage,
         })
     }
+}
+
+/// OpenAI's `logit_bias`: token ids below the vocabulary size, biases within [-100, 100]; sorted by id.
+fn logit_bias(
+    bias: Option<std::collections::HashMap<String, f32>>,
+    vocab_size: usize,
+) -> Result<Vec<(u32, f32)>, ApiError> {
+    let mut out = Vec::new();
+    for (key, value) in bias.unwrap_or_default() {
+        let id = key
+            .parse::<u32>()
+            .ok()
+            .filter(|&id| (id as usize) < vocab_size)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "`logit_bias` key `{key}` is not a token id of this model (0 to {})",
+                    vocab_size - 1
+                ))
+            })?;
+        if !(-100.0..=100.0).contains(&value) {
+            return Err(ApiError::bad_request(format!(
+                "`logit_bias` for token {id} must be between -100 and 100 (got {value})"
+            )));
+        }
+        out.push((id, value));
+    }
+    out.sort_by_key(|b| b.0);
+    Ok(out)
 }
 
 /// One OpenAI message as a template message: `developer` counts as `system`; only text content is accepted.
