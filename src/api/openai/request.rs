@@ -343,7 +343,7 @@ mod tests {
     fn common_fields() {
         let c: Common = serde_json::from_str(r#"{"n":2}"#).unwrap();
         assert!(c
-            .prepare(vec![1], None, None)
+            .prepare(vec![1], None, None, 100)
             .unwrap_err()
             .to_string()
             .contains("`n`"));
@@ -351,14 +351,18 @@ mod tests {
             r#"{"stream_options":{"include_usage":true},"max_tokens":5,"stop":"x","seed":7}"#,
         )
         .unwrap();
-        let p = c.prepare(vec![1], None, None).unwrap();
+        let p = c.prepare(vec![1], None, None, 100).unwrap();
         assert!(!p.include_usage, "usage is only for streams");
         assert_eq!(
             (p.gen.max_tokens, p.gen.stop, p.gen.sampling.seed),
             (Some(5), vec!["x".to_string()], Some(7))
         );
         let c: Common = serde_json::from_str(r#"{"stream":true,"stream_options":{}}"#).unwrap();
-        assert!(!c.prepare(vec![1], None, Some(16)).unwrap().include_usage);
+        assert!(
+            !c.prepare(vec![1], None, Some(16), 100)
+                .unwrap()
+                .include_usage
+        );
     }
 
     #[test]
