@@ -1,8 +1,11 @@
 //! `cargo bench --bench kernels`: throughput of rill's quantized CPU matmul kernels (GMAC/s) for the shapes of
-//! SmolLM2's layers, with 1 to 16 activation rows (batched decode) and 64 (a prefill chunk).
+//! SmolLM2's layers, with 1 to 16 activation rows (batched decode) and 64 (a prefill chunk); and of the f32
+//! kernel against candle's f32 matmul for GPT-2 124M's MLP shape.
 
 use std::time::Instant;
 
+use candle_core::{Device, Tensor};
+use rill::model::dense::DenseF32;
 use rill::model::quant::{matmul, q4_1::BlockQ4_1, q4_1x8, q8_0::BlockQ8_0, q8_0x8, QuantBlock};
 
 /// Deterministic pseudo-random bytes, so every run times the same data.
@@ -31,7 +34,12 @@ fn weights<B: QuantBlock>(n: usize, k: usize) -> Vec<B> {
 }
 
 /// Times `f` (one `[m, k] × [k, n]` product) and prints its throughput.
+/// (`cargo bench --bench kernels -- NAME` times only the kernels whose name starts with NAME.)
 fn gmacs(name: &str, m: usize, k: usize, n: usize, mut f: impl FnMut(&[f32], &mut [f32])) {
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with("--"));
+    if filter.is_some_and(|p| !name.starts_with(&p)) {
+        return;
+    }
     let x: Vec<f32> = bytes(m * k, 3)
         .iter()
         .map(|&b| b as f32 / 64.0 - 2.0)
@@ -66,5 +74,25 @@ fn main() {
     for m in [1, 4, 8, 16] {
         gmacs("q8_0", m, k, n, |x, d| matmul(x, m, k, &w, n, d));
         gmacs("q8_0x8", m, k, n, |x, d| packed.matmul(x, m, d));
+    }
+    // f32 against candle's matmul (with its tensor in and out), for GPT-2 124M's MLP up-projection (9.4 MB of
+    // weights: bigger than L2, smaller than a large L3) and its output head (154 MB, streamed from memory).
+    for (k, n, ms) in [(768, 3072, &[1, 4, 8, 16][..]), (768, 50257, &[1, 8][..])] {
+        let wv: Vec<f32> = bytes(n * k, 5)
+            .iter()
+            .map(|&b| b as f32 / 4096.0 - 0.03)
+            .collect();
+        let w = Tensor::from_vec(wv, (n, k), &Device::Cpu).unwrap();
+        // [k, n], as GPT-2's Conv1D stores it (the head is used as `x · wteᵀ`, also a strided right operand).
+        let wt = w.t().unwrap().contiguous().unwrap();
+        let dense = DenseF32::new(w, None).unwrap();
+        for &m in ms {
+            gmacs("f32", m, k, n, |x, d| dense.matmul(x, m, d));
+            gmacs("candle", m, k, n, |x, d| {
+                let xt = Tensor::from_slice(x, (m, k), &Device::Cpu).unwrap();
+                let y = xt.matmul(&wt).unwrap().flatten_all().unwrap();
+                d.copy_from_slice(&y.to_vec1::<f32>().unwrap());
+            });
+        }
     }
 }

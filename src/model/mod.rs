@@ -5,6 +5,7 @@
 //! owns the caches, so a cancelled or finished sequence frees its memory by dropping its cache.
 
 pub mod attention;
+pub mod dense;
 pub mod gguf;
 pub mod gpt2;
 pub mod kv_cache;

@@ -1,0 +1,533 @@
+//! rill's own f32 CPU kernel for small-batch linears: `y = x · Wᵀ (+ b)` with `W` stored `[out, in]`.
+//!
+//! candle's f32 matmul goes through the `gemm` crate, which packs its operands for every call and is tuned for
+//! large products; a decode step multiplies a handful of activation rows by weights far bigger than the cache,
+//! so the product is bound by reading the weights. Here output columns are split into tiles across candle's
+//! worker pool, and within a tile a few weight rows at a time are read once and dotted with every activation
+//! row while they are in cache: four activation rows against four weight rows (AVX-512) or two (AVX2), one
+//! vector accumulator per pair, with the horizontal sums at the end.
+//!
+//! Every output is computed by the same instructions whatever the batch size or the row's place in it: lane-wise
+//! fused multiply-adds over the input in order, the same horizontal-sum tree, a scalar tail for an input width
+//! that is not a multiple of the vector width, then the bias. So a sequence's result does not depend on what it
+//! is batched with.
+
+use candle_core::{CpuStorage, Device, Result, Storage, Tensor};
+
+/// Output columns per unit of parallel work.
+const COL_TILE: usize = 16;
+/// Activation rows that share one pass over a group of weight rows.
+const ROW_TILE: usize = 4;
+
+/// The instruction set used for the multiply-adds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// AVX-512F: 16 lanes, four weight rows per group.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    /// AVX2 with FMA: 8 lanes, two weight rows per group.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// Portable code: 8 lanes emulated, two weight rows per group.
+    Scalar,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs (cached after the first call).
+    pub fn detect() -> Self {
+        static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| Self::available()[0])
+    }
+
+    /// Every kernel this CPU runs, fastest first.
+    pub fn available() -> Vec<Self> {
+        #[allow(unused_mut)]
+        let mut out = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") {
+                out.push(Self::Avx512);
+            }
+            if has!("avx2") && has!("fma") {
+                out.push(Self::Avx2);
+            }
+        }
+        out.push(Self::Scalar);
+        out
+    }
+
+    /// Weight rows per group (the micro-kernel's width).
+    fn cols(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512 => 4,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => 2,
+            Self::Scalar => 2,
+        }
+    }
+}
+
+/// An f32 linear layer on the CPU: weight `[n, k]` (out, in), optional bias `[n]`.
+///
+/// The weight is kept as a tensor, so a weight shared with something else (GPT-2's output head is its token
+/// embedding table) is not copied.
+pub struct DenseF32 {
+    w: Tensor,
+    b: Option<Vec<f32>>,
+    n: usize,
+    k: usize,
+}
+
+impl DenseF32 {
+    /// `w`: `[out, in]` f32 on the CPU (made contiguous if it is not); `b`: `[out]`.
+    pub fn new(w: Tensor, b: Option<&Tensor>) -> Result<Self> {
+        if !matches!(w.device(), Device::Cpu) {
+            candle_core::bail!("DenseF32: the weight must be on the CPU");
+        }
+        let (n, k) = w.dims2()?;
+        let w = w.to_dtype(candle_core::DType::F32)?.contiguous()?;
+        let b = match b {
+            Some(b) => {
+                let b = b.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+                if b.len() != n {
+                    candle_core::bail!("DenseF32: bias of {} for {n} outputs", b.len());
+                }
+                Some(b)
+            }
+            None => None,
+        };
+        Ok(Self { w, b, n, k })
+    }
+
+    /// From a `[in, out]` weight (GPT-2's Conv1D), transposed once.
+    pub fn from_in_out(w: &Tensor, b: Option<&Tensor>) -> Result<Self> {
+        Self::new(w.t()?.contiguous()?, b)
+    }
+
+    /// Output width.
+    pub fn out_dim(&self) -> usize {
+        self.n
+    }
+
+    /// Input width.
+    pub fn in_dim(&self) -> usize {
+        self.k
+    }
+
+    /// `x`: `[rows, in]` → `[rows, out]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, None)
+    }
+
+    /// [`Self::forward`] followed by `post` over each finished run of outputs (an element-wise activation),
+    /// applied by the worker that computed them while they are in cache.
+    pub fn forward_with(&self, x: &Tensor, post: Option<&Post>) -> Result<Tensor> {
+        let (m, k) = x.dims2()?;
+        if k != self.k {
+            candle_core::bail!(
+                "dense linear: input width {k} does not match the weight's {}",
+                self.k
+            );
+        }
+        let mut dst = vec![0f32; m * self.n];
+        with_f32(x, |xs| {
+            self.matmul_post(Kernel::detect(), xs, m, &mut dst, post)
+        })?;
+        Tensor::from_vec(dst, (m, self.n), x.device())
+    }
+
+    /// `dst[r, c] = x[r] · w[c] + b[c]` for `m` activation rows of `k`.
+    pub fn matmul(&self, x: &[f32], m: usize, dst: &mut [f32]) {
+        self.matmul_with(Kernel::detect(), x, m, dst)
+    }
+
+    /// [`Self::matmul`] with a given kernel (tests compare them all).
+    pub fn matmul_with(&self, kernel: Kernel, x: &[f32], m: usize, dst: &mut [f32]) {
+        self.matmul_post(kernel, x, m, dst, None)
+    }
+
+    fn matmul_post(
+        &self,
+        kernel: Kernel,
+        x: &[f32],
+        m: usize,
+        dst: &mut [f32],
+        post: Option<&Post>,
+    ) {
+        let (storage, layout) = self.w.storage_and_layout();
+        let w = match (&*storage, layout.contiguous_offsets()) {
+            (Storage::Cpu(CpuStorage::F32(v)), Some((s, e))) => &v[s..e],
+            _ => unreachable!("made contiguous f32 on the CPU in new"),
+        };
+        matmul(
+            kernel,
+            x,
+            m,
+            self.k,
+            w,
+            self.n,
+            self.b.as_deref(),
+            dst,
+            post,
+        );
+    }
+}
+
+/// An element-wise function applied in place to finished outputs.
+pub type Post = dyn Fn(&mut [f32]) + Sync;
+
+/// Runs `f` over the f32 contents of `x`, borrowing the CPU storage when it is contiguous f32.
+fn with_f32(x: &Tensor, f: impl FnOnce(&[f32])) -> Result<()> {
+    let (storage, layout) = x.storage_and_layout();
+    if let (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) =
+        (&*storage, layout.contiguous_offsets())
+    {
+        f(&v[start..end]);
+        return Ok(());
+    }
+    drop(storage);
+    f(&x.to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?);
+    Ok(())
+}
+
+/// `dst[r, c] = x[r] · w[c] (+ b[c])` for activations `x` (`m` rows of `k`) and weights `w` (`n` rows of `k`),
+/// split across candle's CPU worker pool by tiles of output columns; then `post`, if any, over each row's part
+/// of a finished tile.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(
+    kernel: Kernel,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    b: Option<&[f32]>,
+    dst: &mut [f32],
+    post: Option<&Post>,
+) {
+    assert!(x.len() == m * k && w.len() == n * k && dst.len() == m * n);
+    assert!(b.is_none_or(|b| b.len() == n));
+    if m == 0 || n == 0 {
+        return;
+    }
+    let dst_addr = dst.as_mut_ptr() as usize;
+    let group = kernel.cols();
+    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(COL_TILE), move |tiles| {
+        let dst = dst_addr as *mut f32;
+        let cols = tiles.start * COL_TILE..(tiles.end * COL_TILE).min(n);
+        // Group by group of weight rows, every activation row passes over the group while it is in cache.
+        let mut c = cols.start;
+        while c < cols.end {
+            let width = if c + group <= cols.end { group } else { 1 };
+            let mut r = 0;
+            while r < m {
+                let rows = ROW_TILE.min(m - r);
+                // SAFETY: `kernel` is available on this CPU (the caller's contract for `matmul_with`, checked
+                // by detection otherwise); rows r..r+rows and columns c..c+width are inside x, w and dst, and
+                // each (row, column) output is written by exactly one worker.
+                unsafe { block(kernel, rows, width, x, w, k, b, r, c, dst, n) };
+                r += rows;
+            }
+            c += width;
+        }
+        if let Some(post) = post {
+            for r in 0..m {
+                // SAFETY: this worker alone wrote (and now owns) these outputs.
+                let row = unsafe {
+                    std::slice::from_raw_parts_mut(dst.add(r * n + cols.start), cols.len())
+                };
+                post(row);
+            }
+        }
+    });
+}
+
+/// One micro-kernel call: `rows` activation rows from `r`, `width` weight rows from `c`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn block(
+    kernel: Kernel,
+    rows: usize,
+    width: usize,
+    x: &[f32],
+    w: &[f32],
+    k: usize,
+    b: Option<&[f32]>,
+    r: usize,
+    c: usize,
+    dst: *mut f32,
+    n: usize,
+) {
+    let xp = x.as_ptr().add(r * k);
+    let wp = w.as_ptr().add(c * k);
+    let bp = b.map_or(std::ptr::null(), |b| b.as_ptr().add(c));
+    let d = dst.add(r * n + c);
+    macro_rules! dispatch {
+        ($f:ident, $($cw:literal),*) => {
+            match (rows, width) {
+                $(
+                    (4, $cw) => $f::<4, $cw>(xp, wp, k, bp, d, n),
+                    (3, $cw) => $f::<3, $cw>(xp, wp, k, bp, d, n),
+                    (2, $cw) => $f::<2, $cw>(xp, wp, k, bp, d, n),
+                    (1, $cw) => $f::<1, $cw>(xp, wp, k, bp, d, n),
+                )*
+                _ => unreachable!(),
+            }
+        };
+    }
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => dispatch!(rows_avx512, 4, 1),
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => dispatch!(rows_avx2, 2, 1),
+        Kernel::Scalar => dispatch!(rows_scalar, 2, 1),
+    }
+}
+
+/// Lanes of the portable kernel.
+const SCALAR_LANES: usize = 8;
+
+/// Portable micro-kernel: `R` activation rows (stride `k` from `x`) against `C` weight rows (stride `k` from
+/// `w`), writing `dst[r * stride + c]`. Lane-wise sums over chunks of eight, a pairwise tree, the tail, the bias.
+unsafe fn rows_scalar<const R: usize, const C: usize>(
+    x: *const f32,
+    w: *const f32,
+    k: usize,
+    b: *const f32,
+    dst: *mut f32,
+    stride: usize,
+) {
+    let mut acc = [[[0f32; SCALAR_LANES]; C]; R];
+    let main = k - k % SCALAR_LANES;
+    let mut i = 0;
+    while i < main {
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let xv = std::slice::from_raw_parts(x.add(r * k + i), SCALAR_LANES);
+            for (c, acc) in acc.iter_mut().enumerate() {
+                let wv = std::slice::from_raw_parts(w.add(c * k + i), SCALAR_LANES);
+                for l in 0..SCALAR_LANES {
+                    acc[l] += xv[l] * wv[l];
+                }
+            }
+        }
+        i += SCALAR_LANES;
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (c, a) in acc.iter().enumerate() {
+            let mut s = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+            for j in main..k {
+                s += *x.add(r * k + j) * *w.add(c * k + j);
+            }
+            if !b.is_null() {
+                s += *b.add(c);
+            }
+            *dst.add(r * stride + c) = s;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+use x86::{rows_avx2, rows_avx512};
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Scalar tail and bias after a row's horizontal sum; shared so every kernel finishes the same way.
+    #[inline(always)]
+    unsafe fn finish(
+        mut s: f32,
+        x: *const f32,
+        w: *const f32,
+        from: usize,
+        k: usize,
+        b: *const f32,
+    ) -> f32 {
+        for j in from..k {
+            s += *x.add(j) * *w.add(j);
+        }
+        if !b.is_null() {
+            s += *b;
+        }
+        s
+    }
+
+    /// AVX-512F micro-kernel; see [`super::rows_scalar`] for the arguments.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn rows_avx512<const R: usize, const C: usize>(
+        x: *const f32,
+        w: *const f32,
+        k: usize,
+        b: *const f32,
+        dst: *mut f32,
+        stride: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        let main = k - k % 16;
+        let mut i = 0;
+        while i < main {
+            let mut wv = [_mm512_setzero_ps(); C];
+            for (c, v) in wv.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(w.add(c * k + i));
+                // The same line of the next group's rows, so memory streams while this group computes (a
+                // hint: it never faults, and past the end of the weight it is wasted, not wrong).
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((C + c) * k + i) as *const i8);
+            }
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let xv = _mm512_loadu_ps(x.add(r * k + i));
+                for (a, &wv) in acc.iter_mut().zip(&wv) {
+                    *a = _mm512_fmadd_ps(xv, wv, *a);
+                }
+            }
+            i += 16;
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (c, &a) in acc.iter().enumerate() {
+                // Fixed tree: 16 → 8 → 4 → 2 → 1 lanes.
+                let h = _mm256_add_ps(
+                    _mm512_castps512_ps256(a),
+                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a))),
+                );
+                let s = hsum256(h);
+                let bc = if b.is_null() { b } else { b.add(c) };
+                *dst.add(r * stride + c) = finish(s, x.add(r * k), w.add(c * k), main, k, bc);
+            }
+        }
+    }
+
+    /// 8 → 4 → 2 → 1 lanes.
+    #[inline(always)]
+    unsafe fn hsum256(h: __m256) -> f32 {
+        let q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+        let d = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        let s = _mm_add_ss(d, _mm_shuffle_ps::<0b01>(d, d));
+        _mm_cvtss_f32(s)
+    }
+
+    /// AVX2 + FMA micro-kernel; see [`super::rows_scalar`] for the arguments.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn rows_avx2<const R: usize, const C: usize>(
+        x: *const f32,
+        w: *const f32,
+        k: usize,
+        b: *const f32,
+        dst: *mut f32,
+        stride: usize,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let main = k - k % 8;
+        let mut i = 0;
+        while i < main {
+            let mut wv = [_mm256_setzero_ps(); C];
+            for (c, v) in wv.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(w.add(c * k + i));
+                // The same line of the next group's rows, so memory streams while this group computes (a
+                // hint: it never faults, and past the end of the weight it is wasted, not wrong).
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((C + c) * k + i) as *const i8);
+            }
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let xv = _mm256_loadu_ps(x.add(r * k + i));
+                for (a, &wv) in acc.iter_mut().zip(&wv) {
+                    *a = _mm256_fmadd_ps(xv, wv, *a);
+                }
+            }
+            i += 8;
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (c, &a) in acc.iter().enumerate() {
+                let s = hsum256(a);
+                let bc = if b.is_null() { b } else { b.add(c) };
+                *dst.add(r * stride + c) = finish(s, x.add(r * k), w.add(c * k), main, k, bc);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i * 29 + seed * 7) % 97) as f32 - 48.0) / 31.0)
+            .collect()
+    }
+
+    /// Every kernel against an f64 reference, and each row bit-identical alone, at every position of batches
+    /// of several sizes; widths that leave both a column and an input tail.
+    #[test]
+    fn matches_reference_and_is_batch_invariant() -> Result<()> {
+        for (n, k) in [(37, 64), (21, 83), (16, 768)] {
+            let w = Tensor::from_vec(data(n * k, 1), (n, k), &Device::Cpu)?;
+            let bias = Tensor::from_vec(data(n, 2), n, &Device::Cpu)?;
+            for with_bias in [false, true] {
+                let dense = DenseF32::new(w.clone(), with_bias.then_some(&bias))?;
+                let (wv, bv) = (data(n * k, 1), data(n, 2));
+                let m = 9;
+                let x = data(m * k, 3);
+                for kernel in Kernel::available() {
+                    let mut all = vec![0f32; m * n];
+                    dense.matmul_with(kernel, &x, m, &mut all);
+                    for r in 0..m {
+                        for c in 0..n {
+                            let mut want: f64 = (0..k)
+                                .map(|j| x[r * k + j] as f64 * wv[c * k + j] as f64)
+                                .sum();
+                            if with_bias {
+                                want += bv[c] as f64;
+                            }
+                            let got = all[r * n + c] as f64;
+                            assert!(
+                                (got - want).abs()
+                                    <= 1e-5 * want.abs().max(1.0) * (k as f64).sqrt(),
+                                "{kernel:?} ({r},{c}) k={k}: {got} vs {want}"
+                            );
+                        }
+                    }
+                    for size in 1..=m {
+                        for start in 0..=m - size {
+                            let mut part = vec![0f32; size * n];
+                            dense.matmul_with(
+                                kernel,
+                                &x[start * k..(start + size) * k],
+                                size,
+                                &mut part,
+                            );
+                            assert_eq!(
+                                part,
+                                all[start * n..(start + size) * n],
+                                "{kernel:?} rows {start}..{} (n={n}, k={k})",
+                                start + size
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The tensor entry point, with a `[in, out]` weight transposed at load and a non-contiguous input.
+    #[test]
+    fn forward_matches_candle_matmul() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (48, 40), &dev)?; // [in, out]
+        let b = Tensor::randn(0f32, 1.0, 40, &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (48, 5), &dev)?.t()?; // [5, 48], not contiguous
+        let dense = DenseF32::from_in_out(&w, Some(&b))?;
+        assert_eq!((dense.in_dim(), dense.out_dim()), (48, 40));
+        let got = dense.forward(&x)?;
+        let want = x.matmul(&w)?.broadcast_add(&b)?;
+        let diff = (got - want)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        assert!(diff < 1e-4, "{diff}");
+        Ok(())
+    }
+}
