@@ -140,10 +140,14 @@ fn bench_model(name: &str, dir: &Path, dev_name: &str, dev: &Device, rows: &mut 
             per_stream,
         });
     };
-    for n in CONCURRENCY {
-        let runs: Vec<(f64, f64)> = (0..rounds)
-            .map(|_| decode(&e, &prompt, n, tokens))
-            .collect();
+    // Rounds go through every concurrency level in turn, so a drifting machine hits all levels alike.
+    let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new(); CONCURRENCY.len()];
+    for _ in 0..rounds {
+        for (i, n) in CONCURRENCY.into_iter().enumerate() {
+            runs[i].push(decode(&e, &prompt, n, tokens));
+        }
+    }
+    for (n, runs) in CONCURRENCY.into_iter().zip(runs) {
         add(
             format!("decode x{n}"),
             median(runs.iter().map(|r| r.0).collect()),
