@@ -135,6 +135,10 @@ pub struct EngineArgs {
     /// prompt plus maximum tokens). Larger requests are refused; others wait in order until theirs fits.
     #[arg(long, env = "RILL_KV_BUDGET_MB", default_value_t = 4096)]
     pub kv_budget_mb: usize,
+    /// KV-cache memory, in MiB, kept from finished requests so that prompts starting the same way (system
+    /// prompt, earlier turns of a conversation) prefill only what is new; 0 turns the prefix cache off.
+    #[arg(long, env = "RILL_PREFIX_CACHE_MB", default_value_t = 512)]
+    pub prefix_cache_mb: usize,
 }
 
 impl EngineArgs {
@@ -144,6 +148,7 @@ impl EngineArgs {
             queue_capacity: self.queue_size.max(1),
             prefill_chunk: self.prefill_chunk.max(1),
             kv_budget_bytes: self.kv_budget_mb.saturating_mul(1 << 20),
+            prefix_cache_bytes: self.prefix_cache_mb.saturating_mul(1 << 20),
             ..EngineConfig::default()
         }
     }

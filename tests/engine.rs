@@ -333,7 +333,14 @@ fn same_seed_same_tokens_on_a_real_model() {
 
 #[test]
 fn batching_does_not_change_greedy_results() {
-    let e = engine("tiny-gpt2", EngineConfig::default());
+    // Without the prefix cache, so the batched runs compute their prompts as the solo runs did.
+    let e = engine(
+        "tiny-gpt2",
+        EngineConfig {
+            prefix_cache_bytes: 0,
+            ..EngineConfig::default()
+        },
+    );
     let prompts: Vec<Vec<u32>> = [
         "Hello, world!",
         "The quick brown fox",
@@ -364,6 +371,42 @@ fn batching_does_not_change_greedy_results() {
             together.iter().map(|t| t.id).collect::<Vec<_>>()
         );
     }
+}
+
+/// A prompt that starts like an earlier request's tokens reuses that request's cache, and gives the greedy
+/// tokens computing everything gives: a repeated prompt, and a next turn that extends a finished one.
+#[test]
+fn the_prefix_cache_reuses_finished_requests_without_changing_results() {
+    let fresh = engine(
+        "tiny-gpt2",
+        EngineConfig {
+            prefix_cache_bytes: 0,
+            ..EngineConfig::default()
+        },
+    );
+    let cached = engine("tiny-gpt2", EngineConfig::default());
+    let run = |e: &rill::engine::EngineHandle, prompt: &[u32]| {
+        let (_, tokens, c) = e
+            .submit(common::greedy(prompt.to_vec(), 16))
+            .unwrap()
+            .collect_blocking()
+            .unwrap();
+        let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
+        (ids, c.usage.cached_prompt_tokens)
+    };
+    let first = cached.tokenizer().encode("The quick brown fox").unwrap();
+    let (answer, hit) = run(&cached, &first);
+    assert_eq!(hit, 0);
+    assert_eq!((answer.clone(), 0), run(&fresh, &first));
+    // The same prompt again: all of it but the last token, whose logits give the first new token.
+    assert_eq!(run(&cached, &first), (answer.clone(), first.len() - 1));
+    // The next turn: the finished request's cache holds its prompt and every generated token but the last.
+    let mut next = first.clone();
+    next.extend(&answer);
+    next.extend(cached.tokenizer().encode(" and then").unwrap());
+    let (continued, hit) = run(&cached, &next);
+    assert_eq!(hit, first.len() + answer.len() - 1);
+    assert_eq!(continued, run(&fresh, &next).0);
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! `GET /metrics`: the engine's counters in Prometheus text format (running and queued requests, forward
-//! passes, generated tokens, cancellations and failures, and histograms of batch size and time to first
+//! passes, generated tokens, cancellations and failures, prefix-cache reuse, and histograms of batch size and time to first
 //! token). Tokens per second is `rate(rill_generated_tokens_total[1m])`.
 
 use std::fmt::Write;
@@ -78,6 +78,24 @@ pub fn render(stats: &EngineStats, queued: usize, model: &str) -> String {
         "counter",
         "Requests failed by a model error.",
         stats.failed.load(Relaxed),
+    );
+    scalar(
+        "rill_prefix_cache_hits_total",
+        "counter",
+        "Requests that started from a copy of a cached prompt prefix.",
+        stats.prefix_hits.load(Relaxed),
+    );
+    scalar(
+        "rill_prefix_cache_reused_tokens_total",
+        "counter",
+        "Prompt tokens taken from the prefix cache instead of computed.",
+        stats.prefix_tokens_reused.load(Relaxed),
+    );
+    scalar(
+        "rill_prefix_cache_bytes",
+        "gauge",
+        "KV-cache bytes held by the prefix cache.",
+        stats.prefix_cache_bytes.load(Relaxed) as u64,
     );
     histogram(
         &mut out,

@@ -5,6 +5,7 @@
 //! the request: the thread notices before the sequence's next step and frees its cache.
 
 pub mod histogram;
+pub mod prefix;
 pub mod sampler;
 pub mod sequence;
 pub mod stop;
@@ -83,6 +84,8 @@ pub enum FinishReason {
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// Prompt tokens whose KV cache came from the prefix cache instead of being computed.
+    pub cached_prompt_tokens: usize,
 }
 
 /// Where a request's time went. `ttft` and `total` count from submission.
@@ -141,6 +144,9 @@ pub struct EngineConfig {
     /// Bytes of KV cache the running sequences may hold together, counting each at its worst case (prompt plus
     /// maximum tokens). A request that could never fit is refused; others wait, in order, until theirs fits.
     pub kv_budget_bytes: usize,
+    /// Bytes of KV cache kept from finished requests for prompts that start the same way (0 disables it);
+    /// on top of `kv_budget_bytes`.
+    pub prefix_cache_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -151,6 +157,7 @@ impl Default for EngineConfig {
             prefill_chunk: 256,
             event_capacity: 64,
             kv_budget_bytes: 4 << 30,
+            prefix_cache_bytes: 512 << 20,
         }
     }
 }
@@ -177,6 +184,12 @@ pub struct EngineStats {
     pub batch_size: histogram::Histogram,
     /// Time to first token of each request, in seconds.
     pub ttft: histogram::Histogram,
+    /// Requests that started from a prefix-cache copy.
+    pub prefix_hits: AtomicU64,
+    /// Prompt tokens not computed thanks to the prefix cache.
+    pub prefix_tokens_reused: AtomicU64,
+    /// KV bytes held by the prefix cache.
+    pub prefix_cache_bytes: AtomicUsize,
 }
 
 impl Default for EngineStats {
@@ -189,6 +202,9 @@ impl Default for EngineStats {
             failed: AtomicU64::new(0),
             batch_size: histogram::Histogram::new(BATCH_BUCKETS),
             ttft: histogram::Histogram::new(TTFT_BUCKETS),
+            prefix_hits: AtomicU64::new(0),
+            prefix_tokens_reused: AtomicU64::new(0),
+            prefix_cache_bytes: AtomicUsize::new(0),
         }
     }
 }

@@ -16,8 +16,12 @@ use crate::tokenizer::{IncrementalDecoder, TextTokenizer};
 pub struct Sequence {
     events: tokio::sync::mpsc::Sender<Event>,
     outbox: VecDeque<Event>,
-    /// Freed as soon as the sequence finishes.
+    /// Taken as soon as the sequence finishes.
     pub cache: Option<SeqCache>,
+    /// A finished sequence's cache with the tokens it holds, for the prefix cache.
+    pub reusable: Option<(Vec<u32>, SeqCache)>,
+    /// Prompt positions the cache started with (copied from the prefix cache).
+    reused: usize,
     /// Worst-case KV cache bytes reserved for this sequence while it runs.
     pub kv_bytes: usize,
     /// Prompt followed by generated tokens.
@@ -39,6 +43,7 @@ pub struct Sequence {
 
 impl Sequence {
     pub(crate) fn new(sub: Submission, cache: SeqCache) -> Self {
+        let reused = cache.len();
         let Submission {
             req,
             max_new,
@@ -51,6 +56,8 @@ impl Sequence {
             outbox: VecDeque::new(),
             kv_bytes,
             cache: Some(cache),
+            reusable: None,
+            reused,
             n_prompt: req.prompt.len(),
             tokens: req.prompt,
             max_new,
@@ -156,6 +163,7 @@ impl Sequence {
         let usage = Usage {
             prompt_tokens: self.n_prompt,
             completion_tokens: self.generated(),
+            cached_prompt_tokens: self.reused,
         };
         self.emit(Event::Done(Completion {
             finish,
@@ -163,17 +171,23 @@ impl Sequence {
             timings,
         }));
         self.release();
+        if let Some(cache) = self.cache.take() {
+            let fed = self.tokens[..cache.len()].to_vec();
+            self.reusable = Some((fed, cache));
+        }
     }
 
     /// Ends the sequence with an error event.
     pub fn fail(&mut self, err: EngineError) {
         self.emit(Event::Error(err));
         self.release();
+        // A failed step may have appended to some layers and not others: never reuse this cache.
+        self.cache = None;
     }
 
+    /// Marks the sequence finished; a normal finish then keeps its cache for reuse, an error drops it.
     fn release(&mut self) {
         self.finished = true;
-        self.cache = None;
     }
 
     /// Queues an event, merging it into a pending delta when the reader is behind.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use super::prefix::PrefixCache;
 use super::sequence::Sequence;
 use super::{EngineError, Shared, Submission};
 use crate::model::{CausalLm, SeqStep};
@@ -26,6 +27,8 @@ pub(crate) struct Worker {
     draining: Vec<Sequence>,
     /// The oldest waiting request, taken from the queue but not yet admitted: its KV cache does not fit yet.
     held: Option<Submission>,
+    /// Caches of finished sequences, for prompts that begin the same way.
+    prefix: PrefixCache,
 }
 
 impl Worker {
@@ -35,7 +38,12 @@ impl Worker {
         rx: Receiver<Submission>,
         shared: Arc<Shared>,
     ) -> Self {
+        let prefix = PrefixCache::new(
+            shared.config.prefix_cache_bytes,
+            model.info().kv_bytes_per_token,
+        );
         Self {
+            prefix,
             model,
             tokenizer,
             rx,
@@ -106,8 +114,18 @@ impl Worker {
             self.shared.stats.cancelled.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        self.running
-            .push(Sequence::new(sub, self.model.new_cache()));
+        let cache = match self.prefix.lookup(&sub.req.prompt) {
+            Some(hit) => {
+                let stats = &self.shared.stats;
+                stats.prefix_hits.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .prefix_tokens_reused
+                    .fetch_add(hit.reused as u64, Ordering::Relaxed);
+                hit.cache
+            }
+            None => self.model.new_cache(),
+        };
+        self.running.push(Sequence::new(sub, cache));
     }
 
     /// One forward pass over every running sequence.
@@ -190,10 +208,17 @@ impl Worker {
                 seq.flush();
             }
         }
-        let (out, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.running)
+        let (mut out, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.running)
             .into_iter()
             .partition(|s| s.finished || s.cancelled);
         self.running = still;
+        for (tokens, cache) in out.iter_mut().filter_map(|s| s.reusable.take()) {
+            self.prefix.insert(tokens, cache);
+        }
+        self.shared
+            .stats
+            .prefix_cache_bytes
+            .store(self.prefix.used_bytes(), Ordering::Relaxed);
         let cancelled = out.iter().filter(|s| s.cancelled && !s.finished).count();
         self.shared
             .stats

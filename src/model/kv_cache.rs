@@ -35,6 +35,43 @@ impl SeqCache {
         self.layers[layer].append(k, v)
     }
 
+    /// Keys and values of `layer` so far, if any were appended.
+    pub fn layer(&self, layer: usize) -> Option<(Tensor, Tensor)> {
+        let l = &self.layers[layer];
+        Some((l.k().ok()??, l.v().ok()??))
+    }
+
+    /// A new cache holding copies of this one's first `n` positions (`n` at most [`Self::len`]).
+    pub fn prefix_copy(&self, n: usize) -> Result<Self> {
+        assert!(
+            n <= self.len,
+            "prefix_copy({n}) of a {}-position cache",
+            self.len
+        );
+        let capacity = n.next_multiple_of(INITIAL_POSITIONS).max(INITIAL_POSITIONS);
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            let mut copy = KvCache::new(1, capacity);
+            if let (Some(k), Some(v)) = (l.k()?, l.v()?) {
+                if n > 0 {
+                    copy.append(
+                        &k.narrow(1, 0, n)?.contiguous()?,
+                        &v.narrow(1, 0, n)?.contiguous()?,
+                    )?;
+                }
+            }
+            layers.push(copy);
+        }
+        Ok(Self { layers, len: n })
+    }
+
+    /// Positions the buffers have room for (what the cache's memory is sized by).
+    pub fn allocated_positions(&self) -> usize {
+        self.layers
+            .first()
+            .map_or(self.len, |l| l.k_cache().max_seq_len())
+    }
+
     /// Records that `n` more positions were appended to every layer.
     pub fn advance(&mut self, n: usize) {
         self.len += n;

@@ -136,6 +136,7 @@ mod tests {
             usage: Usage {
                 prompt_tokens: 25,
                 completion_tokens: 4,
+                ..Default::default()
             },
             timings: Timings::default(),
         };
@@ -183,6 +184,7 @@ mod tests {
                 usage: Usage {
                     prompt_tokens: 1,
                     completion_tokens: 2,
+                    ..Default::default()
                 },
                 timings: Timings::default(),
             },

@@ -236,6 +236,7 @@ mod tests {
             usage: Usage {
                 prompt_tokens: 2,
                 completion_tokens: 2,
+                ..Default::default()
             },
             timings,
         }

@@ -38,7 +38,12 @@ pub fn finish_reason(f: &FinishReason) -> &'static str {
 
 pub fn usage(u: &Usage) -> Value {
     let total = u.prompt_tokens + u.completion_tokens;
-    json!({ "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": total })
+    json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": total,
+        "prompt_tokens_details": { "cached_tokens": u.cached_prompt_tokens },
+    })
 }
 
 /// Which OpenAI object a stream is made of.
@@ -186,6 +191,7 @@ mod tests {
             usage: Usage {
                 prompt_tokens: 3,
                 completion_tokens: 2,
+                ..Default::default()
             },
             timings: Timings::default(),
         }
@@ -231,7 +237,7 @@ mod tests {
         assert_eq!(data(&end[1])["choices"], json!([]));
         assert_eq!(
             data(&end[1])["usage"],
-            json!({"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5})
+            json!({"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5, "prompt_tokens_details": {"cached_tokens": 0}})
         );
         assert_eq!(end[2], Frame::Done);
     }
