@@ -118,7 +118,12 @@ fn bench_model(name: &str, dir: &Path, dev_name: &str, dev: &Device, rows: &mut 
     let (label, device) = (name.to_string(), dev.clone());
     let e = EngineHandle::start(
         move || model::load(&source, &label, &device),
-        EngineConfig::default(),
+        // Every request computes its whole prompt: the prefix cache would turn the repeated prompts of
+        // these runs into copies.
+        EngineConfig {
+            prefix_cache_bytes: 0,
+            ..EngineConfig::default()
+        },
     )
     .unwrap();
     let (tokens, rounds) = (

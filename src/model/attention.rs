@@ -47,8 +47,8 @@ fn causal_mask(
 
 /// One decoding sequence's input to [`decode_batch`]: its new token's queries and its cached keys and values.
 pub struct DecodeInput<'a> {
-    /// `[heads, 1, head_dim]` (any layout).
-    pub q: &'a Tensor,
+    /// The new token's queries, head after head: `heads * head_dim` values.
+    pub q: &'a [f32],
     /// `[kv_heads, len, head_dim]`, the views [`crate::model::SeqCache::append`] returns.
     pub k: &'a Tensor,
     pub v: &'a Tensor,
@@ -62,13 +62,9 @@ pub fn decode_batch(inputs: &[DecodeInput<'_>]) -> Result<Vec<f32>> {
     let Some(first) = inputs.first() else {
         return Ok(Vec::new());
     };
-    let (n_heads, _, hd) = first.q.dims3()?;
-    let n_kv = first.k.dim(0)?;
+    let (n_kv, _, hd) = first.k.dims3()?;
+    let n_heads = first.q.len() / hd;
     let group = n_heads / n_kv;
-    let qs: Vec<Vec<f32>> = inputs
-        .iter()
-        .map(|i| i.q.flatten_all()?.to_vec1::<f32>())
-        .collect::<Result<_>>()?;
     let guards: Vec<_> = inputs
         .iter()
         .flat_map(|i| [i.k.storage_and_layout(), i.v.storage_and_layout()])
@@ -86,7 +82,7 @@ pub fn decode_batch(inputs: &[DecodeInput<'_>]) -> Result<Vec<f32>> {
             let (seq, kv) = (item / n_kv, item % n_kv);
             let (k, v) = (&caches[2 * seq], &caches[2 * seq + 1]);
             let heads = kv * group..(kv + 1) * group;
-            let q = &qs[seq][heads.start * hd..heads.end * hd];
+            let q = &inputs[seq].q[heads.start * hd..heads.end * hd];
             // SAFETY: item (seq, kv) alone writes these `group * hd` outputs, inside `out`.
             let o = unsafe {
                 std::slice::from_raw_parts_mut(
@@ -259,9 +255,13 @@ mod tests {
             .iter()
             .map(|&l| Tensor::randn(0f32, 1.0, (2, 20, 8), &dev)?.narrow(1, 0, l))
             .collect::<Result<_>>()?;
+        let q_rows: Vec<Vec<f32>> = qs
+            .iter()
+            .map(|q| q.flatten_all()?.to_vec1::<f32>())
+            .collect::<Result<_>>()?;
         let inputs: Vec<DecodeInput> = (0..lens.len())
             .map(|i| DecodeInput {
-                q: &qs[i],
+                q: &q_rows[i],
                 k: &ks[i],
                 v: &vs[i],
             })
@@ -269,7 +269,7 @@ mod tests {
         let all = decode_batch(&inputs)?;
         for (i, input) in inputs.iter().enumerate() {
             let row = &all[i * 48..(i + 1) * 48];
-            let want = causal_attention(input.q, input.k, input.v)?.flatten_all()?;
+            let want = causal_attention(&qs[i], input.k, input.v)?.flatten_all()?;
             let got = Tensor::from_slice(row, 48, &dev)?;
             assert!(max_abs_diff(&got, &want)? < 1e-5, "sequence {i}");
             let alone = decode_batch(std::slice::from_ref(input))?;

@@ -299,7 +299,7 @@ impl Gpt2 {
             let (k, v) = seq.cache.append(i, &part(1)?, &part(2)?)?;
             if len == 1 && batched_decode {
                 outs.push(None);
-                decoding.push((part(0)?, k, v));
+                decoding.push((part(0)?.flatten_all()?.to_vec1::<f32>()?, k, v));
             } else {
                 outs.push(Some(attention::causal_attention(&part(0)?, &k, &v)?));
             }

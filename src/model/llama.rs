@@ -77,6 +77,9 @@ pub struct Llama {
     output: QLinear,
     cos: Tensor,
     sin: Tensor,
+    /// The same tables on the host (`[positions, head_dim / 2]`, row-major), for decode rows on the CPU.
+    cos_host: Vec<f32>,
+    sin_host: Vec<f32>,
 }
 
 /// Architectures this file implements.
@@ -118,6 +121,7 @@ impl Llama {
         let output = QLinear::new(output_w)?;
         g.finish();
         let (cos, sin) = rope_tables(cfg.head_dim, cfg.rope_base, cfg.context, device)?;
+        let (cos_host, sin_host) = (cos.flatten_all()?.to_vec1()?, sin.flatten_all()?.to_vec1()?);
         let (vocab, _) = embed.shape().dims2()?;
         let info = ModelInfo {
             name: name.to_string(),
@@ -140,6 +144,8 @@ impl Llama {
             output,
             cos,
             sin,
+            cos_host,
+            sin_host,
         })
     }
 
@@ -160,12 +166,36 @@ impl Llama {
             qkv.narrow(1, (nh + nkv) * hd, nkv * hd)?,
         );
         // Rotate and cache every sequence's new keys; attend now for prefill chunks, and in one batched
-        // kernel call afterwards for the sequences decoding a single token (on the CPU).
-        let batched_decode = self.cos.device().is_cpu();
-        let mut outs: Vec<Option<Tensor>> = Vec::with_capacity(batch.len());
+        // kernel call afterwards for the sequences decoding a single token (on the CPU, where their rows are
+        // rotated in place on the host: a handful of tensor ops per sequence instead of some twenty).
+        let on_cpu = self.cos.device().is_cpu();
+        let host_decode = on_cpu && spans.iter().any(|&(_, len)| len == 1);
+        let qkv_rows: Vec<f32> = if host_decode {
+            qkv.flatten_all()?.to_vec1()?
+        } else {
+            Vec::new()
+        };
+        let width = (nh + 2 * nkv) * hd;
+        // On the CPU the attention outputs are written into one host buffer; elsewhere they stay tensors.
+        let mut out = vec![0f32; if on_cpu { xs.dim(0)? * nh * hd } else { 0 }];
+        let mut parts = Vec::new();
         let mut decoding = Vec::new();
         for (seq, &(start, len)) in batch.iter_mut().zip(spans) {
             let pos = seq.cache.len();
+            if len == 1 && host_decode {
+                let row = &qkv_rows[start * width..(start + 1) * width];
+                let (mut q, mut k) = (
+                    row[..nh * hd].to_vec(),
+                    row[nh * hd..(nh + nkv) * hd].to_vec(),
+                );
+                self.rope_row(&mut q, pos);
+                self.rope_row(&mut k, pos);
+                let k = Tensor::from_vec(k, (nkv, 1, hd), xs.device())?;
+                let v = Tensor::from_slice(&row[(nh + nkv) * hd..], (nkv, 1, hd), xs.device())?;
+                let (k, v) = seq.cache.append(layer, &k, &v)?;
+                decoding.push((start, q, k, v));
+                continue;
+            }
             let heads = |t: &Tensor, n: usize| {
                 t.narrow(0, start, len)?
                     .reshape((len, n, hd))?
@@ -175,27 +205,39 @@ impl Llama {
             let k = self.rope(&heads(&k, nkv)?, pos)?;
             let v = heads(&v, nkv)?.contiguous()?;
             let (k, v) = seq.cache.append(layer, &k, &v)?;
-            if len == 1 && batched_decode {
-                outs.push(None);
-                decoding.push((q, k, v));
+            let y = attention::causal_attention(&q, &k, &v)?;
+            if on_cpu {
+                out[start * nh * hd..(start + len) * nh * hd]
+                    .copy_from_slice(&y.flatten_all()?.to_vec1::<f32>()?);
             } else {
-                outs.push(Some(attention::causal_attention(&q, &k, &v)?));
+                parts.push(y);
             }
+        }
+        if !on_cpu {
+            return l.wo.forward(&Tensor::cat(&parts, 0)?);
         }
         if !decoding.is_empty() {
             let inputs: Vec<_> = decoding
                 .iter()
-                .map(|(q, k, v)| attention::DecodeInput { q, k, v })
+                .map(|(_, q, k, v)| attention::DecodeInput { q, k, v })
                 .collect();
             let rows = attention::decode_batch(&inputs)?;
-            let mut rows = rows.chunks_exact(nh * hd);
-            for o in outs.iter_mut().filter(|o| o.is_none()) {
-                let row = rows.next().expect("one row per decoding sequence");
-                *o = Some(Tensor::from_slice(row, (1, nh * hd), xs.device())?);
+            for ((start, ..), row) in decoding.iter().zip(rows.chunks_exact(nh * hd)) {
+                out[start * nh * hd..(start + 1) * nh * hd].copy_from_slice(row);
             }
         }
-        let outs: Vec<Tensor> = outs.into_iter().flatten().collect();
-        l.wo.forward(&Tensor::cat(&outs, 0)?)
+        let rows = xs.dim(0)?;
+        l.wo.forward(&Tensor::from_vec(out, (rows, nh * hd), xs.device())?)
+    }
+
+    /// Rotary position embedding, on the host, of one token's heads (`n * head_dim` values) at `pos`.
+    fn rope_row(&self, x: &mut [f32], pos: usize) {
+        let half = self.cfg.head_dim / 2;
+        let (cos, sin) = (
+            &self.cos_host[pos * half..(pos + 1) * half],
+            &self.sin_host[pos * half..(pos + 1) * half],
+        );
+        rope_host(x, cos, sin, self.cfg.rope_neox);
     }
 
     /// Rotary position embedding of `x` (`[heads, len, head_dim]`) starting at absolute position `pos`.
@@ -250,6 +292,24 @@ impl CausalLm for Llama {
     }
 }
 
+/// Rotates each head of `x` (heads of `2 * cos.len()` values) by one position's `cos`/`sin` row: pairs
+/// `(2i, 2i + 1)`, or `(i, i + d/2)` in the GPT-NeoX layout; the same arithmetic as candle's `rope_i` / `rope`.
+fn rope_host(x: &mut [f32], cos: &[f32], sin: &[f32], neox: bool) {
+    let half = cos.len();
+    for head in x.chunks_exact_mut(2 * half) {
+        for i in 0..half {
+            let (a, b) = if neox {
+                (i, i + half)
+            } else {
+                (2 * i, 2 * i + 1)
+            };
+            let (x0, x1) = (head[a], head[b]);
+            head[a] = x0 * cos[i] - x1 * sin[i];
+            head[b] = x0 * sin[i] + x1 * cos[i];
+        }
+    }
+}
+
 /// cos/sin tables `[positions, head_dim / 2]` for rotary embeddings.
 fn rope_tables(
     head_dim: usize,
@@ -295,4 +355,34 @@ fn count_params(g: &GgufFile) -> usize {
         .values()
         .map(|t| t.shape.elem_count())
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The host rotation gives candle's kernels' bits, in both pair layouts.
+    #[test]
+    fn host_rope_matches_candle() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let (heads, hd, pos) = (3, 8, 5);
+        let (cos, sin) = rope_tables(hd, 10_000.0, 16, &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (1, heads, 1, hd), &dev)?;
+        let (c, s) = (cos.narrow(0, pos, 1)?, sin.narrow(0, pos, 1)?);
+        for neox in [false, true] {
+            let want = if neox {
+                candle_nn::rotary_emb::rope(&x, &c, &s)?
+            } else {
+                candle_nn::rotary_emb::rope_i(&x, &c, &s)?
+            };
+            let mut got = x.flatten_all()?.to_vec1::<f32>()?;
+            let (c, s) = (
+                c.flatten_all()?.to_vec1::<f32>()?,
+                s.flatten_all()?.to_vec1::<f32>()?,
+            );
+            rope_host(&mut got, &c, &s, neox);
+            assert_eq!(got, want.flatten_all()?.to_vec1::<f32>()?, "neox: {neox}");
+        }
+        Ok(())
+    }
 }
