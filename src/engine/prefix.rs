@@ -7,6 +7,9 @@
 
 use crate::model::SeqCache;
 
+/// Entries are kept with room rounded up to this many positions.
+const TRIM_STEP: usize = 128;
+
 /// One finished sequence's tokens and the cache holding exactly those positions.
 struct Entry {
     tokens: Vec<u32>,
@@ -42,9 +45,10 @@ impl PrefixCache {
         }
     }
 
-    /// The longest stored prefix of `prompt`, copied into a new cache. At least one prompt token is always
-    /// left to compute, since its logits give the first generated token.
-    pub fn lookup(&mut self, prompt: &[u32]) -> Option<Hit> {
+    /// The longest stored prefix of `prompt`, copied into a new cache with room for `positions` (the
+    /// request's prompt plus maximum new tokens, so it never grows past what its reservation counts). At
+    /// least one prompt token is always left to compute, since its logits give the first generated token.
+    pub fn lookup(&mut self, prompt: &[u32], positions: usize) -> Option<Hit> {
         let limit = prompt.len().saturating_sub(1);
         let (best, n) = self
             .entries
@@ -58,7 +62,7 @@ impl PrefixCache {
         self.clock += 1;
         let entry = &mut self.entries[best];
         entry.last_used = self.clock;
-        match entry.cache.prefix_copy(n) {
+        match entry.cache.prefix_copy(n, positions) {
             Ok(cache) => Some(Hit { cache, reused: n }),
             Err(e) => {
                 tracing::warn!(error = %e, "prefix cache copy failed; prefilling the whole prompt");
@@ -68,9 +72,22 @@ impl PrefixCache {
     }
 
     /// Keeps `cache`, which holds exactly the positions of `tokens`. Entries it extends are dropped; if an
-    /// entry already extends it, nothing is added.
+    /// entry already extends it, nothing is added. A cache with much more room than it uses (a request that
+    /// ended well before its token limit) is kept as a trimmed copy.
     pub fn insert(&mut self, tokens: Vec<u32>, cache: SeqCache) {
         debug_assert_eq!(tokens.len(), cache.len());
+        let tight = tokens.len().next_multiple_of(TRIM_STEP).max(TRIM_STEP);
+        let cache = if cache.allocated_positions() > tight {
+            match cache.prefix_copy(tokens.len(), tight) {
+                Ok(trimmed) => trimmed,
+                Err(e) => {
+                    tracing::warn!(error = %e, "prefix cache trim failed; not keeping the cache");
+                    return;
+                }
+            }
+        } else {
+            cache
+        };
         let bytes = cache.allocated_positions() * self.bytes_per_position;
         if tokens.is_empty() || bytes > self.capacity_bytes {
             return;
@@ -145,14 +162,33 @@ mod tests {
         let mut p = PrefixCache::new(1 << 20, 8);
         p.insert(vec![1, 2, 3, 4], cache_of(&[1, 2, 3, 4]));
         p.insert(vec![1, 2, 9], cache_of(&[1, 2, 9]));
-        let hit = p.lookup(&[1, 2, 3, 7, 8]).unwrap();
+        let hit = p.lookup(&[1, 2, 3, 7, 8], 16).unwrap();
         assert_eq!((hit.reused, ids_in(&hit.cache)), (3, vec![1, 2, 3]));
         assert_eq!(hit.cache.len(), 3);
+        // Room for the whole request: 300 positions round up to 384.
+        assert_eq!(
+            p.lookup(&[1, 2, 3, 7], 300)
+                .unwrap()
+                .cache
+                .allocated_positions(),
+            384
+        );
         // The whole prompt is stored: its last token is still computed.
-        let hit = p.lookup(&[1, 2, 3, 4]).unwrap();
+        let hit = p.lookup(&[1, 2, 3, 4], 16).unwrap();
         assert_eq!(hit.reused, 3);
-        assert!(p.lookup(&[5, 1, 2]).is_none());
-        assert!(p.lookup(&[1]).is_none());
+        assert!(p.lookup(&[5, 1, 2], 16).is_none());
+        assert!(p.lookup(&[1], 16).is_none());
+    }
+
+    #[test]
+    fn roomy_caches_are_trimmed_when_kept() {
+        let mut p = PrefixCache::new(1 << 20, 8);
+        let roomy = cache_of(&[1, 2, 3]).prefix_copy(3, 1000).unwrap();
+        assert_eq!(roomy.allocated_positions(), 1024);
+        p.insert(vec![1, 2, 3], roomy);
+        assert_eq!(p.used_bytes(), 128 * 8);
+        let hit = p.lookup(&[1, 2, 3, 4], 16).unwrap();
+        assert_eq!(ids_in(&hit.cache), vec![1, 2, 3]);
     }
 
     #[test]
@@ -165,16 +201,16 @@ mod tests {
         p.insert(vec![1, 2], cache_of(&[1, 2]));
         assert_eq!(p.entries.len(), 1, "a prefix of an entry adds nothing");
         p.insert(vec![4, 5], cache_of(&[4, 5]));
-        p.lookup(&[1, 2, 3, 3]); // [1, 2, 3] is now the most recently used
+        p.lookup(&[1, 2, 3, 3], 16); // [1, 2, 3] is now the most recently used
         p.insert(vec![6, 7], cache_of(&[6, 7]));
         assert_eq!(p.used_bytes(), 2048);
         assert!(
-            p.lookup(&[4, 5, 0]).is_none(),
+            p.lookup(&[4, 5, 0], 16).is_none(),
             "the least recently used went"
         );
-        assert_eq!(p.lookup(&[1, 2, 3, 0]).unwrap().reused, 3);
+        assert_eq!(p.lookup(&[1, 2, 3, 0], 16).unwrap().reused, 3);
         let mut off = PrefixCache::new(0, 8);
         off.insert(vec![1, 2], cache_of(&[1, 2]));
-        assert!(off.lookup(&[1, 2, 3]).is_none());
+        assert!(off.lookup(&[1, 2, 3], 16).is_none());
     }
 }

@@ -22,7 +22,8 @@ pub struct SamplingParams {
     pub presence_penalty: f32,
     /// OpenAI-style: subtracted per occurrence of a token already generated.
     pub frequency_penalty: f32,
-    /// Same seed, same tokens; `None` draws a fresh seed.
+    /// Same seed, same tokens (for the same prompt computation: a prefix-cache hit reorders float sums and can
+    /// flip a near-tie); `None` draws a fresh seed.
     pub seed: Option<u64>,
     /// Added to the given tokens' logits before anything else (OpenAI's `logit_bias`; -100 bans a token).
     pub logit_bias: Vec<(u32, f32)>,
@@ -119,11 +120,19 @@ impl Sampler {
     /// vocabulary per token would cost more than the model's forward pass at small sizes.
     fn draw(&mut self, logits: &[f32]) -> usize {
         let p = &self.params;
+        // A +inf logit (an overflowing model) wins outright, as it does greedily; with no finite logit at all
+        // there is no distribution to draw from, so take the greedy pick rather than fail.
+        if let Some(i) = logits.iter().position(|&l| l == f32::INFINITY) {
+            return i;
+        }
         let max = logits
             .iter()
             .copied()
             .filter(|l| l.is_finite())
             .fold(f32::NEG_INFINITY, f32::max);
+        if max == f32::NEG_INFINITY {
+            return argmax(logits);
+        }
         let weight = |l: f32| ((l - max) / p.temperature).exp();
         let mut cand: Vec<(usize, f32)> = logits
             .iter()
@@ -309,6 +318,19 @@ mod tests {
             ..SamplingParams::greedy()
         });
         assert_eq!(s.sample(&mut logits(), &[], 0), 3); // -1 + 5 = 4 > 3
+    }
+
+    /// Degenerate logits never panic the generation thread.
+    #[test]
+    fn infinite_and_nan_logits_are_handled() {
+        let mut s = Sampler::new(SamplingParams {
+            seed: Some(1),
+            ..Default::default()
+        });
+        assert_eq!(s.sample(&mut [f32::NAN; 5], &[], 0), 0);
+        assert_eq!(s.sample(&mut [f32::NEG_INFINITY; 3], &[], 0), 0);
+        assert_eq!(s.sample(&mut [0.0, f32::INFINITY, 1.0], &[], 0), 1);
+        assert_eq!(s.sample(&mut [f32::NAN, 2.0, f32::NEG_INFINITY], &[], 0), 1);
     }
 
     #[test]

@@ -114,7 +114,8 @@ impl Worker {
             self.shared.stats.cancelled.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let cache = match self.prefix.lookup(&sub.req.prompt) {
+        let positions = sub.req.prompt.len() + sub.max_new;
+        let cache = match self.prefix.lookup(&sub.req.prompt, positions) {
             Some(hit) => {
                 let stats = &self.shared.stats;
                 stats.prefix_hits.fetch_add(1, Ordering::Relaxed);

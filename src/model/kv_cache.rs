@@ -41,14 +41,19 @@ impl SeqCache {
         Some((l.k().ok()??, l.v().ok()??))
     }
 
-    /// A new cache holding copies of this one's first `n` positions (`n` at most [`Self::len`]).
-    pub fn prefix_copy(&self, n: usize) -> Result<Self> {
+    /// A new cache holding copies of this one's first `n` positions (`n` at most [`Self::len`]), with room for
+    /// `room` positions (at least `n`) before it has to grow. Size `room` for everything the copy will hold:
+    /// past it, the buffers grow by `room` at a time.
+    pub fn prefix_copy(&self, n: usize, room: usize) -> Result<Self> {
         assert!(
             n <= self.len,
             "prefix_copy({n}) of a {}-position cache",
             self.len
         );
-        let capacity = n.next_multiple_of(INITIAL_POSITIONS).max(INITIAL_POSITIONS);
+        let capacity = room
+            .max(n)
+            .next_multiple_of(INITIAL_POSITIONS)
+            .max(INITIAL_POSITIONS);
         let mut layers = Vec::with_capacity(self.layers.len());
         for l in &self.layers {
             let mut copy = KvCache::new(1, capacity);

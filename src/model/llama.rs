@@ -7,7 +7,7 @@ use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 
 use super::gguf::GgufFile;
-use super::qlinear::QLinear;
+use super::qlinear::{with_f32_rows, QLinear};
 use super::{
     attention, check_context, last_rows, row_spans, CausalLm, ModelError, ModelInfo, SeqCache,
     SeqStep,
@@ -170,20 +170,25 @@ impl Llama {
         // rotated in place on the host: a handful of tensor ops per sequence instead of some twenty).
         let on_cpu = self.cos.device().is_cpu();
         let host_decode = on_cpu && spans.iter().any(|&(_, len)| len == 1);
-        let qkv_rows: Vec<f32> = if host_decode {
-            qkv.flatten_all()?.to_vec1()?
-        } else {
-            Vec::new()
-        };
         let width = (nh + 2 * nkv) * hd;
+        // The single-token rows of qkv, copied out of its storage (prefill rows stay in the tensor).
+        let mut decode_rows: Vec<Vec<f32>> = vec![Vec::new(); spans.len()];
+        if host_decode {
+            with_f32_rows(&qkv, |all| {
+                for (row, &(start, len)) in decode_rows.iter_mut().zip(spans) {
+                    if len == 1 {
+                        *row = all[start * width..(start + 1) * width].to_vec();
+                    }
+                }
+            })?;
+        }
         // On the CPU the attention outputs are written into one host buffer; elsewhere they stay tensors.
         let mut out = vec![0f32; if on_cpu { xs.dim(0)? * nh * hd } else { 0 }];
         let mut parts = Vec::new();
         let mut decoding = Vec::new();
-        for (seq, &(start, len)) in batch.iter_mut().zip(spans) {
+        for ((seq, &(start, len)), row) in batch.iter_mut().zip(spans).zip(&decode_rows) {
             let pos = seq.cache.len();
             if len == 1 && host_decode {
-                let row = &qkv_rows[start * width..(start + 1) * width];
                 let (mut q, mut k) = (
                     row[..nh * hd].to_vec(),
                     row[nh * hd..(nh + nkv) * hd].to_vec(),

@@ -159,7 +159,7 @@ fn swiglu_rows(y: &[f32], h: &mut [f32], half: usize) {
 }
 
 /// Runs `f` over the f32 contents of `x`, borrowing the CPU storage when it is contiguous f32.
-fn with_f32_rows(x: &Tensor, f: impl FnOnce(&[f32])) -> Result<()> {
+pub(crate) fn with_f32_rows(x: &Tensor, f: impl FnOnce(&[f32])) -> Result<()> {
     let (storage, layout) = x.storage_and_layout();
     if let (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) =
         (&*storage, layout.contiguous_offsets())
