@@ -14,6 +14,8 @@
 
 use candle_core::{CpuStorage, Device, Result, Storage, Tensor};
 
+use super::qlinear::with_f32_rows;
+
 /// Output columns per unit of parallel work.
 const COL_TILE: usize = 16;
 /// Activation rows that share one pass over a group of weight rows.
@@ -132,7 +134,7 @@ impl DenseF32 {
             );
         }
         let mut dst = vec![0f32; m * self.n];
-        with_f32(x, |xs| {
+        with_f32_rows(x, |xs| {
             self.matmul_post(Kernel::detect(), xs, m, &mut dst, post)
         })?;
         Tensor::from_vec(dst, (m, self.n), x.device())
@@ -177,22 +179,6 @@ impl DenseF32 {
 
 /// An element-wise function applied in place to finished outputs.
 pub type Post = dyn Fn(&mut [f32]) + Sync;
-
-/// Runs `f` over the f32 contents of `x`, borrowing the CPU storage when it is contiguous f32.
-fn with_f32(x: &Tensor, f: impl FnOnce(&[f32])) -> Result<()> {
-    let (storage, layout) = x.storage_and_layout();
-    if let (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) =
-        (&*storage, layout.contiguous_offsets())
-    {
-        f(&v[start..end]);
-        return Ok(());
-    }
-    drop(storage);
-    f(&x.to_dtype(candle_core::DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?);
-    Ok(())
-}
 
 /// `dst[r, c] = x[r] · w[c] (+ b[c])` for activations `x` (`m` rows of `k`) and weights `w` (`n` rows of `k`),
 /// split across candle's CPU worker pool by tiles of output columns; then `post`, if any, over each row's part

@@ -250,10 +250,11 @@ mod avx2 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn random_blocks(n: usize, seed: u32) -> Vec<BlockQ4_1> {
+    /// Blocks with pseudo-random nibbles, small positive scales and negative minimums.
+    pub(crate) fn random_blocks(n: usize, seed: u32) -> Vec<BlockQ4_1> {
         let mut s = seed;
         let mut next = || {
             s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);

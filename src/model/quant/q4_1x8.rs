@@ -4,7 +4,7 @@
 use half::f16;
 
 use super::q4_1::{quantize_row_q8_1, BlockQ4_1, BlockQ8_1};
-use super::x8::{Format, Interleaved, Kernel, ROWS};
+use super::x8::{dispatch_rows, Format, Interleaved, Kernel, ROWS};
 use super::QK;
 
 /// Block `b` of eight consecutive Q4_1 weight rows.
@@ -64,19 +64,7 @@ impl Format for Q4_1x8 {
         dst: *mut f32,
         stride: usize,
     ) {
-        match kernel {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni => x86::rows_avx512vnni(xs, w, dst, stride),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::AvxVnni => x86::rows_avxvnni(xs, w, dst, stride),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => x86::rows_avx2(xs, w, dst, stride),
-            Kernel::Scalar => {
-                for (r, x) in xs.iter().enumerate() {
-                    rows_scalar(x, w, dst.add(r * stride))
-                }
-            }
-        }
+        dispatch_rows!(kernel, xs, w, dst, stride)
     }
 }
 
@@ -163,23 +151,9 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::quant::q4_1::tests::random_blocks;
     use crate::model::quant::q4_1::vec_dot_scalar;
     use crate::model::quant::x8::testing;
-
-    fn random_blocks(n: usize, seed: u32) -> Vec<BlockQ4_1> {
-        let mut s = seed;
-        let mut next = || {
-            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            s >> 8
-        };
-        (0..n)
-            .map(|_| BlockQ4_1 {
-                d: f16::from_f32((next() % 1000) as f32 / 50_000.0),
-                m: f16::from_f32(-((next() % 1000) as f32) / 20_000.0),
-                qs: std::array::from_fn(|_| next() as u8),
-            })
-            .collect()
-    }
 
     /// Every kernel the CPU has, against the plain layout's scalar dot product.
     #[test]

@@ -7,7 +7,7 @@
 use half::f16;
 
 use super::q8_0::{quantize_row, ActQ8_0, BlockQ8_0};
-use super::x8::{Format, Interleaved, Kernel, ROWS};
+use super::x8::{dispatch_rows, Format, Interleaved, Kernel, ROWS};
 use super::{QuantBlock, QK};
 
 /// Block `b` of eight consecutive Q8_0 weight rows.
@@ -83,19 +83,7 @@ impl Format for Q8_0x8 {
         dst: *mut f32,
         stride: usize,
     ) {
-        match kernel {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni => x86::rows_avx512vnni(xs, w, dst, stride),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::AvxVnni => x86::rows_avxvnni(xs, w, dst, stride),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => x86::rows_avx2(xs, w, dst, stride),
-            Kernel::Scalar => {
-                for (r, x) in xs.iter().enumerate() {
-                    rows_scalar(x, w, dst.add(r * stride))
-                }
-            }
-        }
+        dispatch_rows!(kernel, xs, w, dst, stride)
     }
 }
 

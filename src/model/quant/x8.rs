@@ -38,6 +38,27 @@ pub trait Format {
     );
 }
 
+/// The body of [`Format::rows`] for a format module that defines `x86::rows_avx512vnni`, `x86::rows_avxvnni`
+/// and `x86::rows_avx2` (all `R` rows at once) and `rows_scalar` (one row).
+macro_rules! dispatch_rows {
+    ($kernel:expr, $xs:expr, $w:expr, $dst:expr, $stride:expr) => {
+        match $kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => x86::rows_avx512vnni($xs, $w, $dst, $stride),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::AvxVnni => x86::rows_avxvnni($xs, $w, $dst, $stride),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => x86::rows_avx2($xs, $w, $dst, $stride),
+            Kernel::Scalar => {
+                for (r, x) in $xs.iter().enumerate() {
+                    rows_scalar(x, $w, $dst.add(r * $stride))
+                }
+            }
+        }
+    };
+}
+pub(crate) use dispatch_rows;
+
 /// The instruction set used for the integer multiply-adds.
 #[derive(Clone, Copy, Debug)]
 pub enum Kernel {
