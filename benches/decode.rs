@@ -86,6 +86,8 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> GenRequest {
         max_tokens: Some(max_tokens),
         stop: vec![],
         ignore_eos: true,
+        logprobs: None,
+        prompt_logprobs: None,
     }
 }
 

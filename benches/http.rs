@@ -24,7 +24,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// CPU cost of one delta through each dialect's encoder and framing (pure functions, no I/O).
 fn encoder_cost_per_token() {
-    let tok = [TokenInfo { id: 42 }];
+    let tok = [TokenInfo::new(42)];
     let mut encoders: Vec<(&str, Box<dyn Encoder>, Framing)> = vec![
         (
             "openai",
@@ -89,6 +89,8 @@ async fn streaming_cost_per_token() {
             max_tokens: Some(TOKENS),
             stop: vec![],
             ignore_eos: true,
+            logprobs: None,
+            prompt_logprobs: None,
         };
         let t = Instant::now();
         let mut events = s.engine().submit(req).unwrap();
@@ -196,6 +198,8 @@ async fn ttft_in_process(s: &Server, question: &str) -> f64 {
         max_tokens: Some(4),
         stop: vec![],
         ignore_eos: true,
+        logprobs: None,
+        prompt_logprobs: None,
     };
     let mut events = s.engine().submit(req).unwrap();
     while let Some(ev) = events.next().await {

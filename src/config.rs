@@ -139,6 +139,10 @@ pub struct EngineArgs {
     /// prompt, earlier turns of a conversation) prefill only what is new; 0 turns the prefix cache off.
     #[arg(long, env = "RILL_PREFIX_CACHE_MB", default_value_t = 512)]
     pub prefix_cache_mb: usize,
+    /// Most alternatives a request may ask for with each token's log probability (`top_logprobs`, the
+    /// completions' `logprobs`); OpenAI's limit is 20. Raise it for fidelity measurements.
+    #[arg(long, env = "RILL_MAX_LOGPROBS", default_value_t = 20)]
+    pub max_logprobs: usize,
 }
 
 impl EngineArgs {
@@ -149,6 +153,7 @@ impl EngineArgs {
             prefill_chunk: self.prefill_chunk.max(1),
             kv_budget_bytes: self.kv_budget_mb.saturating_mul(1 << 20),
             prefix_cache_bytes: self.prefix_cache_mb.saturating_mul(1 << 20),
+            max_logprobs: self.max_logprobs,
             ..EngineConfig::default()
         }
     }

@@ -107,6 +107,8 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> GenRequest {
         max_tokens: Some(max_tokens),
         stop: vec![],
         ignore_eos: false,
+        logprobs: None,
+        prompt_logprobs: None,
     }
 }
 
@@ -317,6 +319,8 @@ fn same_seed_same_tokens_on_a_real_model() {
             max_tokens: Some(24),
             stop: vec![],
             ignore_eos: true,
+            logprobs: None,
+            prompt_logprobs: None,
         };
         e.submit(req)
             .unwrap()
@@ -434,6 +438,7 @@ fn the_kv_budget_refuses_what_cannot_fit_and_queues_what_cannot_fit_yet() {
                     Event::Delta { .. } => first_token = first_token.or(Some(Instant::now())),
                     Event::Done(c) => done = Some((Instant::now(), c.usage.completion_tokens)),
                     Event::Error(err) => panic!("{err}"),
+                    Event::Prompt(_) => panic!("no prompt logprobs were asked for"),
                 }
             }
             (first_token.unwrap(), done.unwrap())

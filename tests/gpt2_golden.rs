@@ -55,10 +55,7 @@ fn last_position_logits_match_transformers() {
             let mut cache = loaded.model.new_cache();
             let got = loaded
                 .model
-                .forward(&mut [SeqStep {
-                    tokens: &prompt,
-                    cache: &mut cache,
-                }])
+                .forward(&mut [SeqStep::new(&prompt, &mut cache)])
                 .unwrap();
             let got: Vec<f32> = got.squeeze(0).unwrap().to_vec1().unwrap();
             assert_eq!(got.len(), want.len());

@@ -88,10 +88,7 @@ fn teacher_forced_picks(model: &dyn CausalLm, prompt: &[u32], path: &[u32]) -> V
     let mut input = prompt.to_vec();
     let mut picks = Vec::new();
     for &next in path {
-        let mut step = [SeqStep {
-            tokens: &input,
-            cache: &mut cache,
-        }];
+        let mut step = [SeqStep::new(&input, &mut cache)];
         let logits: Vec<f32> = model
             .forward(&mut step)
             .unwrap()

@@ -12,6 +12,7 @@ pub mod extract;
 pub mod frame;
 pub mod health;
 pub mod log;
+pub mod logprobs;
 pub mod metrics;
 pub mod middleware;
 pub mod ollama;

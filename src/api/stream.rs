@@ -13,12 +13,17 @@ use axum::response::{IntoResponse, Response};
 
 use super::frame::{Frame, Framing};
 use super::log::RequestLog;
-use crate::engine::{Completion, EngineError, Event, EventStream, TokenInfo};
+use crate::engine::{Completion, EngineError, Event, EventStream, PromptToken, TokenInfo};
 
 /// Turns engine events into one dialect's messages. Implementations are pure: no I/O, no clocks they do not own.
 pub trait Encoder: Send + 'static {
     /// Messages sent as soon as the request is accepted.
     fn start(&mut self) -> Vec<Frame>;
+    /// Messages for the prompt's tokens and log probabilities, sent before any text when the request asked
+    /// for them (OpenAI's `echo` with `logprobs`).
+    fn prompt(&mut self, _tokens: &[PromptToken]) -> Vec<Frame> {
+        Vec::new()
+    }
     /// Messages for new text (`text` may be empty while the engine holds characters back).
     fn delta(&mut self, text: &str, tokens: &[TokenInfo]) -> Vec<Frame>;
     /// The closing messages.
@@ -67,6 +72,7 @@ impl<E: Encoder> Driver<E> {
 
     fn on_event(&mut self, ev: Option<Event>) -> Vec<Frame> {
         match ev {
+            Some(Event::Prompt(tokens)) => self.encoder.prompt(&tokens),
             Some(Event::Delta { text, tokens }) => self.encoder.delta(&text, &tokens),
             Some(Event::Done(c)) => {
                 self.finished = true;
@@ -124,6 +130,8 @@ pub fn response<E: Encoder>(
 /// A whole answer, for non-streaming requests.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Collected {
+    /// The prompt's tokens with their log probabilities, when the request asked for them.
+    pub prompt: Vec<PromptToken>,
     pub text: String,
     pub tokens: Vec<TokenInfo>,
     pub completion: Completion,
@@ -135,9 +143,10 @@ pub async fn collect(
     mut events: EventStream,
     log: &mut RequestLog,
 ) -> Result<Collected, EngineError> {
-    let (mut text, mut tokens) = (String::new(), Vec::new());
+    let (mut text, mut tokens, mut prompt) = (String::new(), Vec::new(), Vec::new());
     loop {
         match events.next().await {
+            Some(Event::Prompt(p)) => prompt = p,
             Some(Event::Delta { text: t, tokens: k }) => {
                 text.push_str(&t);
                 tokens.extend(k);
@@ -145,6 +154,7 @@ pub async fn collect(
             Some(Event::Done(completion)) => {
                 log.finished(&completion);
                 return Ok(Collected {
+                    prompt,
                     text,
                     tokens,
                     completion,

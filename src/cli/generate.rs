@@ -36,6 +36,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         max_tokens: Some(args.sampling.max_tokens),
         stop: args.sampling.stop.clone(),
         ignore_eos: args.sampling.ignore_eos,
+        logprobs: None,
+        prompt_logprobs: None,
     };
     let mut stream = engine.submit(req)?;
     let mut out = std::io::stdout().lock();
@@ -45,6 +47,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 out.write_all(text.as_bytes())?;
                 out.flush()?;
             }
+            Event::Prompt(_) => {}
             Event::Done(c) => {
                 writeln!(out)?;
                 let t = c.timings;

@@ -5,6 +5,7 @@
 //! the request: the thread notices before the sequence's next step and frees its cache.
 
 pub mod histogram;
+pub mod logprobs;
 pub mod prefix;
 pub mod sampler;
 pub mod sequence;
@@ -49,6 +50,12 @@ pub struct GenRequest {
     pub stop: Vec<String>,
     /// Keep going past the model's end-of-sequence tokens.
     pub ignore_eos: bool,
+    /// Report each generated token's log probability and this many most likely alternatives.
+    pub logprobs: Option<usize>,
+    /// Report each prompt token's log probability (given the tokens before it) and this many alternatives,
+    /// in one [`Event::Prompt`] before the first delta. Such a request computes its whole prompt: the prefix
+    /// cache holds no logits.
+    pub prompt_logprobs: Option<usize>,
 }
 
 impl GenRequest {
@@ -59,14 +66,33 @@ impl GenRequest {
             max_tokens: None,
             stop: Vec::new(),
             ignore_eos: false,
+            logprobs: None,
+            prompt_logprobs: None,
         }
     }
 }
 
 /// A generated token.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TokenInfo {
     pub id: u32,
+    /// Its log probability and the most likely alternatives, when the request asked; never for an
+    /// end-of-sequence token that ended the answer (it is not part of the text).
+    pub logprobs: Option<Box<logprobs::Logprobs>>,
+}
+
+impl TokenInfo {
+    pub fn new(id: u32) -> Self {
+        Self { id, logprobs: None }
+    }
+}
+
+/// A prompt token with its log probability given the tokens before it (none for the first token).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptToken {
+    pub id: u32,
+    pub bytes: Vec<u8>,
+    pub logprobs: Option<logprobs::Logprobs>,
 }
 
 /// Why generation ended.
@@ -120,6 +146,9 @@ pub struct Completion {
 /// What the generation thread sends a request, in order: deltas, then one `Done` or `Error`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// The prompt's tokens and their log probabilities, once, before any delta (only when the request set
+    /// `prompt_logprobs`).
+    Prompt(Vec<PromptToken>),
     /// New text and the tokens that produced it. Text may be empty while a character or a possible stop
     /// string is held back; consecutive deltas may be merged when the reader is slow.
     Delta {
@@ -147,6 +176,8 @@ pub struct EngineConfig {
     /// Bytes of KV cache kept from finished requests for prompts that start the same way (0 disables it);
     /// on top of `kv_budget_bytes`.
     pub prefix_cache_bytes: usize,
+    /// Most alternatives a request may ask for with each token's log probability.
+    pub max_logprobs: usize,
 }
 
 impl Default for EngineConfig {
@@ -158,6 +189,7 @@ impl Default for EngineConfig {
             event_capacity: 64,
             kv_budget_bytes: 4 << 30,
             prefix_cache_bytes: 512 << 20,
+            max_logprobs: 20,
         }
     }
 }
@@ -371,6 +403,7 @@ impl EventStream {
                     text.push_str(&t);
                     tokens.extend(ts);
                 }
+                Event::Prompt(_) => {}
                 Event::Done(c) => return Ok((text, tokens, c)),
                 Event::Error(e) => return Err(e),
             }

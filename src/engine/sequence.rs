@@ -6,9 +6,13 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::error::TrySendError;
 
+use super::logprobs;
 use super::sampler::Sampler;
 use super::stop::{StopMatcher, StopOutcome};
-use super::{Completion, EngineError, Event, FinishReason, Submission, Timings, TokenInfo, Usage};
+use super::{
+    Completion, EngineError, Event, FinishReason, PromptToken, Submission, Timings, TokenInfo,
+    Usage,
+};
 use crate::model::SeqCache;
 use crate::tokenizer::{IncrementalDecoder, TextTokenizer};
 
@@ -29,6 +33,12 @@ pub struct Sequence {
     n_prompt: usize,
     max_new: usize,
     ignore_eos: bool,
+    /// Alternatives to report with each generated token's log probability, when asked.
+    logprobs: Option<usize>,
+    /// Alternatives to report with each prompt token's log probability, when asked.
+    prompt_logprobs: Option<usize>,
+    /// The prompt's log probabilities gathered so far, chunk by chunk.
+    prompt_tokens: Vec<PromptToken>,
     sampler: Sampler,
     decoder: IncrementalDecoder,
     stop: StopMatcher,
@@ -62,6 +72,9 @@ impl Sequence {
             tokens: req.prompt,
             max_new,
             ignore_eos: req.ignore_eos,
+            logprobs: req.logprobs,
+            prompt_logprobs: req.prompt_logprobs,
+            prompt_tokens: Vec::new(),
             sampler: Sampler::new(req.sampling),
             decoder: IncrementalDecoder::new(true),
             stop: StopMatcher::new(req.stop),
@@ -73,9 +86,14 @@ impl Sequence {
         }
     }
 
+    /// Tokens already in the cache: the position of the next input token.
+    pub fn fed(&self) -> usize {
+        self.cache.as_ref().map_or(0, SeqCache::len)
+    }
+
     /// Tokens not yet in the cache, at most `limit` of them: a prompt chunk, or the last sampled token.
     pub fn pending_input(&self, limit: usize) -> &[u32] {
-        let fed = self.cache.as_ref().map_or(0, SeqCache::len);
+        let fed = self.fed();
         let end = self.tokens.len().min(fed + limit.max(1));
         &self.tokens[fed..end]
     }
@@ -83,6 +101,42 @@ impl Sequence {
     /// Whether the prompt is still being prefilled.
     pub fn in_prefill(&self) -> bool {
         self.cache.as_ref().is_some_and(|c| c.len() < self.n_prompt)
+    }
+
+    /// Whether the next forward must return logits for every token of its chunk (prompt logprobs).
+    pub fn wants_all_logits(&self) -> bool {
+        self.prompt_logprobs.is_some() && self.in_prefill()
+    }
+
+    /// Takes the logits of a prompt chunk that started at position `start` (one row per position): row `p`
+    /// scores prompt token `p + 1`. Emits [`Event::Prompt`] once the whole prompt is scored.
+    pub fn accept_prompt_logits(&mut self, rows: &[Vec<f32>], start: usize, tok: &TextTokenizer) {
+        let Some(k) = self.prompt_logprobs else {
+            return;
+        };
+        if self.prompt_tokens.is_empty() && start == 0 {
+            let id = self.tokens[0];
+            self.prompt_tokens.push(PromptToken {
+                id,
+                bytes: tok.token_bytes(id),
+                logprobs: None,
+            });
+        }
+        for (p, row) in (start..).zip(rows) {
+            let Some(&id) = self.tokens[..self.n_prompt].get(p + 1) else {
+                break;
+            };
+            let lp = logprobs::compute(row, id, k, |t| tok.token_bytes(t));
+            self.prompt_tokens.push(PromptToken {
+                id,
+                bytes: lp.chosen.bytes.clone(),
+                logprobs: Some(lp),
+            });
+        }
+        if self.prompt_tokens.len() == self.n_prompt {
+            let all = std::mem::take(&mut self.prompt_tokens);
+            self.emit(Event::Prompt(all));
+        }
     }
 
     /// Whether the last forward consumed every known token, so its logits predict the next one.
@@ -103,11 +157,20 @@ impl Sequence {
 
     /// Samples from `logits`, then emits text and finishes as the token and the limits dictate.
     pub fn accept_logits(&mut self, logits: &mut [f32], tok: &TextTokenizer) {
+        // Log probabilities come from the model's own distribution, so from the logits before the sampler's
+        // bias, penalties and temperature touch them.
+        let raw = self.logprobs.map(|k| (k, logits.to_vec()));
         let id = self.sampler.sample(logits, &self.tokens, self.generated());
         self.first_token.get_or_insert_with(Instant::now);
         self.tokens.push(id);
-        let info = TokenInfo { id };
-        if !self.ignore_eos && tok.eos_ids.contains(&id) {
+        let ends = !self.ignore_eos && tok.eos_ids.contains(&id);
+        let info = TokenInfo {
+            id,
+            logprobs: raw.filter(|_| !ends).map(|(k, raw)| {
+                Box::new(logprobs::compute(&raw, id, k, |t| tok.token_bytes(t)))
+            }),
+        };
+        if ends {
             let rest = self.decoder.flush(tok).unwrap_or_default() + &self.stop.flush();
             self.emit(Event::Delta {
                 text: rest,

@@ -115,7 +115,13 @@ impl Worker {
             return;
         }
         let positions = sub.req.prompt.len() + sub.max_new;
-        let cache = match self.prefix.lookup(&sub.req.prompt, positions) {
+        // Prompt logprobs need the logits of every prompt position, which a cached prefix does not have.
+        let lookup = if sub.req.prompt_logprobs.is_some() {
+            None
+        } else {
+            self.prefix.lookup(&sub.req.prompt, positions)
+        };
+        let cache = match lookup {
             Some(hit) => {
                 let stats = &self.shared.stats;
                 stats.prefix_hits.fetch_add(1, Ordering::Relaxed);
@@ -148,6 +154,15 @@ impl Worker {
             .iter()
             .map(|&i| self.running[i].pending_input(chunk).to_vec())
             .collect();
+        // Per selected sequence: where its input starts, and whether it wants logits for every input token.
+        let starts: Vec<usize> = selected
+            .iter()
+            .map(|&i| self.running[i].fed())
+            .collect();
+        let all_logits: Vec<bool> = selected
+            .iter()
+            .map(|&i| self.running[i].wants_all_logits())
+            .collect();
         let model = &self.model;
         let running = &mut self.running;
         let result = catch_unwind(AssertUnwindSafe(|| {
@@ -158,6 +173,7 @@ impl Worker {
                 batch.push(SeqStep {
                     tokens: &inputs[k],
                     cache,
+                    all_logits: all_logits[k],
                 });
             }
             model.forward(&mut batch)
@@ -171,10 +187,17 @@ impl Worker {
         };
         match logits {
             Ok(mut rows) => {
+                let mut next_row = 0;
                 for (k, &i) in selected.iter().enumerate() {
                     let seq = &mut self.running[i];
+                    let n_rows = if all_logits[k] { inputs[k].len() } else { 1 };
+                    let mine = &mut rows[next_row..next_row + n_rows];
+                    next_row += n_rows;
+                    if all_logits[k] {
+                        seq.accept_prompt_logits(mine, starts[k], &self.tokenizer);
+                    }
                     if seq.ready_to_sample() {
-                        seq.accept_logits(&mut rows[k], &self.tokenizer);
+                        seq.accept_logits(&mut mine[n_rows - 1], &self.tokenizer);
                         if seq.generated() == 1 {
                             let ttft = seq.ttft().unwrap_or_default().as_secs_f64();
                             self.shared.stats.ttft.observe(ttft);

@@ -1,5 +1,6 @@
 //! Causal scaled-dot-product attention against per-sequence KV caches, with grouped-query heads: a tensor
-//! version for any number of new tokens, and a CPU kernel that does one new token of many sequences at once.
+//! version (GPUs), and the CPU kernel [`attend_rows`] that computes every new row of a batch, prompt chunks and
+//! decoding tokens alike, along one arithmetic path so that a position's result never depends on the batch.
 
 use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
 
@@ -45,27 +46,36 @@ fn causal_mask(
     Tensor::from_vec(m, (group * new, total), dev)?.to_dtype(DType::F32)
 }
 
-/// One decoding sequence's input to [`decode_batch`]: its new token's queries and its cached keys and values.
-pub struct DecodeInput<'a> {
-    /// The new token's queries, head after head: `heads * head_dim` values.
+/// One sequence's part of [`attend_rows`]: the queries of its new tokens and its cache with their keys and
+/// values already appended.
+pub struct SeqRows<'a> {
+    /// The new tokens' queries, row after row, each row head after head: `new * heads * head_dim` values.
     pub q: &'a [f32],
-    /// `[kv_heads, len, head_dim]`, the views [`crate::model::SeqCache::append`] returns.
+    /// `[kv_heads, len, head_dim]`, the views [`crate::model::SeqCache::append`] returns; the new tokens are
+    /// the last positions.
     pub k: &'a Tensor,
     pub v: &'a Tensor,
 }
 
-/// Attention of one new token per sequence, for many sequences, on the CPU worker pool: one work item per
-/// (sequence, kv head) reads that head's keys and values once for every query head of its group. Returns
-/// `[sequences, heads * head_dim]` as a row-major buffer. Each sequence's result is computed alone, the same
-/// whatever else is in the batch.
-pub fn decode_batch(inputs: &[DecodeInput<'_>]) -> Result<Vec<f32>> {
-    let Some(first) = inputs.first() else {
+/// Causal attention on the CPU worker pool for any mix of prompt chunks and single decoding tokens: every new
+/// row of every sequence, at its own position, over the cached keys up to and including that position.
+/// Returns `[rows, heads * head_dim]` row-major, rows in the order of `seqs`.
+///
+/// **One arithmetic path.** A row's result is computed by one work item (row, kv head), by the same code,
+/// whether the row is a lone decoding token or the 200th row of a prompt chunk, whatever else is in the
+/// batch and whichever thread runs it: the scores in key order, one max, one sum of exponentials in key order,
+/// one weighted sum of values in key order. So a position's attention output, and with it its keys and values
+/// in the next layer, have the same bits whether the position was computed in a prefill chunk, alone, after a
+/// prefix-cache copy or beside other sequences (the idea of batch-invariant kernels: the reduction order of
+/// each output value never depends on the shape of the batch).
+pub fn attend_rows(seqs: &[SeqRows<'_>], n_heads: usize) -> Result<Vec<f32>> {
+    let Some(first) = seqs.first() else {
         return Ok(Vec::new());
     };
     let (n_kv, _, hd) = first.k.dims3()?;
-    let n_heads = first.q.len() / hd;
+    let width = n_heads * hd;
     let group = n_heads / n_kv;
-    let guards: Vec<_> = inputs
+    let guards: Vec<_> = seqs
         .iter()
         .flat_map(|i| [i.k.storage_and_layout(), i.v.storage_and_layout()])
         .collect();
@@ -73,24 +83,38 @@ pub fn decode_batch(inputs: &[DecodeInput<'_>]) -> Result<Vec<f32>> {
         .iter()
         .map(|(s, l)| CacheView::new(s, l, hd))
         .collect::<Result<_>>()?;
-    let mut out = vec![0f32; inputs.len() * n_heads * hd];
+    // Every new row: (sequence, row within it, absolute position).
+    let mut rows = Vec::new();
+    for (s, seq) in seqs.iter().enumerate() {
+        let (total, new) = (caches[2 * s].len, seq.q.len() / width);
+        if seq.q.len() % width != 0 || new > total || seq.k.dim(0)? != n_kv {
+            candle_core::bail!(
+                "attention: sequence {s} has {} query values for a cache of shape {:?}",
+                seq.q.len(),
+                seq.k.shape()
+            );
+        }
+        rows.extend((0..new).map(|r| (s, r, total - new + r)));
+    }
+    let mut out = vec![0f32; rows.len() * width];
     let out_addr = out.as_mut_ptr() as usize;
     let scale = 1.0 / (hd as f32).sqrt();
-    candle_core::utils::barrier_pool().execute_chunked(inputs.len() * n_kv, |items| {
+    candle_core::utils::barrier_pool().execute_chunked(rows.len() * n_kv, |items| {
         let mut scores = Vec::new();
         for item in items {
-            let (seq, kv) = (item / n_kv, item % n_kv);
+            let (row, kv) = (item / n_kv, item % n_kv);
+            let (seq, r, pos) = rows[row];
             let (k, v) = (&caches[2 * seq], &caches[2 * seq + 1]);
             let heads = kv * group..(kv + 1) * group;
-            let q = &inputs[seq].q[heads.start * hd..heads.end * hd];
-            // SAFETY: item (seq, kv) alone writes these `group * hd` outputs, inside `out`.
+            let q = &seqs[seq].q[r * width + heads.start * hd..r * width + heads.end * hd];
+            // SAFETY: item (row, kv) alone writes these `group * hd` outputs, inside `out`.
             let o = unsafe {
                 std::slice::from_raw_parts_mut(
-                    (out_addr as *mut f32).add((seq * n_heads + heads.start) * hd),
+                    (out_addr as *mut f32).add(row * width + heads.start * hd),
                     group * hd,
                 )
             };
-            attend_one(q, k, v, kv, scale, &mut scores, o);
+            attend_one(q, k, v, kv, pos + 1, scale, &mut scores, o);
         }
     });
     drop(caches);
@@ -131,17 +155,20 @@ impl<'a> CacheView<'a> {
     }
 }
 
-/// Softmax attention of a group of query heads `q` (`[group, hd]`) over kv head `kv`, into `out`.
+/// Softmax attention of a group of query heads `q` (`[group, hd]`) over the first `len` positions of kv head
+/// `kv`, into `out`. Every sum runs in position order, in the same lanes, whatever `len` and the caller.
+#[allow(clippy::too_many_arguments)]
 fn attend_one(
     q: &[f32],
     k: &CacheView<'_>,
     v: &CacheView<'_>,
     kv: usize,
+    len: usize,
     scale: f32,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let (hd, len) = (k.hd, k.len);
+    let hd = k.hd;
     let group = q.len() / hd;
     scores.clear();
     scores.resize(group * len, 0.0);
@@ -237,43 +264,56 @@ mod tests {
         Ok(())
     }
 
-    /// The batched one-token kernel gives the tensor version's result for each sequence, and the same bits
-    /// alone as in a batch.
+    fn rows_of(q: &Tensor) -> Result<Vec<f32>> {
+        // `[heads, new, hd]` → rows of `heads * hd`.
+        q.transpose(0, 1)?.flatten_all()?.to_vec1::<f32>()
+    }
+
+    /// The row kernel gives the tensor version's result for prompt chunks with a past and for single tokens.
     #[test]
-    fn decode_batch_matches_tensor_attention() -> Result<()> {
+    fn attend_rows_matches_tensor_attention() -> Result<()> {
         let dev = Device::Cpu;
-        let lens = [1, 5, 17];
-        let qs: Vec<Tensor> = lens
-            .iter()
-            .map(|_| Tensor::randn(0f32, 1.0, (6, 1, 8), &dev))
-            .collect::<Result<_>>()?;
-        let ks: Vec<Tensor> = lens
-            .iter()
-            .map(|&l| Tensor::randn(0f32, 1.0, (2, 20, 8), &dev)?.narrow(1, 0, l))
-            .collect::<Result<_>>()?;
-        let vs: Vec<Tensor> = lens
-            .iter()
-            .map(|&l| Tensor::randn(0f32, 1.0, (2, 20, 8), &dev)?.narrow(1, 0, l))
-            .collect::<Result<_>>()?;
-        let q_rows: Vec<Vec<f32>> = qs
-            .iter()
-            .map(|q| q.flatten_all()?.to_vec1::<f32>())
-            .collect::<Result<_>>()?;
-        let inputs: Vec<DecodeInput> = (0..lens.len())
-            .map(|i| DecodeInput {
-                q: &q_rows[i],
-                k: &ks[i],
-                v: &vs[i],
-            })
-            .collect();
-        let all = decode_batch(&inputs)?;
-        for (i, input) in inputs.iter().enumerate() {
-            let row = &all[i * 48..(i + 1) * 48];
-            let want = causal_attention(&qs[i], input.k, input.v)?.flatten_all()?;
-            let got = Tensor::from_slice(row, 48, &dev)?;
-            assert!(max_abs_diff(&got, &want)? < 1e-5, "sequence {i}");
-            let alone = decode_batch(std::slice::from_ref(input))?;
-            assert_eq!(alone, row, "sequence {i} alone");
+        for (new, total) in [(1, 1), (1, 17), (4, 4), (5, 9)] {
+            let q = Tensor::randn(0f32, 1.0, (6, new, 8), &dev)?;
+            let k = Tensor::randn(0f32, 1.0, (2, 20, 8), &dev)?.narrow(1, 0, total)?;
+            let v = Tensor::randn(0f32, 1.0, (2, 20, 8), &dev)?.narrow(1, 0, total)?;
+            let qr = rows_of(&q)?;
+            let got = attend_rows(&[SeqRows { q: &qr, k: &k, v: &v }], 6)?;
+            let want = causal_attention(&q, &k, &v)?;
+            let got = Tensor::from_vec(got, (new, 48), &dev)?;
+            assert!(max_abs_diff(&got, &want)? < 1e-5, "new {new}, total {total}");
+        }
+        Ok(())
+    }
+
+    /// A row's bits do not depend on how it was computed: inside a prompt chunk, alone over the cache cut at
+    /// its position, or in a batch beside other sequences.
+    #[test]
+    fn a_row_is_the_same_alone_in_a_chunk_and_in_a_batch() -> Result<()> {
+        let dev = Device::Cpu;
+        let (new, total) = (7, 12);
+        let q = Tensor::randn(0f32, 1.0, (6, new, 8), &dev)?;
+        let k = Tensor::randn(0f32, 1.0, (2, 32, 8), &dev)?;
+        let v = Tensor::randn(0f32, 1.0, (2, 32, 8), &dev)?;
+        let (kt, vt) = (k.narrow(1, 0, total)?, v.narrow(1, 0, total)?);
+        let qr = rows_of(&q)?;
+        let chunk = attend_rows(&[SeqRows { q: &qr, k: &kt, v: &vt }], 6)?;
+        let other_q = rows_of(&Tensor::randn(0f32, 1.0, (6, 3, 8), &dev)?)?;
+        let (ok, ov) = (k.narrow(1, 0, 30)?, v.narrow(1, 0, 30)?);
+        for r in 0..new {
+            let pos = total - new + r;
+            let (kc, vc) = (k.narrow(1, 0, pos + 1)?, v.narrow(1, 0, pos + 1)?);
+            let q1 = &qr[r * 48..(r + 1) * 48];
+            let alone = attend_rows(&[SeqRows { q: q1, k: &kc, v: &vc }], 6)?;
+            assert_eq!(alone, chunk[r * 48..(r + 1) * 48], "row {r} alone");
+            let batch = attend_rows(
+                &[
+                    SeqRows { q: &other_q, k: &ok, v: &ov },
+                    SeqRows { q: q1, k: &kc, v: &vc },
+                ],
+                6,
+            )?;
+            assert_eq!(batch[3 * 48..], chunk[r * 48..(r + 1) * 48], "row {r} in a batch");
         }
         Ok(())
     }

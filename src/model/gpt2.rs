@@ -10,8 +10,9 @@ use candle_nn::{LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 use super::dense::DenseF32;
+use super::qlinear::with_f32_rows;
 use super::{
-    attention, check_context, last_rows, row_spans, CausalLm, ModelError, ModelInfo, SeqCache,
+    attention, check_context, output_rows, row_spans, CausalLm, ModelError, ModelInfo, SeqCache,
     SeqStep,
 };
 
@@ -283,11 +284,8 @@ impl Gpt2 {
         let (d, nh) = (self.cfg.n_embd, self.cfg.n_head);
         let hd = d / nh;
         let qkv = self.blocks[i].c_attn.forward(xs)?;
-        // Cache every sequence's new keys and values; attend now for prompt chunks, and in one batched kernel
-        // call over the worker pool afterwards for the sequences decoding a single token (on the CPU).
-        let batched_decode = xs.device().is_cpu();
-        let mut outs: Vec<Option<Tensor>> = Vec::with_capacity(batch.len());
-        let mut decoding = Vec::new();
+        let mut outs = Vec::with_capacity(batch.len());
+        let mut kvs = Vec::with_capacity(batch.len());
         for (seq, &(start, len)) in batch.iter_mut().zip(spans) {
             let part = |j: usize| -> candle_core::Result<Tensor> {
                 qkv.narrow(0, start, len)?
@@ -297,27 +295,31 @@ impl Gpt2 {
                     .contiguous()
             };
             let (k, v) = seq.cache.append(i, &part(1)?, &part(2)?)?;
-            if len == 1 && batched_decode {
-                outs.push(None);
-                decoding.push((part(0)?.flatten_all()?.to_vec1::<f32>()?, k, v));
-            } else {
-                outs.push(Some(attention::causal_attention(&part(0)?, &k, &v)?));
+            if !xs.device().is_cpu() {
+                outs.push(attention::causal_attention(&part(0)?, &k, &v)?);
             }
+            kvs.push((k, v));
         }
-        if !decoding.is_empty() {
-            let inputs: Vec<_> = decoding
+        let y = if xs.device().is_cpu() {
+            // Every row, prompt or decode, along the one arithmetic path of `attend_rows`.
+            let mut queries = Vec::with_capacity(spans.len());
+            with_f32_rows(&qkv, |all| {
+                for &(start, len) in spans {
+                    let rows = (start..start + len).flat_map(|r| &all[r * 3 * d..r * 3 * d + d]);
+                    queries.push(rows.copied().collect::<Vec<f32>>());
+                }
+            })?;
+            let seqs: Vec<_> = queries
                 .iter()
-                .map(|(q, k, v)| attention::DecodeInput { q, k, v })
+                .zip(&kvs)
+                .map(|(q, (k, v))| attention::SeqRows { q, k, v })
                 .collect();
-            let rows = attention::decode_batch(&inputs)?;
-            let mut rows = rows.chunks_exact(d);
-            for o in outs.iter_mut().filter(|o| o.is_none()) {
-                let row = rows.next().expect("one row per decoding sequence");
-                *o = Some(Tensor::from_slice(row, (1, d), xs.device())?);
-            }
-        }
-        let outs: Vec<Tensor> = outs.into_iter().flatten().collect();
-        self.blocks[i].attn_proj.forward(&Tensor::cat(&outs, 0)?)
+            let out = attention::attend_rows(&seqs, nh)?;
+            Tensor::from_vec(out, (xs.dim(0)?, d), xs.device())?
+        } else {
+            Tensor::cat(&outs, 0)?
+        };
+        self.blocks[i].attn_proj.forward(&y)
     }
 
     fn mlp(&self, i: usize, xs: &Tensor) -> candle_core::Result<Tensor> {
@@ -348,7 +350,7 @@ impl CausalLm for Gpt2 {
         for (seq, &(_, len)) in batch.iter_mut().zip(&spans) {
             seq.cache.advance(len);
         }
-        let last = self.ln_f.forward(&last_rows(&xs, &spans)?)?;
+        let last = self.ln_f.forward(&output_rows(&xs, batch, &spans)?)?;
         Ok(self.lm_head.forward(&last)?)
     }
 

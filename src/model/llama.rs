@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use super::gguf::GgufFile;
 use super::qlinear::{with_f32_rows, QLinear};
 use super::{
-    attention, check_context, last_rows, row_spans, CausalLm, ModelError, ModelInfo, SeqCache,
+    attention, check_context, output_rows, row_spans, CausalLm, ModelError, ModelInfo, SeqCache,
     SeqStep,
 };
 
@@ -158,49 +158,79 @@ impl Llama {
         spans: &[(usize, usize)],
     ) -> candle_core::Result<Tensor> {
         let l = &self.layers[layer];
-        let (hd, nh, nkv) = (self.cfg.head_dim, self.cfg.n_heads, self.cfg.n_kv_heads);
         let qkv = l.wqkv.forward(xs)?;
+        let y = if self.cos.device().is_cpu() {
+            self.attention_host(layer, &qkv, batch, spans)?
+        } else {
+            self.attention_tensors(layer, &qkv, batch, spans)?
+        };
+        l.wo.forward(&y)
+    }
+
+    /// On the CPU: every row, prompt or decode, is rotated on the host at its position and attends through
+    /// [`attention::attend_rows`], so each position is computed the same way whatever the batch (see there).
+    fn attention_host(
+        &self,
+        layer: usize,
+        qkv: &Tensor,
+        batch: &mut [SeqStep<'_>],
+        spans: &[(usize, usize)],
+    ) -> candle_core::Result<Tensor> {
+        let (hd, nh, nkv) = (self.cfg.head_dim, self.cfg.n_heads, self.cfg.n_kv_heads);
+        let width = (nh + 2 * nkv) * hd;
+        let mut rows = Vec::new();
+        with_f32_rows(qkv, |all| rows = all.to_vec())?;
+        let mut queries = Vec::with_capacity(spans.len());
+        let mut kvs = Vec::with_capacity(spans.len());
+        for (seq, &(start, len)) in batch.iter_mut().zip(spans) {
+            let pos = seq.cache.len();
+            let mut q = Vec::with_capacity(len * nh * hd);
+            let (mut k, mut v) = (vec![0f32; len * nkv * hd], vec![0f32; len * nkv * hd]);
+            for r in 0..len {
+                let row = &mut rows[(start + r) * width..(start + r + 1) * width];
+                let (qr, rest) = row.split_at_mut(nh * hd);
+                let (kr, vr) = rest.split_at_mut(nkv * hd);
+                self.rope_row(qr, pos + r);
+                self.rope_row(kr, pos + r);
+                q.extend_from_slice(qr);
+                // The cache is `[kv_heads, positions, head_dim]`: scatter this row's heads.
+                for h in 0..nkv {
+                    let at = (h * len + r) * hd;
+                    k[at..at + hd].copy_from_slice(&kr[h * hd..(h + 1) * hd]);
+                    v[at..at + hd].copy_from_slice(&vr[h * hd..(h + 1) * hd]);
+                }
+            }
+            let k = Tensor::from_vec(k, (nkv, len, hd), qkv.device())?;
+            let v = Tensor::from_vec(v, (nkv, len, hd), qkv.device())?;
+            kvs.push(seq.cache.append(layer, &k, &v)?);
+            queries.push(q);
+        }
+        let seqs: Vec<_> = queries
+            .iter()
+            .zip(&kvs)
+            .map(|(q, (k, v))| attention::SeqRows { q, k, v })
+            .collect();
+        let out = attention::attend_rows(&seqs, nh)?;
+        Tensor::from_vec(out, (qkv.dim(0)?, nh * hd), qkv.device())
+    }
+
+    /// On other devices: candle's tensor ops, one sequence at a time.
+    fn attention_tensors(
+        &self,
+        layer: usize,
+        qkv: &Tensor,
+        batch: &mut [SeqStep<'_>],
+        spans: &[(usize, usize)],
+    ) -> candle_core::Result<Tensor> {
+        let (hd, nh, nkv) = (self.cfg.head_dim, self.cfg.n_heads, self.cfg.n_kv_heads);
         let (q, k, v) = (
             qkv.narrow(1, 0, nh * hd)?,
             qkv.narrow(1, nh * hd, nkv * hd)?,
             qkv.narrow(1, (nh + nkv) * hd, nkv * hd)?,
         );
-        // Rotate and cache every sequence's new keys; attend now for prefill chunks, and in one batched
-        // kernel call afterwards for the sequences decoding a single token (on the CPU, where their rows are
-        // rotated in place on the host: a handful of tensor ops per sequence instead of some twenty).
-        let on_cpu = self.cos.device().is_cpu();
-        let host_decode = on_cpu && spans.iter().any(|&(_, len)| len == 1);
-        let width = (nh + 2 * nkv) * hd;
-        // The single-token rows of qkv, copied out of its storage (prefill rows stay in the tensor).
-        let mut decode_rows: Vec<Vec<f32>> = vec![Vec::new(); spans.len()];
-        if host_decode {
-            with_f32_rows(&qkv, |all| {
-                for (row, &(start, len)) in decode_rows.iter_mut().zip(spans) {
-                    if len == 1 {
-                        *row = all[start * width..(start + 1) * width].to_vec();
-                    }
-                }
-            })?;
-        }
-        // On the CPU the attention outputs are written into one host buffer; elsewhere they stay tensors.
-        let mut out = vec![0f32; if on_cpu { xs.dim(0)? * nh * hd } else { 0 }];
-        let mut parts = Vec::new();
-        let mut decoding = Vec::new();
-        for ((seq, &(start, len)), row) in batch.iter_mut().zip(spans).zip(&decode_rows) {
+        let mut parts = Vec::with_capacity(spans.len());
+        for (seq, &(start, len)) in batch.iter_mut().zip(spans) {
             let pos = seq.cache.len();
-            if len == 1 && host_decode {
-                let (mut q, mut k) = (
-                    row[..nh * hd].to_vec(),
-                    row[nh * hd..(nh + nkv) * hd].to_vec(),
-                );
-                self.rope_row(&mut q, pos);
-                self.rope_row(&mut k, pos);
-                let k = Tensor::from_vec(k, (nkv, 1, hd), xs.device())?;
-                let v = Tensor::from_slice(&row[(nh + nkv) * hd..], (nkv, 1, hd), xs.device())?;
-                let (k, v) = seq.cache.append(layer, &k, &v)?;
-                decoding.push((start, q, k, v));
-                continue;
-            }
             let heads = |t: &Tensor, n: usize| {
                 t.narrow(0, start, len)?
                     .reshape((len, n, hd))?
@@ -210,29 +240,9 @@ impl Llama {
             let k = self.rope(&heads(&k, nkv)?, pos)?;
             let v = heads(&v, nkv)?.contiguous()?;
             let (k, v) = seq.cache.append(layer, &k, &v)?;
-            let y = attention::causal_attention(&q, &k, &v)?;
-            if on_cpu {
-                out[start * nh * hd..(start + len) * nh * hd]
-                    .copy_from_slice(&y.flatten_all()?.to_vec1::<f32>()?);
-            } else {
-                parts.push(y);
-            }
+            parts.push(attention::causal_attention(&q, &k, &v)?);
         }
-        if !on_cpu {
-            return l.wo.forward(&Tensor::cat(&parts, 0)?);
-        }
-        if !decoding.is_empty() {
-            let inputs: Vec<_> = decoding
-                .iter()
-                .map(|(_, q, k, v)| attention::DecodeInput { q, k, v })
-                .collect();
-            let rows = attention::decode_batch(&inputs)?;
-            for ((start, ..), row) in decoding.iter().zip(rows.chunks_exact(nh * hd)) {
-                out[start * nh * hd..(start + 1) * nh * hd].copy_from_slice(row);
-            }
-        }
-        let rows = xs.dim(0)?;
-        l.wo.forward(&Tensor::from_vec(out, (rows, nh * hd), xs.device())?)
+        Tensor::cat(&parts, 0)
     }
 
     /// Rotary position embedding, on the host, of one token's heads (`n * head_dim` values) at `pos`.
@@ -284,7 +294,7 @@ impl CausalLm for Llama {
         for (seq, &(_, len)) in batch.iter_mut().zip(&spans) {
             seq.cache.advance(len);
         }
-        let last = candle_nn::ops::rms_norm(&last_rows(&xs, &spans)?, &self.norm, eps)?;
+        let last = candle_nn::ops::rms_norm(&output_rows(&xs, batch, &spans)?, &self.norm, eps)?;
         Ok(self.output.forward(&last)?.to_dtype(DType::F32)?)
     }
 

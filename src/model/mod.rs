@@ -1,7 +1,8 @@
 //! Model architectures behind one narrow trait: a batched causal LM whose KV caches belong to the caller.
 //!
 //! Every architecture takes a batch of sequences, each with its own [`SeqCache`] and position, runs one forward
-//! pass over all of their new tokens together, and returns the logits of each sequence's last token. The engine
+//! pass over all of their new tokens together, and returns the logits of each sequence's last token (or of all
+//! its new tokens, when asked, for prompt logprobs). The engine
 //! owns the caches, so a cancelled or finished sequence frees its memory by dropping its cache.
 
 pub mod attention;
@@ -63,12 +64,35 @@ pub struct ModelInfo {
 pub struct SeqStep<'a> {
     pub tokens: &'a [u32],
     pub cache: &'a mut SeqCache,
+    /// Return logits for every one of `tokens`, not only the last (prompt logprobs).
+    pub all_logits: bool,
+}
+
+impl<'a> SeqStep<'a> {
+    /// A step that wants only the last token's logits.
+    pub fn new(tokens: &'a [u32], cache: &'a mut SeqCache) -> Self {
+        Self {
+            tokens,
+            cache,
+            all_logits: false,
+        }
+    }
+
+    /// Rows of logits this step returns.
+    pub fn logit_rows(&self) -> usize {
+        if self.all_logits {
+            self.tokens.len()
+        } else {
+            1
+        }
+    }
 }
 
 /// A causal language model that runs batched forward passes over caller-owned caches.
 pub trait CausalLm: Send {
     /// Runs the new tokens of every sequence in `batch` through the model, appending their keys and values to
-    /// each sequence's cache, and returns the last-token logits as a `[batch, vocab]` f32 tensor.
+    /// each sequence's cache, and returns logits as an f32 tensor of `[rows, vocab]`: for each sequence in
+    /// order, [`SeqStep::logit_rows`] rows (its last token's, or all of its new tokens' with `all_logits`).
     fn forward(&self, batch: &mut [SeqStep<'_>]) -> Result<Tensor, ModelError>;
     /// A fresh, empty cache for a new sequence.
     fn new_cache(&self) -> SeqCache;
@@ -99,9 +123,21 @@ pub(crate) fn row_spans(batch: &[SeqStep<'_>]) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// Picks each sequence's last row out of the stacked hidden states: `[n_tokens, d]` → `[batch, d]`.
-pub(crate) fn last_rows(xs: &Tensor, spans: &[(usize, usize)]) -> candle_core::Result<Tensor> {
-    let idx: Vec<u32> = spans.iter().map(|&(s, l)| (s + l - 1) as u32).collect();
+/// Picks the rows each sequence wants logits for out of the stacked hidden states: `[n_tokens, d]` →
+/// `[rows, d]` (the last row of each sequence, or all of its rows with `all_logits`).
+pub(crate) fn output_rows(
+    xs: &Tensor,
+    batch: &[SeqStep<'_>],
+    spans: &[(usize, usize)],
+) -> candle_core::Result<Tensor> {
+    if batch.iter().zip(spans).all(|(b, &(_, l))| b.logit_rows() == l) {
+        return Ok(xs.clone());
+    }
+    let idx: Vec<u32> = batch
+        .iter()
+        .zip(spans)
+        .flat_map(|(b, &(s, l))| (s + l - b.logit_rows()..s + l).map(|r| r as u32))
+        .collect();
     let idx = Tensor::new(idx.as_slice(), xs.device())?;
     xs.index_select(&idx, 0)
 }

@@ -122,6 +122,55 @@ impl TextTokenizer {
     }
 }
 
+impl TextTokenizer {
+    /// The bytes one token stands for, as the model sees it: byte-level BPE pieces mapped back through the
+    /// byte alphabet, SentencePiece `<0xNN>` byte tokens as that byte and `▁` as a space, added tokens as
+    /// their text. A token may be part of a UTF-8 character, so this is bytes, not a string.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let added = self.inner.get_added_vocabulary().get_added_tokens_decoder();
+        if let Some(t) = added.get(&id) {
+            return t.content.clone().into_bytes();
+        }
+        let Some(piece) = self.inner.id_to_token(id) else {
+            return Vec::new();
+        };
+        let byte_level = matches!(
+            self.inner.get_decoder(),
+            Some(tokenizers::DecoderWrapper::ByteLevel(_))
+        );
+        if byte_level {
+            return piece
+                .chars()
+                .flat_map(|c| match byte_level_byte(c) {
+                    Some(b) => vec![b],
+                    None => c.to_string().into_bytes(),
+                })
+                .collect();
+        }
+        if let Some(hex) = piece.strip_prefix("<0x").and_then(|p| p.strip_suffix('>')) {
+            if let Ok(b) = u8::from_str_radix(hex, 16) {
+                return vec![b];
+            }
+        }
+        piece.replace('\u{2581}', " ").into_bytes()
+    }
+}
+
+/// The byte a character of the byte-level BPE alphabet stands for: printable Latin-1 bytes map to themselves,
+/// the other 68 bytes to U+0100 onwards, in byte order.
+fn byte_level_byte(c: char) -> Option<u8> {
+    let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;
+    let code = c as u32;
+    if code < 0x100 && printable(code) {
+        return Some(code as u8);
+    }
+    let n = code.checked_sub(0x100)?;
+    (0u32..256)
+        .filter(|&b| !printable(b))
+        .nth(n as usize)
+        .map(|b| b as u8)
+}
+
 fn is_special(tok: &tokenizers::Tokenizer, id: u32) -> bool {
     tok.get_added_vocabulary()
         .get_added_tokens_decoder()

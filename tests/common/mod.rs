@@ -81,6 +81,8 @@ pub fn greedy(prompt: Vec<u32>, n: usize) -> GenRequest {
         max_tokens: Some(n),
         stop: vec![],
         ignore_eos: true,
+        logprobs: None,
+        prompt_logprobs: None,
     }
 }
 

@@ -151,8 +151,10 @@ impl CausalLm for FakeLm {
             return Err(ModelError::Unsupported("injected failure".into()));
         }
         let vocab = self.info.vocab_size;
-        let mut logits = vec![0f32; batch.len() * vocab];
-        for (row, s) in batch.iter_mut().enumerate() {
+        let rows: usize = batch.iter().map(|s| s.logit_rows()).sum();
+        let mut logits = vec![0f32; rows * vocab];
+        let mut row = 0;
+        for s in batch.iter_mut() {
             let ids: Vec<f32> = s.tokens.iter().map(|&t| t as f32).collect();
             let t = Tensor::from_vec(ids, (1, s.tokens.len(), 1), &Device::Cpu)?;
             let (all, _) = s.cache.append(0, &t, &t)?;
@@ -164,13 +166,15 @@ impl CausalLm for FakeLm {
                 .iter()
                 .map(|&x| x as u32)
                 .collect();
-            logits[row * vocab + (self.next)(&history) as usize] = 50.0;
+            // One row per requested position: the scripted next token after each prefix.
+            let n = s.logit_rows();
+            for j in 0..n {
+                let seen = &history[..history.len() + 1 + j - n];
+                logits[row * vocab + (self.next)(seen) as usize] = 50.0;
+                row += 1;
+            }
         }
-        Ok(Tensor::from_vec(
-            logits,
-            (batch.len(), vocab),
-            &Device::Cpu,
-        )?)
+        Ok(Tensor::from_vec(logits, (rows, vocab), &Device::Cpu)?)
     }
 
     fn new_cache(&self) -> SeqCache {

@@ -142,6 +142,8 @@ impl MessagesRequest {
                 max_tokens: Some(max_tokens),
                 stop,
                 ignore_eos: false,
+                logprobs: None,
+                prompt_logprobs: None,
             },
             stream,
         })

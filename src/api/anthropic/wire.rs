@@ -177,6 +177,7 @@ mod tests {
     #[test]
     fn whole_message_and_error() {
         let c = Collected {
+            prompt: vec![],
             text: "yo".into(),
             tokens: vec![],
             completion: Completion {

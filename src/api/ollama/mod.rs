@@ -91,8 +91,9 @@ async fn run(
     route: &'static str,
 ) -> Result<Response, OllamaError> {
     let mut log = RequestLog::new(route, state.model_name(), gen.prompt.len(), streaming);
+    let logprobs = gen.logprobs.is_some();
     let events = state.submit(gen)?;
-    let enc = OllamaStream::new(model, mode, SystemTime::now);
+    let enc = OllamaStream::new(model, mode, SystemTime::now).with_logprobs(logprobs);
     if streaming {
         return Ok(stream::response(
             events,

@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::{Number, Value};
 
 use crate::api::error::ApiError;
+use crate::api::logprobs;
 use crate::api::params::{self, Limits, OneOrMany, SamplingFields};
 use crate::engine::{EngineError, GenRequest, SamplingParams, Shared};
 use crate::tokenizer::ChatMessage;
@@ -52,6 +53,10 @@ pub struct Common {
     pub options: Option<Options>,
     pub format: Option<Value>,
     pub keep_alive: Option<Value>,
+    /// Return each generated token's log probability.
+    pub logprobs: Option<bool>,
+    /// And this many most likely alternatives (0 to 20).
+    pub top_logprobs: Option<i64>,
 }
 
 /// `POST /api/generate`.
@@ -119,7 +124,11 @@ impl Common {
         }
     }
 
-    fn plan(self, prompt: Vec<u32>, context: usize) -> Result<Plan, ApiError> {
+    /// `context`: the model's context length; `max_logprobs`: the server's limit on alternatives.
+    fn plan(self, prompt: Vec<u32>, context: usize, max_logprobs: usize) -> Result<Plan, ApiError> {
+        let top = logprobs::top_count("top_logprobs", self.top_logprobs, max_logprobs)?;
+        // Asking for alternatives turns log probabilities on, as a count above zero implies.
+        let logprobs = (self.logprobs == Some(true) || top > 0).then_some(top);
         let opts = self.options.unwrap_or_default();
         let limit = match opts.num_ctx {
             Some(n) if n > 0 => (n as usize).min(context),
@@ -156,6 +165,8 @@ impl Common {
             max_tokens,
             stop: params::stops(opts.stop),
             ignore_eos: false,
+            logprobs,
+            prompt_logprobs: None,
         };
         Ok(Plan::Generate {
             gen,
@@ -203,7 +214,11 @@ impl GenerateRequest {
             )));
         }
         prompt.extend(shared.tokenizer.encode(&text)?);
-        self.common.plan(prompt, shared.info.context_length)
+        self.common.plan(
+            prompt,
+            shared.info.context_length,
+            shared.config.max_logprobs,
+        )
     }
 }
 
@@ -232,7 +247,11 @@ impl ChatRequest {
             msgs.push(ChatMessage::new(&m.role, &m.content));
         }
         let prompt = shared.tokenizer.encode(&shared.chat.render(&msgs, true)?)?;
-        self.common.plan(prompt, shared.info.context_length)
+        self.common.plan(
+            prompt,
+            shared.info.context_length,
+            shared.config.max_logprobs,
+        )
     }
 }
 
@@ -247,7 +266,7 @@ mod tests {
     #[test]
     fn options_map_with_ollama_defaults() {
         let p = common(r#"{"options":{"num_predict":5,"stop":["\n"],"seed":3,"temperature":0}}"#)
-            .plan(vec![1, 2], 10)
+            .plan(vec![1, 2], 10, 20)
             .unwrap();
         let Plan::Generate { gen, stream } = p else {
             panic!()
@@ -270,14 +289,14 @@ mod tests {
     #[test]
     fn num_ctx_limits_and_refuses_long_prompts() {
         let Plan::Generate { gen, .. } = common(r#"{"options":{"num_ctx":4},"stream":false}"#)
-            .plan(vec![1, 2], 10)
+            .plan(vec![1, 2], 10, 20)
             .unwrap()
         else {
             panic!()
         };
         assert_eq!(gen.max_tokens, Some(2));
         let err = common(r#"{"options":{"num_ctx":2}}"#)
-            .plan(vec![1, 2], 10)
+            .plan(vec![1, 2], 10, 20)
             .unwrap_err();
         assert_eq!(
             err,

@@ -1,5 +1,6 @@
 //! Engine events → Ollama JSON, as pure functions: one NDJSON line per delta, a final line with `done_reason`,
-//! nanosecond timings and counts (`context` too for `/api/generate`), and the model listings.
+//! nanosecond timings and counts (`context` too for `/api/generate`), and the model listings. With
+//! `logprobs`, each line carries the `logprobs` entries of the tokens whose text it brings.
 
 use std::time::{Duration, SystemTime};
 
@@ -8,6 +9,7 @@ use serde_json::{json, Value};
 use super::error;
 use crate::api::error::ApiError;
 use crate::api::frame::Frame;
+use crate::api::logprobs::entry_json;
 use crate::api::stream::{Collected, Encoder};
 use crate::api::util;
 use crate::engine::{Completion, EngineError, FinishReason, TokenInfo};
@@ -29,6 +31,10 @@ pub struct OllamaStream {
     mode: Mode,
     generated: Vec<u32>,
     clock: fn() -> SystemTime,
+    /// Whether lines carry log probabilities.
+    logprobs: bool,
+    /// Entries of tokens whose text has not been sent yet.
+    pending: Vec<Value>,
 }
 
 impl OllamaStream {
@@ -38,6 +44,27 @@ impl OllamaStream {
             mode,
             generated: Vec::new(),
             clock,
+            logprobs: false,
+            pending: Vec::new(),
+        }
+    }
+
+    pub fn with_logprobs(mut self, on: bool) -> Self {
+        self.logprobs = on;
+        self
+    }
+
+    /// Adds the pending log probabilities to `v` (when they are on).
+    fn attach_logprobs(&mut self, v: &mut Value) {
+        if self.logprobs {
+            v["logprobs"] = Value::Array(std::mem::take(&mut self.pending));
+        }
+    }
+
+    fn collect_logprobs(&mut self, tokens: &[TokenInfo]) {
+        if self.logprobs {
+            let entries = tokens.iter().filter_map(|t| t.logprobs.as_deref());
+            self.pending.extend(entries.map(entry_json));
         }
     }
 
@@ -72,7 +99,10 @@ impl OllamaStream {
     /// The single object of a non-streaming response.
     pub fn whole(mut self, c: &Collected) -> Value {
         self.generated = c.tokens.iter().map(|t| t.id).collect();
-        self.last(&c.text, &c.completion)
+        self.collect_logprobs(&c.tokens);
+        let mut v = self.last(&c.text, &c.completion);
+        self.attach_logprobs(&mut v);
+        v
     }
 }
 
@@ -90,14 +120,22 @@ impl Encoder for OllamaStream {
 
     fn delta(&mut self, text: &str, tokens: &[TokenInfo]) -> Vec<Frame> {
         self.generated.extend(tokens.iter().map(|t| t.id));
+        self.collect_logprobs(tokens);
         if text.is_empty() {
             return vec![];
         }
-        vec![Frame::json(self.line(text, false))]
+        let mut line = self.line(text, false);
+        self.attach_logprobs(&mut line);
+        vec![Frame::json(line)]
     }
 
     fn done(&mut self, c: &Completion) -> Vec<Frame> {
-        vec![Frame::json(self.last("", c))]
+        let mut last = self.last("", c);
+        if !self.pending.is_empty() {
+            // Tokens whose text never showed (a stop string cut it) still report their log probabilities.
+            self.attach_logprobs(&mut last);
+        }
+        vec![Frame::json(last)]
     }
 
     fn error(&mut self, e: &EngineError) -> Vec<Frame> {
@@ -253,8 +291,8 @@ mod tests {
     fn generate_stream_lines() {
         let mut s = OllamaStream::new("m".into(), Mode::Generate { prompt: vec![5, 6] }, epoch);
         assert!(s.start().is_empty());
-        assert!(s.delta("", &[TokenInfo { id: 7 }]).is_empty());
-        let d = s.delta("é", &[TokenInfo { id: 8 }]);
+        assert!(s.delta("", &[TokenInfo::new(7)]).is_empty());
+        let d = s.delta("é", &[TokenInfo::new(8)]);
         assert_eq!(
             data(&d[0]),
             &json!({"model": "m", "created_at": "1970-01-01T00:00:00.000000000Z", "response": "é", "done": false})
@@ -283,6 +321,7 @@ mod tests {
             json!({"role": "assistant", "content": "hi"})
         );
         let whole = OllamaStream::new("m".into(), Mode::Chat, epoch).whole(&Collected {
+            prompt: vec![],
             text: "hi".into(),
             tokens: vec![],
             completion: completion(),

@@ -66,7 +66,7 @@ async fn generate(
     let mut log = RequestLog::new(route, state.model_name(), p.gen.prompt.len(), p.stream);
     let events = state.submit(p.gen)?;
     if p.stream {
-        let enc = OpenAiStream::new(meta, kind, p.include_usage);
+        let enc = OpenAiStream::new(meta, kind, p.include_usage).with(p.logprobs, p.echo, p.token_ids);
         return Ok(stream::response(
             events,
             enc,
@@ -77,8 +77,10 @@ async fn generate(
     }
     let done = stream::collect(events, &mut log).await?;
     let body = match kind {
-        Kind::Chat => wire::chat_completion(&meta, &done),
-        Kind::Text => wire::text_completion(&meta, &done),
+        Kind::Chat => wire::chat_completion(&meta, &done, p.logprobs),
+        Kind::Text => {
+            wire::text_completion(&meta, &done, p.echo.as_deref(), p.logprobs, p.token_ids)
+        }
     };
     Ok(stream::json_with_timings(body, &done.completion))
 }

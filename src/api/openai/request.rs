@@ -1,11 +1,12 @@
 //! OpenAI request bodies and their translation into an engine request: messages through the chat template,
 //! prompts through the tokenizer, sampling fields checked against OpenAI's ranges. Unsupported features (n > 1,
-//! logprobs, tools, non-text content, echo, suffix) are refused with a 400 rather than silently ignored.
+//! tools, non-text content, suffix) are refused with a 400 rather than silently ignored.
 
 use serde::Deserialize;
 use serde_json::{Number, Value};
 
 use crate::api::error::ApiError;
+use crate::api::logprobs;
 use crate::api::params::{self, Limits, OneOrMany, SamplingFields};
 use crate::engine::{GenRequest, SamplingParams, Shared};
 use crate::tokenizer::ChatMessage;
@@ -50,7 +51,10 @@ pub struct StreamOptions {
 pub struct ChatRequest {
     pub messages: Vec<Message>,
     pub max_completion_tokens: Option<i64>,
+    /// Return each generated token's log probability.
     pub logprobs: Option<bool>,
+    /// And this many most likely alternatives (0 to 20; needs `logprobs`).
+    pub top_logprobs: Option<i64>,
     pub tools: Option<Vec<Value>>,
     pub response_format: Option<Value>,
     #[serde(flatten)]
@@ -82,10 +86,14 @@ pub struct Part {
 #[derive(Debug, Deserialize)]
 pub struct CompletionRequest {
     pub prompt: Prompt,
+    /// Return the prompt before the completion (with its log probabilities when `logprobs` is set).
     pub echo: Option<bool>,
     pub suffix: Option<String>,
     pub best_of: Option<i64>,
+    /// Log probabilities of each token and of this many most likely alternatives (0 to 20).
     pub logprobs: Option<Value>,
+    /// vLLM's extension: name tokens `token_id:<id>` in the log probabilities instead of by their text.
+    pub return_tokens_as_token_ids: Option<bool>,
     #[serde(flatten)]
     pub common: Common,
 }
@@ -106,12 +114,26 @@ pub struct Prepared {
     pub gen: GenRequest,
     pub stream: bool,
     pub include_usage: bool,
+    /// Whether the answer carries log probabilities.
+    pub logprobs: bool,
+    /// The prompt's text, returned before the completion (`/v1/completions` with `echo`).
+    pub echo: Option<String>,
+    /// Name tokens by id in the log probabilities.
+    pub token_ids: bool,
 }
 
 impl ChatRequest {
     pub fn prepare(self, shared: &Shared) -> Result<Prepared, ApiError> {
-        if self.logprobs == Some(true) {
-            return Err(ApiError::bad_request("`logprobs` is not supported yet"));
+        let top = logprobs::top_count(
+            "top_logprobs",
+            self.top_logprobs,
+            shared.config.max_logprobs,
+        )?;
+        let want_logprobs = self.logprobs == Some(true);
+        if self.top_logprobs.is_some() && !want_logprobs {
+            return Err(ApiError::bad_request(
+                "`top_logprobs` needs `logprobs` set to true",
+            ));
         }
         if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
             return Err(ApiError::bad_request("`tools` are not supported yet"));
@@ -142,32 +164,47 @@ impl ChatRequest {
             .tokenizer
             .encode(&shared.chat.render(&messages, true)?)?;
         let max = params::positive("max_completion_tokens", self.max_completion_tokens)?;
-        self.common
-            .prepare(prompt, max, None, shared.info.vocab_size)
+        let mut p = self
+            .common
+            .prepare(prompt, max, None, shared.info.vocab_size)?;
+        if want_logprobs {
+            p.gen.logprobs = Some(top);
+            p.logprobs = true;
+        }
+        Ok(p)
     }
 }
 
 impl CompletionRequest {
     pub fn prepare(self, shared: &Shared) -> Result<Prepared, ApiError> {
-        if self.echo == Some(true) {
-            return Err(ApiError::bad_request("`echo` is not supported yet"));
-        }
+        let top = completion_logprobs(self.logprobs.as_ref(), shared.config.max_logprobs)?;
         if self.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
             return Err(ApiError::bad_request("`suffix` is not supported"));
         }
         if self.best_of.is_some_and(|b| b != 1) {
             return Err(ApiError::bad_request("`best_of` must be 1"));
         }
-        if self.logprobs.as_ref().is_some_and(|l| !l.is_null()) {
-            return Err(ApiError::bad_request("`logprobs` is not supported yet"));
-        }
-        let prompt = prompt_ids(self.prompt, shared)?;
-        self.common.prepare(
+        let (prompt, text) = prompt_ids(self.prompt, shared)?;
+        let mut p = self.common.prepare(
             prompt,
             None,
             Some(COMPLETIONS_DEFAULT_MAX_TOKENS),
             shared.info.vocab_size,
-        )
+        )?;
+        p.token_ids = self.return_tokens_as_token_ids == Some(true);
+        let echo = self.echo == Some(true);
+        if echo {
+            p.echo = Some(match text {
+                Some(t) => t,
+                None => shared.tokenizer.decode(&p.gen.prompt, false)?,
+            });
+        }
+        if let Some(k) = top {
+            p.logprobs = true;
+            p.gen.logprobs = Some(k);
+            p.gen.prompt_logprobs = echo.then_some(k);
+        }
+        Ok(p)
     }
 }
 
@@ -212,12 +249,30 @@ impl Common {
             max_tokens,
             stop: params::stops(self.stop),
             ignore_eos: self.ignore_eos.unwrap_or(false),
+            logprobs: None,
+            prompt_logprobs: None,
         };
         Ok(Prepared {
             gen,
             stream,
             include_usage,
+            logprobs: false,
+            echo: None,
+            token_ids: false,
         })
+    }
+}
+
+/// `/v1/completions`' `logprobs`: absent or null for none, else an integer count of alternatives, 0 to `max`.
+fn completion_logprobs(v: Option<&Value>, max: usize) -> Result<Option<usize>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) if n.is_i64() => {
+            logprobs::top_count("logprobs", n.as_i64(), max).map(Some)
+        }
+        Some(other) => Err(ApiError::bad_request(format!(
+            "`logprobs` must be an integer between 0 and {max}, got {other}"
+        ))),
     }
 }
 
@@ -282,7 +337,8 @@ fn chat_message(m: Message) -> Result<ChatMessage, ApiError> {
     Ok(ChatMessage::new(role, &content))
 }
 
-fn prompt_ids(p: Prompt, shared: &Shared) -> Result<Vec<u32>, ApiError> {
+/// The prompt's ids, and its text when it came as text.
+fn prompt_ids(p: Prompt, shared: &Shared) -> Result<(Vec<u32>, Option<String>), ApiError> {
     let one = |n: usize| {
         if n == 1 {
             Ok(())
@@ -292,16 +348,17 @@ fn prompt_ids(p: Prompt, shared: &Shared) -> Result<Vec<u32>, ApiError> {
             )))
         }
     };
-    let ids = match p {
-        Prompt::Text(t) => shared.tokenizer.encode(&t)?,
+    let (ids, text) = match p {
+        Prompt::Text(t) => (shared.tokenizer.encode(&t)?, Some(t)),
         Prompt::Texts(mut v) => {
             one(v.len())?;
-            shared.tokenizer.encode(&v.remove(0))?
+            let t = v.remove(0);
+            (shared.tokenizer.encode(&t)?, Some(t))
         }
-        Prompt::Ids(ids) => ids,
+        Prompt::Ids(ids) => (ids, None),
         Prompt::IdLists(mut v) => {
             one(v.len())?;
-            v.remove(0)
+            (v.remove(0), None)
         }
     };
     if let Some(bad) = ids
@@ -313,7 +370,7 @@ fn prompt_ids(p: Prompt, shared: &Shared) -> Result<Vec<u32>, ApiError> {
             shared.info.vocab_size
         )));
     }
-    Ok(ids)
+    Ok((ids, text))
 }
 
 #[cfg(test)]

@@ -1,15 +1,22 @@
 //! Engine events → OpenAI JSON, as pure functions: the `chat.completion(.chunk)` and `text_completion` objects,
 //! streaming and not. Chunk order: role chunk, content deltas, one finish chunk with an empty delta, the usage
 //! chunk (`choices: []`) only when the request asked for it, then `data: [DONE]`.
+//!
+//! Log probabilities ride on the chunk that carries their tokens' text: chat's `logprobs.content[]` entries,
+//! and the legacy `{tokens, token_logprobs, top_logprobs, text_offset}` object of text completions (whose
+//! `echo` sends the prompt, with its log probabilities, first). Tokens whose text the engine holds back wait
+//! for the next chunk with text, so every token appears exactly once.
 
 use serde_json::{json, Value};
 
 use super::error;
 use crate::api::error::ApiError;
 use crate::api::frame::Frame;
+use crate::api::logprobs::{entry_json, token_label};
 use crate::api::stream::{Collected, Encoder};
 use crate::api::util;
-use crate::engine::{Completion, EngineError, FinishReason, TokenInfo, Usage};
+use crate::engine::logprobs::Logprobs;
+use crate::engine::{Completion, EngineError, FinishReason, PromptToken, TokenInfo, Usage};
 
 /// What every object of one response shares.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,11 +60,88 @@ pub enum Kind {
     Text,
 }
 
+/// `/v1/completions`' legacy log probabilities, built token by token: parallel lists of token texts, their
+/// log probabilities (`null` for the prompt's first token), `{text: logprob}` maps of the alternatives (the
+/// chosen token included, as OpenAI's legacy API did) and each token's character offset in the returned text.
+#[derive(Debug, Default)]
+pub struct Legacy {
+    tokens: Vec<String>,
+    token_logprobs: Vec<Option<f32>>,
+    top_logprobs: Vec<Value>,
+    text_offset: Vec<usize>,
+    /// Characters of token text so far.
+    offset: usize,
+    /// Name tokens `token_id:<id>` instead of by their text.
+    as_ids: bool,
+}
+
+impl Legacy {
+    pub fn new(as_ids: bool) -> Self {
+        Self {
+            as_ids,
+            ..Self::default()
+        }
+    }
+
+    fn push(&mut self, id: u32, bytes: &[u8], lp: Option<&Logprobs>) {
+        let text = String::from_utf8_lossy(bytes);
+        self.text_offset.push(self.offset);
+        self.offset += text.chars().count();
+        self.tokens.push(token_label(id, bytes, self.as_ids));
+        self.token_logprobs.push(lp.map(|l| l.chosen.logprob));
+        self.top_logprobs.push(match lp {
+            None => Value::Null,
+            Some(l) => {
+                let mut top = serde_json::Map::new();
+                for t in l.top.iter().chain([&l.chosen]) {
+                    top.insert(token_label(t.id, &t.bytes, self.as_ids), json!(t.logprob));
+                }
+                Value::Object(top)
+            }
+        });
+    }
+
+    pub fn push_prompt(&mut self, t: &PromptToken) {
+        self.push(t.id, &t.bytes, t.logprobs.as_ref());
+    }
+
+    pub fn push_generated(&mut self, lp: &Logprobs) {
+        self.push(lp.chosen.id, &lp.chosen.bytes, Some(lp));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// The object for the tokens pushed since the last call (offsets keep counting).
+    pub fn take_json(&mut self) -> Value {
+        json!({
+            "tokens": std::mem::take(&mut self.tokens),
+            "token_logprobs": std::mem::take(&mut self.token_logprobs),
+            "top_logprobs": std::mem::take(&mut self.top_logprobs),
+            "text_offset": std::mem::take(&mut self.text_offset),
+        })
+    }
+}
+
+/// Chat's `logprobs` object for some entries.
+fn chat_logprobs(entries: Vec<Value>) -> Value {
+    json!({ "content": entries, "refusal": null })
+}
+
 /// The streaming encoder for both endpoints.
 pub struct OpenAiStream {
     meta: Meta,
     kind: Kind,
     include_usage: bool,
+    /// Whether chunks carry log probabilities.
+    logprobs: bool,
+    /// Text completions with `echo`: the prompt's text, sent before the completion.
+    echo: Option<String>,
+    /// Chat entries of tokens whose text has not been sent yet.
+    pending_chat: Vec<Value>,
+    /// The same for text completions.
+    pending_legacy: Legacy,
 }
 
 impl OpenAiStream {
@@ -66,7 +150,20 @@ impl OpenAiStream {
             meta,
             kind,
             include_usage,
+            logprobs: false,
+            echo: None,
+            pending_chat: Vec::new(),
+            pending_legacy: Legacy::default(),
         }
+    }
+
+    /// Carry log probabilities (tokens named by id with `token_ids`); for text completions also echo `echo`
+    /// (the prompt) first.
+    pub fn with(mut self, logprobs: bool, echo: Option<String>, token_ids: bool) -> Self {
+        self.logprobs = logprobs;
+        self.echo = echo;
+        self.pending_legacy = Legacy::new(token_ids);
+        self
     }
 
     fn chunk(&self, choices: Value) -> Frame {
@@ -84,7 +181,9 @@ impl OpenAiStream {
         Frame::json(v)
     }
 
-    fn choice(&self, text: Option<&str>, role: bool, finish: Option<&str>) -> Value {
+    /// One choice; `logprobs` takes the pending log probabilities when `text` is sent and they are on.
+    fn choice(&mut self, text: Option<&str>, role: bool, finish: Option<&str>) -> Value {
+        let carry = self.logprobs && text.is_some() && finish.is_none() && !role;
         match self.kind {
             Kind::Chat => {
                 let mut delta = json!({});
@@ -94,32 +193,81 @@ impl OpenAiStream {
                 if let Some(t) = text {
                     delta["content"] = json!(t);
                 }
-                json!([{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }])
+                let logprobs = if carry {
+                    chat_logprobs(std::mem::take(&mut self.pending_chat))
+                } else {
+                    Value::Null
+                };
+                json!([{ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish }])
             }
             Kind::Text => {
-                json!([{ "index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish }])
+                let logprobs = if carry {
+                    self.pending_legacy.take_json()
+                } else {
+                    Value::Null
+                };
+                json!([{ "index": 0, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": finish }])
             }
         }
+    }
+
+    fn text_chunk(&mut self, text: &str) -> Frame {
+        let choices = self.choice(Some(text), false, None);
+        self.chunk(choices)
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.pending_chat.is_empty() || !self.pending_legacy.is_empty()
     }
 }
 
 impl Encoder for OpenAiStream {
     fn start(&mut self) -> Vec<Frame> {
         match self.kind {
-            Kind::Chat => vec![self.chunk(self.choice(Some(""), true, None))],
+            Kind::Chat => {
+                let choices = self.choice(Some(""), true, None);
+                vec![self.chunk(choices)]
+            }
+            // With logprobs the echo waits for the prompt's log probabilities.
+            Kind::Text if !self.logprobs => match self.echo.take() {
+                Some(echo) => vec![self.text_chunk(&echo)],
+                None => vec![],
+            },
             Kind::Text => vec![],
         }
     }
 
-    fn delta(&mut self, text: &str, _: &[TokenInfo]) -> Vec<Frame> {
+    fn prompt(&mut self, tokens: &[PromptToken]) -> Vec<Frame> {
+        let Some(echo) = self.echo.take() else {
+            return vec![];
+        };
+        tokens.iter().for_each(|t| self.pending_legacy.push_prompt(t));
+        vec![self.text_chunk(&echo)]
+    }
+
+    fn delta(&mut self, text: &str, tokens: &[TokenInfo]) -> Vec<Frame> {
+        if self.logprobs {
+            for lp in tokens.iter().filter_map(|t| t.logprobs.as_deref()) {
+                match self.kind {
+                    Kind::Chat => self.pending_chat.push(entry_json(lp)),
+                    Kind::Text => self.pending_legacy.push_generated(lp),
+                }
+            }
+        }
         if text.is_empty() {
             return vec![];
         }
-        vec![self.chunk(self.choice(Some(text), false, None))]
+        vec![self.text_chunk(text)]
     }
 
     fn done(&mut self, c: &Completion) -> Vec<Frame> {
-        let mut frames = vec![self.chunk(self.choice(None, false, Some(finish_reason(&c.finish))))];
+        let mut frames = Vec::new();
+        if self.has_pending() {
+            // Tokens whose text never showed (a stop string cut it): their log probabilities still arrive.
+            frames.push(self.text_chunk(""));
+        }
+        let choices = self.choice(None, false, Some(finish_reason(&c.finish)));
+        frames.push(self.chunk(choices));
         if self.include_usage {
             let mut last = self.chunk(json!([]));
             if let Frame::Json { data, .. } = &mut last {
@@ -140,28 +288,59 @@ impl Encoder for OpenAiStream {
     }
 }
 
-/// A whole `chat.completion`.
-pub fn chat_completion(meta: &Meta, c: &Collected) -> Value {
+/// A whole `chat.completion`; with `logprobs`, every generated token's entry.
+pub fn chat_completion(meta: &Meta, c: &Collected, logprobs: bool) -> Value {
+    let logprobs = if logprobs {
+        chat_logprobs(
+            c.tokens
+                .iter()
+                .filter_map(|t| t.logprobs.as_deref())
+                .map(entry_json)
+                .collect(),
+        )
+    } else {
+        Value::Null
+    };
     json!({
         "id": meta.id, "object": "chat.completion", "created": meta.created, "model": meta.model,
         "system_fingerprint": null,
         "choices": [{
             "index": 0,
             "message": { "role": "assistant", "content": c.text },
-            "logprobs": null,
+            "logprobs": logprobs,
             "finish_reason": finish_reason(&c.completion.finish),
         }],
         "usage": usage(&c.completion.usage),
     })
 }
 
-/// A whole `text_completion`.
-pub fn text_completion(meta: &Meta, c: &Collected) -> Value {
+/// A whole `text_completion`: `echo` (the prompt's text) before the completion, and with `logprobs` the
+/// legacy object over the echoed prompt's tokens and then the generated ones.
+pub fn text_completion(
+    meta: &Meta,
+    c: &Collected,
+    echo: Option<&str>,
+    logprobs: bool,
+    token_ids: bool,
+) -> Value {
+    let logprobs = if logprobs {
+        let mut legacy = Legacy::new(token_ids);
+        if echo.is_some() {
+            c.prompt.iter().for_each(|t| legacy.push_prompt(t));
+        }
+        for lp in c.tokens.iter().filter_map(|t| t.logprobs.as_deref()) {
+            legacy.push_generated(lp);
+        }
+        legacy.take_json()
+    } else {
+        Value::Null
+    };
+    let text = format!("{}{}", echo.unwrap_or(""), c.text);
     json!({
         "id": meta.id, "object": "text_completion", "created": meta.created, "model": meta.model,
         "system_fingerprint": null,
         "choices": [{
-            "index": 0, "text": c.text, "logprobs": null, "finish_reason": finish_reason(&c.completion.finish),
+            "index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason(&c.completion.finish),
         }],
         "usage": usage(&c.completion.usage),
     })
@@ -260,16 +439,24 @@ mod tests {
     #[test]
     fn whole_objects() {
         let c = Collected {
+            prompt: vec![],
             text: "hi".into(),
             tokens: vec![],
             completion: done(FinishReason::Eos),
         };
-        let v = chat_completion(&meta(), &c);
+        let v = chat_completion(&meta(), &c, false);
         assert_eq!(
             v["choices"][0]["message"],
             json!({"role": "assistant", "content": "hi"})
         );
         assert_eq!(v["usage"]["total_tokens"], 5);
-        assert_eq!(text_completion(&meta(), &c)["choices"][0]["text"], "hi");
+        assert_eq!(
+            text_completion(&meta(), &c, None, false, false)["choices"][0]["text"],
+            "hi"
+        );
+        assert_eq!(
+            text_completion(&meta(), &c, Some("say "), false, false)["choices"][0]["text"],
+            "say hi"
+        );
     }
 }
