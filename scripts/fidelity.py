@@ -15,7 +15,7 @@ reference computes the logits of every position of the same ids (llama.cpp throu
 
   * top-1 agreement: the reference's most likely next token is rill's most likely one;
   * KL(reference || rill), as llama.cpp's `perplexity --kl-divergence` reports it (mean, median, p99, max).
-    rill's distribution is known on its TOP most likely tokens (default 1000), so the KL is taken over those
+    rill's distribution is known on its TOP most likely tokens (default 8000), so the KL is taken over those
     tokens plus one bucket for the rest of the vocabulary (both sides' remaining mass): a lower bound of the
     full KL that the rest bucket makes tight once it holds little mass (its mean size is printed);
   * the mean absolute difference of the actual next token's logprob.
@@ -110,7 +110,7 @@ def rill_window(url, ids, top):
 
 
 class LlamaCpp:
-    def __init__(self, gguf, ctx, threads):
+    def __init__(self, gguf, ctx, threads, kv):
         import llama_cpp
         import llama_cpp.llama_cpp as L
         orig = L.llama_model_default_params
@@ -121,9 +121,11 @@ class LlamaCpp:
             return p
 
         L.llama_model_default_params = params
+        ggml_type = {"f32": 0, "f16": 1}[kv]
         self.llm = llama_cpp.Llama(model_path=gguf, n_ctx=ctx + 8, n_batch=ctx + 8, n_ubatch=ctx + 8,
-                                   n_threads=threads, n_threads_batch=threads, logits_all=True, verbose=False)
-        self.name = f"llama.cpp (llama-cpp-python {llama_cpp.__version__})"
+                                   n_threads=threads, n_threads_batch=threads, logits_all=True, verbose=False,
+                                   type_k=ggml_type, type_v=ggml_type)
+        self.name = f"llama.cpp {kv} KV (llama-cpp-python {llama_cpp.__version__})"
 
     def logits(self, ids):
         import numpy as np
@@ -182,8 +184,10 @@ def main():
     ap.add_argument("--corpus", default=DEFAULT_CORPUS)
     ap.add_argument("--url", help="a running rill (else one is started on the same model)")
     ap.add_argument("--ctx", type=int, default=256, help="tokens per window")
-    ap.add_argument("--top", type=int, default=1000, help="rill alternatives per position")
+    ap.add_argument("--top", type=int, default=8000, help="rill alternatives per position")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--llama-kv", choices=["f32", "f16"], default="f32",
+                    help="llama.cpp's KV-cache type (rill's cache is f32; llama.cpp's own default is f16)")
     ap.add_argument("--json", help="also write the summary here")
     args = ap.parse_args()
     kind = "transformers" if args.hf else "llamacpp"
@@ -202,7 +206,7 @@ def main():
         windows = [ids[i:i + args.ctx] for i in range(0, len(ids), args.ctx)]
         windows = [w for w in windows if len(w) > 1]
         log(f"{len(ids)} corpus tokens in {len(windows)} windows of at most {args.ctx}")
-        ref = Transformers(model, args.threads) if args.hf else LlamaCpp(model, args.ctx, args.threads)
+        ref = Transformers(model, args.threads) if args.hf else LlamaCpp(model, args.ctx, args.threads, args.llama_kv)
         rows = []
         for w in windows:
             tops, token_lps = rill_window(url, w, args.top)

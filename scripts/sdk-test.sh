@@ -13,7 +13,8 @@ cd "$RILL_ROOT"
 
 DOCS="${1:-README.md}"
 VENV="${RILL_SDK_VENV:-.venv-sdk}"
-PACKAGES=(openai ollama anthropic pytest httpx)
+# Pinned: the clients are what is being tested against, so a new release changes the test, not the server.
+PACKAGES=(openai==3.57.0 ollama==0.6.3 anthropic==2.14.0 pytest==9.2.0 httpx==0.28.1)
 
 need curl python3
 [[ -f "$DOCS" ]] || die "no such markdown file: $DOCS"
@@ -25,10 +26,13 @@ if [[ "${RILL_SDK_NO_BUILD:-}" != 1 ]]; then
 fi
 [[ -x target/release/rill ]] || die "target/release/rill is missing: run cargo build --release"
 
-if ! "$VENV/bin/python" -c "import openai, ollama, anthropic, pytest, httpx" 2>/dev/null; then
+# The venv is (re)made when it is missing or was made for another list of pins.
+if ! "$VENV/bin/python" -c "import openai, ollama, anthropic, pytest, httpx" 2>/dev/null ||
+  [[ "$(cat "$VENV/.rill-pins" 2>/dev/null)" != "${PACKAGES[*]}" ]]; then
   log "creating $VENV with ${PACKAGES[*]}"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PACKAGES[@]}"
+  echo "${PACKAGES[*]}" >"$VENV/.rill-pins"
 fi
 
 LOG="$(mktemp -t rill-sdk-server.XXXXXX)"
