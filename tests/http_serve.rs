@@ -24,9 +24,14 @@ impl Drop for Served {
 
 /// Starts the binary on a free port with `args`, returning once it printed its address.
 fn start(args: &[&str], env: &[(&str, &str)]) -> Served {
-    common::model_path("tiny-gpt2");
+    start_model("tiny-gpt2", args, env)
+}
+
+/// The same for the model `model` under `models/`.
+fn start_model(model: &str, args: &[&str], env: &[(&str, &str)]) -> Served {
+    common::model_path(model);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rill"));
-    cmd.args(["serve", "--model", "tiny-gpt2", "--port", "0"])
+    cmd.args(["serve", "--model", model, "--port", "0"])
         .args(args);
     cmd.arg("--models-dir").arg(common::root().join("models"));
     cmd.env_remove("RILL_API_KEY")
@@ -148,4 +153,37 @@ fn a_model_that_fails_to_load_stops_the_server_with_the_error() {
         err.contains("rill listening on") && err.contains("no-such-model"),
         "{err}"
     );
+}
+
+/// The thread count changes which thread computes a piece of work, never the arithmetic: one and two threads
+/// give the same text and the same logprob bits (prompt and generated) for GPT-2 (f32) and SmolLM2 (Q4_1/Q8_0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thread_count_changes_no_bit() {
+    let http = reqwest::Client::new();
+    for model in ["tiny-gpt2", "smollm2"] {
+        let mut answers = Vec::new();
+        for threads in ["1", "2"] {
+            let s = start_model(model, &["--threads", threads, "--max-logprobs", "40"], &[]);
+            wait_ready(&http, &s.url).await;
+            let body = json!({
+                "prompt": "The quick brown fox jumps over the lazy dog, and then",
+                "max_tokens": 12, "temperature": 0, "ignore_eos": true,
+                "echo": true, "logprobs": 40, "return_tokens_as_token_ids": true,
+            });
+            let r: Value = http
+                .post(format!("{}/v1/completions", s.url))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let choice = &r["choices"][0];
+            assert!(choice["logprobs"]["tokens"].as_array().unwrap().len() > 12, "{r}");
+            // Serialized floats are the shortest text that round-trips the f32: equal text, equal bits.
+            answers.push(serde_json::to_string(choice).unwrap());
+        }
+        assert_eq!(answers[0], answers[1], "{model}: 1 thread vs 2");
+    }
 }

@@ -22,8 +22,8 @@ pub struct SamplingParams {
     pub presence_penalty: f32,
     /// OpenAI-style: subtracted per occurrence of a token already generated.
     pub frequency_penalty: f32,
-    /// Same seed, same tokens (for the same prompt computation: a prefix-cache hit reorders float sums and can
-    /// flip a near-tie); `None` draws a fresh seed.
+    /// Same seed, same tokens, on the CPU whatever the batch, prompt chunking or prefix-cache hit (the
+    /// logits are bit-identical; see `model::attention::attend_rows`); `None` draws a fresh seed.
     pub seed: Option<u64>,
     /// Added to the given tokens' logits before anything else (OpenAI's `logit_bias`; -100 bans a token).
     pub logit_bias: Vec<(u32, f32)>,
