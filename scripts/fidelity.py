@@ -112,15 +112,8 @@ def rill_window(url, ids, top):
 class LlamaCpp:
     def __init__(self, gguf, ctx, threads, kv):
         import llama_cpp
-        import llama_cpp.llama_cpp as L
-        orig = L.llama_model_default_params
-
-        def params():  # llama.cpp's AMX buffer path crashes on some of these machines: keep plain CPU buffers.
-            p = orig()
-            p.use_extra_bufts = False
-            return p
-
-        L.llama_model_default_params = params
+        import llamacpp_plain
+        llamacpp_plain.disable_extra_bufts()
         ggml_type = {"f32": 0, "f16": 1}[kv]
         self.llm = llama_cpp.Llama(model_path=gguf, n_ctx=ctx + 8, n_batch=ctx + 8, n_ubatch=ctx + 8,
                                    n_threads=threads, n_threads_batch=threads, logits_all=True, verbose=False,

@@ -10,20 +10,14 @@ import time
 import jinja2
 import llama_cpp
 import llama_cpp.llama_cpp as L
+import llamacpp_plain
 import numpy as np
 
 GGUF = "models/smollm2/SmolLM2-135M-Instruct-Q4_1.gguf"
 
 
 def load(threads):
-    orig = L.llama_model_default_params
-
-    def params():  # llama.cpp's AMX buffer path crashes on some of these machines: keep plain CPU buffers.
-        p = orig()
-        p.use_extra_bufts = False
-        return p
-
-    L.llama_model_default_params = params
+    llamacpp_plain.disable_extra_bufts()
     return llama_cpp.Llama(model_path=GGUF, n_ctx=2048, n_batch=512, n_threads=threads,
                            n_threads_batch=threads, logits_all=False, verbose=False)
 

@@ -31,6 +31,8 @@ import subprocess
 import sys
 import time
 
+import llamacpp_plain  # beside this file
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV = os.path.join(ROOT, ".venv-llamacpp")
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
@@ -107,22 +109,6 @@ def sha256_file(path):
         for b in iter(lambda: f.read(1 << 20), b""):
             h.update(b)
     return h.hexdigest()
-
-
-def disable_extra_bufts():
-    """Make every model load with use_extra_bufts = False (llama.cpp's AMX path crashes here)."""
-    import llama_cpp.llama_cpp as L
-    orig = L.llama_model_default_params
-    if getattr(orig, "_rill_patched", False):
-        return
-
-    def patched():
-        p = orig()
-        p.use_extra_bufts = False
-        return p
-
-    patched._rill_patched = True
-    L.llama_model_default_params = patched
 
 
 class Greedy:
@@ -227,7 +213,7 @@ def main():
     assert gguf_sha == GGUF_SHA256, f"unexpected GGUF sha256 {gguf_sha}"
 
     import llama_cpp
-    disable_extra_bufts()
+    llamacpp_plain.disable_extra_bufts()
     llm = llama_cpp.Llama(
         model_path=GGUF,
         n_ctx=N_CTX,

@@ -21,17 +21,22 @@ pub struct Logprobs {
     pub top: Vec<TokenLogprob>,
 }
 
-/// `log(sum(exp(logits)))`, the normalizer of `log_softmax`; non-finite logits other than -inf are skipped.
-/// Sums in vocabulary order, so the same logits always give the same bits.
-pub fn log_normalizer(logits: &[f32]) -> f32 {
+/// The largest finite logit, if any.
+pub fn finite_max(logits: &[f32]) -> Option<f32> {
     let max = logits
         .iter()
         .copied()
         .filter(|l| l.is_finite())
         .fold(f32::NEG_INFINITY, f32::max);
-    if max == f32::NEG_INFINITY {
+    (max > f32::NEG_INFINITY).then_some(max)
+}
+
+/// `log(sum(exp(logits)))`, the normalizer of `log_softmax`, over the finite logits (0 when there are none).
+/// Sums in vocabulary order, so the same logits always give the same bits.
+pub fn log_normalizer(logits: &[f32]) -> f32 {
+    let Some(max) = finite_max(logits) else {
         return 0.0;
-    }
+    };
     let sum: f64 = logits
         .iter()
         .filter(|l| l.is_finite())

@@ -125,14 +125,9 @@ impl Sampler {
         if let Some(i) = logits.iter().position(|&l| l == f32::INFINITY) {
             return i;
         }
-        let max = logits
-            .iter()
-            .copied()
-            .filter(|l| l.is_finite())
-            .fold(f32::NEG_INFINITY, f32::max);
-        if max == f32::NEG_INFINITY {
+        let Some(max) = super::logprobs::finite_max(logits) else {
             return argmax(logits);
-        }
+        };
         let weight = |l: f32| ((l - max) / p.temperature).exp();
         let mut cand: Vec<(usize, f32)> = logits
             .iter()
