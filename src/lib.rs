@@ -2,7 +2,8 @@
 //!
 //! Request path, in file order: [`config`] (flags) → [`api`] (HTTP, validation) → [`engine`] (generation thread,
 //! batching, sampling, stop strings) → [`model`] (architectures over caller-owned KV caches), with
-//! [`tokenizer`] turning text into ids and ids back into streamed text. [`bench`] is the other side: a client
+//! [`tokenizer`] turning text into ids and ids back into streamed text, and [`pool`] running the kernels'
+//! parallel sections on the CPU. [`bench`] is the other side: a client
 //! that measures any OpenAI-compatible streaming server.
 
 pub mod api;
@@ -11,5 +12,6 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod model;
+pub mod pool;
 pub mod time;
 pub mod tokenizer;

@@ -180,7 +180,10 @@ async fn thread_count_changes_no_bit() {
                 .await
                 .unwrap();
             let choice = &r["choices"][0];
-            assert!(choice["logprobs"]["tokens"].as_array().unwrap().len() > 12, "{r}");
+            assert!(
+                choice["logprobs"]["tokens"].as_array().unwrap().len() > 12,
+                "{r}"
+            );
             // Serialized floats are the shortest text that round-trips the f32: equal text, equal bits.
             answers.push(serde_json::to_string(choice).unwrap());
         }

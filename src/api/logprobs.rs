@@ -7,7 +7,6 @@ use serde_json::{json, Value};
 use crate::api::error::ApiError;
 use crate::engine::logprobs::{Logprobs, TokenLogprob};
 
-
 /// A token's text for display: its bytes as UTF-8, with U+FFFD for a partial character (the exact bytes go
 /// in `bytes`).
 pub fn token_text(bytes: &[u8]) -> String {

@@ -38,6 +38,7 @@ pub fn set_cpu_threads(threads: Option<usize>) {
         .max(1);
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+    crate::pool::set_threads(n);
 }
 
 /// The name a model is served under: the last path component without extension (`models/smollm2` → `smollm2`).

@@ -130,7 +130,9 @@ mod tests {
         let mut x = 12345u64;
         let random: Vec<f32> = (0..5000)
             .map(|_| {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((x >> 40) % 1000) as f32 / 37.0
             })
             .collect();

@@ -166,9 +166,9 @@ impl Sequence {
         let ends = !self.ignore_eos && tok.eos_ids.contains(&id);
         let info = TokenInfo {
             id,
-            logprobs: raw.filter(|_| !ends).map(|(k, raw)| {
-                Box::new(logprobs::compute(&raw, id, k, |t| tok.token_bytes(t)))
-            }),
+            logprobs: raw
+                .filter(|_| !ends)
+                .map(|(k, raw)| Box::new(logprobs::compute(&raw, id, k, |t| tok.token_bytes(t)))),
         };
         if ends {
             let rest = self.decoder.flush(tok).unwrap_or_default() + &self.stop.flush();

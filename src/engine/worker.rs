@@ -155,10 +155,7 @@ impl Worker {
             .map(|&i| self.running[i].pending_input(chunk).to_vec())
             .collect();
         // Per selected sequence: where its input starts, and whether it wants logits for every input token.
-        let starts: Vec<usize> = selected
-            .iter()
-            .map(|&i| self.running[i].fed())
-            .collect();
+        let starts: Vec<usize> = selected.iter().map(|&i| self.running[i].fed()).collect();
         let all_logits: Vec<bool> = selected
             .iter()
             .map(|&i| self.running[i].wants_all_logits())

@@ -99,7 +99,7 @@ pub fn attend_rows(seqs: &[SeqRows<'_>], n_heads: usize) -> Result<Vec<f32>> {
     let mut out = vec![0f32; rows.len() * width];
     let out_addr = out.as_mut_ptr() as usize;
     let scale = 1.0 / (hd as f32).sqrt();
-    candle_core::utils::barrier_pool().execute_chunked(rows.len() * n_kv, |items| {
+    crate::pool::run(rows.len() * n_kv, |items| {
         let mut scores = Vec::new();
         for item in items {
             let (row, kv) = (item / n_kv, item % n_kv);
@@ -278,10 +278,20 @@ mod tests {
             let k = Tensor::randn(0f32, 1.0, (2, 20, 8), &dev)?.narrow(1, 0, total)?;
             let v = Tensor::randn(0f32, 1.0, (2, 20, 8), &dev)?.narrow(1, 0, total)?;
             let qr = rows_of(&q)?;
-            let got = attend_rows(&[SeqRows { q: &qr, k: &k, v: &v }], 6)?;
+            let got = attend_rows(
+                &[SeqRows {
+                    q: &qr,
+                    k: &k,
+                    v: &v,
+                }],
+                6,
+            )?;
             let want = causal_attention(&q, &k, &v)?;
             let got = Tensor::from_vec(got, (new, 48), &dev)?;
-            assert!(max_abs_diff(&got, &want)? < 1e-5, "new {new}, total {total}");
+            assert!(
+                max_abs_diff(&got, &want)? < 1e-5,
+                "new {new}, total {total}"
+            );
         }
         Ok(())
     }
@@ -297,23 +307,49 @@ mod tests {
         let v = Tensor::randn(0f32, 1.0, (2, 32, 8), &dev)?;
         let (kt, vt) = (k.narrow(1, 0, total)?, v.narrow(1, 0, total)?);
         let qr = rows_of(&q)?;
-        let chunk = attend_rows(&[SeqRows { q: &qr, k: &kt, v: &vt }], 6)?;
+        let chunk = attend_rows(
+            &[SeqRows {
+                q: &qr,
+                k: &kt,
+                v: &vt,
+            }],
+            6,
+        )?;
         let other_q = rows_of(&Tensor::randn(0f32, 1.0, (6, 3, 8), &dev)?)?;
         let (ok, ov) = (k.narrow(1, 0, 30)?, v.narrow(1, 0, 30)?);
         for r in 0..new {
             let pos = total - new + r;
             let (kc, vc) = (k.narrow(1, 0, pos + 1)?, v.narrow(1, 0, pos + 1)?);
             let q1 = &qr[r * 48..(r + 1) * 48];
-            let alone = attend_rows(&[SeqRows { q: q1, k: &kc, v: &vc }], 6)?;
+            let alone = attend_rows(
+                &[SeqRows {
+                    q: q1,
+                    k: &kc,
+                    v: &vc,
+                }],
+                6,
+            )?;
             assert_eq!(alone, chunk[r * 48..(r + 1) * 48], "row {r} alone");
             let batch = attend_rows(
                 &[
-                    SeqRows { q: &other_q, k: &ok, v: &ov },
-                    SeqRows { q: q1, k: &kc, v: &vc },
+                    SeqRows {
+                        q: &other_q,
+                        k: &ok,
+                        v: &ov,
+                    },
+                    SeqRows {
+                        q: q1,
+                        k: &kc,
+                        v: &vc,
+                    },
                 ],
                 6,
             )?;
-            assert_eq!(batch[3 * 48..], chunk[r * 48..(r + 1) * 48], "row {r} in a batch");
+            assert_eq!(
+                batch[3 * 48..],
+                chunk[r * 48..(r + 1) * 48],
+                "row {r} in a batch"
+            );
         }
         Ok(())
     }

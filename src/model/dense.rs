@@ -2,7 +2,7 @@
 //!
 //! candle's f32 matmul goes through the `gemm` crate, which packs its operands for every call and is tuned for
 //! large products; a decode step multiplies a handful of activation rows by weights far bigger than the cache,
-//! so the product is bound by reading the weights. Here output columns are split into tiles across candle's
+//! so the product is bound by reading the weights. Here output columns are split into tiles across rill's
 //! worker pool, and within a tile a few weight rows at a time are read once and dotted with every activation
 //! row while they are in cache: four activation rows against four weight rows (AVX-512) or two (AVX2), one
 //! vector accumulator per pair, with the horizontal sums at the end.
@@ -181,7 +181,7 @@ impl DenseF32 {
 pub type Post = dyn Fn(&mut [f32]) + Sync;
 
 /// `dst[r, c] = x[r] · w[c] (+ b[c])` for activations `x` (`m` rows of `k`) and weights `w` (`n` rows of `k`),
-/// split across candle's CPU worker pool by tiles of output columns; then `post`, if any, over each row's part
+/// split across rill's CPU worker pool by tiles of output columns; then `post`, if any, over each row's part
 /// of a finished tile.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
@@ -202,7 +202,7 @@ pub fn matmul(
     }
     let dst_addr = dst.as_mut_ptr() as usize;
     let group = kernel.cols();
-    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(COL_TILE), move |tiles| {
+    crate::pool::run(n.div_ceil(COL_TILE), move |tiles| {
         let dst = dst_addr as *mut f32;
         let cols = tiles.start * COL_TILE..(tiles.end * COL_TILE).min(n);
         // Group by group of weight rows, every activation row passes over the group while it is in cache.

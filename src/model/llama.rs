@@ -286,15 +286,15 @@ impl CausalLm for Llama {
         let mut xs = self.embed.embedding(&ids)?;
         let eps = self.cfg.rms_eps as f32;
         for i in 0..self.layers.len() {
-            let h = candle_nn::ops::rms_norm(&xs, &self.layers[i].attn_norm, eps)?;
+            let h = super::norm::rms_norm(&xs, &self.layers[i].attn_norm, eps)?;
             xs = (xs + self.attention(i, &h, batch, &spans)?)?;
-            let h = candle_nn::ops::rms_norm(&xs, &self.layers[i].ffn_norm, eps)?;
+            let h = super::norm::rms_norm(&xs, &self.layers[i].ffn_norm, eps)?;
             xs = (&xs + self.mlp(i, &h)?)?;
         }
         for (seq, &(_, len)) in batch.iter_mut().zip(&spans) {
             seq.cache.advance(len);
         }
-        let last = candle_nn::ops::rms_norm(&output_rows(&xs, batch, &spans)?, &self.norm, eps)?;
+        let last = super::norm::rms_norm(&output_rows(&xs, batch, &spans)?, &self.norm, eps)?;
         Ok(self.output.forward(&last)?.to_dtype(DType::F32)?)
     }
 

@@ -12,6 +12,7 @@ pub mod gpt2;
 pub mod kv_cache;
 pub mod llama;
 pub mod loader;
+pub mod norm;
 pub mod qlinear;
 pub mod quant;
 
@@ -130,7 +131,11 @@ pub(crate) fn output_rows(
     batch: &[SeqStep<'_>],
     spans: &[(usize, usize)],
 ) -> candle_core::Result<Tensor> {
-    if batch.iter().zip(spans).all(|(b, &(_, l))| b.logit_rows() == l) {
+    if batch
+        .iter()
+        .zip(spans)
+        .all(|(b, &(_, l))| b.logit_rows() == l)
+    {
         return Ok(xs.clone());
     }
     let idx: Vec<u32> = batch

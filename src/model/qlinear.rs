@@ -134,12 +134,12 @@ impl QLinear {
 }
 
 /// `h[r, i] = silu(y[r, i]) * y[r, half + i]` for every row `r` of `y` (`[rows, 2 * half]`), in chunks across
-/// candle's CPU worker pool.
+/// rill's CPU worker pool.
 fn swiglu_rows(y: &[f32], h: &mut [f32], half: usize) {
     const CHUNK: usize = 256;
     let per_row = half.div_ceil(CHUNK);
     let h_addr = h.as_mut_ptr() as usize;
-    candle_core::utils::barrier_pool().execute_chunked(h.len() / half * per_row, |items| {
+    crate::pool::run(h.len() / half * per_row, |items| {
         for item in items {
             let (r, c) = (item / per_row, item % per_row * CHUNK);
             let n = CHUNK.min(half - c);

@@ -241,7 +241,9 @@ impl Encoder for OpenAiStream {
         let Some(echo) = self.echo.take() else {
             return vec![];
         };
-        tokens.iter().for_each(|t| self.pending_legacy.push_prompt(t));
+        tokens
+            .iter()
+            .for_each(|t| self.pending_legacy.push_prompt(t));
         vec![self.text_chunk(&echo)]
     }
 

@@ -43,7 +43,7 @@ pub fn blocks_from_bytes<B: QuantBlock>(bytes: &[u8]) -> Vec<B> {
 const COL_TILE: usize = 16;
 
 /// `dst[r, c] = x[r] · w[c]` for activations `x` (`m` rows of `k`) and weights `w` (`n` rows of `k`), split
-/// across candle's CPU worker pool by tiles of output columns. Within a tile, activation rows go four at a
+/// across rill's CPU worker pool by tiles of output columns. Within a tile, activation rows go four at a
 /// time across the tile's weight rows, so both stay in cache and each weight row is read from memory once.
 pub fn matmul<B: QuantBlock>(x: &[f32], m: usize, k: usize, w: &[B], n: usize, dst: &mut [f32]) {
     assert!(k % QK == 0 && x.len() == m * k && w.len() == n * k / QK && dst.len() == m * n);
@@ -54,7 +54,7 @@ pub fn matmul<B: QuantBlock>(x: &[f32], m: usize, k: usize, w: &[B], n: usize, d
     }
     let dst_addr = dst.as_mut_ptr() as usize;
     let xq = &xq;
-    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(COL_TILE), move |tiles| {
+    crate::pool::run(n.div_ceil(COL_TILE), move |tiles| {
         let dst = dst_addr as *mut f32;
         let xrow = |r: usize| &xq[r * kb..(r + 1) * kb];
         let wrow = |c: usize| &w[c * kb..(c + 1) * kb];

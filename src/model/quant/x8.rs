@@ -122,7 +122,7 @@ impl<F: Format> Interleaved<F> {
         self.k
     }
 
-    /// `dst[r, c] = x[r] · w[c]` for `m` activation rows of `k`, split across candle's CPU worker pool by
+    /// `dst[r, c] = x[r] · w[c]` for `m` activation rows of `k`, split across rill's CPU worker pool by
     /// tiles of output columns.
     pub fn matmul(&self, x: &[f32], m: usize, dst: &mut [f32]) {
         self.matmul_with(Kernel::detect(), x, m, dst)
@@ -139,7 +139,7 @@ impl<F: Format> Interleaved<F> {
         }
         let dst_addr = dst.as_mut_ptr() as usize;
         let (xq, blocks) = (&xq, &self.blocks);
-        candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(COL_TILE), move |tiles| {
+        crate::pool::run(n.div_ceil(COL_TILE), move |tiles| {
             let x = |r: usize| &xq[r * kb..(r + 1) * kb];
             // Tile by tile, every activation row passes over the tile while its weights are in L1.
             for tile in tiles {
