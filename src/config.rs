@@ -169,6 +169,10 @@ pub struct ServeArgs {
     /// Port to listen on (0 picks a free one and prints it).
     #[arg(long, env = "RILL_PORT", default_value_t = 8080)]
     pub port: u16,
+    /// On SIGTERM or Ctrl-C, stop accepting connections and give requests in flight this many seconds to
+    /// finish before exiting; a second signal exits at once.
+    #[arg(long, env = "RILL_SHUTDOWN_GRACE_SECS", default_value_t = 30.0)]
+    pub shutdown_grace_secs: f64,
     #[command(flatten)]
     pub engine: EngineArgs,
     #[command(flatten)]

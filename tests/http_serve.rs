@@ -190,3 +190,93 @@ async fn thread_count_changes_no_bit() {
         assert_eq!(answers[0], answers[1], "{model}: 1 thread vs 2");
     }
 }
+
+fn signal(s: &Served, sig: &str) {
+    let pid = s.child.id().to_string();
+    assert!(Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// Waits up to `secs` for the process to exit; its status, if it did.
+async fn exit_within(s: &mut Served, secs: u64) -> Option<std::process::ExitStatus> {
+    for _ in 0..secs * 20 {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            return Some(status);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// A long SmolLM2 stream (`tokens` tokens, EOS ignored), read up to its first token.
+async fn long_stream(http: &reqwest::Client, url: &str, tokens: usize) -> reqwest::Response {
+    let body = json!({"prompt": "Once upon a time", "max_tokens": tokens, "ignore_eos": true,
+                      "temperature": 0, "stream": true, "stream_options": {"include_usage": true}});
+    let mut resp = http
+        .post(format!("{url}/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let first = resp.chunk().await.unwrap().expect("a first chunk");
+    assert!(String::from_utf8_lossy(&first).contains("data: "));
+    resp
+}
+
+/// SIGTERM: new connections are refused at once, the stream in flight runs to its end, then a clean exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_stream_in_flight_finish_and_refuses_new_connections() {
+    let mut s = start_model("smollm2", &[], &[]);
+    let http = reqwest::Client::new();
+    wait_ready(&http, &s.url).await;
+    let mut resp = long_stream(&http, &s.url, 200).await;
+    signal(&s, "-TERM");
+    let mut refused = false;
+    for _ in 0..100 {
+        if reqwest::Client::new()
+            .get(format!("{}/health", s.url))
+            .send()
+            .await
+            .is_err()
+        {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the listener closes on SIGTERM");
+    let mut rest = String::new();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        rest.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(rest.ends_with("data: [DONE]\n\n"), "the stream ran to its end: {rest}");
+    assert!(rest.contains("\"completion_tokens\":200"), "{rest}");
+    let status = exit_within(&mut s, 30).await.expect("exits after the stream");
+    assert!(status.success(), "{status}");
+}
+
+/// `--shutdown-grace-secs` bounds the wait for streams in flight; a second signal does not wait at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grace_period_bounds_shutdown_and_a_second_signal_ends_it() {
+    let http = reqwest::Client::new();
+    let mut s = start_model("smollm2", &["--shutdown-grace-secs", "1"], &[]);
+    wait_ready(&http, &s.url).await;
+    let _resp = long_stream(&http, &s.url, 4000).await;
+    signal(&s, "-TERM");
+    let status = exit_within(&mut s, 15).await.expect("exits after the grace period, not the stream");
+    assert!(status.success(), "{status}");
+
+    let mut s = start_model("smollm2", &["--shutdown-grace-secs", "600"], &[]);
+    wait_ready(&http, &s.url).await;
+    let _resp = long_stream(&http, &s.url, 4000).await;
+    signal(&s, "-TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(s.child.try_wait().unwrap().is_none(), "still finishing the stream");
+    signal(&s, "-INT");
+    let status = exit_within(&mut s, 15).await.expect("a second signal exits at once");
+    assert!(status.success(), "{status}");
+}

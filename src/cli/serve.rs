@@ -1,5 +1,8 @@
 //! `rill serve`: bind the port, load the model on the generation thread meanwhile (`/health` answers 503 until
 //! it is ready), then serve the HTTP API until Ctrl-C or SIGTERM. A failed load stops the server with the error.
+//!
+//! Shutdown is graceful and bounded: the first signal closes the listener and lets requests in flight finish
+//! for up to `--shutdown-grace-secs`, then the process exits 0; a second signal exits at once.
 
 use anyhow::Context;
 use tokio::sync::oneshot;
@@ -25,19 +28,43 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%addr, model = %state.model_name(), "listening; loading the model");
     eprintln!("rill listening on http://{addr}");
     let failed = spawn_loader(&args, state.clone());
-    let shutdown = async {
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let mut server = tokio::spawn(api::serve(listener, state.clone(), async {
+        let _ = stop_rx.await;
+    }));
+    let mut load_failed = false;
+    tokio::select! {
+        r = &mut server => return Ok(r??),
+        _ = signalled() => {}
+        Ok(()) = failed => load_failed = true,
+    }
+    let _ = stop_tx.send(());
+    if !load_failed {
+        let grace = std::time::Duration::from_secs_f64(args.shutdown_grace_secs.max(0.0));
+        tracing::info!(grace_secs = grace.as_secs_f64(), "shutting down: no new connections; finishing requests in flight");
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminated() => {}
-            Ok(()) = failed => {}
+            r = &mut server => r??,
+            _ = tokio::time::sleep(grace) => {
+                tracing::warn!("shutdown grace period over: exiting with requests still in flight");
+            }
+            _ = signalled() => tracing::warn!("second signal: exiting at once"),
         }
-    };
-    api::serve(listener, state.clone(), shutdown).await?;
+    } else {
+        server.await??;
+    }
     match state.engine() {
         Err(api::ApiError::LoadFailed(e)) => {
             anyhow::bail!("loading model `{}`: {e}", args.model.model)
         }
         _ => Ok(()),
+    }
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
+async fn signalled() {
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminated() => {}
     }
 }
 
