@@ -253,9 +253,14 @@ async fn sigterm_lets_the_stream_in_flight_finish_and_refuses_new_connections() 
     while let Some(chunk) = resp.chunk().await.unwrap() {
         rest.push_str(&String::from_utf8_lossy(&chunk));
     }
-    assert!(rest.ends_with("data: [DONE]\n\n"), "the stream ran to its end: {rest}");
+    assert!(
+        rest.ends_with("data: [DONE]\n\n"),
+        "the stream ran to its end: {rest}"
+    );
     assert!(rest.contains("\"completion_tokens\":200"), "{rest}");
-    let status = exit_within(&mut s, 30).await.expect("exits after the stream");
+    let status = exit_within(&mut s, 30)
+        .await
+        .expect("exits after the stream");
     assert!(status.success(), "{status}");
 }
 
@@ -267,7 +272,9 @@ async fn the_grace_period_bounds_shutdown_and_a_second_signal_ends_it() {
     wait_ready(&http, &s.url).await;
     let _resp = long_stream(&http, &s.url, 4000).await;
     signal(&s, "-TERM");
-    let status = exit_within(&mut s, 15).await.expect("exits after the grace period, not the stream");
+    let status = exit_within(&mut s, 15)
+        .await
+        .expect("exits after the grace period, not the stream");
     assert!(status.success(), "{status}");
 
     let mut s = start_model("smollm2", &["--shutdown-grace-secs", "600"], &[]);
@@ -275,8 +282,13 @@ async fn the_grace_period_bounds_shutdown_and_a_second_signal_ends_it() {
     let _resp = long_stream(&http, &s.url, 4000).await;
     signal(&s, "-TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(s.child.try_wait().unwrap().is_none(), "still finishing the stream");
+    assert!(
+        s.child.try_wait().unwrap().is_none(),
+        "still finishing the stream"
+    );
     signal(&s, "-INT");
-    let status = exit_within(&mut s, 15).await.expect("a second signal exits at once");
+    let status = exit_within(&mut s, 15)
+        .await
+        .expect("a second signal exits at once");
     assert!(status.success(), "{status}");
 }

@@ -50,6 +50,12 @@ pub fn render(stats: &EngineStats, queued: usize, model: &str) -> String {
         stats.running.load(Relaxed) as u64,
     );
     scalar(
+        "rill_kv_reserved_bytes",
+        "gauge",
+        "KV-cache bytes the running sequences reserve (each at its worst case), against --kv-budget-mb.",
+        stats.kv_reserved_bytes.load(Relaxed) as u64,
+    );
+    scalar(
         "rill_queued_requests",
         "gauge",
         "Requests waiting for a free slot.",

@@ -41,7 +41,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(());
     if !load_failed {
         let grace = std::time::Duration::from_secs_f64(args.shutdown_grace_secs.max(0.0));
-        tracing::info!(grace_secs = grace.as_secs_f64(), "shutting down: no new connections; finishing requests in flight");
+        tracing::info!(
+            grace_secs = grace.as_secs_f64(),
+            "shutting down: no new connections; finishing requests in flight"
+        );
         tokio::select! {
             r = &mut server => r??,
             _ = tokio::time::sleep(grace) => {

@@ -208,6 +208,8 @@ pub struct EngineStats {
     pub tokens_generated: AtomicU64,
     /// Sequences currently holding a slot (and a KV cache).
     pub running: AtomicUsize,
+    /// KV-cache bytes those sequences reserve, each at its worst case.
+    pub kv_reserved_bytes: AtomicUsize,
     /// Requests dropped by their reader before finishing.
     pub cancelled: AtomicU64,
     /// Requests failed by a model error or panic.
@@ -230,6 +232,7 @@ impl Default for EngineStats {
             steps: AtomicU64::new(0),
             tokens_generated: AtomicU64::new(0),
             running: AtomicUsize::new(0),
+            kv_reserved_bytes: AtomicUsize::new(0),
             cancelled: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             batch_size: histogram::Histogram::new(BATCH_BUCKETS),

@@ -102,11 +102,16 @@ impl Worker {
             }
             self.start(sub);
         }
-        self.shared
-            .stats
-            .running
-            .store(self.running.len(), Ordering::Relaxed);
+        self.publish_occupancy();
         true
+    }
+
+    /// Slots and KV reservations in use, for `/metrics`.
+    fn publish_occupancy(&self) {
+        let stats = &self.shared.stats;
+        stats.running.store(self.running.len(), Ordering::Relaxed);
+        let reserved = self.running.iter().map(|s| s.kv_bytes).sum();
+        stats.kv_reserved_bytes.store(reserved, Ordering::Relaxed);
     }
 
     fn start(&mut self, sub: Submission) {
@@ -247,10 +252,7 @@ impl Worker {
             .fetch_add(cancelled as u64, Ordering::Relaxed);
         self.draining.extend(out);
         self.draining.retain(|s| !s.cancelled && !s.delivered());
-        self.shared
-            .stats
-            .running
-            .store(self.running.len(), Ordering::Relaxed);
+        self.publish_occupancy();
     }
 }
 
