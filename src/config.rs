@@ -199,6 +199,10 @@ pub struct ApiArgs {
     /// Seconds a stream may stay silent (e.g. during a long prefill) before an SSE keep-alive is sent.
     #[arg(long, env = "RILL_SSE_PING_SECS", default_value_t = 10.0)]
     pub sse_ping_secs: f64,
+    /// Seconds a client may take to send a request's headers, and again its body; a slower client (one that
+    /// trickles bytes to hold a connection) is cut off: the connection is closed, or a 408 for a late body.
+    #[arg(long, env = "RILL_REQUEST_TIMEOUT_SECS", default_value_t = 30.0)]
+    pub request_timeout_secs: f64,
 }
 
 impl ApiArgs {
@@ -218,6 +222,13 @@ impl ApiArgs {
             } else {
                 10.0
             }),
+            request_timeout: std::time::Duration::from_secs_f64(
+                if self.request_timeout_secs.is_finite() {
+                    self.request_timeout_secs.clamp(0.05, 86_400.0)
+                } else {
+                    30.0
+                },
+            ),
         }
     }
 }

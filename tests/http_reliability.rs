@@ -5,15 +5,20 @@
 //! - a storm of 100 clients that vanish before the first byte, mid-prefill or mid-decode: afterwards no slot,
 //!   no KV reservation and no queue entry is left, and `/metrics` says so;
 //! - 600 generated hostile requests against every route: never a 5xx, and every refusal in the route's dialect
-//!   shape; the server still answers afterwards.
+//!   shape; the server still answers afterwards;
+//! - slow clients: trickled headers are cut off, a trickled body gets a 408, and a reader that stops reading
+//!   holds up no other stream;
+//! - a panic inside a model step fails the requests in that step, in band, and the server keeps serving.
 
 mod http_support;
 
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
 
 use http_support::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, TestRunner};
+use rill::api::{ApiConfig, AppState};
 use rill::engine::EngineConfig;
 use serde_json::{json, Value};
 
@@ -146,7 +151,6 @@ async fn a_storm_of_vanishing_clients_leaves_nothing_behind() {
                 match i % 4 {
                     // Before the first byte: the whole request, then the connection closes.
                     0 => {
-                        use std::io::Write;
                         let mut tcp = std::net::TcpStream::connect(s.addr).unwrap();
                         let payload = body.to_string();
                         let req = format!(
@@ -447,4 +451,120 @@ fn six_hundred_hostile_requests_never_get_a_5xx() {
         // The server is still whole.
         assert_eq!(stream_once(&s, Dialect::Ollama, 3).await, " tick".repeat(3));
     });
+}
+
+/// Writes `head`, then `trickle` one byte per 50 ms, until the server answers or closes; returns what it said
+/// and when. Panics if the server is still waiting after `limit`.
+fn trickle(
+    addr: std::net::SocketAddr,
+    head: &[u8],
+    trickle: &[u8],
+    limit: Duration,
+) -> (String, Duration) {
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let t0 = Instant::now();
+    tcp.write_all(head).unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    for b in trickle.iter().cycle() {
+        assert!(
+            t0.elapsed() < limit,
+            "the server still waits for a trickling client after {limit:?}"
+        );
+        if tcp.write_all(&[*b]).is_err() {
+            break;
+        }
+        match tcp.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                answer.extend_from_slice(&buf[..n]);
+                break;
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+    }
+    (String::from_utf8_lossy(&answer).into_owned(), t0.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_a_stalled_reader_holds_up_nobody() {
+    let config = ApiConfig {
+        request_timeout: Duration::from_millis(300),
+        ..test_config()
+    };
+    let engine = fake_engine(FakeLm::cycle(tick()), EngineConfig::default());
+    let s = Server::start(AppState::ready(engine, config)).await;
+    let addr = s.addr;
+    // Headers trickled byte by byte: the connection is closed.
+    let (said, took) = tokio::task::spawn_blocking(move || {
+        trickle(
+            addr,
+            b"POST /v1/completions HTTP/1.1\r\nhost: x\r\nx-slow: ",
+            b"a",
+            Duration::from_secs(10),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(!said.contains("200 OK"), "{said}");
+    assert!(took < Duration::from_secs(5), "cut off after {took:?}");
+    // A body trickled byte by byte: 408 in the route's dialect.
+    let head = b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n";
+    let (said, took) =
+        tokio::task::spawn_blocking(move || trickle(addr, head, b" ", Duration::from_secs(10)))
+            .await
+            .unwrap();
+    assert!(said.starts_with("HTTP/1.1 408"), "{said}");
+    assert!(said.contains("request_timeout"), "{said}");
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+    // A reader that stops reading a long stream: the others still run to their end.
+    let stalled = s
+        .post(
+            "/v1/completions",
+            &json!({"prompt": "hi", "max_tokens": 900, "stream": true}),
+        )
+        .await;
+    assert_eq!(stalled.status(), 200);
+    for _ in 0..5 {
+        let done = tokio::time::timeout(
+            Duration::from_secs(30),
+            stream_once(&s, Dialect::Anthropic, 20),
+        );
+        assert_eq!(done.await.expect("not held up"), " tick".repeat(20));
+    }
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_step_fails_its_requests_and_the_server_keeps_serving() {
+    // Both requests arrive during the slow step 1 (A's prefill); step 2 decodes A and prefills B (one prompt
+    // chunk per step); step 3 decodes both, and panics.
+    let model = FakeLm::cycle(tick())
+        .panic_at_step(3)
+        .delay(Duration::from_millis(100));
+    let s = std::sync::Arc::new(Server::ready(fake_engine(model, EngineConfig::default())).await);
+    let body = json!({"prompt": "go", "max_tokens": 10, "stream": true});
+    let (a, b) = (s.clone(), s.clone());
+    let (b1, b2) = (body.clone(), body.clone());
+    let first = tokio::spawn(async move { sse(a.post("/v1/completions", &b1).await).await });
+    let second = tokio::spawn(async move { sse(b.post("/v1/completions", &b2).await).await });
+    for events in [first.await.unwrap(), second.await.unwrap()] {
+        let last = events.last().unwrap().json();
+        assert!(
+            last["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("injected panic"),
+            "{last}"
+        );
+        assert!(events.iter().all(|e| e.data != "[DONE]"));
+    }
+    assert_eq!(stream_once(&s, Dialect::OpenAi, 6).await, " tick".repeat(6));
+    let m = s.get("/metrics").await.text().await.unwrap();
+    assert_eq!(metric(&m, "rill_failed_requests_total"), 2.0, "{m}");
 }

@@ -15,6 +15,9 @@ pub enum ApiError {
     /// The body is larger than the configured limit.
     #[error("the request body is larger than the limit of {limit} bytes")]
     TooLarge { limit: usize },
+    /// The body did not arrive in time (a client trickling it).
+    #[error("the request body did not arrive within {secs} seconds")]
+    BodyTimeout { secs: f64 },
     /// No API key, or the wrong one.
     #[error("missing or invalid API key: send it as `Authorization: Bearer <key>` or `x-api-key: <key>`")]
     Unauthorized,
@@ -49,6 +52,8 @@ pub enum ErrorKind {
     NotFound,
     MethodNotAllowed,
     TooLarge,
+    /// The request did not arrive in time.
+    Timeout,
     /// Too many requests are waiting; retry later.
     Overloaded,
     /// Not ready (loading) or stopped.
@@ -64,6 +69,7 @@ impl ApiError {
         match self {
             Self::BadRequest(_) | Self::BadJson(_) => ErrorKind::InvalidRequest,
             Self::TooLarge { .. } => ErrorKind::TooLarge,
+            Self::BodyTimeout { .. } => ErrorKind::Timeout,
             Self::Unauthorized => ErrorKind::Authentication,
             Self::ModelNotFound { .. } | Self::RouteNotFound { .. } => ErrorKind::NotFound,
             Self::MethodNotAllowed { .. } => ErrorKind::MethodNotAllowed,

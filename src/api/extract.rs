@@ -49,9 +49,25 @@ fn body_error(r: BytesRejection, state: &AppState) -> ApiError {
         ApiError::TooLarge {
             limit: state.config().body_limit,
         }
+    } else if timed_out(&r) {
+        ApiError::BodyTimeout {
+            secs: state.config().request_timeout.as_secs_f64(),
+        }
     } else {
         ApiError::BadRequest(r.body_text())
     }
+}
+
+/// Whether reading the body failed because the body timeout ran out.
+fn timed_out(r: &BytesRejection) -> bool {
+    let mut e: Option<&(dyn std::error::Error + 'static)> = Some(r);
+    while let Some(err) = e {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        e = err.source();
+    }
+    false
 }
 
 #[cfg(test)]

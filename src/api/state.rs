@@ -22,6 +22,9 @@ pub struct ApiConfig {
     pub any_model: bool,
     /// How long a stream may stay silent before an SSE keep-alive is sent.
     pub ping_interval: Duration,
+    /// How long a client may take to send a request's headers, and then its body; slower ones are cut off
+    /// (a client that trickles bytes to hold a connection open).
+    pub request_timeout: Duration,
 }
 
 impl Default for ApiConfig {
@@ -32,6 +35,7 @@ impl Default for ApiConfig {
             body_limit: 4 * 1024 * 1024,
             any_model: false,
             ping_interval: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }

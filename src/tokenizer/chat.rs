@@ -41,6 +41,12 @@ pub struct ChatTemplate {
     pub is_model_template: bool,
 }
 
+/// Template instructions one render may run: some 30 per message for common templates, so room for
+/// conversations of hundreds of thousands of messages, while a template that loops for ever (a hostile
+/// model file) fails in well under a second instead of hanging the request. Recursion has minijinja's own
+/// depth limit.
+const FUEL: u64 = 20_000_000;
+
 impl ChatTemplate {
     /// Compiles `source`, or the fallback when `None`.
     pub fn new(
@@ -52,6 +58,7 @@ impl ChatTemplate {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
@@ -120,6 +127,22 @@ fn strftime_now(fmt: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A template that loops for ever or recurses without end fails quickly with an error.
+    #[test]
+    fn hostile_templates_fail_in_bounded_time() {
+        let msgs = [ChatMessage::new("user", "hi")];
+        for source in [
+            "{% for a in range(100000) %}{% for b in range(100000) %}{{ a }}{% endfor %}{% endfor %}",
+            "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+        ] {
+            let t = ChatTemplate::new(Some(source.into()), None, None).unwrap();
+            let t0 = std::time::Instant::now();
+            let e = t.render(&msgs, true).unwrap_err();
+            assert!(matches!(e, TokenizerError::Template(_)), "{e}");
+            assert!(t0.elapsed() < std::time::Duration::from_secs(10), "{:?}", t0.elapsed());
+        }
+    }
 
     const CHATML: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are helpful<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 

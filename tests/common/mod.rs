@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod tiny_llama;
+
 use std::path::{Path, PathBuf};
 
 use rill::engine::{EngineConfig, EngineHandle, GenRequest, SamplingParams};

@@ -56,6 +56,7 @@ pub struct FakeLm {
     next: NextFn,
     gate: Option<Arc<Gate>>,
     fail_at_step: Option<u64>,
+    panic_at_step: Option<u64>,
     delay: Duration,
     entered: Arc<AtomicU64>,
 }
@@ -76,6 +77,7 @@ impl FakeLm {
             next,
             gate: None,
             fail_at_step: None,
+            panic_at_step: None,
             delay: Duration::ZERO,
             entered: Arc::new(AtomicU64::new(0)),
         }
@@ -113,6 +115,12 @@ impl FakeLm {
         self
     }
 
+    /// The forward pass numbered `n` (from 1) panics.
+    pub fn panic_at_step(mut self, n: u64) -> Self {
+        self.panic_at_step = Some(n);
+        self
+    }
+
     pub fn delay(mut self, d: Duration) -> Self {
         self.delay = d;
         self
@@ -147,6 +155,7 @@ impl CausalLm for FakeLm {
         if !self.delay.is_zero() {
             std::thread::sleep(self.delay);
         }
+        assert!(self.panic_at_step != Some(step), "injected panic");
         if self.fail_at_step == Some(step) {
             return Err(ModelError::Unsupported("injected failure".into()));
         }

@@ -20,6 +20,7 @@ pub fn classify(e: &ApiError) -> (StatusCode, &'static str) {
         ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found_error"),
         ErrorKind::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error"),
         ErrorKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large"),
+        ErrorKind::Timeout => (StatusCode::REQUEST_TIMEOUT, "invalid_request_error"),
         ErrorKind::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
         ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "overloaded_error"),
         ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "api_error"),

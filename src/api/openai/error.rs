@@ -36,6 +36,11 @@ pub fn classify(e: &ApiError) -> (StatusCode, &'static str, Option<&'static str>
             "invalid_request_error",
             Some("request_too_large"),
         ),
+        ErrorKind::Timeout => (
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            Some("request_timeout"),
+        ),
         ErrorKind::Overloaded => (
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
