@@ -48,10 +48,11 @@ impl Kernel {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
-            if has!("avx512f") {
+            let cap = crate::model::kernel_cap();
+            if has!("avx512f") && cap >= 2 {
                 out.push(Self::Avx512);
             }
-            if has!("avx2") && has!("fma") {
+            if has!("avx2") && has!("fma") && cap >= 1 {
                 out.push(Self::Avx2);
             }
         }

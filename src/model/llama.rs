@@ -36,7 +36,7 @@ impl Config {
         let key = |k: &str| format!("{arch}.{k}");
         let n_heads = g.meta_u32(&key("attention.head_count"))? as usize;
         let dim = g.meta_u32(&key("embedding_length"))? as usize;
-        Ok(Self {
+        Self {
             n_layers: g.meta_u32(&key("block_count"))? as usize,
             n_heads,
             n_kv_heads: g
@@ -52,9 +52,35 @@ impl Config {
             rope_base: g.meta_f32(&key("rope.freq_base")).unwrap_or(10_000.0),
             context: g.meta_u32(&key("context_length")).unwrap_or(4096) as usize,
             rope_neox: matches!(arch.as_str(), "qwen2" | "qwen3" | "phi3" | "stablelm"),
-        })
+        }
+        .checked()
+        .map_err(|reason| super::gguf::invalid(&g.path, reason))
+    }
+
+    /// Refuses hyper-parameters no real model has (a corrupt or hostile file) before anything is sized by
+    /// them: zero or inconsistent head counts, odd head sizes, and absurd depths or contexts.
+    fn checked(self) -> Result<Self, String> {
+        let ok = self.n_heads > 0
+            && self.n_kv_heads > 0
+            && self.n_heads % self.n_kv_heads == 0
+            && self.head_dim > 0
+            && self.head_dim % 2 == 0
+            && self.head_dim <= 1024
+            && (1..=1024).contains(&self.n_layers)
+            && (1..=MAX_CONTEXT).contains(&self.context)
+            && self.rms_eps.is_finite()
+            && self.rope_base.is_finite()
+            && self.rope_base > 0.0;
+        if ok {
+            Ok(self)
+        } else {
+            Err(format!("implausible hyper-parameters: {self:?}"))
+        }
     }
 }
+
+/// The longest context rill accepts from a model file (its rotary tables are sized by it).
+const MAX_CONTEXT: usize = 1 << 20;
 
 struct Layer {
     attn_norm: Tensor,

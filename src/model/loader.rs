@@ -267,7 +267,8 @@ fn load_gguf(
     let arch = g.meta_str("general.architecture").unwrap_or("").to_string();
     if !llama::ARCHITECTURES.contains(&arch.as_str()) {
         return Err(ModelError::Unsupported(format!(
-            "GGUF architecture `{arch}` (rill runs {:?})",
+            "{}: GGUF architecture `{arch}` (rill runs {:?})",
+            file.display(),
             llama::ARCHITECTURES
         )));
     }

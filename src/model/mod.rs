@@ -21,6 +21,17 @@ use candle_core::Tensor;
 pub use kv_cache::SeqCache;
 pub use loader::{load, ModelLocator, ModelSource};
 
+/// The widest instruction sets rill's own kernels may use: 2 = all the CPU has, 1 = AVX2 at most, 0 = portable
+/// code only. Set by `RILL_KERNELS` (`avx2`, `scalar`) to measure an older CPU's path on a newer one.
+pub fn kernel_cap() -> u8 {
+    static CAP: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| match std::env::var("RILL_KERNELS").as_deref() {
+        Ok("avx2") => 1,
+        Ok("scalar") => 0,
+        _ => 2,
+    })
+}
+
 /// Errors from resolving, loading or running a model.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

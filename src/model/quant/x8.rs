@@ -75,23 +75,26 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU runs.
+    /// The fastest kernel this CPU runs (and `RILL_KERNELS` allows).
     pub fn detect() -> Self {
-        Self::available()[0]
+        static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| Self::available()[0])
     }
 
-    /// Every kernel this CPU runs, fastest first.
+    /// Every kernel this CPU runs, fastest first; `RILL_KERNELS=avx2` (or `scalar`) leaves out the wider
+    /// ones, to measure an AVX2-only machine's path on a newer CPU.
     pub fn available() -> Vec<Self> {
         #[allow(unused_mut)]
         let mut out = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
-            let avx2 = has!("avx2") && has!("fma") && has!("f16c");
-            if avx2 && has!("avx512vnni") && has!("avx512vl") {
+            let cap = crate::model::kernel_cap();
+            let avx2 = has!("avx2") && has!("fma") && has!("f16c") && cap >= 1;
+            if avx2 && has!("avx512vnni") && has!("avx512vl") && cap >= 2 {
                 out.push(Self::Avx512Vnni);
             }
-            if avx2 && has!("avxvnni") {
+            if avx2 && has!("avxvnni") && cap >= 2 {
                 out.push(Self::AvxVnni);
             }
             if avx2 {
