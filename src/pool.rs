@@ -39,7 +39,7 @@ const MIN_HELP: f64 = 0.5;
 const SOLO_MIN: Duration = Duration::from_millis(10);
 const SOLO_MAX: Duration = Duration::from_millis(640);
 /// Chunks per thread a section is cut into: small enough that a late thread's share is soon taken over.
-const CHUNKS_PER_THREAD: usize = 16;
+const CHUNKS_PER_THREAD: usize = 8;
 
 static THREADS: OnceLock<usize> = OnceLock::new();
 static POOL: OnceLock<Pool> = OnceLock::new();
@@ -96,15 +96,15 @@ pub fn run<F: Fn(Range<usize>) + Sync>(n_items: usize, f: F) {
         f,
         n_items,
         chunk,
-        next: AtomicUsize::new(0),
-        done: AtomicUsize::new(0),
+        next: Padded(AtomicUsize::new(0)),
+        done_by_workers: Padded(AtomicUsize::new(0)),
         panic: Mutex::new(None),
     });
     pool.publish(job.clone());
     INSIDE.with(|c| c.set(true));
-    let mine = job.work();
+    let mine = job.work(false);
     INSIDE.with(|c| c.set(false));
-    let waited = job.wait_done();
+    let waited = job.wait_for_workers(n_items - mine);
     pool.retire();
     score.observe(waited, n_items - mine, n_items, pool.workers);
     let payload = job.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -113,24 +113,29 @@ pub fn run<F: Fn(Range<usize>) + Sync>(n_items: usize, f: F) {
     }
 }
 
+/// An atomic on a cache line of its own, so that claiming and finishing do not contend.
+#[repr(align(64))]
+struct Padded(AtomicUsize);
+
 /// One parallel section.
 struct Job {
     f: &'static (dyn Fn(Range<usize>) + Sync),
     n_items: usize,
     chunk: usize,
     /// The first item not yet claimed.
-    next: AtomicUsize,
-    /// Items finished.
-    done: AtomicUsize,
+    next: Padded,
+    /// Items the workers finished (the caller counts its own).
+    done_by_workers: Padded,
     panic: Mutex<Option<Box<dyn Any + Send>>>,
 }
 
 impl Job {
-    /// Claims and runs chunks until none is left; returns how many items this thread ran.
-    fn work(&self) -> usize {
+    /// Claims and runs chunks until none is left; returns how many items this thread ran. Workers report
+    /// each finished chunk (`report`); the caller knows its own.
+    fn work(&self, report: bool) -> usize {
         let mut ran = 0;
         loop {
-            let start = self.next.fetch_add(self.chunk, Ordering::Relaxed);
+            let start = self.next.0.fetch_add(self.chunk, Ordering::Relaxed);
             if start >= self.n_items {
                 return ran;
             }
@@ -139,17 +144,22 @@ impl Job {
                 let mut slot = self.panic.lock().unwrap_or_else(|e| e.into_inner());
                 slot.get_or_insert(p);
             }
-            self.done.fetch_add(end - start, Ordering::Release);
+            if report {
+                self.done_by_workers.0.fetch_add(end - start, Ordering::Release);
+            }
             ran += end - start;
         }
     }
 
-    /// Waits for the chunks other threads claimed: spinning at first, then giving the CPU away so that a
-    /// descheduled worker holding a chunk can run. Returns how long it waited.
-    fn wait_done(&self) -> Duration {
+    /// Waits until the workers have finished `items` (every item the caller did not run): spinning at
+    /// first, then giving the CPU away so that a descheduled worker holding a chunk can run. Returns how long
+    /// it waited.
+    fn wait_for_workers(&self, items: usize) -> Duration {
         let t0 = Instant::now();
-        while self.done.load(Ordering::Acquire) < self.n_items {
-            if t0.elapsed() < Duration::from_micros(20) {
+        let mut spins = 0u32;
+        while self.done_by_workers.0.load(Ordering::Acquire) < items {
+            spins += 1;
+            if spins < 256 {
                 std::hint::spin_loop();
             } else {
                 std::thread::yield_now();
@@ -281,6 +291,7 @@ fn worker(s: &Shared) {
     let mut seen = 0;
     loop {
         let t0 = Instant::now();
+        let mut spins = 0u32;
         loop {
             if s.stop.load(Ordering::Relaxed) {
                 return;
@@ -288,7 +299,8 @@ fn worker(s: &Shared) {
             if s.epoch.load(Ordering::Acquire) != seen {
                 break;
             }
-            if t0.elapsed() < SPIN {
+            spins = spins.wrapping_add(1);
+            if spins % 64 != 0 || t0.elapsed() < SPIN {
                 std::hint::spin_loop();
                 continue;
             }
@@ -303,7 +315,7 @@ fn worker(s: &Shared) {
         seen = s.epoch.load(Ordering::Acquire);
         let job = s.job.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(job) = job {
-            job.work();
+            job.work(true);
         }
     }
 }
