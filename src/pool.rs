@@ -145,7 +145,9 @@ impl Job {
                 slot.get_or_insert(p);
             }
             if report {
-                self.done_by_workers.0.fetch_add(end - start, Ordering::Release);
+                self.done_by_workers
+                    .0
+                    .fetch_add(end - start, Ordering::Release);
             }
             ran += end - start;
         }

@@ -75,11 +75,14 @@ fn corrupted_gguf_files_are_refused_cleanly() {
     let dir = std::env::temp_dir().join(format!("rill-gguf-fuzz-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let case = dir.join("case.gguf");
-    let mut runner = proptest::test_runner::TestRunner::new_with_rng(ProptestConfig {
-        cases: 300,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }, deterministic());
+    let mut runner = proptest::test_runner::TestRunner::new_with_rng(
+        ProptestConfig {
+            cases: 300,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        },
+        common::fuzz_rng(),
+    );
     let (refused, loaded) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
     runner
         .run(&mutation(header, bytes.len()), |m| {
@@ -103,16 +106,4 @@ fn corrupted_gguf_files_are_refused_cleanly() {
     let (refused, loaded) = (refused.get(), loaded.get());
     assert!(refused > 100, "{refused} refused, {loaded} loaded");
     std::fs::remove_dir_all(&dir).ok();
-}
-
-/// A fixed seed: the same cases on every run (CI must not turn red on a case no one can reproduce);
-/// `RILL_FUZZ_SEED=<n>` explores others.
-fn deterministic() -> proptest::test_runner::TestRng {
-    let seed: u64 = std::env::var("RILL_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5EED);
-    let mut bytes = [0u8; 32];
-    bytes[..8].copy_from_slice(&seed.to_le_bytes());
-    proptest::test_runner::TestRng::from_seed(proptest::test_runner::RngAlgorithm::ChaCha, &bytes)
 }

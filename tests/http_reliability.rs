@@ -394,11 +394,14 @@ fn six_hundred_hostile_requests_never_get_a_5xx() {
     )));
     let sent = std::cell::Cell::new(0);
     for (r, (route, shape)) in ROUTES.iter().enumerate() {
-        let mut runner = TestRunner::new_with_rng(PtConfig {
-            cases: 70,
-            failure_persistence: None,
-            ..PtConfig::default()
-        }, deterministic());
+        let mut runner = TestRunner::new_with_rng(
+            PtConfig {
+                cases: 70,
+                failure_persistence: None,
+                ..PtConfig::default()
+            },
+            common::fuzz_rng(),
+        );
         runner
             .run(&hostile_body(r), |body| {
                 sent.set(sent.get() + 1);
@@ -567,16 +570,4 @@ async fn a_panicking_step_fails_its_requests_and_the_server_keeps_serving() {
     assert_eq!(stream_once(&s, Dialect::OpenAi, 6).await, " tick".repeat(6));
     let m = s.get("/metrics").await.text().await.unwrap();
     assert_eq!(metric(&m, "rill_failed_requests_total"), 2.0, "{m}");
-}
-
-/// A fixed seed: the same cases on every run (CI must not turn red on a case no one can reproduce);
-/// `RILL_FUZZ_SEED=<n>` explores others.
-fn deterministic() -> proptest::test_runner::TestRng {
-    let seed: u64 = std::env::var("RILL_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5EED);
-    let mut bytes = [0u8; 32];
-    bytes[..8].copy_from_slice(&seed.to_le_bytes());
-    proptest::test_runner::TestRng::from_seed(proptest::test_runner::RngAlgorithm::ChaCha, &bytes)
 }

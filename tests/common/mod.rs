@@ -96,3 +96,15 @@ pub fn sha256(path: &Path) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// A fixed seed: the same cases on every run (CI must not turn red on a case no one can reproduce);
+/// `RILL_FUZZ_SEED=<n>` explores others.
+pub fn fuzz_rng() -> proptest::test_runner::TestRng {
+    let seed: u64 = std::env::var("RILL_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5EED);
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    proptest::test_runner::TestRng::from_seed(proptest::test_runner::RngAlgorithm::ChaCha, &bytes)
+}
