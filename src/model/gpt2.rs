@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 
 use candle_core::op::{GeluErf, UnaryOpT};
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{LayerNorm, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use super::dense::DenseF32;
+use super::norm::LayerNorm;
 use super::qlinear::with_f32_rows;
 use super::{
     attention, check_context, output_rows, row_spans, CausalLm, ModelError, ModelInfo, SeqCache,
@@ -175,11 +176,7 @@ pub struct Gpt2 {
 }
 
 fn layer_norm(vb: VarBuilder, d: usize, eps: f64) -> candle_core::Result<LayerNorm> {
-    Ok(LayerNorm::new(
-        vb.get(d, "weight")?,
-        vb.get(d, "bias")?,
-        eps,
-    ))
+    LayerNorm::new(vb.get(d, "weight")?, vb.get(d, "bias")?, eps)
 }
 
 impl Gpt2 {
