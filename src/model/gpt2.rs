@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::op::{GeluErf, UnaryOpT};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 

@@ -62,9 +62,9 @@ impl Config {
     fn checked(self) -> Result<Self, String> {
         let ok = self.n_heads > 0
             && self.n_kv_heads > 0
-            && self.n_heads % self.n_kv_heads == 0
+            && self.n_heads.is_multiple_of(self.n_kv_heads)
             && self.head_dim > 0
-            && self.head_dim % 2 == 0
+            && self.head_dim.is_multiple_of(2)
             && self.head_dim <= 1024
             && (1..=1024).contains(&self.n_layers)
             && (1..=MAX_CONTEXT).contains(&self.context)
