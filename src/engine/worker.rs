@@ -182,11 +182,20 @@ impl Worker {
         }));
         self.shared.stats.steps.fetch_add(1, Ordering::Relaxed);
         self.shared.stats.batch_size.observe(selected.len() as f64);
+        let expected: usize = (0..selected.len())
+            .map(|k| if all_logits[k] { inputs[k].len() } else { 1 })
+            .sum();
         let logits = match result {
             Ok(Ok(l)) => l.to_vec2::<f32>().map_err(|e| e.to_string()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(panic) => Err(panic_message(panic)),
-        };
+        }
+        .and_then(|rows| match rows.len() {
+            n if n == expected => Ok(rows),
+            n => Err(format!(
+                "the model returned {n} rows of logits, {expected} were asked for"
+            )),
+        });
         match logits {
             Ok(mut rows) => {
                 let mut next_row = 0;
