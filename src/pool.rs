@@ -85,6 +85,7 @@ pub fn run<F: Fn(Range<usize>) + Sync>(n_items: usize, f: F) {
         Err(std::sync::TryLockError::WouldBlock) => return f(0..n_items),
     };
     if score.solo(Instant::now()) {
+        drop(score);
         return f(0..n_items);
     }
     let chunk = n_items
