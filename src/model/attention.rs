@@ -121,6 +121,30 @@ pub fn attend_rows(seqs: &[SeqRows<'_>], n_heads: usize) -> Result<Vec<f32>> {
     Ok(out)
 }
 
+/// [`attend_rows`] for the shapes the models hold: each sequence's query rows and its cache after the append,
+/// as a `[rows, heads * head_dim]` tensor on the caches' device.
+pub fn attend_rows_tensor(
+    queries: &[Vec<f32>],
+    caches: &[(Tensor, Tensor)],
+    n_heads: usize,
+) -> Result<Tensor> {
+    let seqs: Vec<SeqRows<'_>> = queries
+        .iter()
+        .zip(caches)
+        .map(|(q, (k, v))| SeqRows { q, k, v })
+        .collect();
+    let out = attend_rows(&seqs, n_heads)?;
+    let Some((k, _)) = caches.first() else {
+        candle_core::bail!("attention: an empty batch");
+    };
+    let width = n_heads * k.dim(2)?;
+    Tensor::from_vec(
+        out,
+        (queries.iter().map(Vec::len).sum::<usize>() / width, width),
+        k.device(),
+    )
+}
+
 /// A `[kv_heads, len, head_dim]` f32 tensor on the CPU whose rows of `head_dim` are contiguous.
 struct CacheView<'a> {
     data: &'a [f32],

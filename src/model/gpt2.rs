@@ -306,13 +306,7 @@ impl Gpt2 {
                     queries.push(rows.copied().collect::<Vec<f32>>());
                 }
             })?;
-            let seqs: Vec<_> = queries
-                .iter()
-                .zip(&kvs)
-                .map(|(q, (k, v))| attention::SeqRows { q, k, v })
-                .collect();
-            let out = attention::attend_rows(&seqs, nh)?;
-            Tensor::from_vec(out, (xs.dim(0)?, d), xs.device())?
+            attention::attend_rows_tensor(&queries, &kvs, nh)?
         } else {
             Tensor::cat(&outs, 0)?
         };

@@ -7,6 +7,7 @@ use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 
 use super::gguf::GgufFile;
+use super::norm::RmsNorm;
 use super::qlinear::{with_f32_rows, QLinear};
 use super::{
     attention, check_context, output_rows, row_spans, CausalLm, ModelError, ModelInfo, SeqCache,
@@ -83,11 +84,11 @@ impl Config {
 const MAX_CONTEXT: usize = 1 << 20;
 
 struct Layer {
-    attn_norm: Tensor,
+    attn_norm: RmsNorm,
     /// Q, K and V stacked: one matmul per layer.
     wqkv: QLinear,
     wo: QLinear,
-    ffn_norm: Tensor,
+    ffn_norm: RmsNorm,
     /// Gate and up stacked, applied as SwiGLU.
     gate_up: QLinear,
     down: QLinear,
@@ -99,7 +100,7 @@ pub struct Llama {
     info: ModelInfo,
     embed: Arc<QTensor>,
     layers: Vec<Layer>,
-    norm: Tensor,
+    norm: RmsNorm,
     output: QLinear,
     cos: Tensor,
     sin: Tensor,
@@ -114,8 +115,9 @@ pub const ARCHITECTURES: &[&str] = &["llama", "mistral", "smollm"];
 impl Llama {
     pub fn load(mut g: GgufFile, name: &str, device: &Device) -> Result<Self, ModelError> {
         let cfg = Config::read(&g)?;
-        let dense = |g: &mut GgufFile, n: &str| -> Result<Tensor, ModelError> {
-            Ok(g.tensor(n, device)?.dequantize(device)?)
+        let eps = cfg.rms_eps as f32;
+        let norm = |g: &mut GgufFile, n: &str| -> Result<RmsNorm, ModelError> {
+            Ok(RmsNorm::new(g.tensor(n, device)?.dequantize(device)?, eps)?)
         };
         let embed = g.tensor("token_embd.weight", device)?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
@@ -133,11 +135,11 @@ impl Llama {
                 wo: QLinear::new(wo)?,
                 gate_up: QLinear::fused(vec![gate, up])?,
                 down: QLinear::new(down)?,
-                attn_norm: dense(&mut g, &format!("blk.{i}.attn_norm.weight"))?,
-                ffn_norm: dense(&mut g, &format!("blk.{i}.ffn_norm.weight"))?,
+                attn_norm: norm(&mut g, &format!("blk.{i}.attn_norm.weight"))?,
+                ffn_norm: norm(&mut g, &format!("blk.{i}.ffn_norm.weight"))?,
             });
         }
-        let norm = dense(&mut g, "output_norm.weight")?;
+        let norm = norm(&mut g, "output_norm.weight")?;
         // Tied embeddings: the output projection reuses the quantized embedding table as it is.
         let output_w = if g.has_tensor("output.weight") {
             g.tensor("output.weight", device)?
@@ -231,13 +233,7 @@ impl Llama {
             kvs.push(seq.cache.append(layer, &k, &v)?);
             queries.push(q);
         }
-        let seqs: Vec<_> = queries
-            .iter()
-            .zip(&kvs)
-            .map(|(q, (k, v))| attention::SeqRows { q, k, v })
-            .collect();
-        let out = attention::attend_rows(&seqs, nh)?;
-        Tensor::from_vec(out, (qkv.dim(0)?, nh * hd), qkv.device())
+        attention::attend_rows_tensor(&queries, &kvs, nh)
     }
 
     /// On other devices: candle's tensor ops, one sequence at a time.
@@ -310,17 +306,16 @@ impl CausalLm for Llama {
             .collect();
         let ids = Tensor::new(ids.as_slice(), self.cos.device())?;
         let mut xs = self.embed.embedding(&ids)?;
-        let eps = self.cfg.rms_eps as f32;
         for i in 0..self.layers.len() {
-            let h = super::norm::rms_norm(&xs, &self.layers[i].attn_norm, eps)?;
+            let h = self.layers[i].attn_norm.forward(&xs)?;
             xs = (xs + self.attention(i, &h, batch, &spans)?)?;
-            let h = super::norm::rms_norm(&xs, &self.layers[i].ffn_norm, eps)?;
+            let h = self.layers[i].ffn_norm.forward(&xs)?;
             xs = (&xs + self.mlp(i, &h)?)?;
         }
         for (seq, &(_, len)) in batch.iter_mut().zip(&spans) {
             seq.cache.advance(len);
         }
-        let last = super::norm::rms_norm(&output_rows(&xs, batch, &spans)?, &self.norm, eps)?;
+        let last = self.norm.forward(&output_rows(&xs, batch, &spans)?)?;
         Ok(self.output.forward(&last)?.to_dtype(DType::F32)?)
     }
 

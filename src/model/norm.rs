@@ -10,14 +10,28 @@ use candle_core::{Result, Tensor};
 
 use super::qlinear::with_f32_rows;
 
-/// `x / rms(x) * w` for every row of `xs` (`[rows, d]`, f32 on the CPU), with `w` of `d`; other devices go
-/// through candle.
-pub fn rms_norm(xs: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
-    if !xs.device().is_cpu() {
-        return candle_nn::ops::rms_norm(xs, w, eps);
+/// RMSNorm (`x / rms(x) * w` per row), on the pool on the CPU; the weight is copied to the host once, at load.
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+    w: Vec<f32>,
+}
+
+impl RmsNorm {
+    pub fn new(weight: Tensor, eps: f32) -> Result<Self> {
+        let w = weight.to_vec1()?;
+        Ok(Self { weight, eps, w })
     }
-    let w: Vec<f32> = w.to_vec1()?;
-    per_row(xs, w.len(), |x, dst| rms_row(x, &w, eps, dst))
+
+    /// `xs`: `[rows, d]`.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if !xs.device().is_cpu() {
+            return candle_nn::ops::rms_norm(xs, &self.weight, self.eps);
+        }
+        per_row(xs, self.w.len(), |x, dst| {
+            rms_row(x, &self.w, self.eps, dst)
+        })
+    }
 }
 
 /// GPT-2's LayerNorm (`(x - mean) / sqrt(var + eps) * w + b` per row), on the pool on the CPU.
@@ -114,12 +128,14 @@ mod tests {
         let w = Tensor::randn(1f32, 0.2, 96, &dev)?;
         for rows in [1, 7, 33, 200] {
             let xs = Tensor::randn(0f32, 3.0, (rows, 96), &dev)?;
-            let ours = rms_norm(&xs, &w, 1e-5)?.flatten_all()?.to_vec1::<f32>()?;
+            let norm = RmsNorm::new(w.clone(), 1e-5)?;
+            let ours = norm.forward(&xs)?.flatten_all()?.to_vec1::<f32>()?;
             let theirs = candle_nn::ops::rms_norm(&xs, &w, 1e-5)?
                 .flatten_all()?
                 .to_vec1::<f32>()?;
             assert_eq!(ours, theirs, "{rows} rows");
-            let last = rms_norm(&xs.narrow(0, rows - 1, 1)?, &w, 1e-5)?
+            let last = norm
+                .forward(&xs.narrow(0, rows - 1, 1)?)?
                 .flatten_all()?
                 .to_vec1::<f32>()?;
             assert_eq!(last, ours[(rows - 1) * 96..]);
