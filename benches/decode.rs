@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 use rill::engine::{EngineConfig, EngineHandle, GenRequest, SamplingParams};
-use rill::model::{self, ModelLocator};
+use rill::load::{self, ModelLocator};
 
 const CONCURRENCY: [usize; 4] = [1, 2, 4, 8];
 const PREFILL_TOKENS: usize = 256;
@@ -119,7 +119,7 @@ fn bench_model(name: &str, dir: &Path, dev_name: &str, dev: &Device, rows: &mut 
     let source = locator.resolve(dir.to_str().unwrap()).unwrap();
     let (label, device) = (name.to_string(), dev.clone());
     let e = EngineHandle::start(
-        move || model::load(&source, &label, &device),
+        move || load::load(&source, &label, &device),
         // Every request computes its whole prompt: the prefix cache would turn the repeated prompts of
         // these runs into copies.
         EngineConfig {

@@ -11,6 +11,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod load;
 pub mod model;
 pub mod pool;
 pub mod time;

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use common::model_path;
 use proptest::prelude::*;
-use rill::model::gguf::GgufFile;
+use rill::load::gguf::GgufFile;
 use rill::tokenizer::{gguf::from_gguf, IncrementalDecoder, TextTokenizer};
 
 fn gpt2() -> &'static TextTokenizer {
@@ -21,7 +21,7 @@ fn gpt2() -> &'static TextTokenizer {
 fn smollm2() -> &'static TextTokenizer {
     static T: OnceLock<TextTokenizer> = OnceLock::new();
     T.get_or_init(|| {
-        from_gguf(&GgufFile::open(&model_path("smollm2/SmolLM2-135M-Instruct-Q4_1.gguf")).unwrap())
+        from_gguf(&GgufFile::open(&model_path("smollm2/SmolLM2-135M-Instruct-Q4_1.gguf"), &candle_core::Device::Cpu).unwrap().content.metadata)
             .unwrap()
     })
 }

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use candle_core::{Device, Tensor};
 use common::{engine, model_path};
 use rill::engine::{
-    EngineConfig, EngineError, EngineHandle, Event, FinishReason, GenRequest, Loaded,
+    EngineConfig, EngineError, EngineHandle, Event, FinishReason, GenRequest,
     SamplingParams,
 };
+use rill::load::Loaded;
 use rill::model::{CausalLm, ModelError, ModelInfo, SeqCache, SeqStep};
 use rill::tokenizer::{ChatTemplate, TextTokenizer};
 

@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use proptest::prelude::*;
-use rill::model::{self, ModelSource};
+use rill::load::{self, ModelSource};
 
 fn load(file: &Path) -> Result<(), String> {
     let source = ModelSource::Gguf {
         file: file.to_path_buf(),
         tokenizer: Some(common::tiny_llama::tiny_llama().with_file_name("tokenizer.json")),
     };
-    model::load(&source, "fuzz", &Device::Cpu)
+    load::load(&source, "fuzz", &Device::Cpu)
         .map(drop)
         .map_err(|e| e.to_string())
 }

@@ -7,7 +7,8 @@ mod common;
 use candle_core::Device;
 use common::{engine, golden, greedy, ids, model_path, root, sha256};
 use rill::engine::EngineConfig;
-use rill::model::{self, ModelLocator, ModelSource, SeqStep};
+use rill::load::{self, ModelLocator, ModelSource};
+use rill::model::SeqStep;
 
 #[test]
 fn fixture_weights_are_the_ones_the_goldens_were_made_from() {
@@ -40,7 +41,7 @@ fn last_position_logits_match_transformers() {
     };
     for layout in ["tiny-gpt2", "tiny-gpt2-hub-layout"] {
         model_path(layout);
-        let loaded = model::load(&locator.resolve(layout).unwrap(), layout, &Device::Cpu).unwrap();
+        let loaded = load::load(&locator.resolve(layout).unwrap(), layout, &Device::Cpu).unwrap();
         for p in golden("gpt2-golden.json")["prompts"].as_array().unwrap() {
             let Some(want) = p.get("last_logits") else {
                 continue;

@@ -13,7 +13,7 @@ use candle_core::Device;
 use common::tiny_llama::tiny_llama;
 use proptest::prelude::*;
 use rill::engine::{EngineConfig, EngineHandle, Event, GenRequest, SamplingParams};
-use rill::model::{self, ModelSource};
+use rill::load::{self, ModelSource};
 
 /// A generated token as compared: id, logprob bits, and the alternatives' (id, logprob bits).
 type Step = (u32, u32, Vec<(u32, u32)>);
@@ -38,7 +38,7 @@ fn start(m: Model, config: EngineConfig) -> EngineHandle {
                 tokenizer: Some(tiny_llama().with_file_name("tokenizer.json")),
             };
             EngineHandle::start(
-                move || model::load(&source, "tiny-llama", &Device::Cpu),
+                move || load::load(&source, "tiny-llama", &Device::Cpu),
                 config,
             )
             .unwrap()

@@ -6,7 +6,8 @@ pub mod serve;
 
 use crate::config::ModelArgs;
 use crate::engine::{EngineConfig, EngineHandle};
-use crate::model::{self, ModelError, ModelLocator};
+use crate::load::{self, ModelLocator};
+use crate::model::ModelError;
 
 /// Resolves the model named on the command line and starts the generation thread with it loaded.
 pub fn start_engine(args: &ModelArgs, config: EngineConfig) -> Result<EngineHandle, ModelError> {
@@ -17,8 +18,8 @@ pub fn start_engine(args: &ModelArgs, config: EngineConfig) -> Result<EngineHand
     tracing::info!(model = %args.model, source = ?source, "loading model");
     EngineHandle::start(
         move || {
-            let device = model::loader::device(&device_name)?;
-            model::load(&source, &name, &device)
+            let device = load::device(&device_name)?;
+            load::load(&source, &name, &device)
         },
         config,
     )

@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use crate::api::{self, AppState};
 use crate::config::ServeArgs;
-use crate::model::{ModelLocator, ModelSource};
+use crate::load::{ModelLocator, ModelSource};
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::model::{CausalLm, ModelError, ModelInfo};
+use crate::load::Loaded;
+use crate::model::{ModelError, ModelInfo};
 use crate::tokenizer::{ChatTemplate, TextTokenizer};
 pub use sampler::SamplingParams;
 
@@ -248,13 +249,6 @@ impl EngineStats {
     pub fn get(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
     }
-}
-
-/// Everything loaded on the generation thread that the rest of rill needs.
-pub struct Loaded {
-    pub model: Box<dyn CausalLm>,
-    pub tokenizer: TextTokenizer,
-    pub chat: ChatTemplate,
 }
 
 /// Read-only facts about the served model, shared with the HTTP layer.

@@ -4,19 +4,50 @@
 
 use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
 
+/// How one layer scores keys: the scale of `q·k`, an optional soft cap `c·tanh(s / c)` on the scaled scores
+/// (gemma2), and an optional sliding window (a query at position `p` sees keys `p - window < t <= p`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scoring {
+    pub scale: f32,
+    pub softcap: Option<f32>,
+    pub window: Option<usize>,
+}
+
+impl Scoring {
+    /// Plain causal attention scaled by `1/√head_dim`.
+    pub fn plain(head_dim: usize) -> Self {
+        Self {
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            softcap: None,
+            window: None,
+        }
+    }
+
+    /// The first key position a query at `pos` sees.
+    fn first_key(&self, pos: usize) -> usize {
+        match self.window {
+            Some(w) => (pos + 1).saturating_sub(w),
+            None => 0,
+        }
+    }
+}
+
 /// Attends `q` (`[heads, new, head_dim]`) over all cached `k`, `v` (`[kv_heads, total, head_dim]`), where the
 /// new tokens are the last `new` positions; returns `[new, heads * head_dim]`.
-pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scoring: &Scoring) -> Result<Tensor> {
     let (n_heads, new, head_dim) = q.dims3()?;
     let (n_kv, total, _) = k.dims3()?;
     let group = n_heads / n_kv;
     // Grouped-query attention: view the query heads as `[kv_heads, group * new, head_dim]` so each kv head
     // serves its group without copying keys and values.
     let q = q.reshape((n_kv, group * new, head_dim))?;
-    let scale = 1.0 / (head_dim as f64).sqrt();
-    let att = (q.matmul(&k.t()?)? * scale)?;
-    let att = if new > 1 {
-        let mask = causal_mask(new, total, group, q.device())?;
+    let att = (q.matmul(&k.t()?)? * scoring.scale as f64)?;
+    let att = match scoring.softcap {
+        Some(c) => ((att / c as f64)?.tanh()? * c as f64)?,
+        None => att,
+    };
+    let att = if new > 1 || scoring.window.is_some_and(|w| w < total) {
+        let mask = causal_mask(new, total, group, scoring, q.device())?;
         att.broadcast_add(&mask)?
     } else {
         att
@@ -33,13 +64,15 @@ fn causal_mask(
     new: usize,
     total: usize,
     group: usize,
+    scoring: &Scoring,
     dev: &candle_core::Device,
 ) -> Result<Tensor> {
     let past = total - new;
     let mut m = vec![0f32; group * new * total];
     for r in 0..group * new {
         let pos = past + r % new;
-        for c in pos + 1..total {
+        let first = scoring.first_key(pos);
+        for c in (0..first).chain(pos + 1..total) {
             m[r * total + c] = f32::NEG_INFINITY;
         }
     }
@@ -68,7 +101,7 @@ pub struct SeqRows<'a> {
 /// in the next layer, have the same bits whether the position was computed in a prefill chunk, alone, after a
 /// prefix-cache copy or beside other sequences (the idea of batch-invariant kernels: the reduction order of
 /// each output value never depends on the shape of the batch).
-pub fn attend_rows(seqs: &[SeqRows<'_>], n_heads: usize) -> Result<Vec<f32>> {
+pub fn attend_rows(seqs: &[SeqRows<'_>], n_heads: usize, scoring: &Scoring) -> Result<Vec<f32>> {
     let Some(first) = seqs.first() else {
         return Ok(Vec::new());
     };
@@ -98,7 +131,6 @@ pub fn attend_rows(seqs: &[SeqRows<'_>], n_heads: usize) -> Result<Vec<f32>> {
     }
     let mut out = vec![0f32; rows.len() * width];
     let out_addr = out.as_mut_ptr() as usize;
-    let scale = 1.0 / (hd as f32).sqrt();
     crate::pool::run(rows.len() * n_kv, |items| {
         let mut scores = Vec::new();
         for item in items {
@@ -114,7 +146,7 @@ pub fn attend_rows(seqs: &[SeqRows<'_>], n_heads: usize) -> Result<Vec<f32>> {
                     group * hd,
                 )
             };
-            attend_one(q, k, v, kv, pos + 1, scale, &mut scores, o);
+            attend_one(q, k, v, kv, pos, scoring, &mut scores, o);
         }
     });
     drop(caches);
@@ -127,13 +159,14 @@ pub fn attend_rows_tensor(
     queries: &[Vec<f32>],
     caches: &[(Tensor, Tensor)],
     n_heads: usize,
+    scoring: &Scoring,
 ) -> Result<Tensor> {
     let seqs: Vec<SeqRows<'_>> = queries
         .iter()
         .zip(caches)
         .map(|(q, (k, v))| SeqRows { q, k, v })
         .collect();
-    let out = attend_rows(&seqs, n_heads)?;
+    let out = attend_rows(&seqs, n_heads, scoring)?;
     let Some((k, _)) = caches.first() else {
         candle_core::bail!("attention: an empty batch");
     };
@@ -179,27 +212,33 @@ impl<'a> CacheView<'a> {
     }
 }
 
-/// Softmax attention of a group of query heads `q` (`[group, hd]`) over the first `len` positions of kv head
-/// `kv`, into `out`. Every sum runs in position order, in the same lanes, whatever `len` and the caller.
+/// Softmax attention of a group of query heads `q` (`[group, hd]`) at position `pos` over the keys of kv head
+/// `kv` it sees, into `out`. Every sum runs in position order, in the same lanes, whatever the caller.
 #[allow(clippy::too_many_arguments)]
 fn attend_one(
     q: &[f32],
     k: &CacheView<'_>,
     v: &CacheView<'_>,
     kv: usize,
-    len: usize,
-    scale: f32,
+    pos: usize,
+    scoring: &Scoring,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
     let hd = k.hd;
     let group = q.len() / hd;
+    let first = scoring.first_key(pos);
+    let len = pos + 1 - first;
     scores.clear();
     scores.resize(group * len, 0.0);
     for t in 0..len {
-        let krow = k.row(kv, t);
+        let krow = k.row(kv, first + t);
         for (j, qh) in q.chunks_exact(hd).enumerate() {
-            scores[j * len + t] = dot(qh, krow) * scale;
+            let s = dot(qh, krow) * scoring.scale;
+            scores[j * len + t] = match scoring.softcap {
+                Some(c) => (s / c).tanh() * c,
+                None => s,
+            };
         }
     }
     for s in scores.chunks_exact_mut(len) {
@@ -214,7 +253,7 @@ fn attend_one(
     }
     out.fill(0.0);
     for t in 0..len {
-        let vrow = v.row(kv, t);
+        let vrow = v.row(kv, first + t);
         for (j, o) in out.chunks_exact_mut(hd).enumerate() {
             let p = scores[j * len + t];
             o.iter_mut().zip(vrow).for_each(|(o, v)| *o += p * v);
@@ -282,7 +321,7 @@ mod tests {
         // Keys and values are views into a larger buffer, as the KV cache hands them out.
         let k = Tensor::randn(0f32, 1.0, (2, 9, 8), &dev)?.narrow(1, 0, 5)?;
         let v = Tensor::randn(0f32, 1.0, (2, 9, 8), &dev)?.narrow(1, 0, 5)?;
-        let got = causal_attention(&q, &k, &v)?;
+        let got = causal_attention(&q, &k, &v, &Scoring::plain(8))?;
         let want = naive(&q, &k.contiguous()?, &v.contiguous()?)?;
         assert!(max_abs_diff(&got, &want)? < 1e-5);
         Ok(())
@@ -293,11 +332,21 @@ mod tests {
         q.transpose(0, 1)?.flatten_all()?.to_vec1::<f32>()
     }
 
-    /// The row kernel gives the tensor version's result for prompt chunks with a past and for single tokens.
+    /// The row kernel gives the tensor version's result for prompt chunks with a past and for single tokens,
+    /// plain, soft-capped and with a sliding window.
     #[test]
     fn attend_rows_matches_tensor_attention() -> Result<()> {
         let dev = Device::Cpu;
-        for (new, total) in [(1, 1), (1, 17), (4, 4), (5, 9)] {
+        let plain = Scoring::plain(8);
+        let capped = Scoring {
+            scale: 0.3,
+            softcap: Some(1.5),
+            window: Some(3),
+        };
+        for ((new, total), scoring) in [(1, 1), (1, 17), (4, 4), (5, 9), (1, 2), (6, 11)]
+            .into_iter()
+            .flat_map(|s| [(s, plain), (s, capped)])
+        {
             let q = Tensor::randn(0f32, 1.0, (6, new, 8), &dev)?;
             let k = Tensor::randn(0f32, 1.0, (2, 20, 8), &dev)?.narrow(1, 0, total)?;
             let v = Tensor::randn(0f32, 1.0, (2, 20, 8), &dev)?.narrow(1, 0, total)?;
@@ -309,12 +358,13 @@ mod tests {
                     v: &v,
                 }],
                 6,
+                &scoring,
             )?;
-            let want = causal_attention(&q, &k, &v)?;
+            let want = causal_attention(&q, &k, &v, &scoring)?;
             let got = Tensor::from_vec(got, (new, 48), &dev)?;
             assert!(
                 max_abs_diff(&got, &want)? < 1e-5,
-                "new {new}, total {total}"
+                "new {new}, total {total}, {scoring:?}"
             );
         }
         Ok(())
@@ -338,6 +388,7 @@ mod tests {
                 v: &vt,
             }],
             6,
+            &Scoring::plain(8),
         )?;
         let other_q = rows_of(&Tensor::randn(0f32, 1.0, (6, 3, 8), &dev)?)?;
         let (ok, ov) = (k.narrow(1, 0, 30)?, v.narrow(1, 0, 30)?);
@@ -352,6 +403,7 @@ mod tests {
                     v: &vc,
                 }],
                 6,
+                &Scoring::plain(8),
             )?;
             assert_eq!(alone, chunk[r * 48..(r + 1) * 48], "row {r} alone");
             let batch = attend_rows(
@@ -368,6 +420,7 @@ mod tests {
                     },
                 ],
                 6,
+                &Scoring::plain(8),
             )?;
             assert_eq!(
                 batch[3 * 48..],

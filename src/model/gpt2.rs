@@ -192,8 +192,10 @@ impl Gpt2 {
             source,
         })?;
         let cfg: Config =
-            serde_json::from_str(&text).map_err(|e| super::gguf::invalid(config, e))?;
-        let progress = super::loader::progress_bar(cfg.n_layer as u64 + 2, "loading layers");
+            serde_json::from_str(&text).map_err(|e| ModelError::Invalid {
+                path: config.display().to_string(),
+                reason: e.to_string(),
+            })?;
         // SAFETY: the files are mapped read-only and not modified while the model lives.
         let root = unsafe { VarBuilder::from_mmaped_safetensors(weights, DType::F32, device)? };
         let vb = if root.contains_tensor("transformer.wte.weight") {
@@ -204,7 +206,6 @@ impl Gpt2 {
         let d = cfg.n_embd;
         let wte = vb.get((cfg.vocab_size, d), "wte.weight")?;
         let wpe = vb.get((cfg.n_positions, d), "wpe.weight")?;
-        progress.inc(1);
         let mut blocks = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let b = vb.pp(format!("h.{i}"));
@@ -216,7 +217,6 @@ impl Gpt2 {
                 c_fc: Conv1D::load(b.pp("mlp.c_fc"), d, 4 * d)?,
                 mlp_proj: Conv1D::load(b.pp("mlp.c_proj"), 4 * d, d)?,
             });
-            progress.inc(1);
         }
         let ln_f = layer_norm(vb.pp("ln_f"), d, cfg.layer_norm_epsilon)?;
         let lm_head = if root.contains_tensor("lm_head.weight") {
@@ -229,7 +229,6 @@ impl Gpt2 {
         } else {
             Head::Candle(lm_head)
         };
-        progress.finish_and_clear();
         let info = ModelInfo {
             name: name.to_string(),
             arch: "gpt2".into(),
@@ -293,7 +292,7 @@ impl Gpt2 {
             };
             let (k, v) = seq.cache.append(i, &part(1)?, &part(2)?)?;
             if !xs.device().is_cpu() {
-                outs.push(attention::causal_attention(&part(0)?, &k, &v)?);
+                outs.push(attention::causal_attention(&part(0)?, &k, &v, &attention::Scoring::plain(hd))?);
             }
             kvs.push((k, v));
         }
@@ -306,7 +305,7 @@ impl Gpt2 {
                     queries.push(rows.copied().collect::<Vec<f32>>());
                 }
             })?;
-            attention::attend_rows_tensor(&queries, &kvs, nh)?
+            attention::attend_rows_tensor(&queries, &kvs, nh, &attention::Scoring::plain(hd))?
         } else {
             Tensor::cat(&outs, 0)?
         };

@@ -6,20 +6,20 @@
 //! owns the caches, so a cancelled or finished sequence frees its memory by dropping its cache.
 
 pub mod attention;
+pub mod decoder;
 pub mod dense;
-pub mod gguf;
 pub mod gpt2;
 pub mod kv_cache;
-pub mod llama;
-pub mod loader;
+pub mod linear;
 pub mod norm;
 pub mod qlinear;
 pub mod quant;
+pub mod rope;
+pub mod weights;
 
 use candle_core::Tensor;
 
 pub use kv_cache::SeqCache;
-pub use loader::{load, ModelLocator, ModelSource};
 
 /// The widest instruction sets rill's own kernels may use: 2 = all the CPU has, 1 = AVX2 at most, 0 = portable
 /// code only. Set by `RILL_KERNELS` (`avx2`, `scalar`) to measure an older CPU's path on a newer one.

@@ -32,6 +32,21 @@ impl RmsNorm {
             rms_row(x, &self.w, self.eps, dst)
         })
     }
+
+    /// Normalizes each run of `width` values of `x` in place (one head at a time for per-head q/k norms).
+    pub fn forward_host(&self, x: &mut [f32]) {
+        let d = self.w.len();
+        let mut tmp = vec![0f32; d];
+        for chunk in x.chunks_exact_mut(d) {
+            rms_row(chunk, &self.w, self.eps, &mut tmp);
+            chunk.copy_from_slice(&tmp);
+        }
+    }
+
+    /// Width of the normalized rows.
+    pub fn width(&self) -> usize {
+        self.w.len()
+    }
 }
 
 /// GPT-2's LayerNorm (`(x - mean) / sqrt(var + eps) * w + b` per row), on the pool on the CPU.

@@ -135,7 +135,7 @@ impl QLinear {
 
 /// `h[r, i] = silu(y[r, i]) * y[r, half + i]` for every row `r` of `y` (`[rows, 2 * half]`), in chunks across
 /// rill's CPU worker pool.
-fn swiglu_rows(y: &[f32], h: &mut [f32], half: usize) {
+pub(crate) fn swiglu_rows(y: &[f32], h: &mut [f32], half: usize) {
     const CHUNK: usize = 256;
     let per_row = half.div_ceil(CHUNK);
     let h_addr = h.as_mut_ptr() as usize;

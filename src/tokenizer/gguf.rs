@@ -11,7 +11,7 @@ use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
 use super::{TextTokenizer, TokenizerError};
-use crate::model::gguf::GgufFile;
+use std::collections::HashMap;
 
 /// GGUF token types that are matched as whole special tokens: control (3) and user-defined (4).
 const SPECIAL_TYPES: [i32; 2] = [3, 4];
@@ -20,7 +20,8 @@ const SPECIAL_TYPES: [i32; 2] = [3, 4];
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Builds the tokenizer stored in a GGUF file's metadata.
-pub fn from_gguf(g: &GgufFile) -> Result<TextTokenizer, TokenizerError> {
+pub fn from_gguf(meta: &HashMap<String, Value>) -> Result<TextTokenizer, TokenizerError> {
+    let g = &Meta(meta);
     let model = g.meta_str("tokenizer.ggml.model").unwrap_or("");
     if model != "gpt2" {
         return Err(TokenizerError::Unsupported(format!(
@@ -29,7 +30,7 @@ pub fn from_gguf(g: &GgufFile) -> Result<TextTokenizer, TokenizerError> {
     }
     let tokens = strings(g, "tokenizer.ggml.tokens")?;
     let merges = strings(g, "tokenizer.ggml.merges")?;
-    let types: Vec<i32> = match g.content.metadata.get("tokenizer.ggml.token_type") {
+    let types: Vec<i32> = match g.0.get("tokenizer.ggml.token_type") {
         Some(Value::Array(v)) => v.iter().map(|t| t.to_i32().unwrap_or(1)).collect(),
         _ => vec![1; tokens.len()],
     };
@@ -67,8 +68,7 @@ pub fn from_gguf(g: &GgufFile) -> Result<TextTokenizer, TokenizerError> {
             .and_then(|id| tokens.get(id as usize).cloned())
     };
     let add_bos = g
-        .content
-        .metadata
+        .0
         .get("tokenizer.ggml.add_bos_token")
         .and_then(|v| v.to_bool().ok());
     let mut t = TextTokenizer::new(
@@ -110,12 +110,31 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper, TokenizerError> {
     })
 }
 
-fn strings(g: &GgufFile, key: &str) -> Result<Vec<String>, TokenizerError> {
-    match g.content.metadata.get(key) {
+fn strings(g: &Meta<'_>, key: &str) -> Result<Vec<String>, TokenizerError> {
+    match g.0.get(key) {
         Some(Value::Array(v)) => Ok(v
             .iter()
             .filter_map(|s| s.to_string().ok().cloned())
             .collect()),
         _ => Err(TokenizerError::Unsupported(format!("missing `{key}`"))),
+    }
+}
+
+/// Typed lookups in GGUF metadata.
+struct Meta<'a>(&'a HashMap<String, Value>);
+
+impl Meta<'_> {
+    fn meta_str(&self, key: &str) -> Option<&str> {
+        self.0
+            .get(key)
+            .and_then(|v| v.to_string().ok())
+            .map(String::as_str)
+    }
+
+    fn meta_u32(&self, key: &str) -> Result<u32, TokenizerError> {
+        self.0
+            .get(key)
+            .and_then(|v| v.to_u32().ok())
+            .ok_or_else(|| TokenizerError::Unsupported(format!("missing `{key}`")))
     }
 }

@@ -8,7 +8,7 @@ pub mod tiny_llama;
 use std::path::{Path, PathBuf};
 
 use rill::engine::{EngineConfig, EngineHandle, GenRequest, SamplingParams};
-use rill::model::{self, ModelLocator};
+use rill::load::{self, ModelLocator};
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -39,7 +39,7 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
 }
 
 /// Loads the model at `models/<rel>` (or any name the locator resolves) on the CPU, without an engine.
-pub fn load(rel: &str) -> rill::engine::Loaded {
+pub fn load(rel: &str) -> rill::load::Loaded {
     let locator = ModelLocator {
         models_dir: root().join("models"),
         hub_cache: root().join("models/hf-cache"),
@@ -48,7 +48,7 @@ pub fn load(rel: &str) -> rill::engine::Loaded {
     if !Path::new(rel).exists() && !rel.contains('/') {
         model_path(rel);
     }
-    model::load(
+    load::load(
         &locator.resolve(rel).unwrap(),
         rel,
         &candle_core::Device::Cpu,
@@ -69,7 +69,7 @@ pub fn engine(rel: &str, config: EngineConfig) -> EngineHandle {
     let source = locator.resolve(rel).unwrap();
     let name = rel.to_string();
     EngineHandle::start(
-        move || model::load(&source, &name, &candle_core::Device::Cpu),
+        move || load::load(&source, &name, &candle_core::Device::Cpu),
         config,
     )
     .unwrap()

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 use rill::api::{self, ApiConfig, AppState};
-use rill::engine::{EngineConfig, EngineHandle, Loaded};
+use rill::engine::{EngineConfig, EngineHandle};
+use rill::load::Loaded;
 use rill::model::{CausalLm, ModelError, ModelInfo, SeqCache, SeqStep};
 use rill::tokenizer::{ChatTemplate, TextTokenizer};
 use serde_json::Value;

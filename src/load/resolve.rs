@@ -1,15 +1,11 @@
-//! Finding and loading a model: a path (GGUF file or HF folder), a short name under the models directory, or a
-//! HuggingFace repo id resolved through `hf-hub` (the local cache when `HF_HUB_OFFLINE=1`, downloads otherwise).
+//! Resolving a model name to files: a path (GGUF file or HF folder), a short name under the models directory,
+//! or a HuggingFace repo id through `hf-hub` (the local cache when `HF_HUB_OFFLINE=1`, downloads otherwise).
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
 use serde_json::Value;
 
-use super::gguf::GgufFile;
-use super::{gpt2::Gpt2, llama, llama::Llama, CausalLm, ModelError};
-use crate::engine::Loaded;
-use crate::tokenizer::{gguf::from_gguf, ChatTemplate, TextTokenizer};
+use crate::model::ModelError;
 
 /// Where a model's files are, once resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,7 +206,7 @@ fn shard_names(index: &Path) -> Result<Vec<String>, ModelError> {
     let map = v
         .get("weight_map")
         .and_then(Value::as_object)
-        .ok_or_else(|| super::gguf::invalid(index, "no weight_map"))?;
+        .ok_or_else(|| super::invalid(index, "no weight_map"))?;
     let mut names: Vec<String> = map
         .values()
         .filter_map(|s| s.as_str().map(str::to_string))
@@ -220,147 +216,11 @@ fn shard_names(index: &Path) -> Result<Vec<String>, ModelError> {
     Ok(names)
 }
 
-fn read_json(path: &Path) -> Result<Value, ModelError> {
+pub(super) fn read_json(path: &Path) -> Result<Value, ModelError> {
     let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
         path: path.display().to_string(),
         source,
     })?;
-    serde_json::from_str(&text).map_err(|e| super::gguf::invalid(path, e))
+    serde_json::from_str(&text).map_err(|e| super::invalid(path, e))
 }
 
-/// The compute device: CUDA or Metal when built with that feature and asked for, else the CPU.
-pub fn device(name: &str) -> Result<Device, ModelError> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::new_cuda(0)?),
-        "metal" => Ok(Device::new_metal(0)?),
-        "auto" => Ok(if candle_core::utils::cuda_is_available() {
-            Device::new_cuda(0)?
-        } else if candle_core::utils::metal_is_available() {
-            Device::new_metal(0)?
-        } else {
-            Device::Cpu
-        }),
-        other => Err(ModelError::Unsupported(format!(
-            "device `{other}` (use cpu, cuda, metal or auto)"
-        ))),
-    }
-}
-
-/// Loads a resolved model with its tokenizer and chat template; `name` labels it in logs and responses.
-pub fn load(source: &ModelSource, name: &str, device: &Device) -> Result<Loaded, ModelError> {
-    match source {
-        ModelSource::Gguf { file, tokenizer } => {
-            load_gguf(file, tokenizer.as_deref(), name, device)
-        }
-        ModelSource::HfFolder { dir, weights } => load_hf(dir, weights, name, device),
-    }
-}
-
-fn load_gguf(
-    file: &Path,
-    tok_json: Option<&Path>,
-    name: &str,
-    device: &Device,
-) -> Result<Loaded, ModelError> {
-    let g = GgufFile::open(file)?;
-    let arch = g.meta_str("general.architecture").unwrap_or("").to_string();
-    if !llama::ARCHITECTURES.contains(&arch.as_str()) {
-        return Err(ModelError::Unsupported(format!(
-            "{}: GGUF architecture `{arch}` (rill runs {:?})",
-            file.display(),
-            llama::ARCHITECTURES
-        )));
-    }
-    let tokenizer = match tok_json {
-        Some(t) => TextTokenizer::from_file(t, None),
-        None => from_gguf(&g),
-    }
-    .map_err(|e| super::gguf::invalid(file, e))?;
-    let template = g.meta_str("tokenizer.chat_template").map(str::to_string);
-    let chat = ChatTemplate::new(
-        template,
-        tokenizer.bos_token.as_deref(),
-        tokenizer.eos_token.as_deref(),
-    )
-    .map_err(|e| super::gguf::invalid(file, e))?;
-    let model: Box<dyn CausalLm> = Box::new(Llama::load(g, name, device)?);
-    Ok(Loaded {
-        model,
-        tokenizer,
-        chat,
-    })
-}
-
-fn load_hf(
-    dir: &Path,
-    weights: &[PathBuf],
-    name: &str,
-    device: &Device,
-) -> Result<Loaded, ModelError> {
-    let config_path = dir.join("config.json");
-    let config = read_json(&config_path)?;
-    let model_type = config
-        .get("model_type")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    if model_type != "gpt2" {
-        return Err(ModelError::Unsupported(format!(
-            "safetensors model_type `{model_type}` (rill runs gpt2 safetensors and llama-family GGUF files)"
-        )));
-    }
-    let tok_config = Some(dir.join("tokenizer_config.json"))
-        .filter(|p| p.exists())
-        .map(|p| read_json(&p))
-        .transpose()?;
-    let tok_path = dir.join("tokenizer.json");
-    let mut tokenizer = TextTokenizer::from_file(&tok_path, tok_config.as_ref())
-        .map_err(|e| super::gguf::invalid(&tok_path, e))?;
-    for id in eos_ids_from_config(&config) {
-        if !tokenizer.eos_ids.contains(&id) {
-            tokenizer.eos_ids.push(id);
-        }
-    }
-    let template = tok_config
-        .as_ref()
-        .and_then(ChatTemplate::source_from_config);
-    let chat = ChatTemplate::new(
-        template,
-        tokenizer.bos_token.as_deref(),
-        tokenizer.eos_token.as_deref(),
-    )
-    .map_err(|e| super::gguf::invalid(&tok_path, e))?;
-    let model: Box<dyn CausalLm> = Box::new(Gpt2::load(&config_path, weights, name, device)?);
-    Ok(Loaded {
-        model,
-        tokenizer,
-        chat,
-    })
-}
-
-/// `eos_token_id` from config.json: a number or a list.
-fn eos_ids_from_config(config: &Value) -> Vec<u32> {
-    match config.get("eos_token_id") {
-        Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(|n| n.as_u64().map(|n| n as u32))
-            .collect(),
-        _ => vec![],
-    }
-}
-
-/// A progress bar on stderr, drawn only when stderr is a terminal.
-pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::with_draw_target(
-        Some(len),
-        indicatif::ProgressDrawTarget::stderr(),
-    );
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed}]")
-    {
-        bar.set_style(style);
-    }
-    bar.set_message(what.to_string());
-    bar
-}

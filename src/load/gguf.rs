@@ -1,0 +1,273 @@
+//! GGUF files: metadata, tensors as [`Weights`], the decoder hyper-parameters of each supported family as
+//! llama.cpp reads them, and the embedded tokenizer and chat template.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::QTensor;
+use candle_core::Device;
+
+use super::{invalid, Loaded};
+use crate::model::decoder::{Decoder, DecoderConfig, Label};
+use crate::model::linear::Activation;
+use crate::model::weights::{Weight, Weights};
+use crate::model::{CausalLm, ModelError};
+use crate::tokenizer::{gguf::from_gguf, TextTokenizer};
+
+/// GGUF `general.architecture` values rill runs.
+pub const ARCHITECTURES: &[&str] = &[
+    "llama", "mistral", "smollm", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3",
+];
+
+/// An open GGUF file: its parsed header and a reader for tensor data.
+pub struct GgufFile {
+    pub path: PathBuf,
+    pub content: Content,
+    reader: BufReader<File>,
+    progress: indicatif::ProgressBar,
+    device: Device,
+}
+
+impl GgufFile {
+    pub fn open(path: &Path, device: &Device) -> Result<Self, ModelError> {
+        let io = |source| ModelError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let mut reader = BufReader::new(file);
+        let content = Content::read(&mut reader).map_err(|e| invalid(path, e))?;
+        check_tensors(&content, len).map_err(|e| invalid(path, e))?;
+        let progress =
+            super::progress_bar(content.tensor_infos.len() as u64, "loading tensors");
+        Ok(Self {
+            path: path.to_path_buf(),
+            content,
+            reader,
+            progress,
+            device: device.clone(),
+        })
+    }
+
+    /// A metadata value, or an error naming the missing key.
+    pub fn meta(&self, key: &str) -> Result<&Value, ModelError> {
+        self.content
+            .metadata
+            .get(key)
+            .ok_or_else(|| invalid(&self.path, format!("missing metadata `{key}`")))
+    }
+
+    pub fn meta_u32(&self, key: &str) -> Result<u32, ModelError> {
+        self.meta(key)?.to_u32().map_err(|e| invalid(&self.path, e))
+    }
+
+    pub fn meta_f32(&self, key: &str) -> Result<f32, ModelError> {
+        self.meta(key)?.to_f32().map_err(|e| invalid(&self.path, e))
+    }
+
+    pub fn meta_str(&self, key: &str) -> Option<&str> {
+        self.content
+            .metadata
+            .get(key)
+            .and_then(|v| v.to_string().ok())
+            .map(String::as_str)
+    }
+
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    /// Reads one tensor onto `device`.
+    pub fn tensor(&mut self, name: &str, device: &Device) -> Result<Arc<QTensor>, ModelError> {
+        let t = self
+            .content
+            .tensor(&mut self.reader, name, device)
+            .map_err(|e| invalid(&self.path, e))?;
+        self.progress.inc(1);
+        Ok(Arc::new(t))
+    }
+
+    /// Ends the progress bar.
+    pub fn finish(&self) {
+        self.progress.finish_and_clear();
+    }
+}
+
+/// Every tensor's data must lie inside the file: a header that promises more (a corrupt or hostile file) is
+/// refused before anything is allocated for it.
+fn check_tensors(content: &Content, file_len: u64) -> Result<(), String> {
+    for (name, t) in &content.tensor_infos {
+        let elems = t
+            .shape
+            .dims()
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+            .ok_or_else(|| format!("tensor `{name}`: shape {:?} overflows", t.shape))?;
+        let block = t.ggml_dtype.block_size() as u64;
+        if elems % block != 0 {
+            return Err(format!(
+                "tensor `{name}`: {elems} elements are not whole {:?} blocks of {block}",
+                t.ggml_dtype
+            ));
+        }
+        let bytes = (elems / block).checked_mul(t.ggml_dtype.type_size() as u64);
+        let end = bytes
+            .and_then(|b| b.checked_add(t.offset))
+            .and_then(|b| b.checked_add(content.tensor_data_offset));
+        match end {
+            Some(end) if end <= file_len => {}
+            _ => {
+                return Err(format!(
+                    "tensor `{name}` ({:?}, {:?}) lies past the end of the {file_len}-byte file",
+                    t.ggml_dtype, t.shape
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+
+impl Weights for GgufFile {
+    fn get(&mut self, name: &str) -> Result<Weight, ModelError> {
+        let dev = self.device.clone();
+        Ok(Weight::Quant(self.tensor(name, &dev)?))
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.has_tensor(name)
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
+/// Loads a GGUF model: its decoder, and the tokenizer from `tokenizer.json` beside it or else from metadata.
+pub fn load(file: &Path, tok_json: Option<&Path>, name: &str, device: &Device) -> Result<Loaded, ModelError> {
+    let mut g = GgufFile::open(file, device)?;
+    let arch = g.meta_str("general.architecture").unwrap_or("").to_string();
+    if !ARCHITECTURES.contains(&arch.as_str()) {
+        return Err(ModelError::Unsupported(format!(
+            "{}: GGUF architecture `{arch}` (rill runs {})",
+            file.display(),
+            ARCHITECTURES.join(", ")
+        )));
+    }
+    let tokenizer = match tok_json {
+        Some(t) => TextTokenizer::from_file(t, None),
+        None => from_gguf(&g.content.metadata),
+    }
+    .map_err(|e| invalid(file, e))?;
+    let template = g.meta_str("tokenizer.chat_template").map(str::to_string);
+    let chat = super::chat_template(template, &tokenizer, file)?;
+    let cfg = decoder_config(&g, &arch)?;
+    let label = Label {
+        name: name.to_string(),
+        quantization: quant_name(&g),
+        n_params: count_params(&g),
+    };
+    let model = Decoder::load(cfg, &mut g, label).map_err(super::in_file(file))?;
+    g.finish();
+    let model: Box<dyn CausalLm> = Box::new(model);
+    Ok(Loaded {
+        model,
+        tokenizer,
+        chat,
+    })
+}
+
+/// The decoder hyper-parameters of `arch` from metadata, as llama.cpp reads them.
+fn decoder_config(g: &GgufFile, arch: &str) -> Result<DecoderConfig, ModelError> {
+    let key = |k: &str| format!("{arch}.{k}");
+    let u = |k: &str| g.meta_u32(&key(k)).map(|v| v as usize);
+    let f = |k: &str| g.meta_f32(&key(k)).ok();
+    let n_heads = u("attention.head_count")?;
+    let dim = u("embedding_length")?;
+    let n_layers = u("block_count")?;
+    let head_dim = u("attention.key_length")
+        .or_else(|_| u("rope.dimension_count"))
+        .unwrap_or(dim / n_heads.max(1));
+    let gemma = arch.starts_with("gemma");
+    // Which layers slide, as llama.cpp sets its pattern: gemma2 every other layer from the first, gemma3 five
+    // layers of every six. Other families' windows are ignored by llama.cpp, and so here.
+    let period = match arch {
+        "gemma2" => 2,
+        "gemma3" => 6,
+        _ => 0,
+    };
+    let sliding: Vec<bool> = (0..n_layers)
+        .map(|i| period > 0 && i % period < period - 1)
+        .collect();
+    let big_gemma = (arch == "gemma2" && n_layers == 46) || (arch == "gemma3" && n_layers == 62);
+    let attn_scale = if big_gemma {
+        1.0 / ((dim / n_heads.max(1)) as f32).sqrt()
+    } else {
+        1.0 / (head_dim as f32).sqrt()
+    };
+    let rope_linear = match g.meta_str(&key("rope.scaling.type")) {
+        Some("linear") => f("rope.scaling.factor").unwrap_or(1.0),
+        Some("none") | None => 1.0,
+        Some(other) => {
+            return Err(ModelError::Unsupported(format!(
+                "{}: rope scaling `{other}`",
+                g.path.display()
+            )))
+        }
+    };
+    DecoderConfig {
+        arch: arch.to_string(),
+        n_layers,
+        n_heads,
+        n_kv_heads: u("attention.head_count_kv").unwrap_or(n_heads),
+        head_dim,
+        context: u("context_length").unwrap_or(4096),
+        rms_eps: f("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+        rope_base: f("rope.freq_base").unwrap_or(10_000.0),
+        rope_base_local: (arch == "gemma3").then_some(10_000.0),
+        rope_linear,
+        rope_neox: !matches!(arch, "llama" | "mistral" | "smollm"),
+        sliding_window: if period > 0 { u("attention.sliding_window").ok() } else { None },
+        sliding,
+        attn_scale,
+        attn_softcap: f("attn_logit_softcapping").filter(|_| arch == "gemma2"),
+        final_softcap: f("final_logit_softcapping").filter(|_| arch == "gemma2"),
+        embed_scale: gemma.then(|| (dim as f32).sqrt()),
+        act: if gemma { Activation::GeluTanh } else { Activation::Silu },
+        rope_freqs: None,
+    }
+    .checked()
+    .map_err(|reason| invalid(&g.path, reason))
+}
+
+/// The most common weight type among the 2-D tensors, e.g. `Q4_K`.
+fn quant_name(g: &GgufFile) -> String {
+    let mut counts = std::collections::HashMap::new();
+    for t in g
+        .content
+        .tensor_infos
+        .values()
+        .filter(|t| t.shape.rank() == 2)
+    {
+        *counts
+            .entry(format!("{:?}", t.ggml_dtype))
+            .or_insert(0usize) += t.shape.elem_count();
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map(|(k, _)| k)
+        .unwrap_or_default()
+}
+
+fn count_params(g: &GgufFile) -> usize {
+    g.content
+        .tensor_infos
+        .values()
+        .map(|t| t.shape.elem_count())
+        .sum()
+}

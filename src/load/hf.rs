@@ -1,0 +1,469 @@
+//! HuggingFace folders: `config.json`, safetensors weights (one file or shards), `tokenizer.json`,
+//! `tokenizer_config.json` and `generation_config.json`. GPT-2 has its own model; every llama-family
+//! `model_type` becomes a [`Decoder`], its tensor names mapped onto GGUF's.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device};
+use serde_json::Value;
+
+use super::resolve::read_json;
+use super::{invalid, Loaded};
+use crate::model::decoder::{Decoder, DecoderConfig, Label};
+use crate::model::gpt2::Gpt2;
+use crate::model::linear::Activation;
+use crate::model::weights::{Weight, Weights};
+use crate::model::{CausalLm, ModelError};
+use crate::tokenizer::{ChatTemplate, TextTokenizer};
+
+/// `model_type` values rill runs from safetensors.
+pub const MODEL_TYPES: &[&str] = &[
+    "gpt2",
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "phi3",
+    "gemma",
+    "gemma2",
+    "gemma3",
+    "gemma3_text",
+];
+
+/// Loads a HuggingFace folder.
+pub fn load(dir: &Path, weights: &[PathBuf], name: &str, device: &Device) -> Result<Loaded, ModelError> {
+    let config_path = dir.join("config.json");
+    let config = read_json(&config_path)?;
+    let model_type = config
+        .get("model_type")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if !MODEL_TYPES.contains(&model_type) {
+        return Err(ModelError::Unsupported(format!(
+            "{}: model_type `{model_type}` (rill runs {})",
+            config_path.display(),
+            MODEL_TYPES.join(", ")
+        )));
+    }
+    let (tokenizer, chat) = tokenizer_and_template(dir, &config)?;
+    let model: Box<dyn CausalLm> = if model_type == "gpt2" {
+        Box::new(Gpt2::load(&config_path, weights, name, device)?)
+    } else {
+        // Multimodal checkpoints keep the text model's settings in `text_config`.
+        let text = config.get("text_config").unwrap_or(&config);
+        let cfg = decoder_config(&Json { v: text, path: &config_path }, model_type)?;
+        let mut w = SafeWeights::open(weights, device, cfg.arch.starts_with("gemma"))?;
+        let label = Label {
+            name: name.to_string(),
+            quantization: w.dtype_name(),
+            n_params: w.n_params(),
+        };
+        Box::new(Decoder::load(cfg, &mut w, label).map_err(super::in_file(dir))?)
+    };
+    Ok(Loaded {
+        model,
+        tokenizer,
+        chat,
+    })
+}
+
+/// `tokenizer.json` with `tokenizer_config.json`'s settings, EOS ids from `config.json` and
+/// `generation_config.json`, and the chat template.
+fn tokenizer_and_template(dir: &Path, config: &Value) -> Result<(TextTokenizer, ChatTemplate), ModelError> {
+    let optional = |f: &str| {
+        Some(dir.join(f))
+            .filter(|p| p.exists())
+            .map(|p| read_json(&p))
+            .transpose()
+    };
+    let tok_config = optional("tokenizer_config.json")?;
+    let generation = optional("generation_config.json")?;
+    let tok_path = dir.join("tokenizer.json");
+    let mut tokenizer = TextTokenizer::from_file(&tok_path, tok_config.as_ref())
+        .map_err(|e| invalid(&tok_path, e))?;
+    for id in eos_ids(Some(config)).into_iter().chain(eos_ids(generation.as_ref())) {
+        if !tokenizer.eos_ids.contains(&id) {
+            tokenizer.eos_ids.push(id);
+        }
+    }
+    let template = tok_config
+        .as_ref()
+        .and_then(ChatTemplate::source_from_config)
+        .or_else(|| std::fs::read_to_string(dir.join("chat_template.jinja")).ok());
+    let chat = super::chat_template(template, &tokenizer, &tok_path)?;
+    Ok((tokenizer, chat))
+}
+
+/// `eos_token_id`: a number or a list.
+fn eos_ids(config: Option<&Value>) -> Vec<u32> {
+    match config.and_then(|c| c.get("eos_token_id")) {
+        Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|n| n.as_u64().map(|n| n as u32))
+            .collect(),
+        _ => vec![],
+    }
+}
+
+/// A `config.json` object with typed lookups whose errors name the file and the field.
+struct Json<'a> {
+    v: &'a Value,
+    path: &'a Path,
+}
+
+impl Json<'_> {
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.v.get(key).filter(|v| !v.is_null())
+    }
+
+    fn usize(&self, key: &str) -> Result<usize, ModelError> {
+        self.opt_usize(key)?
+            .ok_or_else(|| invalid(self.path, format!("missing `{key}`")))
+    }
+
+    fn opt_usize(&self, key: &str) -> Result<Option<usize>, ModelError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(|n| Some(n as usize))
+                .ok_or_else(|| invalid(self.path, format!("`{key}` is not a whole number: {v}"))),
+        }
+    }
+
+    fn opt_f32(&self, key: &str) -> Result<Option<f32>, ModelError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(|n| Some(n as f32))
+                .ok_or_else(|| invalid(self.path, format!("`{key}` is not a number: {v}"))),
+        }
+    }
+
+    fn opt_str(&self, key: &str) -> Option<&str> {
+        self.get(key).and_then(Value::as_str)
+    }
+
+    fn sub<'b>(&'b self, key: &str) -> Option<Json<'b>> {
+        self.get(key).filter(|v| v.is_object()).map(|v| Json { v, path: self.path })
+    }
+}
+
+/// The decoder hyper-parameters of a llama-family `config.json`, as transformers reads them.
+fn decoder_config(c: &Json<'_>, model_type: &str) -> Result<DecoderConfig, ModelError> {
+    let arch = match model_type {
+        "gemma3_text" => "gemma3",
+        other => other,
+    };
+    let gemma = arch.starts_with("gemma");
+    let hidden = c.usize("hidden_size")?;
+    let n_layers = c.usize("num_hidden_layers")?;
+    let n_heads = c.usize("num_attention_heads")?;
+    let head_dim = match c.opt_usize("head_dim")? {
+        Some(d) => d,
+        None => hidden / n_heads.max(1),
+    };
+    if c.opt_f32("partial_rotary_factor")?.is_some_and(|f| f != 1.0) {
+        return Err(ModelError::Unsupported(format!(
+            "{}: partial rotary embeddings",
+            c.path.display()
+        )));
+    }
+    let (rope_base, rope_base_local, rope_linear, rope_freqs) = rope(c, head_dim, gemma)?;
+    let sliding_window = c.opt_usize("sliding_window")?;
+    let sliding = sliding_layers(c, arch, n_layers, sliding_window.is_some())?;
+    let act_name = c
+        .opt_str("hidden_activation")
+        .or(c.opt_str("hidden_act"))
+        .unwrap_or("silu");
+    let act = match act_name {
+        "silu" | "swish" => Activation::Silu,
+        "gelu_pytorch_tanh" | "gelu_tanh" | "gelu_new" => Activation::GeluTanh,
+        other => {
+            return Err(ModelError::Unsupported(format!(
+                "{}: activation `{other}`",
+                c.path.display()
+            )))
+        }
+    };
+    let attn_scale = match c.opt_f32("query_pre_attn_scalar")? {
+        Some(s) if gemma => 1.0 / s.sqrt(),
+        _ => 1.0 / (head_dim as f32).sqrt(),
+    };
+    DecoderConfig {
+        arch: arch.to_string(),
+        n_layers,
+        n_heads,
+        n_kv_heads: c.opt_usize("num_key_value_heads")?.unwrap_or(n_heads),
+        head_dim,
+        context: c.opt_usize("max_position_embeddings")?.unwrap_or(4096),
+        rms_eps: c.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
+        rope_base,
+        rope_base_local,
+        rope_linear,
+        rope_neox: true,
+        sliding_window: sliding_window.filter(|_| sliding.iter().any(|&s| s)),
+        sliding,
+        attn_scale,
+        attn_softcap: c.opt_f32("attn_logit_softcapping")?.filter(|_| gemma),
+        final_softcap: c.opt_f32("final_logit_softcapping")?.filter(|_| gemma),
+        embed_scale: gemma.then(|| (hidden as f64).sqrt() as f32),
+        act,
+        rope_freqs,
+    }
+    .checked()
+    .map_err(|reason| invalid(c.path, reason))
+}
+
+/// Rotary settings: (base, sliding layers' base, linear factor, per-frequency divisors), from `rope_theta` /
+/// `rope_scaling` or transformers 5's `rope_parameters` (per layer type for gemma3).
+#[allow(clippy::type_complexity)]
+fn rope(
+    c: &Json<'_>,
+    head_dim: usize,
+    gemma: bool,
+) -> Result<(f32, Option<f32>, f32, Option<Vec<f32>>), ModelError> {
+    let params = c.sub("rope_parameters");
+    let full = params
+        .as_ref()
+        .and_then(|p| p.sub("full_attention"))
+        .or_else(|| c.sub("rope_parameters"));
+    let local = params.as_ref().and_then(|p| p.sub("sliding_attention"));
+    let base = match full.as_ref().map(|f| f.opt_f32("rope_theta")).transpose()?.flatten() {
+        Some(b) => b,
+        None => c.opt_f32("rope_theta")?.unwrap_or(10_000.0),
+    };
+    let local_base = match local.as_ref().map(|l| l.opt_f32("rope_theta")).transpose()?.flatten() {
+        Some(b) => Some(b),
+        None => c.opt_f32("rope_local_base_freq")?,
+    };
+    // The scaling: `rope_scaling`, else the full-attention `rope_parameters`.
+    let scaling = c.sub("rope_scaling").or(full);
+    let (mut linear, mut freqs) = (1.0, None);
+    if let Some(s) = scaling {
+        let kind = s.opt_str("rope_type").or(s.opt_str("type")).unwrap_or("default");
+        match kind {
+            "default" => {}
+            "linear" => linear = s.opt_f32("factor")?.unwrap_or(1.0),
+            "llama3" => freqs = Some(llama3_factors(&s, base, head_dim)?),
+            other => {
+                return Err(ModelError::Unsupported(format!(
+                    "{}: rope scaling `{other}`",
+                    c.path.display()
+                )))
+            }
+        }
+    }
+    Ok((base, local_base.filter(|_| gemma), linear, freqs))
+}
+
+/// Llama 3.1's rope scaling as per-frequency divisors: long wavelengths slowed by `factor`, short ones kept,
+/// the band between blended.
+fn llama3_factors(s: &Json<'_>, base: f32, head_dim: usize) -> Result<Vec<f32>, ModelError> {
+    let field = |k: &str| {
+        s.opt_f32(k)?
+            .ok_or_else(|| invalid(s.path, format!("llama3 rope scaling without `{k}`")))
+    };
+    let factor = field("factor")?;
+    let low = field("low_freq_factor")?;
+    let high = field("high_freq_factor")?;
+    let old = field("original_max_position_embeddings")?;
+    let (low_wavelen, high_wavelen) = (old / low, old / high);
+    Ok((0..head_dim / 2)
+        .map(|i| {
+            let freq = 1.0 / base.powf((2 * i) as f32 / head_dim as f32);
+            let wavelen = 2.0 * std::f32::consts::PI / freq;
+            if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor
+            } else {
+                let smooth = (old / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            }
+        })
+        .collect())
+}
+
+/// Which layers use the sliding window: transformers 5's `layer_types` when present, else each family's rule.
+fn sliding_layers(
+    c: &Json<'_>,
+    arch: &str,
+    n_layers: usize,
+    has_window: bool,
+) -> Result<Vec<bool>, ModelError> {
+    if let Some(types) = c.get("layer_types").and_then(Value::as_array) {
+        if types.len() != n_layers {
+            return Err(invalid(c.path, format!("{} layer_types for {n_layers} layers", types.len())));
+        }
+        return Ok(types
+            .iter()
+            .map(|t| t.as_str() == Some("sliding_attention"))
+            .collect());
+    }
+    let pattern = c.opt_usize("sliding_window_pattern")?.unwrap_or(6).max(1);
+    let use_window = c
+        .get("use_sliding_window")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    Ok((0..n_layers)
+        .map(|i| {
+            has_window
+                && match arch {
+                    "gemma2" => i % 2 == 0,
+                    "gemma3" => (i + 1) % pattern != 0,
+                    "mistral" | "phi3" => true,
+                    "qwen2" | "qwen3" => use_window,
+                    _ => false,
+                }
+        })
+        .collect())
+}
+
+/// Safetensors tensors served under GGUF names.
+struct SafeWeights {
+    st: MmapedSafetensors,
+    /// GGUF name → safetensors name.
+    names: HashMap<String, String>,
+    device: Device,
+    /// Gemma stores norm weights as `w` for `x·(1 + w)`: add the 1 at load, as llama.cpp's converter does.
+    norm_shift: bool,
+}
+
+impl SafeWeights {
+    fn open(files: &[PathBuf], device: &Device, norm_shift: bool) -> Result<Self, ModelError> {
+        // SAFETY: the files are mapped read-only and not modified while the model lives.
+        let st = unsafe { MmapedSafetensors::multi(files) }.map_err(|e| ModelError::Invalid {
+            path: files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            reason: e.to_string(),
+        })?;
+        let names = st
+            .tensors()
+            .into_iter()
+            .filter_map(|(hf, _)| gguf_name(&hf, norm_shift).map(|g| (g, hf)))
+            .collect();
+        Ok(Self {
+            st,
+            names,
+            device: device.clone(),
+            norm_shift,
+        })
+    }
+
+    /// The stored type of the largest tensors, e.g. `BF16`.
+    fn dtype_name(&self) -> String {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for (_, t) in self.st.tensors() {
+            *counts.entry(format!("{:?}", t.dtype())).or_default() += t.shape().iter().product::<usize>();
+        }
+        counts
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .map(|(k, _)| k.to_uppercase())
+            .unwrap_or_default()
+    }
+
+    fn n_params(&self) -> usize {
+        self.st
+            .tensors()
+            .iter()
+            .map(|(_, t)| t.shape().iter().product::<usize>())
+            .sum()
+    }
+}
+
+impl Weights for SafeWeights {
+    fn get(&mut self, name: &str) -> Result<Weight, ModelError> {
+        let hf = self.names.get(name).ok_or_else(|| {
+            ModelError::Unsupported(format!("no safetensors tensor maps to `{name}`"))
+        })?;
+        let t = self.st.load(hf, &self.device)?;
+        // f16 and bf16 checkpoints run in f32 (rill's dense kernels are f32).
+        let t = t.to_dtype(DType::F32)?;
+        Ok(Weight::Dense(if self.norm_shift && name.ends_with("norm.weight") {
+            (t + 1.0)?
+        } else {
+            t
+        }))
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.names.contains_key(name)
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
+/// The GGUF name of a HuggingFace tensor name, for the tensors the decoder reads (others: `None`).
+/// `gemma_norms`: the family has pre- and post-feed-forward norms, so `post_attention_layernorm` is the
+/// attention branch's output norm rather than the MLP's input norm.
+fn gguf_name(hf: &str, gemma_norms: bool) -> Option<String> {
+    if matches!(hf, "lm_head.weight" | "language_model.lm_head.weight") {
+        return Some("output.weight".into());
+    }
+    let rest = ["model.language_model.", "language_model.model.", "model."]
+        .iter()
+        .find_map(|p| hf.strip_prefix(p))?;
+    match rest {
+        "embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "norm.weight" => return Some("output_norm.weight".into()),
+        _ => {}
+    }
+    let rest = rest.strip_prefix("layers.")?;
+    let (layer, tail) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (module, kind) = tail.rsplit_once('.')?;
+    let module = match module {
+        "input_layernorm" => "attn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.qkv_proj" => "attn_qkv",
+        "self_attn.o_proj" => "attn_output",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
+        "post_attention_layernorm" if gemma_norms => "post_attention_norm",
+        "post_attention_layernorm" | "pre_feedforward_layernorm" => "ffn_norm",
+        "post_feedforward_layernorm" => "post_ffw_norm",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" | "mlp.gate_up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{module}.{kind}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_huggingface_names_onto_gguf_names() {
+        let cases = [
+            ("model.embed_tokens.weight", false, Some("token_embd.weight")),
+            ("lm_head.weight", false, Some("output.weight")),
+            ("model.norm.weight", false, Some("output_norm.weight")),
+            ("model.layers.3.self_attn.q_proj.bias", false, Some("blk.3.attn_q.bias")),
+            ("model.layers.0.post_attention_layernorm.weight", false, Some("blk.0.ffn_norm.weight")),
+            ("model.layers.0.post_attention_layernorm.weight", true, Some("blk.0.post_attention_norm.weight")),
+            ("model.layers.1.pre_feedforward_layernorm.weight", true, Some("blk.1.ffn_norm.weight")),
+            ("model.layers.2.mlp.gate_up_proj.weight", false, Some("blk.2.ffn_up.weight")),
+            ("model.language_model.layers.2.self_attn.k_norm.weight", true, Some("blk.2.attn_k_norm.weight")),
+            ("model.layers.2.self_attn.rotary_emb.inv_freq", false, None),
+            ("vision_tower.encoder.weight", false, None),
+        ];
+        for (hf, gemma, want) in cases {
+            assert_eq!(gguf_name(hf, gemma).as_deref(), want, "{hf}");
+        }
+    }
+}

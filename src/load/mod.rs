@@ -1,0 +1,98 @@
+//! Loading a model: resolve a name to files ([`resolve`]), read the format (a GGUF file in [`gguf`], a
+//! HuggingFace folder in [`hf`]), pick the architecture and device, and build the model, its tokenizer and its
+//! chat template. Sits between the engine (which runs what this returns) and the model layer (which knows
+//! nothing of files).
+
+pub mod gguf;
+pub mod hf;
+pub mod resolve;
+
+use std::path::Path;
+
+use candle_core::Device;
+
+use crate::model::{CausalLm, ModelError};
+use crate::tokenizer::{ChatTemplate, TextTokenizer};
+
+pub use resolve::{ModelLocator, ModelSource};
+
+/// Everything the generation thread needs to serve a model.
+pub struct Loaded {
+    pub model: Box<dyn CausalLm>,
+    pub tokenizer: TextTokenizer,
+    pub chat: ChatTemplate,
+}
+
+/// Loads a resolved model with its tokenizer and chat template; `name` labels it in logs and responses.
+pub fn load(source: &ModelSource, name: &str, device: &Device) -> Result<Loaded, ModelError> {
+    match source {
+        ModelSource::Gguf { file, tokenizer } => {
+            gguf::load(file, tokenizer.as_deref(), name, device)
+        }
+        ModelSource::HfFolder { dir, weights } => hf::load(dir, weights, name, device),
+    }
+}
+
+/// The compute device: CUDA or Metal when built with that feature and asked for, else the CPU.
+pub fn device(name: &str) -> Result<Device, ModelError> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::new_cuda(0)?),
+        "metal" => Ok(Device::new_metal(0)?),
+        "auto" => Ok(if candle_core::utils::cuda_is_available() {
+            Device::new_cuda(0)?
+        } else if candle_core::utils::metal_is_available() {
+            Device::new_metal(0)?
+        } else {
+            Device::Cpu
+        }),
+        other => Err(ModelError::Unsupported(format!(
+            "device `{other}` (use cpu, cuda, metal or auto)"
+        ))),
+    }
+}
+
+/// A chat template from its source (if any) and the tokenizer's special tokens.
+fn chat_template(
+    source: Option<String>,
+    tokenizer: &TextTokenizer,
+    file: &Path,
+) -> Result<ChatTemplate, ModelError> {
+    ChatTemplate::new(
+        source,
+        tokenizer.bos_token.as_deref(),
+        tokenizer.eos_token.as_deref(),
+    )
+    .map_err(|e| invalid(file, e))
+}
+
+/// A progress bar on stderr, drawn only when stderr is a terminal.
+pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(len),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed}]")
+    {
+        bar.set_style(style);
+    }
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// A file's problem as a [`ModelError`] naming the file.
+pub(crate) fn invalid(path: &Path, reason: impl std::fmt::Display) -> ModelError {
+    ModelError::Invalid {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// An error from building a model out of `file`'s tensors, naming the file unless it already names one.
+pub(crate) fn in_file(file: &Path) -> impl Fn(ModelError) -> ModelError + '_ {
+    move |e| match e {
+        ModelError::Invalid { .. } | ModelError::Io { .. } => e,
+        other => invalid(file, other),
+    }
+}

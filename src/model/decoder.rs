@@ -1,0 +1,485 @@
+//! The decoder-only transformer most local models are: llama (Llama 2/3, SmolLM, TinyLlama, Mistral), qwen2,
+//! qwen3, phi3, gemma2 and gemma3. One block, pre-norm attention with rotary positions and grouped-query heads,
+//! then a gated MLP; the families differ only in the switches of [`DecoderConfig`] and in which tensors they
+//! carry, which the block finds by name:
+//!
+//! - `attn_q/k/v` (or one fused `attn_qkv`, phi3), with biases when present (qwen2);
+//! - `attn_q_norm` / `attn_k_norm`, a per-head RMSNorm of queries and keys before rotation (qwen3, gemma3);
+//! - `post_attention_norm` / `post_ffw_norm`, norms on each branch's output (gemma2, gemma3);
+//! - `ffn_gate` + `ffn_up`, or one `ffn_up` holding both (phi3).
+//!
+//! Tensors are asked for by their GGUF names; the loading layer maps HuggingFace names onto them (and folds
+//! gemma's `1 + w` norm weights, as llama.cpp's converter does). The batching plumbing (caches, rows, logit
+//! rows) is shared with every architecture through [`super::attention`] and [`super::SeqStep`].
+
+use candle_core::quantized::QTensor;
+use candle_core::{DType, Device, Tensor};
+use std::sync::Arc;
+
+use super::attention::{self, Scoring};
+use super::linear::{Activation, Linear};
+use super::norm::RmsNorm;
+use super::qlinear::with_f32_rows;
+use super::rope::Rope;
+use super::weights::{Weight, Weights};
+use super::{check_context, output_rows, row_spans, CausalLm, ModelError, ModelInfo, SeqCache, SeqStep};
+
+/// The hyper-parameters and switches of one model, read by the loading layer from GGUF metadata or a
+/// HuggingFace `config.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecoderConfig {
+    /// Family label for logs and `/api/show` (`llama`, `qwen2`, `gemma3`, ...).
+    pub arch: String,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub context: usize,
+    pub rms_eps: f32,
+    /// Rotary base of full-attention layers.
+    pub rope_base: f32,
+    /// Rotary base of sliding-window layers, where it differs (gemma3: 10 000).
+    pub rope_base_local: Option<f32>,
+    /// Linear position scaling of full-attention layers (positions divided by it), 1 for none.
+    pub rope_linear: f32,
+    /// GPT-NeoX rotary layout (pairs `i, i + d/2`) rather than interleaved pairs. HuggingFace checkpoints are
+    /// all NeoX; llama.cpp's converter permutes llama's Q and K to the interleaved layout.
+    pub rope_neox: bool,
+    /// Window of sliding-window layers.
+    pub sliding_window: Option<usize>,
+    /// Which layers use the window (and the local rotary base).
+    pub sliding: Vec<bool>,
+    /// Scale of `q·k` (`1/√head_dim` unless the family says otherwise).
+    pub attn_scale: f32,
+    /// `c·tanh(s/c)` on attention scores (gemma2).
+    pub attn_softcap: Option<f32>,
+    /// `c·tanh(l/c)` on the output logits (gemma2).
+    pub final_softcap: Option<f32>,
+    /// Embeddings are multiplied by this (gemma: `√hidden`).
+    pub embed_scale: Option<f32>,
+    pub act: Activation,
+    /// Per-frequency divisors of full-attention layers' rotary frequencies (Llama 3.1 rope scaling); a GGUF
+    /// file's `rope_freqs.weight` tensor takes their place.
+    pub rope_freqs: Option<Vec<f32>>,
+}
+
+/// The longest context rill accepts from a model file (its rotary tables are sized by it).
+pub const MAX_CONTEXT: usize = 1 << 20;
+
+impl DecoderConfig {
+    /// Refuses hyper-parameters no real model has (a corrupt or hostile file) before anything is sized by
+    /// them: zero or inconsistent head counts, odd head sizes, absurd depths or contexts.
+    pub fn checked(self) -> Result<Self, String> {
+        let ok = self.n_heads > 0
+            && self.n_kv_heads > 0
+            && self.n_heads.is_multiple_of(self.n_kv_heads)
+            && self.head_dim > 0
+            && self.head_dim.is_multiple_of(2)
+            && self.head_dim <= 1024
+            && (1..=1024).contains(&self.n_layers)
+            && (1..=MAX_CONTEXT).contains(&self.context)
+            && self.sliding.len() == self.n_layers
+            && self.rms_eps.is_finite()
+            && [self.rope_base, self.rope_base_local.unwrap_or(1.0), self.rope_linear]
+                .iter()
+                .all(|b| b.is_finite() && *b > 0.0)
+            && self.attn_scale.is_finite()
+            && self.sliding_window != Some(0);
+        if ok {
+            Ok(self)
+        } else {
+            Err(format!("implausible hyper-parameters: {self:?}"))
+        }
+    }
+
+    /// How layer `i` scores keys.
+    fn scoring(&self, i: usize) -> Scoring {
+        Scoring {
+            scale: self.attn_scale,
+            softcap: self.attn_softcap,
+            window: self.sliding_window.filter(|_| self.sliding[i]),
+        }
+    }
+}
+
+struct Layer {
+    attn_norm: RmsNorm,
+    /// Q, K and V stacked: one matmul per layer.
+    wqkv: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    wo: Linear,
+    post_attn_norm: Option<RmsNorm>,
+    ffn_norm: RmsNorm,
+    /// Gate and up stacked.
+    gate_up: Linear,
+    down: Linear,
+    post_ffn_norm: Option<RmsNorm>,
+    /// Index of this layer's rotary table.
+    rope: usize,
+    scoring: Scoring,
+}
+
+/// The token embedding table, quantized or dense.
+enum Embedding {
+    Quant(Arc<QTensor>),
+    Dense(Tensor),
+}
+
+/// A loaded decoder-only model.
+pub struct Decoder {
+    cfg: DecoderConfig,
+    info: ModelInfo,
+    embed: Embedding,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    output: Linear,
+    /// Rotary tables: full-attention layers', then sliding layers' when their base differs.
+    ropes: Vec<Rope>,
+    device: Device,
+}
+
+/// What the loading layer knows about the model beyond its math, for [`ModelInfo`].
+pub struct Label {
+    pub name: String,
+    pub quantization: String,
+    pub n_params: usize,
+}
+
+impl Decoder {
+    /// Builds the model from `w`, tensors named as in GGUF files.
+    pub fn load(
+        cfg: DecoderConfig,
+        w: &mut dyn Weights,
+        label: Label,
+    ) -> Result<Self, ModelError> {
+        let device = w.device().clone();
+        let eps = cfg.rms_eps;
+        let embed = w.get("token_embd.weight")?;
+        let (vocab, hidden) = embed.dims2()?;
+        let freqs = match w.has("rope_freqs.weight") {
+            true => Some(w.get("rope_freqs.weight")?.to_f32(&device)?.flatten_all()?.to_vec1()?),
+            false => cfg.rope_freqs.clone(),
+        };
+        let mut ropes = vec![Rope::new(
+            cfg.head_dim,
+            cfg.rope_base,
+            cfg.rope_linear,
+            freqs.as_deref(),
+            cfg.context,
+            cfg.rope_neox,
+            &device,
+        )?];
+        if let Some(local) = cfg.rope_base_local {
+            ropes.push(Rope::new(cfg.head_dim, local, 1.0, None, cfg.context, cfg.rope_neox, &device)?);
+        }
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for i in 0..cfg.n_layers {
+            let rope = if cfg.sliding[i] && ropes.len() > 1 { 1 } else { 0 };
+            layers.push(load_layer(w, i, &cfg, rope)?);
+        }
+        let norm = norm(w, "output_norm.weight", eps)?;
+        // Tied embeddings: the output projection reuses the embedding table as it is stored.
+        let output_w = if w.has("output.weight") {
+            w.get("output.weight")?
+        } else {
+            embed.clone()
+        };
+        let output = Linear::new(output_w, None)?;
+        let embed = match embed {
+            Weight::Quant(q) => Embedding::Quant(q),
+            Weight::Dense(t) => Embedding::Dense(t.to_dtype(DType::F32)?),
+        };
+        let info = ModelInfo {
+            name: label.name,
+            arch: cfg.arch.clone(),
+            quantization: label.quantization,
+            vocab_size: vocab,
+            context_length: cfg.context,
+            n_params: label.n_params,
+            kv_bytes_per_token: 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 4,
+        };
+        let q_width = cfg.n_heads * cfg.head_dim;
+        if layers[0].wqkv.out_dim() != q_width + 2 * cfg.n_kv_heads * cfg.head_dim
+            || layers[0].wo.out_dim() != hidden
+            || output.out_dim() != vocab
+        {
+            return Err(ModelError::Unsupported(format!(
+                "{}: tensor shapes do not match the hyper-parameters ({} heads of {}, {} kv heads, hidden {hidden})",
+                cfg.arch, cfg.n_heads, cfg.head_dim, cfg.n_kv_heads
+            )));
+        }
+        Ok(Self {
+            cfg,
+            info,
+            embed,
+            layers,
+            norm,
+            output,
+            ropes,
+            device,
+        })
+    }
+
+    fn embed(&self, ids: &[u32]) -> candle_core::Result<Tensor> {
+        let ids = Tensor::new(ids, &self.device)?;
+        let xs = match &self.embed {
+            Embedding::Quant(q) => q.embedding(&ids)?,
+            Embedding::Dense(t) => t.index_select(&ids, 0)?,
+        };
+        match self.cfg.embed_scale {
+            Some(s) => xs * s as f64,
+            None => Ok(xs),
+        }
+    }
+
+    /// Attention of one layer for every sequence; `xs` holds all new tokens stacked, normalized.
+    fn attention(
+        &self,
+        layer: usize,
+        xs: &Tensor,
+        batch: &mut [SeqStep<'_>],
+        spans: &[(usize, usize)],
+    ) -> candle_core::Result<Tensor> {
+        let l = &self.layers[layer];
+        let qkv = l.wqkv.forward(xs)?;
+        let y = if self.device.is_cpu() {
+            self.attention_host(layer, &qkv, batch, spans)?
+        } else {
+            self.attention_tensors(layer, &qkv, batch, spans)?
+        };
+        l.wo.forward(&y)
+    }
+
+    /// On the CPU: every row, prompt or decode, is normalized and rotated on the host at its position and
+    /// attends through [`attention::attend_rows`], so each position is computed the same way whatever the batch.
+    fn attention_host(
+        &self,
+        layer: usize,
+        qkv: &Tensor,
+        batch: &mut [SeqStep<'_>],
+        spans: &[(usize, usize)],
+    ) -> candle_core::Result<Tensor> {
+        let l = &self.layers[layer];
+        let rope = &self.ropes[l.rope];
+        let (hd, nh, nkv) = (self.cfg.head_dim, self.cfg.n_heads, self.cfg.n_kv_heads);
+        let width = (nh + 2 * nkv) * hd;
+        let mut rows = Vec::new();
+        with_f32_rows(qkv, |all| rows = all.to_vec())?;
+        let mut queries = Vec::with_capacity(spans.len());
+        let mut kvs = Vec::with_capacity(spans.len());
+        for (seq, &(start, len)) in batch.iter_mut().zip(spans) {
+            let pos = seq.cache.len();
+            let mut q = Vec::with_capacity(len * nh * hd);
+            let (mut k, mut v) = (vec![0f32; len * nkv * hd], vec![0f32; len * nkv * hd]);
+            for r in 0..len {
+                let row = &mut rows[(start + r) * width..(start + r + 1) * width];
+                let (qr, rest) = row.split_at_mut(nh * hd);
+                let (kr, vr) = rest.split_at_mut(nkv * hd);
+                if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+                    qn.forward_host(qr);
+                    kn.forward_host(kr);
+                }
+                rope.rotate_host(qr, pos + r);
+                rope.rotate_host(kr, pos + r);
+                q.extend_from_slice(qr);
+                // The cache is `[kv_heads, positions, head_dim]`: scatter this row's heads.
+                for h in 0..nkv {
+                    let at = (h * len + r) * hd;
+                    k[at..at + hd].copy_from_slice(&kr[h * hd..(h + 1) * hd]);
+                    v[at..at + hd].copy_from_slice(&vr[h * hd..(h + 1) * hd]);
+                }
+            }
+            let k = Tensor::from_vec(k, (nkv, len, hd), qkv.device())?;
+            let v = Tensor::from_vec(v, (nkv, len, hd), qkv.device())?;
+            kvs.push(seq.cache.append(layer, &k, &v)?);
+            queries.push(q);
+        }
+        attention::attend_rows_tensor(&queries, &kvs, nh, &l.scoring)
+    }
+
+    /// On other devices: candle's tensor ops, one sequence at a time.
+    fn attention_tensors(
+        &self,
+        layer: usize,
+        qkv: &Tensor,
+        batch: &mut [SeqStep<'_>],
+        spans: &[(usize, usize)],
+    ) -> candle_core::Result<Tensor> {
+        let l = &self.layers[layer];
+        let rope = &self.ropes[l.rope];
+        let (hd, nh, nkv) = (self.cfg.head_dim, self.cfg.n_heads, self.cfg.n_kv_heads);
+        let (q, k, v) = (
+            qkv.narrow(1, 0, nh * hd)?,
+            qkv.narrow(1, nh * hd, nkv * hd)?,
+            qkv.narrow(1, (nh + nkv) * hd, nkv * hd)?,
+        );
+        let normed = |t: Tensor, norm: &Option<RmsNorm>, n: usize| -> candle_core::Result<Tensor> {
+            match norm {
+                Some(norm) => {
+                    let rows = t.dim(0)?;
+                    norm.forward(&t.contiguous()?.reshape((rows * n, hd))?)?
+                        .reshape((rows, n * hd))
+                }
+                None => Ok(t),
+            }
+        };
+        let (q, k) = (normed(q, &l.q_norm, nh)?, normed(k, &l.k_norm, nkv)?);
+        let mut parts = Vec::with_capacity(spans.len());
+        for (seq, &(start, len)) in batch.iter_mut().zip(spans) {
+            let pos = seq.cache.len();
+            let heads = |t: &Tensor, n: usize| {
+                t.narrow(0, start, len)?
+                    .reshape((len, n, hd))?
+                    .transpose(0, 1)
+            };
+            let q = rope.rotate(&heads(&q, nh)?, pos)?;
+            let k = rope.rotate(&heads(&k, nkv)?, pos)?;
+            let v = heads(&v, nkv)?.contiguous()?;
+            let (k, v) = seq.cache.append(layer, &k, &v)?;
+            parts.push(attention::causal_attention(&q, &k, &v, &l.scoring)?);
+        }
+        Tensor::cat(&parts, 0)
+    }
+
+    fn mlp(&self, layer: usize, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let l = &self.layers[layer];
+        l.down.forward(&l.gate_up.forward_glu(xs, self.cfg.act)?)
+    }
+
+    /// The residual stream after layer `i`.
+    fn block(
+        &self,
+        i: usize,
+        xs: Tensor,
+        batch: &mut [SeqStep<'_>],
+        spans: &[(usize, usize)],
+    ) -> candle_core::Result<Tensor> {
+        let l = &self.layers[i];
+        let post = |t: Tensor, n: &Option<RmsNorm>| match n {
+            Some(n) => n.forward(&t),
+            None => Ok(t),
+        };
+        let h = l.attn_norm.forward(&xs)?;
+        let h = post(self.attention(i, &h, batch, spans)?, &l.post_attn_norm)?;
+        let xs = (xs + h)?;
+        let h = l.ffn_norm.forward(&xs)?;
+        let h = post(self.mlp(i, &h)?, &l.post_ffn_norm)?;
+        xs + h
+    }
+}
+
+fn norm(w: &mut dyn Weights, name: &str, eps: f32) -> Result<RmsNorm, ModelError> {
+    let dev = w.device().clone();
+    Ok(RmsNorm::new(w.get(name)?.to_f32(&dev)?, eps)?)
+}
+
+fn optional_norm(w: &mut dyn Weights, name: &str, eps: f32) -> Result<Option<RmsNorm>, ModelError> {
+    if w.has(name) {
+        norm(w, name, eps).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// Biases of `names`, if the first has one (all or none).
+fn biases(w: &mut dyn Weights, names: &[String]) -> Result<Option<Vec<Tensor>>, ModelError> {
+    if !w.has(&names[0]) {
+        return Ok(None);
+    }
+    let dev = w.device().clone();
+    names
+        .iter()
+        .map(|n| Ok(w.get(n)?.to_f32(&dev)?))
+        .collect::<Result<Vec<_>, ModelError>>()
+        .map(Some)
+}
+
+fn load_layer(
+    w: &mut dyn Weights,
+    i: usize,
+    cfg: &DecoderConfig,
+    rope: usize,
+) -> Result<Layer, ModelError> {
+    let eps = cfg.rms_eps;
+    let n = |s: &str| format!("blk.{i}.{s}");
+    let wqkv = if w.has(&n("attn_qkv.weight")) {
+        let b = biases(w, &[n("attn_qkv.bias")])?;
+        Linear::fused(vec![w.get(&n("attn_qkv.weight"))?], b)?
+    } else {
+        let parts = vec![
+            w.get(&n("attn_q.weight"))?,
+            w.get(&n("attn_k.weight"))?,
+            w.get(&n("attn_v.weight"))?,
+        ];
+        let b = biases(w, &[n("attn_q.bias"), n("attn_k.bias"), n("attn_v.bias")])?;
+        Linear::fused(parts, b)?
+    };
+    let gate_up = if w.has(&n("ffn_gate.weight")) {
+        Linear::fused(
+            vec![w.get(&n("ffn_gate.weight"))?, w.get(&n("ffn_up.weight"))?],
+            None,
+        )?
+    } else {
+        Linear::new(w.get(&n("ffn_up.weight"))?, None)?
+    };
+    let (q_norm, k_norm) = (
+        optional_norm(w, &n("attn_q_norm.weight"), eps)?,
+        optional_norm(w, &n("attn_k_norm.weight"), eps)?,
+    );
+    for qk in [&q_norm, &k_norm].into_iter().flatten() {
+        if qk.width() != cfg.head_dim {
+            return Err(ModelError::Unsupported(format!(
+                "layer {i}: a q/k norm of {} for heads of {}",
+                qk.width(),
+                cfg.head_dim
+            )));
+        }
+    }
+    Ok(Layer {
+        attn_norm: norm(w, &n("attn_norm.weight"), eps)?,
+        wqkv,
+        q_norm,
+        k_norm,
+        wo: Linear::new(w.get(&n("attn_output.weight"))?, None)?,
+        post_attn_norm: optional_norm(w, &n("post_attention_norm.weight"), eps)?,
+        ffn_norm: norm(w, &n("ffn_norm.weight"), eps)?,
+        gate_up,
+        down: Linear::new(w.get(&n("ffn_down.weight"))?, None)?,
+        post_ffn_norm: optional_norm(w, &n("post_ffw_norm.weight"), eps)?,
+        rope,
+        scoring: cfg.scoring(i),
+    })
+}
+
+impl CausalLm for Decoder {
+    fn forward(&self, batch: &mut [SeqStep<'_>]) -> Result<Tensor, ModelError> {
+        check_context(batch, self.cfg.context)?;
+        let spans = row_spans(batch);
+        let ids: Vec<u32> = batch
+            .iter()
+            .flat_map(|s| s.tokens.iter().copied())
+            .collect();
+        let mut xs = self.embed(&ids)?;
+        for i in 0..self.layers.len() {
+            xs = self.block(i, xs, batch, &spans)?;
+        }
+        for (seq, &(_, len)) in batch.iter_mut().zip(&spans) {
+            seq.cache.advance(len);
+        }
+        let last = self.norm.forward(&output_rows(&xs, batch, &spans)?)?;
+        let logits = self.output.forward(&last)?.to_dtype(DType::F32)?;
+        Ok(match self.cfg.final_softcap {
+            Some(c) => ((logits / c as f64)?.tanh()? * c as f64)?,
+            None => logits,
+        })
+    }
+
+    fn new_cache(&self) -> SeqCache {
+        SeqCache::new(self.cfg.n_layers)
+    }
+
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+}

@@ -1,0 +1,153 @@
+//! A linear layer over whatever weights a model came with: quantized GGUF tensors through [`QLinear`], dense
+//! f32 through rill's [`DenseF32`] kernel on the CPU (candle's matmul elsewhere), with an optional bias. Parts
+//! that read the same input (Q, K and V; gate and up) are stacked into one matrix at load.
+
+use candle_core::{DType, Device, Result, Tensor};
+
+use super::dense::DenseF32;
+use super::qlinear::{swiglu_rows, with_f32_rows, QLinear};
+use super::weights::Weight;
+
+/// The nonlinearity of a gated MLP: `act(gate) * up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// SiLU (SwiGLU): llama, qwen, phi3, mistral.
+    Silu,
+    /// GELU, tanh approximation (GeGLU): gemma.
+    GeluTanh,
+}
+
+/// `y = x · Wᵀ (+ b)`, `W` stored `[out, in]`.
+pub struct Linear {
+    kind: Kind,
+    /// Added after the product when the weights are quantized (the dense kernel adds its own).
+    bias: Option<Tensor>,
+    out: usize,
+}
+
+enum Kind {
+    Quant(QLinear),
+    Dense(DenseF32),
+    /// Dense weights on a GPU: candle's matmul.
+    Device(Tensor),
+}
+
+impl Linear {
+    /// One weight with an optional bias.
+    pub fn new(w: Weight, b: Option<Tensor>) -> Result<Self> {
+        Self::fused(vec![w], b.map(|b| vec![b]))
+    }
+
+    /// Stacks `parts` along the output (all quantized or all dense), with their biases if they have them.
+    pub fn fused(parts: Vec<Weight>, biases: Option<Vec<Tensor>>) -> Result<Self> {
+        let mut out = 0;
+        for p in &parts {
+            out += p.dims2()?.0;
+        }
+        let bias = match biases {
+            Some(b) => Some(Tensor::cat(&b, 0)?.to_dtype(DType::F32)?),
+            None => None,
+        };
+        let quant: Vec<_> = parts
+            .iter()
+            .filter_map(|p| match p {
+                Weight::Quant(q) => Some(q.clone()),
+                Weight::Dense(_) => None,
+            })
+            .collect();
+        if quant.len() == parts.len() {
+            return Ok(Self {
+                kind: Kind::Quant(QLinear::fused(quant)?),
+                bias,
+                out,
+            });
+        }
+        let dense: Vec<Tensor> = parts
+            .iter()
+            .map(|p| p.to_f32(&device_of(p)))
+            .collect::<Result<_>>()?;
+        let w = if dense.len() == 1 {
+            dense.into_iter().next().expect("one part")
+        } else {
+            Tensor::cat(&dense, 0)?
+        };
+        if w.device().is_cpu() && std::env::var_os("RILL_CANDLE_F32").is_none() {
+            let kind = Kind::Dense(DenseF32::new(w, bias.as_ref())?);
+            return Ok(Self {
+                kind,
+                bias: None,
+                out,
+            });
+        }
+        Ok(Self {
+            kind: Kind::Device(w),
+            bias,
+            out,
+        })
+    }
+
+    /// `x`: `[rows, in]` → `[rows, out]` f32.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = match &self.kind {
+            Kind::Quant(q) => q.forward(x)?,
+            Kind::Dense(d) => d.forward(x)?,
+            Kind::Device(w) => x.matmul(&w.t()?)?,
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+
+    /// For a stacked `[gate; up]` weight: `act(x·gateᵀ) * (x·upᵀ)`, `[rows, out / 2]`.
+    pub fn forward_glu(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        if let (Kind::Quant(q), None, Activation::Silu) = (&self.kind, &self.bias, act) {
+            return q.forward_swiglu(x);
+        }
+        let y = self.forward(x)?;
+        let half = self.out / 2;
+        if !y.device().is_cpu() {
+            let gate = y.narrow(1, 0, half)?;
+            let gate = match act {
+                Activation::Silu => candle_nn::ops::silu(&gate)?,
+                Activation::GeluTanh => gate.gelu()?,
+            };
+            return gate * y.narrow(1, half, half)?;
+        }
+        let rows = y.dim(0)?;
+        let mut h = vec![0f32; rows * half];
+        with_f32_rows(&y, |y| match act {
+            Activation::Silu => swiglu_rows(y, &mut h, half),
+            Activation::GeluTanh => geglu_rows(y, &mut h, half),
+        })?;
+        Tensor::from_vec(h, (rows, half), y.device())
+    }
+
+    /// Output width.
+    pub fn out_dim(&self) -> usize {
+        self.out
+    }
+}
+
+fn device_of(w: &Weight) -> Device {
+    match w {
+        Weight::Quant(q) => q.device(),
+        Weight::Dense(t) => t.device().clone(),
+    }
+}
+
+/// `h[r, i] = gelu_tanh(y[r, i]) * y[r, half + i]` for every row of `y` (`[rows, 2 * half]`).
+fn geglu_rows(y: &[f32], h: &mut [f32], half: usize) {
+    for (hr, yr) in h.chunks_exact_mut(half).zip(y.chunks_exact(2 * half)) {
+        let (gate, up) = yr.split_at(half);
+        for ((o, &g), &u) in hr.iter_mut().zip(gate).zip(up) {
+            *o = gelu_tanh(g) * u;
+        }
+    }
+}
+
+/// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, as PyTorch's `gelu(approximate="tanh")` writes it.
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
+}

@@ -1,0 +1,116 @@
+//! Rotary position embeddings: cos/sin tables for one base, applied on the host to a row of heads (the CPU
+//! path) or with candle's kernels to `[heads, len, head_dim]` tensors (other devices), with the same bits.
+
+use candle_core::{DType, Device, Result, Tensor};
+
+/// Rotary tables `[positions, head_dim / 2]`, on the device and on the host.
+pub struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    cos_host: Vec<f32>,
+    sin_host: Vec<f32>,
+    half: usize,
+    /// GPT-NeoX layout (pairs `i, i + d/2`) instead of interleaved pairs `(2i, 2i + 1)`.
+    neox: bool,
+}
+
+impl Rope {
+    /// Tables for heads of `head_dim`, frequencies `base^(-2i/d) / linear / factors[i]` (linear position
+    /// scaling, and per-frequency factors as Llama 3.1's rope scaling sets them), for `positions` positions.
+    pub fn new(
+        head_dim: usize,
+        base: f32,
+        linear: f32,
+        factors: Option<&[f32]>,
+        positions: usize,
+        neox: bool,
+        dev: &Device,
+    ) -> Result<Self> {
+        if factors.is_some_and(|f| f.len() != head_dim / 2) {
+            candle_core::bail!("rope: {} frequency factors for heads of {head_dim}", factors.map_or(0, |f| f.len()));
+        }
+        let inv: Vec<f32> = (0..head_dim / 2)
+            .map(|i| {
+                let ff = factors.map_or(1.0, |f| f[i]);
+                1.0 / base.powf((2 * i) as f32 / head_dim as f32) / linear / ff
+            })
+            .collect();
+        let inv = Tensor::from_vec(inv, (1, head_dim / 2), dev)?;
+        let t = Tensor::arange(0u32, positions as u32, dev)?
+            .to_dtype(DType::F32)?
+            .reshape((positions, 1))?;
+        let freqs = t.matmul(&inv)?;
+        let (cos, sin) = (freqs.cos()?, freqs.sin()?);
+        let (cos_host, sin_host) = (cos.flatten_all()?.to_vec1()?, sin.flatten_all()?.to_vec1()?);
+        Ok(Self {
+            cos,
+            sin,
+            cos_host,
+            sin_host,
+            half: head_dim / 2,
+            neox,
+        })
+    }
+
+    /// Rotates one token's heads (`n * head_dim` values) in place, at `pos`.
+    pub fn rotate_host(&self, x: &mut [f32], pos: usize) {
+        let h = self.half;
+        let (cos, sin) = (
+            &self.cos_host[pos * h..(pos + 1) * h],
+            &self.sin_host[pos * h..(pos + 1) * h],
+        );
+        rotate_row(x, cos, sin, self.neox);
+    }
+
+    /// Rotates `x` (`[heads, len, head_dim]`) whose first row is at absolute position `pos`.
+    pub fn rotate(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
+        let len = x.dim(1)?;
+        let (cos, sin) = (self.cos.narrow(0, pos, len)?, self.sin.narrow(0, pos, len)?);
+        let x = x.unsqueeze(0)?.contiguous()?;
+        let y = if self.neox {
+            candle_nn::rotary_emb::rope(&x, &cos, &sin)?
+        } else {
+            candle_nn::rotary_emb::rope_i(&x, &cos, &sin)?
+        };
+        y.squeeze(0)
+    }
+}
+
+/// Rotates each head of `x` (heads of `2 * cos.len()` values) by one position's `cos`/`sin` row; the same
+/// arithmetic as candle's `rope_i` / `rope`.
+fn rotate_row(x: &mut [f32], cos: &[f32], sin: &[f32], neox: bool) {
+    let half = cos.len();
+    for head in x.chunks_exact_mut(2 * half) {
+        for i in 0..half {
+            let (a, b) = if neox {
+                (i, i + half)
+            } else {
+                (2 * i, 2 * i + 1)
+            };
+            let (x0, x1) = (head[a], head[b]);
+            head[a] = x0 * cos[i] - x1 * sin[i];
+            head[b] = x0 * sin[i] + x1 * cos[i];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The host rotation gives candle's kernels' bits, in both pair layouts.
+    #[test]
+    fn host_rope_matches_candle() -> Result<()> {
+        let dev = Device::Cpu;
+        let (heads, hd, pos) = (3, 8, 5);
+        for neox in [false, true] {
+            let rope = Rope::new(hd, 10_000.0, 1.0, None, 16, neox, &dev)?;
+            let x = Tensor::randn(0f32, 1.0, (heads, 1, hd), &dev)?;
+            let want = rope.rotate(&x, pos)?;
+            let mut got = x.flatten_all()?.to_vec1::<f32>()?;
+            rope.rotate_host(&mut got, pos);
+            assert_eq!(got, want.flatten_all()?.to_vec1::<f32>()?, "neox: {neox}");
+        }
+        Ok(())
+    }
+}
