@@ -8,6 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 echo "== models"
 scripts/fetch-models.sh
 python3 scripts/make-fixtures.py
+python3 scripts/make-arch-fixtures.py
 
 echo "== build"
 cargo build --release --locked

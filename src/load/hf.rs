@@ -54,7 +54,8 @@ pub fn load(dir: &Path, weights: &[PathBuf], name: &str, device: &Device) -> Res
         // Multimodal checkpoints keep the text model's settings in `text_config`.
         let text = config.get("text_config").unwrap_or(&config);
         let cfg = decoder_config(&Json { v: text, path: &config_path }, model_type)?;
-        let mut w = SafeWeights::open(weights, device, cfg.arch.starts_with("gemma"))?;
+        let sandwich = matches!(cfg.arch.as_str(), "gemma2" | "gemma3");
+        let mut w = SafeWeights::open(weights, device, cfg.arch.starts_with("gemma"), sandwich)?;
         let label = Label {
             name: name.to_string(),
             quantization: w.dtype_name(),
@@ -335,7 +336,13 @@ struct SafeWeights {
 }
 
 impl SafeWeights {
-    fn open(files: &[PathBuf], device: &Device, norm_shift: bool) -> Result<Self, ModelError> {
+    /// `sandwich`: the family norms each branch's input and output (gemma2, gemma3).
+    fn open(
+        files: &[PathBuf],
+        device: &Device,
+        norm_shift: bool,
+        sandwich: bool,
+    ) -> Result<Self, ModelError> {
         // SAFETY: the files are mapped read-only and not modified while the model lives.
         let st = unsafe { MmapedSafetensors::multi(files) }.map_err(|e| ModelError::Invalid {
             path: files
@@ -348,7 +355,7 @@ impl SafeWeights {
         let names = st
             .tensors()
             .into_iter()
-            .filter_map(|(hf, _)| gguf_name(&hf, norm_shift).map(|g| (g, hf)))
+            .filter_map(|(hf, _)| gguf_name(&hf, sandwich).map(|g| (g, hf)))
             .collect();
         Ok(Self {
             st,
@@ -405,9 +412,9 @@ impl Weights for SafeWeights {
 }
 
 /// The GGUF name of a HuggingFace tensor name, for the tensors the decoder reads (others: `None`).
-/// `gemma_norms`: the family has pre- and post-feed-forward norms, so `post_attention_layernorm` is the
+/// `sandwich`: the family has pre- and post-feed-forward norms, so `post_attention_layernorm` is the
 /// attention branch's output norm rather than the MLP's input norm.
-fn gguf_name(hf: &str, gemma_norms: bool) -> Option<String> {
+fn gguf_name(hf: &str, sandwich: bool) -> Option<String> {
     if matches!(hf, "lm_head.weight" | "language_model.lm_head.weight") {
         return Some("output.weight".into());
     }
@@ -432,7 +439,7 @@ fn gguf_name(hf: &str, gemma_norms: bool) -> Option<String> {
         "self_attn.o_proj" => "attn_output",
         "self_attn.q_norm" => "attn_q_norm",
         "self_attn.k_norm" => "attn_k_norm",
-        "post_attention_layernorm" if gemma_norms => "post_attention_norm",
+        "post_attention_layernorm" if sandwich => "post_attention_norm",
         "post_attention_layernorm" | "pre_feedforward_layernorm" => "ffn_norm",
         "post_feedforward_layernorm" => "post_ffw_norm",
         "mlp.gate_proj" => "ffn_gate",

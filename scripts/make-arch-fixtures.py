@@ -1,0 +1,517 @@
+#!/usr/bin/env python3
+"""Make rill's tiny random-weight checkpoints of every decoder family it runs, and (on request) their goldens.
+
+    python3 scripts/make-arch-fixtures.py                # default (CI): HF folders + GGUF files under models/arch/
+    python3 scripts/make-arch-fixtures.py --goldens      # + tests/fixtures/arch-transformers-golden.json
+    python3 scripts/make-arch-fixtures.py --llamacpp     # + tests/fixtures/arch-llamacpp-golden.json
+
+For each family (llama, mistral, qwen2, qwen3, phi3, gemma, gemma2, gemma3) the default mode writes:
+
+    models/arch/<name>/                 a HuggingFace folder: config.json, model.safetensors (f32),
+                                        GPT-2's tokenizer.json and a tokenizer_config.json with a ChatML template
+    models/arch/<name>-f32.gguf         the same weights as GGUF, named, laid out and with metadata as
+    models/arch/<name>-q8_0.gguf        llama.cpp's converter writes them (llama's Q and K rows permuted to the
+                                        interleaved rotary layout, gemma's norm weights + 1, GPT-2 BPE vocabulary)
+
+Weights are a pure function of (tensor name, element index), as in scripts/make-fixtures.py (whose helpers this
+script imports), so every machine writes byte-identical files; Q8_0 rounds as ggml's reference quantizer does.
+The default mode needs numpy only (in `.venv-fixtures-lite/`, made on first use). `--goldens` runs transformers
+(`.venv-fixtures/`, torch + transformers, a few GB); `--llamacpp` runs llama.cpp through `llama-cpp-python`
+(`.venv-llamacpp/`, built from source: ~20 minutes the first time). Both goldens are committed, so CI needs
+neither.
+
+Shapes: hidden 64, 4 query heads over 2 kv heads, MLP 128, 256 positions, GPT-2's 50 257-token vocabulary.
+Families differ as real checkpoints do (qwen2: q/k/v biases; qwen3, gemma3: q/k norms and a head size apart
+from hidden / heads; phi3: fused qkv and gate_up; gemma2: soft caps; gemma2/3 and mistral: an 8-position sliding
+window, so the golden prompts cross it; gemma3: per-layer rotary bases and linear scaling of the global layers).
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "models", "arch")
+TOKENIZER_DIR = os.path.join(ROOT, "models", "gpt2-tokenizer")
+TF_GOLDEN = os.path.join(ROOT, "tests", "fixtures", "arch-transformers-golden.json")
+LC_GOLDEN = os.path.join(ROOT, "tests", "fixtures", "arch-llamacpp-golden.json")
+VENVS = {
+    "lite": (os.path.join(ROOT, ".venv-fixtures-lite"), ("numpy",), ["numpy"]),
+    "goldens": (os.path.join(ROOT, ".venv-fixtures"), ("numpy", "torch", "transformers"),
+                ["numpy", "torch", "transformers"]),
+    "llamacpp": (os.path.join(ROOT, ".venv-llamacpp"), ("numpy", "llama_cpp"),
+                 ["numpy", "llama-cpp-python==0.3.36"]),
+}
+
+VOCAB = 50257
+EOS = 50256
+HIDDEN, FF, HEADS, KV_HEADS, POSITIONS = 64, 128, 4, 2, 256
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>' + '\\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+# name: (model_type, layers, head_dim, tied output, extra config)
+FAMILIES = {
+    "llama": ("llama", 2, 16, False, {}),
+    "mistral": ("mistral", 2, 16, False, {"sliding_window": 8}),
+    "qwen2": ("qwen2", 2, 16, True, {}),
+    "qwen3": ("qwen3", 2, 32, False, {}),
+    "phi3": ("phi3", 2, 16, False, {}),
+    "gemma": ("gemma", 2, 32, True, {}),
+    "gemma2": ("gemma2", 4, 32, True, {"sliding_window": 8, "query_pre_attn_scalar": 32,
+                                       "attn_logit_softcapping": 10.0, "final_logit_softcapping": 5.0}),
+    "gemma3": ("gemma3_text", 6, 32, True, {"sliding_window": 8, "query_pre_attn_scalar": 32}),
+}
+# GGUF versions (llama.cpp runs mistral checkpoints as `llama`, without the window: no GGUF for the tiny one).
+GGUF_FAMILIES = [f for f in FAMILIES if f != "mistral"]
+GGUF_TYPES = ("f32", "q8_0")
+
+# Golden prompts: GPT-2 ids, long enough to cross the sliding window.
+PROMPTS = [
+    [15496, 11, 995, 0],
+    [464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 780, 340, 2227, 284, 766, 644, 373, 319, 262, 584,
+     1735, 13],
+]
+NEW_TOKENS = 12
+
+
+def _load_helpers():
+    spec = importlib.util.spec_from_file_location("make_fixtures", os.path.join(ROOT, "scripts", "make-fixtures.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+H = _load_helpers()
+
+
+def log(msg):
+    print(f"[make-arch-fixtures] {msg}", flush=True)
+
+
+def ensure_env(kind):
+    venv, mods, pkgs = VENVS[kind]
+    if H._have(*mods):
+        return
+    if os.environ.get("RILL_FIXTURES_REEXEC"):
+        sys.exit(f"error: still missing {mods} inside {sys.executable}")
+    py = os.path.join(venv, "bin", "python")
+    if not os.path.exists(py):
+        log(f"creating {os.path.relpath(venv, ROOT)} ({' '.join(pkgs)})")
+        subprocess.check_call([sys.executable, "-m", "venv", venv])
+    if subprocess.call([py, "-c", "import " + ", ".join(mods)], stderr=subprocess.DEVNULL) != 0:
+        log(f"installing {' '.join(pkgs)} into {os.path.relpath(venv, ROOT)}")
+        subprocess.check_call([py, "-m", "pip", "install", "--quiet", *pkgs])
+    env = dict(os.environ, RILL_FIXTURES_REEXEC="1")
+    os.execve(py, [py, os.path.abspath(__file__), *sys.argv[1:]], env)
+
+
+# ---------------------------------------------------------------------------
+# HuggingFace folders
+# ---------------------------------------------------------------------------
+
+def hf_config(name):
+    model_type, layers, head_dim, tied, extra = FAMILIES[name]
+    gemma = model_type.startswith("gemma")
+    cfg = {
+        "architectures": [{"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                           "qwen3": "Qwen3ForCausalLM", "phi3": "Phi3ForCausalLM", "gemma": "GemmaForCausalLM",
+                           "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}[model_type]],
+        "model_type": model_type,
+        "vocab_size": VOCAB,
+        "hidden_size": HIDDEN,
+        "intermediate_size": FF,
+        "num_hidden_layers": layers,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": KV_HEADS,
+        "head_dim": head_dim,
+        "max_position_embeddings": POSITIONS,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": tied,
+        "bos_token_id": EOS,
+        "eos_token_id": EOS,
+        "pad_token_id": None,
+        "attention_dropout": 0.0,
+        "dtype": "float32",
+    }
+    if gemma:
+        cfg["hidden_activation"] = "gelu_pytorch_tanh"
+        cfg["hidden_act"] = "gelu_pytorch_tanh"
+    else:
+        cfg["hidden_act"] = "silu"
+    if model_type == "gemma3_text":
+        cfg["rope_parameters"] = {
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 2.0},
+        }
+        cfg["layer_types"] = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(layers)]
+    else:
+        cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0}
+    if model_type == "gemma2":
+        cfg["layer_types"] = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
+    if model_type == "qwen2":
+        cfg["use_sliding_window"] = False
+    cfg.update(extra)
+    return cfg
+
+
+def hf_tensors(name):
+    """{hf name: f32 array} of a family's checkpoint."""
+    model_type, layers, hd, tied, _ = FAMILIES[name]
+    gemma = model_type.startswith("gemma")
+    t = {}
+
+    def mat(n, rows, cols, gain=1.0):
+        t[n] = H.make_tensor(f"{name}/{n}", (rows, cols), 0.0, gain * (3.0 / cols) ** 0.5)
+
+    def norm(n, width):
+        # Gemma stores w for x·(1 + w).
+        t[n] = H.make_tensor(f"{name}/{n}", (width,), 0.0 if gemma else 1.0, 0.2)
+
+    t["model.embed_tokens.weight"] = H.make_tensor(f"{name}/embed", (VOCAB, HIDDEN), 0.0,
+                                                   0.25 if gemma else 1.0)
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        norm(p + "input_layernorm.weight", HIDDEN)
+        q, kv = HEADS * hd, KV_HEADS * hd
+        if model_type == "phi3":
+            mat(p + "self_attn.qkv_proj.weight", q + 2 * kv, HIDDEN)
+        else:
+            mat(p + "self_attn.q_proj.weight", q, HIDDEN)
+            mat(p + "self_attn.k_proj.weight", kv, HIDDEN)
+            mat(p + "self_attn.v_proj.weight", kv, HIDDEN)
+        if model_type == "qwen2":
+            for part, width in (("q", q), ("k", kv), ("v", kv)):
+                t[p + f"self_attn.{part}_proj.bias"] = H.make_tensor(f"{name}/{p}{part}.bias", (width,), 0.0, 0.5)
+        if model_type in ("qwen3", "gemma3_text"):
+            norm(p + "self_attn.q_norm.weight", hd)
+            norm(p + "self_attn.k_norm.weight", hd)
+        mat(p + "self_attn.o_proj.weight", HIDDEN, q)
+        norm(p + "post_attention_layernorm.weight", HIDDEN)
+        if model_type in ("gemma2", "gemma3_text"):
+            norm(p + "pre_feedforward_layernorm.weight", HIDDEN)
+            norm(p + "post_feedforward_layernorm.weight", HIDDEN)
+        if model_type == "phi3":
+            mat(p + "mlp.gate_up_proj.weight", 2 * FF, HIDDEN)
+        else:
+            mat(p + "mlp.gate_proj.weight", FF, HIDDEN)
+            mat(p + "mlp.up_proj.weight", FF, HIDDEN)
+        mat(p + "mlp.down_proj.weight", HIDDEN, FF)
+    norm("model.norm.weight", HIDDEN)
+    if not tied:
+        mat("lm_head.weight", VOCAB, HIDDEN, gain=2.0)
+    return t
+
+
+def write_hf(folder, name):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(hf_config(name), f, indent=2)
+        f.write("\n")
+    shutil.copyfile(os.path.join(TOKENIZER_DIR, "tokenizer.json"), os.path.join(folder, "tokenizer.json"))
+    with open(os.path.join(TOKENIZER_DIR, "tokenizer_config.json"), encoding="utf-8") as f:
+        tok_cfg = json.load(f)
+    tok_cfg["chat_template"] = CHATML
+    with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump(tok_cfg, f, indent=2)
+        f.write("\n")
+    with open(os.path.join(folder, "generation_config.json"), "w", encoding="utf-8") as f:
+        json.dump({"bos_token_id": EOS, "eos_token_id": [EOS]}, f, indent=2)
+        f.write("\n")
+    H.write_safetensors(os.path.join(folder, "model.safetensors"), hf_tensors(name), {"format": "pt"})
+
+
+# ---------------------------------------------------------------------------
+# GGUF files, as llama.cpp's converter writes them
+# ---------------------------------------------------------------------------
+
+GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3", "gemma": "gemma",
+             "gemma2": "gemma2", "gemma3_text": "gemma3"}
+HF_TO_GGUF = {
+    "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v", "self_attn.qkv_proj": "attn_qkv", "self_attn.o_proj": "attn_output",
+    "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+    "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm",
+    "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.gate_up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+}
+
+
+def permute(w, n_head):
+    """llama.cpp's converter: NeoX rotary pairs (i, i + d/2) → interleaved pairs (2i, 2i + 1) for llama."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_tensors(name):
+    model_type, _, _, _, _ = FAMILIES[name]
+    gemma = model_type.startswith("gemma")
+    out = []
+    for hf, w in sorted(hf_tensors(name).items()):
+        if hf == "model.embed_tokens.weight":
+            g = "token_embd.weight"
+        elif hf == "model.norm.weight":
+            g = "output_norm.weight"
+        elif hf == "lm_head.weight":
+            g = "output.weight"
+        else:
+            rest = hf[len("model.layers."):]
+            layer, tail = rest.split(".", 1)
+            module, kind = tail.rsplit(".", 1)
+            if module == "post_attention_layernorm":
+                mapped = "post_attention_norm" if model_type in ("gemma2", "gemma3_text") else "ffn_norm"
+            else:
+                mapped = HF_TO_GGUF[module]
+            g = f"blk.{layer}.{mapped}.{kind}"
+        if model_type == "llama" and g.endswith("attn_q.weight"):
+            w = permute(w, HEADS)
+        if model_type == "llama" and g.endswith("attn_k.weight"):
+            w = permute(w, KV_HEADS)
+        if gemma and g.endswith("norm.weight"):
+            w = (w + 1.0).astype(w.dtype)
+        out.append((g, w))
+    return out
+
+
+def gguf_metadata(name):
+    import numpy as np  # noqa: F401
+    model_type, layers, hd, _, extra = FAMILIES[name]
+    arch = GGUF_ARCH[model_type]
+    m = [
+        ("general.architecture", "str", arch),
+        ("general.name", "str", "rill tiny fixture"),  # a "phi3" here would make llama.cpp look up "</s>"
+        ("general.alignment", "u32", 32),
+        (f"{arch}.context_length", "u32", POSITIONS),
+        (f"{arch}.embedding_length", "u32", HIDDEN),
+        (f"{arch}.feed_forward_length", "u32", FF),
+        (f"{arch}.block_count", "u32", layers),
+        (f"{arch}.attention.head_count", "u32", HEADS),
+        (f"{arch}.attention.head_count_kv", "u32", KV_HEADS),
+        (f"{arch}.attention.key_length", "u32", hd),
+        (f"{arch}.attention.value_length", "u32", hd),
+        (f"{arch}.rope.dimension_count", "u32", hd),
+        (f"{arch}.attention.layer_norm_rms_epsilon", "f32", 1e-6),
+        (f"{arch}.rope.freq_base", "f32", 1000000.0 if arch == "gemma3" else 10000.0),
+    ]
+    if arch in ("gemma2", "gemma3"):
+        m.append((f"{arch}.attention.sliding_window", "u32", extra["sliding_window"]))
+    if arch == "gemma2":
+        m.append((f"{arch}.attn_logit_softcapping", "f32", extra["attn_logit_softcapping"]))
+        m.append((f"{arch}.final_logit_softcapping", "f32", extra["final_logit_softcapping"]))
+    if arch == "gemma3":
+        m.append((f"{arch}.rope.scaling.type", "str", "linear"))
+        m.append((f"{arch}.rope.scaling.factor", "f32", 2.0))
+    if arch == "phi3":
+        m.append((f"{arch}.rope.scaling.original_context_length", "u32", POSITIONS))
+    with open(os.path.join(TOKENIZER_DIR, "vocab.json"), encoding="utf-8") as f:
+        vocab = json.load(f)
+    tokens = [None] * len(vocab)
+    for tok, i in vocab.items():
+        tokens[i] = tok
+    with open(os.path.join(TOKENIZER_DIR, "merges.txt"), encoding="utf-8") as f:
+        merges = [line for line in f.read().split("\n")[1:] if line]
+    m += [
+        ("tokenizer.ggml.model", "str", "gpt2"),
+        ("tokenizer.ggml.pre", "str", "gpt-2"),
+        ("tokenizer.ggml.tokens", "arr_str", tokens),
+        ("tokenizer.ggml.token_type", "arr_i32", [3 if i == EOS else 1 for i in range(len(tokens))]),
+        ("tokenizer.ggml.merges", "arr_str", merges),
+        ("tokenizer.ggml.bos_token_id", "u32", EOS),
+        ("tokenizer.ggml.eos_token_id", "u32", EOS),
+        ("tokenizer.ggml.add_bos_token", "bool", False),
+        ("tokenizer.chat_template", "str", CHATML),
+    ]
+    return m
+
+
+GGML_F32, GGML_Q8_0 = 0, 8
+
+
+def quantize_q8_0(w):
+    """ggml's reference Q8_0: blocks of 32, d = max|x| / 127 (stored f16), q = round-half-away(x / d)."""
+    import numpy as np
+    x = w.astype(np.float32).reshape(-1, 32)
+    amax = np.abs(x).max(axis=1)
+    d = (amax / np.float32(127.0)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d != 0, np.float32(1.0) / d, np.float32(0.0)).astype(np.float32)
+    v = x * inv[:, None]
+    q = (np.sign(v) * np.floor(np.abs(v) + np.float32(0.5))).astype(np.int8)
+    out = np.zeros(x.shape[0], dtype=[("d", "<f2"), ("q", "i1", 32)])
+    out["d"], out["q"] = d.astype(np.float16), q
+    return out.tobytes()
+
+
+def write_gguf(path, metadata, tensors, qtype):
+    import numpy as np
+
+    def s(b):
+        b = b.encode("utf-8")
+        return struct.pack("<Q", len(b)) + b
+
+    def kv(key, kind, value):
+        out = s(key)
+        if kind == "str":
+            return out + struct.pack("<I", 8) + s(value)
+        if kind == "u32":
+            return out + struct.pack("<II", 4, value)
+        if kind == "f32":
+            return out + struct.pack("<If", 6, value)
+        if kind == "bool":
+            return out + struct.pack("<I?", 7, value)
+        if kind == "arr_str":
+            return out + struct.pack("<IIQ", 9, 8, len(value)) + b"".join(s(v) for v in value)
+        if kind == "arr_i32":
+            return out + struct.pack("<IIQ", 9, 5, len(value)) + np.asarray(value, dtype="<i4").tobytes()
+        raise ValueError(kind)
+
+    blobs, infos, offset = [], [], 0
+    for name, w in tensors:
+        quant = qtype == "q8_0" and w.ndim == 2 and w.shape[1] % 32 == 0
+        data = quantize_q8_0(w) if quant else np.ascontiguousarray(w, dtype="<f4").tobytes()
+        dims = list(reversed(w.shape))  # ggml order: the innermost dimension first
+        infos.append(s(name) + struct.pack("<I", len(dims)) + b"".join(struct.pack("<Q", d) for d in dims)
+                     + struct.pack("<IQ", GGML_Q8_0 if quant else GGML_F32, offset))
+        pad = -len(data) % 32
+        blobs.append(data + b"\0" * pad)
+        offset += len(data) + pad
+    head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(metadata))
+    head += b"".join(kv(*m) for m in metadata) + b"".join(infos)
+    head += b"\0" * (-len(head) % 32)
+    tmp = path + ".part"
+    with open(tmp, "wb") as f:
+        f.write(head)
+        for b in blobs:
+            f.write(b)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------
+# Goldens
+# ---------------------------------------------------------------------------
+
+def top(logits, k=8):
+    import numpy as np
+    idx = np.argsort(-logits, kind="stable")[:k]
+    return [[int(i), float(logits[i])] for i in idx]
+
+
+# Logit ids compared in full: a spread across the vocabulary.
+PROBE_IDS = list(range(0, VOCAB, 997)) + [EOS]
+
+
+def transformers_goldens():
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+    torch.manual_seed(0)
+    out = {"new_tokens": NEW_TOKENS, "probe_ids": PROBE_IDS, "models": {}}
+    for name in FAMILIES:
+        model = AutoModelForCausalLM.from_pretrained(os.path.join(OUT, name), dtype=torch.float32,
+                                                     attn_implementation="eager")
+        model.eval()
+        runs = []
+        for prompt in PROMPTS:
+            ids = list(prompt)
+            gaps, last = [], None
+            with torch.no_grad():
+                for step in range(NEW_TOKENS):
+                    logits = model(torch.tensor([ids])).logits[0, -1].float().numpy()
+                    if step == 0:
+                        last = logits
+                    s = np.sort(logits)
+                    gaps.append(float(s[-1] - s[-2]))
+                    ids.append(int(np.argmax(logits)))
+            runs.append({"prompt": prompt, "greedy": ids[len(prompt):], "top1_gaps": gaps,
+                         "probe_logits": [float(last[i]) for i in PROBE_IDS], "top": top(last)})
+            log(f"transformers {name}: greedy {ids[len(prompt):]} min gap {min(gaps):.4f}")
+        out["models"][name] = runs
+    with open(TF_GOLDEN, "w", encoding="utf-8") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+    log(f"wrote {os.path.relpath(TF_GOLDEN, ROOT)}")
+
+
+def llamacpp_goldens():
+    import numpy as np
+    import llama_cpp
+    import llama_cpp.llama_cpp as L
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from llamacpp_plain import disable_extra_bufts
+    disable_extra_bufts()
+    f32 = 0  # GGML_TYPE_F32: an f32 KV cache, as rill keeps
+    out = {"new_tokens": NEW_TOKENS, "models": {}}
+    for name in GGUF_FAMILIES:
+        for qt in GGUF_TYPES:
+            path = os.path.join(OUT, f"{name}-{qt}.gguf")
+            llm = llama_cpp.Llama(model_path=path, n_ctx=POSITIONS, n_batch=POSITIONS, n_threads=2,
+                                  n_threads_batch=2, logits_all=False, verbose=False, type_k=f32, type_v=f32,
+                                  flash_attn=False)
+
+            def last():
+                ptr = L.llama_get_logits_ith(llm.ctx, -1)
+                return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).astype(np.float32, copy=True)
+
+            runs = []
+            for prompt in PROMPTS:
+                llm.reset()
+                ids = list(prompt)
+                llm.eval(ids)
+                rows, gaps = [], []
+                for _ in range(NEW_TOKENS):
+                    logits = last()
+                    s = np.sort(logits)
+                    gaps.append(float(s[-1] - s[-2]))
+                    rows.append(top(logits, 4))
+                    nxt = int(np.argmax(logits))
+                    ids.append(nxt)
+                    llm.eval([nxt])
+                runs.append({"prompt": prompt, "greedy": ids[len(prompt):], "top1_gaps": gaps, "top": rows})
+                log(f"llama.cpp {name}-{qt}: greedy {ids[len(prompt):]} min gap {min(gaps):.4f}")
+            out["models"][f"{name}-{qt}"] = runs
+            llm.close()
+    with open(LC_GOLDEN, "w", encoding="utf-8") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+    log(f"wrote {os.path.relpath(LC_GOLDEN, ROOT)}")
+
+
+# ---------------------------------------------------------------------------
+
+def make_all():
+    if not os.path.exists(os.path.join(TOKENIZER_DIR, "tokenizer.json")):
+        subprocess.check_call([os.path.join(ROOT, "scripts", "fetch-models.sh"), "gpt2-tokenizer"])
+    os.makedirs(OUT, exist_ok=True)
+    for name in FAMILIES:
+        changed = H.publish(os.path.join(OUT, name), lambda d, n=name: write_hf(d, n))
+        log(f"{name}: {'wrote' if changed else 'unchanged'} models/arch/{name}/")
+    for name in GGUF_FAMILIES:
+        meta, tensors = gguf_metadata(name), gguf_tensors(name)
+        for qt in GGUF_TYPES:
+            path = os.path.join(OUT, f"{name}-{qt}.gguf")
+            tmp = path + ".new"
+            write_gguf(tmp, meta, tensors, qt)
+            if os.path.exists(path) and H.sha256_file(path) == H.sha256_file(tmp):
+                os.remove(tmp)
+            else:
+                os.replace(tmp, path)
+                log(f"wrote models/arch/{name}-{qt}.gguf")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--goldens", action="store_true", help="write the transformers goldens")
+    ap.add_argument("--llamacpp", action="store_true", help="write the llama.cpp goldens")
+    args = ap.parse_args()
+    ensure_env("goldens" if args.goldens else "llamacpp" if args.llamacpp else "lite")
+    make_all()
+    if args.goldens:
+        transformers_goldens()
+    if args.llamacpp:
+        llamacpp_goldens()
+
+
+if __name__ == "__main__":
+    main()

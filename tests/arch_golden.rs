@@ -1,0 +1,160 @@
+//! Every decoder family rill runs, on the tiny random-weight checkpoints of `scripts/make-arch-fixtures.py`,
+//! against the reference implementations:
+//! - the HuggingFace folder and the f32 GGUF file against transformers (`arch-transformers-golden.json`):
+//!   last-position logits within [`LOGIT_TOL`] and the same greedy ids, teacher-forced step by step;
+//! - the f32 and Q8_0 GGUF files against llama.cpp (`arch-llamacpp-golden.json`): teacher-forced along
+//!   llama.cpp's greedy path, the same pick at every step, except where llama.cpp's top two are within
+//!   [`NEAR_TIE`], where rill must pick one of them.
+
+mod common;
+
+use common::{golden, ids, load};
+use rill::model::{CausalLm, SeqStep};
+use serde_json::Value;
+
+/// Largest difference allowed between rill's and transformers' f32 logits.
+const LOGIT_TOL: f32 = 1e-4;
+/// A llama.cpp top-1/top-2 gap under which either pick is put down to rounding (Q8_0 rounds activations to 8
+/// bits before each matmul, llama.cpp and rill with different summation orders).
+const NEAR_TIE: f64 = 0.02;
+
+/// The logits after each of `steps` tokens fed one at a time after `prompt` (the prompt in one chunk).
+fn teacher_forced(model: &dyn CausalLm, prompt: &[u32], steps: &[u32]) -> Vec<Vec<f32>> {
+    let mut cache = model.new_cache();
+    let mut out = Vec::new();
+    let mut next: Vec<u32> = prompt.to_vec();
+    for i in 0..=steps.len() {
+        let logits = model
+            .forward(&mut [SeqStep::new(&next, &mut cache)])
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        out.push(logits);
+        if i < steps.len() {
+            next = vec![steps[i]];
+        }
+    }
+    out
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// `model` (a folder or GGUF under `models/`) against transformers' run of family `family`.
+fn check_against_transformers(model: &str, family: &str) {
+    let g = golden("arch-transformers-golden.json");
+    let probes = ids(&g["probe_ids"]);
+    let loaded = load(model);
+    let m = loaded.model.as_ref();
+    for run in g["models"][family].as_array().unwrap() {
+        let (prompt, want) = (ids(&run["prompt"]), ids(&run["greedy"]));
+        let logits = teacher_forced(m, &prompt, &want[..want.len() - 1]);
+        let probe: Vec<f32> = run["probe_logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let worst = probes
+            .iter()
+            .zip(&probe)
+            .map(|(&i, &w)| (logits[0][i as usize] - w).abs())
+            .fold(0f32, f32::max);
+        let top_worst = run["top"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (logits[0][t[0].as_u64().unwrap() as usize] - t[1].as_f64().unwrap() as f32).abs())
+            .fold(0f32, f32::max);
+        eprintln!("{model}: logits within {worst:e} (probes), {top_worst:e} (top 8)");
+        assert!(
+            worst < LOGIT_TOL && top_worst < LOGIT_TOL,
+            "{model}: logits differ from transformers by {worst} / {top_worst}"
+        );
+        let got: Vec<u32> = logits.iter().map(|l| argmax(l)).collect();
+        assert_eq!(got, want, "{model}: greedy ids differ from transformers'");
+    }
+}
+
+/// `model` against llama.cpp's run of the same GGUF file.
+fn check_against_llama_cpp(file: &str) {
+    let g = golden("arch-llamacpp-golden.json");
+    let key = file.trim_end_matches(".gguf");
+    let loaded = load(&format!("arch/{file}"));
+    let m = loaded.model.as_ref();
+    let mut near_ties = 0;
+    for run in g["models"][key].as_array().unwrap() {
+        let (prompt, want) = (ids(&run["prompt"]), ids(&run["greedy"]));
+        let logits = teacher_forced(m, &prompt, &want[..want.len() - 1]);
+        for (step, l) in logits.iter().enumerate() {
+            let got = argmax(l);
+            if got == want[step] {
+                continue;
+            }
+            let gap = run["top1_gaps"][step].as_f64().unwrap();
+            let second = run["top"][step][1][0].as_u64().unwrap() as u32;
+            assert!(
+                gap < NEAR_TIE && got == second,
+                "{file}: step {step} picks {got}, llama.cpp {} by {gap} over {second}",
+                want[step]
+            );
+            near_ties += 1;
+        }
+    }
+    eprintln!("{file}: llama.cpp's pick at every step but {near_ties} near-ties");
+}
+
+macro_rules! family {
+    ($name:ident, hf $(, $gguf:ident)?) => {
+        mod $name {
+            #[test]
+            fn huggingface_folder_matches_transformers() {
+                super::check_against_transformers(concat!("arch/", stringify!($name)), stringify!($name));
+            }
+            $(
+            #[test]
+            fn gguf_f32_matches_transformers() {
+                let _ = stringify!($gguf);
+                super::check_against_transformers(
+                    concat!("arch/", stringify!($name), "-f32.gguf"),
+                    stringify!($name),
+                );
+            }
+
+            #[test]
+            fn gguf_files_match_llama_cpp() {
+                super::check_against_llama_cpp(concat!(stringify!($name), "-f32.gguf"));
+                super::check_against_llama_cpp(concat!(stringify!($name), "-q8_0.gguf"));
+            }
+            )?
+        }
+    };
+}
+
+family!(llama, hf, gguf);
+family!(mistral, hf);
+family!(qwen2, hf, gguf);
+family!(qwen3, hf, gguf);
+family!(phi3, hf, gguf);
+family!(gemma, hf, gguf);
+family!(gemma2, hf, gguf);
+family!(gemma3, hf, gguf);
+
+/// The goldens cover every family the loaders accept.
+#[test]
+fn goldens_cover_every_family() {
+    let g: Value = golden("arch-transformers-golden.json");
+    let families: Vec<&str> = g["models"].as_object().unwrap().keys().map(String::as_str).collect();
+    for f in ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3"] {
+        assert!(families.contains(&f), "{f} has no golden");
+    }
+}
