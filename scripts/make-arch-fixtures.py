@@ -3,7 +3,9 @@
 
     python3 scripts/make-arch-fixtures.py                # default (CI): HF folders + GGUF files under models/arch/
     python3 scripts/make-arch-fixtures.py --goldens      # + tests/fixtures/arch-transformers-golden.json
-    python3 scripts/make-arch-fixtures.py --llamacpp     # + tests/fixtures/arch-llamacpp-golden.json
+    python3 scripts/make-arch-fixtures.py --quantize target/release/rill   # + llama-wide's quantized mixes
+    python3 scripts/make-arch-fixtures.py --quantize target/release/rill --llamacpp
+                                                         # + tests/fixtures/arch-llamacpp-golden.json
 
 For each family (llama, mistral, qwen2, qwen3, phi3, gemma, gemma2, gemma3) the default mode writes:
 
@@ -65,10 +67,20 @@ FAMILIES = {
     "gemma2": ("gemma2", 4, 32, True, {"sliding_window": 8, "query_pre_attn_scalar": 32,
                                        "attn_logit_softcapping": 10.0, "final_logit_softcapping": 5.0}),
     "gemma3": ("gemma3_text", 6, 32, True, {"sliding_window": 8, "query_pre_attn_scalar": 32}),
+    # Rows of 256 and 512: whole K-quant blocks, for the quantized mixes.
+    "llama-wide": ("llama", 2, 64, False, {"_hidden": 256, "_ff": 512}),
 }
 # GGUF versions (llama.cpp runs mistral checkpoints as `llama`, without the window: no GGUF for the tiny one).
 GGUF_FAMILIES = [f for f in FAMILIES if f != "mistral"]
 GGUF_TYPES = ("f32", "q8_0")
+# Mixes `rill quantize` makes of llama-wide-f32.gguf (`--quantize`, after the build), each checked against llama.cpp.
+MIXES = ("q4_k_m", "q5_k_m", "q6_k", "q3_k_m", "q2_k", "q4_0", "q4_1", "q5_0", "q5_1", "f16")
+
+
+def dims(name):
+    """(hidden, MLP width) of a family's fixture."""
+    extra = FAMILIES[name][4]
+    return extra.get("_hidden", HIDDEN), extra.get("_ff", FF)
 
 # Golden prompts: GPT-2 ids, long enough to cross the sliding window.
 PROMPTS = [
@@ -116,6 +128,7 @@ def ensure_env(kind):
 
 def hf_config(name):
     model_type, layers, head_dim, tied, extra = FAMILIES[name]
+    hidden, ff = dims(name)
     gemma = model_type.startswith("gemma")
     cfg = {
         "architectures": [{"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
@@ -123,8 +136,8 @@ def hf_config(name):
                            "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}[model_type]],
         "model_type": model_type,
         "vocab_size": VOCAB,
-        "hidden_size": HIDDEN,
-        "intermediate_size": FF,
+        "hidden_size": hidden,
+        "intermediate_size": ff,
         "num_hidden_layers": layers,
         "num_attention_heads": HEADS,
         "num_key_value_heads": KV_HEADS,
@@ -155,13 +168,14 @@ def hf_config(name):
         cfg["layer_types"] = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
     if model_type == "qwen2":
         cfg["use_sliding_window"] = False
-    cfg.update(extra)
+    cfg.update({k: v for k, v in extra.items() if not k.startswith("_")})
     return cfg
 
 
 def hf_tensors(name):
     """{hf name: f32 array} of a family's checkpoint."""
     model_type, layers, hd, tied, _ = FAMILIES[name]
+    HIDDEN, FF = dims(name)  # noqa: N806
     gemma = model_type.startswith("gemma")
     t = {}
 
@@ -278,6 +292,7 @@ def gguf_tensors(name):
 def gguf_metadata(name):
     import numpy as np  # noqa: F401
     model_type, layers, hd, _, extra = FAMILIES[name]
+    HIDDEN, FF = dims(name)  # noqa: N806
     arch = GGUF_ARCH[model_type]
     m = [
         ("general.architecture", "str", arch),
@@ -443,35 +458,37 @@ def llamacpp_goldens():
     disable_extra_bufts()
     f32 = 0  # GGML_TYPE_F32: an f32 KV cache, as rill keeps
     out = {"new_tokens": NEW_TOKENS, "models": {}}
-    for name in GGUF_FAMILIES:
-        for qt in GGUF_TYPES:
-            path = os.path.join(OUT, f"{name}-{qt}.gguf")
-            llm = llama_cpp.Llama(model_path=path, n_ctx=POSITIONS, n_batch=POSITIONS, n_threads=2,
-                                  n_threads_batch=2, logits_all=False, verbose=False, type_k=f32, type_v=f32,
-                                  flash_attn=False)
+    files = [f"{n}-{qt}" for n in GGUF_FAMILIES for qt in GGUF_TYPES] + [f"llama-wide-{m}" for m in MIXES]
+    for key in files:
+        path = os.path.join(OUT, f"{key}.gguf")
+        if not os.path.exists(path):
+            sys.exit(f"error: {path} is missing: run this script with --quantize target/release/rill first")
+        llm = llama_cpp.Llama(model_path=path, n_ctx=POSITIONS, n_batch=POSITIONS, n_threads=2,
+                              n_threads_batch=2, logits_all=False, verbose=False, type_k=f32, type_v=f32,
+                              flash_attn=False)
 
-            def last():
-                ptr = L.llama_get_logits_ith(llm.ctx, -1)
-                return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).astype(np.float32, copy=True)
+        def last():
+            ptr = L.llama_get_logits_ith(llm.ctx, -1)
+            return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).astype(np.float32, copy=True)
 
-            runs = []
-            for prompt in PROMPTS:
-                llm.reset()
-                ids = list(prompt)
-                llm.eval(ids)
-                rows, gaps = [], []
-                for _ in range(NEW_TOKENS):
-                    logits = last()
-                    s = np.sort(logits)
-                    gaps.append(float(s[-1] - s[-2]))
-                    rows.append(top(logits, 4))
-                    nxt = int(np.argmax(logits))
-                    ids.append(nxt)
-                    llm.eval([nxt])
-                runs.append({"prompt": prompt, "greedy": ids[len(prompt):], "top1_gaps": gaps, "top": rows})
-                log(f"llama.cpp {name}-{qt}: greedy {ids[len(prompt):]} min gap {min(gaps):.4f}")
-            out["models"][f"{name}-{qt}"] = runs
-            llm.close()
+        runs = []
+        for prompt in PROMPTS:
+            llm.reset()
+            ids = list(prompt)
+            llm.eval(ids)
+            rows, gaps = [], []
+            for _ in range(NEW_TOKENS):
+                logits = last()
+                s = np.sort(logits)
+                gaps.append(float(s[-1] - s[-2]))
+                rows.append(top(logits, 4))
+                nxt = int(np.argmax(logits))
+                ids.append(nxt)
+                llm.eval([nxt])
+            runs.append({"prompt": prompt, "greedy": ids[len(prompt):], "top1_gaps": gaps, "top": rows})
+            log(f"llama.cpp {key}: greedy {ids[len(prompt):]} min gap {min(gaps):.4f}")
+        out["models"][key] = {"sha256": H.sha256_file(path), "runs": runs}
+        llm.close()
     with open(LC_GOLDEN, "w", encoding="utf-8") as f:
         json.dump(out, f, indent=1)
         f.write("\n")
@@ -500,13 +517,27 @@ def make_all():
                 log(f"wrote models/arch/{name}-{qt}.gguf")
 
 
+def quantize_all(rill):
+    """The K-quant and legacy mixes of llama-wide, written by `rill quantize` (deterministic)."""
+    src = os.path.join(OUT, "llama-wide-f32.gguf")
+    for mix in MIXES:
+        dest = os.path.join(OUT, f"llama-wide-{mix}.gguf")
+        if os.path.exists(dest) and os.path.getmtime(dest) >= max(os.path.getmtime(src), os.path.getmtime(rill)):
+            continue
+        subprocess.check_call([rill, "quantize", src, dest, "--type", mix], stdout=subprocess.DEVNULL)
+        log(f"wrote models/arch/llama-wide-{mix}.gguf")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quantize", metavar="RILL", help="also write llama-wide's quantized mixes with this rill binary")
     ap.add_argument("--goldens", action="store_true", help="write the transformers goldens")
     ap.add_argument("--llamacpp", action="store_true", help="write the llama.cpp goldens")
     args = ap.parse_args()
     ensure_env("goldens" if args.goldens else "llamacpp" if args.llamacpp else "lite")
     make_all()
+    if args.quantize:
+        quantize_all(os.path.abspath(args.quantize))
     if args.goldens:
         transformers_goldens()
     if args.llamacpp:

@@ -12,6 +12,8 @@ python3 scripts/make-arch-fixtures.py
 
 echo "== build"
 cargo build --release --locked
+# The quantized fixtures are written by rill's own `quantize` (deterministic; llama.cpp's goldens record them).
+python3 scripts/make-arch-fixtures.py --quantize target/release/rill
 
 echo "== cargo test"
 cargo test --release --locked

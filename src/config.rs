@@ -22,6 +22,20 @@ pub enum Command {
     Serve(ServeArgs),
     /// Measure an OpenAI-compatible streaming server (rill or any other) at one or more concurrency levels.
     Bench(crate::cli::bench::BenchArgs),
+    /// Re-quantize a GGUF file to another weight mix (q4_k_m, q5_k_m, q6_k, q8_0, ...).
+    Quantize(QuantizeArgs),
+}
+
+/// `rill quantize IN OUT --type MIX`.
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// The GGUF file to read.
+    pub input: PathBuf,
+    /// The GGUF file to write.
+    pub output: PathBuf,
+    /// The weight mix to write.
+    #[arg(long = "type", value_enum, default_value = "q4_k_m")]
+    pub mix: crate::load::quantize::Mix,
 }
 
 /// Which model to load and where.

@@ -8,12 +8,12 @@ fn main() -> anyhow::Result<()> {
     let threads = match &cli.command {
         Command::Serve(a) => a.model.threads,
         Command::Generate(a) => a.model.threads,
-        Command::Bench(_) => None,
+        Command::Bench(_) | Command::Quantize(_) => None,
     };
     rill::cli::set_cpu_threads(threads);
     let default_level = match cli.command {
         Command::Serve(_) => "info",
-        Command::Generate(_) | Command::Bench(_) => "warn",
+        Command::Generate(_) | Command::Bench(_) | Command::Quantize(_) => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("RILL_LOG")
         .unwrap_or_else(|_| default_level.into());
@@ -28,5 +28,6 @@ fn main() -> anyhow::Result<()> {
         Command::Generate(args) => rill::cli::generate::run(args),
         Command::Serve(args) => rill::cli::serve::run(args),
         Command::Bench(args) => rill::cli::bench::run(args),
+        Command::Quantize(args) => rill::cli::quantize(args),
     }
 }

@@ -9,6 +9,21 @@ use crate::engine::{EngineConfig, EngineHandle};
 use crate::load::{self, ModelLocator};
 use crate::model::ModelError;
 
+/// `rill quantize`: writes the re-quantized file and says what it wrote.
+pub fn quantize(args: crate::config::QuantizeArgs) -> anyhow::Result<()> {
+    let t0 = std::time::Instant::now();
+    let r = load::quantize::quantize(&args.input, &args.output, args.mix)?;
+    println!(
+        "wrote {} ({} tensors, {:.1} MB from {:.1} MB) in {:.1}s",
+        args.output.display(),
+        r.tensors,
+        r.bytes_out as f64 / 1e6,
+        r.bytes_in as f64 / 1e6,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// Resolves the model named on the command line and starts the generation thread with it loaded.
 pub fn start_engine(args: &ModelArgs, config: EngineConfig) -> Result<EngineHandle, ModelError> {
     let locator = ModelLocator::from_env(args.models_dir());

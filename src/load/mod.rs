@@ -5,6 +5,7 @@
 
 pub mod gguf;
 pub mod hf;
+pub mod quantize;
 pub mod resolve;
 
 use std::path::Path;
