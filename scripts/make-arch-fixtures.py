@@ -2,10 +2,12 @@
 """Make rill's tiny random-weight checkpoints of every decoder family it runs, and (on request) their goldens.
 
     python3 scripts/make-arch-fixtures.py                # default (CI): HF folders + GGUF files under models/arch/
-    python3 scripts/make-arch-fixtures.py --goldens      # + tests/fixtures/arch-transformers-golden.json
+    python3 scripts/make-arch-fixtures.py --goldens      # + tests/fixtures/arch-transformers-golden.json and
+                                                         #   the SentencePiece vocabulary tests/fixtures/spm-vocab.json
     python3 scripts/make-arch-fixtures.py --quantize target/release/rill   # + llama-wide's quantized mixes
     python3 scripts/make-arch-fixtures.py --quantize target/release/rill --llamacpp
-                                                         # + tests/fixtures/arch-llamacpp-golden.json
+                                                         # + tests/fixtures/arch-llamacpp-golden.json and
+                                                         #   tests/fixtures/tokenizer-llamacpp-golden.json
 
 For each family (llama, mistral, qwen2, qwen3, phi3, gemma, gemma2, gemma3) the default mode writes:
 
@@ -41,11 +43,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "models", "arch")
 TOKENIZER_DIR = os.path.join(ROOT, "models", "gpt2-tokenizer")
 TF_GOLDEN = os.path.join(ROOT, "tests", "fixtures", "arch-transformers-golden.json")
+TOK_CORPUS = os.path.join(ROOT, "tests", "fixtures", "tokenizer-corpus.json")
+SPM_VOCAB = os.path.join(ROOT, "tests", "fixtures", "spm-vocab.json")
+TOK_GOLDEN = os.path.join(ROOT, "tests", "fixtures", "tokenizer-llamacpp-golden.json")
 LC_GOLDEN = os.path.join(ROOT, "tests", "fixtures", "arch-llamacpp-golden.json")
 VENVS = {
     "lite": (os.path.join(ROOT, ".venv-fixtures-lite"), ("numpy",), ["numpy"]),
-    "goldens": (os.path.join(ROOT, ".venv-fixtures"), ("numpy", "torch", "transformers"),
-                ["numpy", "torch", "transformers"]),
+    "goldens": (os.path.join(ROOT, ".venv-fixtures"), ("numpy", "torch", "transformers", "sentencepiece"),
+                ["numpy", "torch", "transformers", "sentencepiece"]),
     "llamacpp": (os.path.join(ROOT, ".venv-llamacpp"), ("numpy", "llama_cpp"),
                  ["numpy", "llama-cpp-python==0.3.36"]),
 }
@@ -378,6 +383,8 @@ def write_gguf(path, metadata, tensors, qtype):
             return out + struct.pack("<I?", 7, value)
         if kind == "arr_str":
             return out + struct.pack("<IIQ", 9, 8, len(value)) + b"".join(s(v) for v in value)
+        if kind == "arr_f32":
+            return out + struct.pack("<IIQ", 9, 6, len(value)) + np.asarray(value, dtype="<f4").tobytes()
         if kind == "arr_i32":
             return out + struct.pack("<IIQ", 9, 5, len(value)) + np.asarray(value, dtype="<i4").tobytes()
         raise ValueError(kind)
@@ -401,6 +408,94 @@ def write_gguf(path, metadata, tensors, qtype):
         for b in blobs:
             f.write(b)
     os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------
+# Tokenizer-only GGUF files: every vocabulary type and split rule rill reproduces
+# ---------------------------------------------------------------------------
+
+# name: (tokenizer.ggml.model, pre, add_space_prefix)
+TOKENIZERS = {
+    "gpt2": ("gpt2", "gpt-2", None),
+    "smollm": ("gpt2", "smollm", None),
+    "llama-bpe": ("gpt2", "llama-bpe", None),
+    "qwen2": ("gpt2", "qwen2", None),
+    "spm": ("llama", None, True),          # Llama 2, Mistral, TinyLlama, Phi-3
+    "spm-nospace": ("llama", None, False),  # Gemma
+}
+
+
+def train_spm_vocab():
+    """A SentencePiece BPE vocabulary trained on the test corpora (run once with --goldens; committed).
+
+    Types as llama.cpp's converter writes them: 1 normal, 2 unknown, 3 control, 4 user-defined, 6 byte."""
+    import tempfile
+    import sentencepiece as spm
+    with open(TOK_CORPUS, encoding="utf-8") as f:
+        lines = json.load(f)
+    with open(os.path.join(ROOT, "tests", "fixtures", "fidelity-corpus.txt"), encoding="utf-8") as f:
+        lines += f.read().split("\n")
+    with tempfile.TemporaryDirectory() as d:
+        text = os.path.join(d, "corpus.txt")
+        with open(text, "w", encoding="utf-8") as f:
+            f.write("\n".join(l.replace("\n", " ") for l in lines if l.strip()) + "\n")
+        spm.SentencePieceTrainer.train(
+            input=text, model_prefix=os.path.join(d, "m"), model_type="bpe", vocab_size=1200,
+            hard_vocab_limit=False, byte_fallback=True, character_coverage=0.98,
+            user_defined_symbols=["<|im_start|>", "<|im_end|>"], split_digits=True,
+            allow_whitespace_only_pieces=True, remove_extra_whitespaces=False, normalization_rule_name="identity",
+            num_threads=1, minloglevel=2)
+        sp = spm.SentencePieceProcessor(model_file=os.path.join(d, "m.model"))
+        pieces, scores, types = [], [], []
+        for i in range(sp.get_piece_size()):
+            pieces.append(sp.id_to_piece(i))
+            scores.append(float(sp.get_score(i)))
+            types.append(2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i)
+                         else 4 if sp.id_to_piece(i) in ("<|im_start|>", "<|im_end|>") else 1)
+    with open(SPM_VOCAB, "w", encoding="utf-8") as f:
+        json.dump({"tokens": pieces, "scores": scores, "types": types, "bos": sp.bos_id(), "eos": sp.eos_id(),
+                   "unk": sp.unk_id()}, f, ensure_ascii=False, indent=0)
+        f.write("\n")
+    log(f"wrote {os.path.relpath(SPM_VOCAB, ROOT)} ({len(pieces)} pieces)")
+
+
+def tokenizer_metadata(name):
+    model, pre, space = TOKENIZERS[name]
+    base = [m for m in gguf_metadata("llama") if not m[0].startswith("tokenizer.")]
+    if model == "gpt2":
+        tok = [m for m in gguf_metadata("llama") if m[0].startswith("tokenizer.")]
+        return base + [(k, t, pre if k == "tokenizer.ggml.pre" else v) for k, t, v in tok
+                       if k != "tokenizer.ggml.add_bos_token"]
+    with open(SPM_VOCAB, encoding="utf-8") as f:
+        v = json.load(f)
+    return base + [
+        ("tokenizer.ggml.model", "str", "llama"),
+        ("tokenizer.ggml.tokens", "arr_str", v["tokens"]),
+        ("tokenizer.ggml.scores", "arr_f32", v["scores"]),
+        ("tokenizer.ggml.token_type", "arr_i32", v["types"]),
+        ("tokenizer.ggml.bos_token_id", "u32", v["bos"]),
+        ("tokenizer.ggml.eos_token_id", "u32", v["eos"]),
+        ("tokenizer.ggml.unknown_token_id", "u32", v["unk"]),
+        ("tokenizer.ggml.add_space_prefix", "bool", space),
+    ]
+
+
+def tokenizer_goldens():
+    import llama_cpp
+    with open(TOK_CORPUS, encoding="utf-8") as f:
+        corpus = json.load(f)
+    out = {}
+    for name in TOKENIZERS:
+        path = os.path.join(OUT, f"tok-{name}.gguf")
+        llm = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
+        out[name] = {"sha256": H.sha256_file(path),
+                     "ids": [llm.tokenize(t.encode("utf-8"), add_bos=True, special=True) for t in corpus]}
+        llm.close()
+        log(f"llama.cpp tokenizer {name}: {sum(len(i) for i in out[name]['ids'])} ids")
+    with open(TOK_GOLDEN, "w", encoding="utf-8") as f:
+        json.dump(out, f)
+        f.write("\n")
+    log(f"wrote {os.path.relpath(TOK_GOLDEN, ROOT)}")
 
 
 # ---------------------------------------------------------------------------
@@ -497,24 +592,31 @@ def llamacpp_goldens():
 
 # ---------------------------------------------------------------------------
 
+def write_if_changed(path, write):
+    tmp = path + ".new"
+    write(tmp)
+    if os.path.exists(path) and H.sha256_file(path) == H.sha256_file(tmp):
+        os.remove(tmp)
+    else:
+        os.replace(tmp, path)
+        log(f"wrote {os.path.relpath(path, ROOT)}")
+
+
 def make_all():
     if not os.path.exists(os.path.join(TOKENIZER_DIR, "tokenizer.json")):
         subprocess.check_call([os.path.join(ROOT, "scripts", "fetch-models.sh"), "gpt2-tokenizer"])
     os.makedirs(OUT, exist_ok=True)
+    for name in TOKENIZERS:
+        meta = tokenizer_metadata(name)
+        write_if_changed(os.path.join(OUT, f"tok-{name}.gguf"), lambda p, m=meta: write_gguf(p, m, [], "f32"))
     for name in FAMILIES:
         changed = H.publish(os.path.join(OUT, name), lambda d, n=name: write_hf(d, n))
         log(f"{name}: {'wrote' if changed else 'unchanged'} models/arch/{name}/")
     for name in GGUF_FAMILIES:
         meta, tensors = gguf_metadata(name), gguf_tensors(name)
         for qt in GGUF_TYPES:
-            path = os.path.join(OUT, f"{name}-{qt}.gguf")
-            tmp = path + ".new"
-            write_gguf(tmp, meta, tensors, qt)
-            if os.path.exists(path) and H.sha256_file(path) == H.sha256_file(tmp):
-                os.remove(tmp)
-            else:
-                os.replace(tmp, path)
-                log(f"wrote models/arch/{name}-{qt}.gguf")
+            write_if_changed(os.path.join(OUT, f"{name}-{qt}.gguf"),
+                             lambda p, q=qt: write_gguf(p, meta, tensors, q))
 
 
 def quantize_all(rill):
@@ -535,6 +637,8 @@ def main():
     ap.add_argument("--llamacpp", action="store_true", help="write the llama.cpp goldens")
     args = ap.parse_args()
     ensure_env("goldens" if args.goldens else "llamacpp" if args.llamacpp else "lite")
+    if args.goldens:
+        train_spm_vocab()
     make_all()
     if args.quantize:
         quantize_all(os.path.abspath(args.quantize))
@@ -542,6 +646,7 @@ def main():
         transformers_goldens()
     if args.llamacpp:
         llamacpp_goldens()
+        tokenizer_goldens()
 
 
 if __name__ == "__main__":

@@ -87,22 +87,13 @@ fn check_against_transformers(model: &str, family: &str) {
     }
 }
 
-fn sha256(path: &std::path::Path) -> String {
-    use sha2::Digest;
-    let bytes = std::fs::read(path).unwrap();
-    sha2::Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// `model` against llama.cpp's run of the same GGUF file.
 fn check_against_llama_cpp(file: &str) {
     let g = golden("arch-llamacpp-golden.json");
     let key = file.trim_end_matches(".gguf");
     let path = common::model_path(&format!("arch/{file}"));
     assert_eq!(
-        sha256(&path),
+        common::sha256(&path),
         g["models"][key]["sha256"].as_str().unwrap(),
         "{file} is not the file the llama.cpp goldens were made from: rerun scripts/make-arch-fixtures.py"
     );
