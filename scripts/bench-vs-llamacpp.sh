@@ -6,6 +6,8 @@
 #
 #   scripts/bench-vs-llamacpp.sh                 # ROUNDS=5 THREADS=2 TOKENS=128 by default
 #   ROUNDS=9 THREADS=1 scripts/bench-vs-llamacpp.sh
+#   MODEL=models/arch/llama-bench-q4_k_m.gguf PROMPT_FILE=tests/fixtures/fidelity-corpus.txt PROMPT_CHARS=2000 \
+#     scripts/bench-vs-llamacpp.sh               # another GGUF, a raw (template-free) long prompt
 #
 # `servers` mode measures the two HTTP servers instead, with `rill bench` as the client: `rill serve` and
 # llama-cpp-python's OpenAI server on the same GGUF and thread count, one after the other (never both running),
@@ -26,6 +28,13 @@ ROUNDS=${ROUNDS:-5}
 THREADS=${THREADS:-2}
 TOKENS=${TOKENS:-128}
 USER_MSG="What is the capital of France?"
+MODEL=${MODEL:-smollm2}
+# A raw prompt (no chat template) from the first PROMPT_CHARS characters of PROMPT_FILE, for prefill speed.
+RAW=()
+if [[ -n "${PROMPT_FILE:-}" ]]; then
+  USER_MSG="$(head -c "${PROMPT_CHARS:-2000}" "$PROMPT_FILE")"
+  RAW=(--raw)
+fi
 VENV=.venv-llamacpp
 
 scripts/fetch-models.sh smollm2 >/dev/null
@@ -160,13 +169,18 @@ if [[ "$MODE" == servers ]]; then
 fi
 
 rill_round() {
-  ./target/release/rill generate --model smollm2 --chat --prompt "$USER_MSG" --temperature 0 --ignore-eos \
+  local chat=(--chat)
+  [[ ${#RAW[@]} -eq 0 ]] || chat=()
+  ./target/release/rill generate --model "$MODEL" "${chat[@]}" --prompt "$USER_MSG" --temperature 0 --ignore-eos \
     --max-tokens "$TOKENS" --threads "$THREADS" 2>&1 >/dev/null | tail -n 1 |
     sed -E 's/.*TTFT ([0-9.]+) ms; ([0-9.]+) tok\/s.*/\1 \2/'
 }
 
 llama_round() {
-  "$VENV/bin/python" scripts/llamacpp_round.py --threads "$THREADS" --tokens "$TOKENS" --user "$USER_MSG"
+  local model="$MODEL"
+  [[ "$model" != smollm2 ]] || model="$GGUF"
+  "$VENV/bin/python" scripts/llamacpp_round.py --threads "$THREADS" --tokens "$TOKENS" --user "$USER_MSG" \
+    --model "$model" "${RAW[@]}"
 }
 
 results=$(mktemp)

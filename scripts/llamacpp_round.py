@@ -16,9 +16,9 @@ import numpy as np
 GGUF = "models/smollm2/SmolLM2-135M-Instruct-Q4_1.gguf"
 
 
-def load(threads):
+def load(threads, model=GGUF):
     llamacpp_plain.disable_extra_bufts()
-    return llama_cpp.Llama(model_path=GGUF, n_ctx=2048, n_batch=512, n_threads=threads,
+    return llama_cpp.Llama(model_path=model, n_ctx=2048, n_batch=512, n_threads=threads,
                            n_threads_batch=threads, logits_all=False, verbose=False)
 
 
@@ -32,11 +32,16 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--user", default="What is the capital of France?")
+    ap.add_argument("--model", default=GGUF)
+    ap.add_argument("--raw", action="store_true", help="the --user text is the whole prompt (no chat template)")
     a = ap.parse_args()
-    llm = load(a.threads)
-    template = jinja2.Environment(trim_blocks=True, lstrip_blocks=True).from_string(
-        llm.metadata["tokenizer.chat_template"])
-    prompt = template.render(messages=[{"role": "user", "content": a.user}], add_generation_prompt=True)
+    llm = load(a.threads, a.model)
+    if a.raw:
+        prompt = a.user
+    else:
+        template = jinja2.Environment(trim_blocks=True, lstrip_blocks=True).from_string(
+            llm.metadata["tokenizer.chat_template"])
+        prompt = template.render(messages=[{"role": "user", "content": a.user}], add_generation_prompt=True)
     ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
     llm.eval(ids[:8])  # warm-up
     llm.reset()

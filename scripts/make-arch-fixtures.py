@@ -75,6 +75,11 @@ FAMILIES = {
     # Rows of 256 and 512: whole K-quant blocks, for the quantized mixes.
     "llama-wide": ("llama", 2, 64, False, {"_hidden": 256, "_ff": 512}),
 }
+# A real-size model for speed comparisons (`--bench-model`, not made by default): 24 layers, hidden 1024,
+# 16 query heads over 4 kv heads, MLP 2816, 4096 positions: ~375M parameters, as GGUF f32 and llama.cpp's own
+# Q4_K_M and Q8_0.
+BENCH = {"llama-bench": ("llama", 24, 64, False, {"_hidden": 1024, "_ff": 2816, "_heads": 16, "_kv_heads": 4,
+                                                     "_positions": 4096})}
 # GGUF versions (llama.cpp runs mistral checkpoints as `llama`, without the window: no GGUF for the tiny one).
 GGUF_FAMILIES = [f for f in FAMILIES if f != "mistral"]
 GGUF_TYPES = ("f32", "q8_0")
@@ -86,6 +91,12 @@ def dims(name):
     """(hidden, MLP width) of a family's fixture."""
     extra = FAMILIES[name][4]
     return extra.get("_hidden", HIDDEN), extra.get("_ff", FF)
+
+
+def heads(name):
+    """(query heads, kv heads) of a family's fixture."""
+    extra = FAMILIES[name][4]
+    return extra.get("_heads", HEADS), extra.get("_kv_heads", KV_HEADS)
 
 # Golden prompts: GPT-2 ids, long enough to cross the sliding window.
 PROMPTS = [
@@ -144,8 +155,8 @@ def hf_config(name):
         "hidden_size": hidden,
         "intermediate_size": ff,
         "num_hidden_layers": layers,
-        "num_attention_heads": HEADS,
-        "num_key_value_heads": KV_HEADS,
+        "num_attention_heads": heads(name)[0],
+        "num_key_value_heads": heads(name)[1],
         "head_dim": head_dim,
         "max_position_embeddings": POSITIONS,
         "rms_norm_eps": 1e-6,
@@ -196,7 +207,7 @@ def hf_tensors(name):
     for i in range(layers):
         p = f"model.layers.{i}."
         norm(p + "input_layernorm.weight", HIDDEN)
-        q, kv = HEADS * hd, KV_HEADS * hd
+        q, kv = heads(name)[0] * hd, heads(name)[1] * hd
         if model_type == "phi3":
             mat(p + "self_attn.qkv_proj.weight", q + 2 * kv, HIDDEN)
         else:
@@ -285,9 +296,9 @@ def gguf_tensors(name):
                 mapped = HF_TO_GGUF[module]
             g = f"blk.{layer}.{mapped}.{kind}"
         if model_type == "llama" and g.endswith("attn_q.weight"):
-            w = permute(w, HEADS)
+            w = permute(w, heads(name)[0])
         if model_type == "llama" and g.endswith("attn_k.weight"):
-            w = permute(w, KV_HEADS)
+            w = permute(w, heads(name)[1])
         if gemma and g.endswith("norm.weight"):
             w = (w + 1.0).astype(w.dtype)
         out.append((g, w))
@@ -303,12 +314,12 @@ def gguf_metadata(name):
         ("general.architecture", "str", arch),
         ("general.name", "str", "rill tiny fixture"),  # a "phi3" here would make llama.cpp look up "</s>"
         ("general.alignment", "u32", 32),
-        (f"{arch}.context_length", "u32", POSITIONS),
+        (f"{arch}.context_length", "u32", extra.get("_positions", POSITIONS)),
         (f"{arch}.embedding_length", "u32", HIDDEN),
         (f"{arch}.feed_forward_length", "u32", FF),
         (f"{arch}.block_count", "u32", layers),
-        (f"{arch}.attention.head_count", "u32", HEADS),
-        (f"{arch}.attention.head_count_kv", "u32", KV_HEADS),
+        (f"{arch}.attention.head_count", "u32", heads(name)[0]),
+        (f"{arch}.attention.head_count_kv", "u32", heads(name)[1]),
         (f"{arch}.attention.key_length", "u32", hd),
         (f"{arch}.attention.value_length", "u32", hd),
         (f"{arch}.rope.dimension_count", "u32", hd),
@@ -619,6 +630,26 @@ def make_all():
                              lambda p, q=qt: write_gguf(p, meta, tensors, q))
 
 
+def bench_model():
+    """models/arch/llama-bench-{f32,q4_k_m,q8_0}.gguf; the quantized ones by llama.cpp's own quantizer."""
+    import llama_cpp
+    FAMILIES.update(BENCH)
+    f32 = os.path.join(OUT, "llama-bench-f32.gguf")
+    if not os.path.exists(f32):
+        log("writing models/arch/llama-bench-f32.gguf (~1.5 GB)")
+        write_gguf(f32, gguf_metadata("llama-bench"), gguf_tensors("llama-bench"), "f32")
+    for name, ftype in (("q4_k_m", 15), ("q8_0", 7)):  # LLAMA_FTYPE_MOSTLY_Q4_K_M, _Q8_0
+        dest = os.path.join(OUT, f"llama-bench-{name}.gguf")
+        if os.path.exists(dest):
+            continue
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = ftype
+        params.nthread = 2
+        rc = llama_cpp.llama_model_quantize(f32.encode(), dest.encode(), params)
+        assert rc == 0, f"llama_model_quantize failed ({rc})"
+        log(f"wrote models/arch/llama-bench-{name}.gguf with llama.cpp's quantizer")
+
+
 def quantize_all(rill):
     """The K-quant and legacy mixes of llama-wide, written by `rill quantize` (deterministic)."""
     src = os.path.join(OUT, "llama-wide-f32.gguf")
@@ -635,8 +666,9 @@ def main():
     ap.add_argument("--quantize", metavar="RILL", help="also write llama-wide's quantized mixes with this rill binary")
     ap.add_argument("--goldens", action="store_true", help="write the transformers goldens")
     ap.add_argument("--llamacpp", action="store_true", help="write the llama.cpp goldens")
+    ap.add_argument("--bench-model", action="store_true", help="write the ~375M-parameter llama-bench GGUF files")
     args = ap.parse_args()
-    ensure_env("goldens" if args.goldens else "llamacpp" if args.llamacpp else "lite")
+    ensure_env("goldens" if args.goldens else "llamacpp" if args.llamacpp or args.bench_model else "lite")
     if args.goldens:
         train_spm_vocab()
     make_all()
@@ -647,6 +679,8 @@ def main():
     if args.llamacpp:
         llamacpp_goldens()
         tokenizer_goldens()
+    if args.bench_model:
+        bench_model()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-//! A linear layer over GGUF weights: Q4_1 and Q8_0 through rill's own kernels on the CPU, every other type
-//! (and every GPU) through candle. Several weights that read the same input (Q, K and V; gate and up) can be
+//! A linear layer over GGUF weights: Q4_1, Q4_K and Q8_0 through rill's own kernels on the CPU, every other
+//! type (and every GPU) through candle. Several weights that read the same input (Q, K and V; gate and up) can be
 //! fused into one matrix, so one pass over the input and one dispatch to the worker threads serve them all.
 
 use std::sync::Arc;
@@ -7,7 +7,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, Device, Module, Result, Storage, Tensor};
 
-use super::quant::q4_1x8::{self, Q4_1x8};
+use super::quant::q4_1x8::{self, Q4Kx8, Q4_1x8};
 use super::quant::q8_0x8::{self, Q8_0x8};
 use super::quant::{self, q4_1::BlockQ4_1, q8_0::BlockQ8_0, x8::Interleaved, QuantBlock};
 
@@ -23,6 +23,8 @@ enum Kind {
     Q4_1x8(Interleaved<Q4_1x8>),
     /// Q8_0 weights on the CPU, eight output rows interleaved.
     Q8_0x8(Interleaved<Q8_0x8>),
+    /// Q4_K weights on the CPU as 32-value sub-blocks, eight output rows interleaved (the Q4_1 kernels).
+    Q4Kx8(Interleaved<Q4Kx8>),
     /// Q4_1 weights on the CPU whose output width is not a multiple of eight: rill's row-at-a-time kernel
     /// (candle's is scalar for this type).
     Q4_1(Vec<BlockQ4_1>),
@@ -39,7 +41,7 @@ impl QLinear {
     }
 
     /// Stacks weights that share an input. rill's kernels are used when every part is Q4_1 (or every part
-    /// Q8_0) on the CPU; `RILL_CANDLE_QUANT=1` forces candle's kernels (for comparisons).
+    /// Q4_K, or Q8_0) on the CPU; `RILL_CANDLE_QUANT=1` forces candle's kernels (for comparisons).
     pub fn fused(parts: Vec<Arc<QTensor>>) -> Result<Self> {
         let mut out = 0;
         for p in &parts {
@@ -56,6 +58,21 @@ impl QLinear {
                 match q4_1x8::pack(&blocks, out, k) {
                     Some(p) => Kind::Q4_1x8(p),
                     None => Kind::Q4_1(blocks),
+                }
+            }
+            GgmlDType::Q4K if own && same => {
+                let mut bytes = Vec::new();
+                for p in &parts {
+                    bytes.extend_from_slice(&p.data()?);
+                }
+                match q4_1x8::pack_q4_k(&bytes, out, k) {
+                    Some(p) => Kind::Q4Kx8(p),
+                    None => Kind::Candle(
+                        parts
+                            .into_iter()
+                            .map(QMatMul::from_arc)
+                            .collect::<Result<_>>()?,
+                    ),
                 }
             }
             GgmlDType::Q8_0 if own && same => {
@@ -111,6 +128,7 @@ impl QLinear {
         let k_weight = match &self.kind {
             Kind::Q4_1x8(p) => p.k(),
             Kind::Q8_0x8(p) => p.k(),
+            Kind::Q4Kx8(p) => p.k(),
             Kind::Q4_1(b) => b.len() * quant::QK / self.out,
             Kind::Q8_0(b) => b.len() * quant::QK / self.out,
             Kind::Candle(_) => candle_core::bail!("quantized linear: not one of rill's kernels"),
@@ -125,6 +143,7 @@ impl QLinear {
         with_f32_rows(x, |xs| match &self.kind {
             Kind::Q4_1x8(p) => p.matmul(xs, rows, &mut dst),
             Kind::Q8_0x8(p) => p.matmul(xs, rows, &mut dst),
+            Kind::Q4Kx8(p) => p.matmul(xs, rows, &mut dst),
             Kind::Q4_1(b) => quant::matmul(xs, rows, k, b, n, &mut dst),
             Kind::Q8_0(b) => quant::matmul(xs, rows, k, b, n, &mut dst),
             Kind::Candle(_) => unreachable!("checked above"),

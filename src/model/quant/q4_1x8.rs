@@ -1,5 +1,10 @@
-//! Q4_1 weights interleaved eight rows at a time (see [`super::x8`]), dotted with Q8_1 activations:
-//! `dx·dy·Σ(qx·qy) + mx·sy` per block, as llama.cpp computes it, with exact integer sums.
+//! 4-bit weights `d·q + m` in 32-value blocks, interleaved eight rows at a time (see [`super::x8`]), dotted
+//! with Q8_1 activations: `dx·dy·Σ(qx·qy) + mx·sy` per block, as llama.cpp computes Q4_1, with exact integer
+//! sums. Two formats share the kernels:
+//! - Q4_1 itself: one f16 `d` and `m` per block;
+//! - Q4_K: super-blocks of 256 whose eight 32-value sub-blocks are `d·sc·q − dmin·m` with f16 `d`, `dmin` and
+//!   6-bit `sc`, `m`; the kernel multiplies the two scale levels out per sub-block in f32 (as llama.cpp's
+//!   dequantization does), so the weights are exactly the file's while staying 4.625 bits each in memory.
 
 use half::f16;
 
@@ -7,19 +12,117 @@ use super::q4_1::{quantize_row_q8_1, BlockQ4_1, BlockQ8_1};
 use super::x8::{dispatch_rows, Format, Interleaved, Kernel, ROWS};
 use super::QK;
 
-/// Block `b` of eight consecutive Q4_1 weight rows.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Q4_1x8Block {
-    d: [f16; ROWS],
-    m: [f16; ROWS],
-    /// Bytes `32t + 4c .. 32t + 4c + 4` are bytes `4t .. 4t + 4` of row `c`'s block: low nibbles are weights
-    /// `4t .. 4t + 4`, high nibbles weights `16 + 4t .. 16 + 4t + 4`.
-    qs: [u8; ROWS * QK / 2],
+/// Interleaved nibbles of one 32-value block of eight rows: bytes `32t + 4c .. 32t + 4c + 4` are bytes
+/// `4t .. 4t + 4` of row `c`'s block, whose low nibbles are weights `4t .. 4t + 4` and high nibbles weights
+/// `16 + 4t .. 16 + 4t + 4`.
+type Nibbles = [u8; ROWS * QK / 2];
+
+/// A group block: `SUBS` 32-value blocks of eight rows, with their scales and offsets.
+pub trait Q4Group: Copy + Send + Sync + 'static {
+    const SUBS: usize;
+    /// Scale and offset of row `c` in sub-block `s`.
+    fn scales(&self, s: usize, c: usize) -> (f32, f32);
+    /// The same for all eight rows, as f32 lanes.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and F16C.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn scales8(
+        &self,
+        s: usize,
+    ) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256);
+    fn nibbles(&self, s: usize) -> &Nibbles;
 }
 
-/// The Q4_1 interleaved format.
-pub enum Q4_1x8 {}
+/// Block `b` of eight consecutive Q4_1 rows.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Q4_1Group {
+    d: [f16; ROWS],
+    m: [f16; ROWS],
+    qs: Nibbles,
+}
+
+impl Q4Group for Q4_1Group {
+    const SUBS: usize = 1;
+
+    fn scales(&self, _: usize, c: usize) -> (f32, f32) {
+        (self.d[c].to_f32(), self.m[c].to_f32())
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn scales8(&self, _: usize) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
+        use std::arch::x86_64::*;
+        let load = |v: &[f16; ROWS]| _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr() as *const __m128i));
+        (load(&self.d), load(&self.m))
+    }
+
+    fn nibbles(&self, _: usize) -> &Nibbles {
+        &self.qs
+    }
+}
+
+/// Super-block `b` of eight consecutive Q4_K rows.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Q4KGroup {
+    d: [f16; ROWS],
+    dmin: [f16; ROWS],
+    /// `sc[s][c]`, `m[s][c]`: sub-block `s` of row `c`.
+    sc: [[u8; ROWS]; 8],
+    m: [[u8; ROWS]; 8],
+    qs: [Nibbles; 8],
+}
+
+impl Q4Group for Q4KGroup {
+    const SUBS: usize = 8;
+
+    fn scales(&self, s: usize, c: usize) -> (f32, f32) {
+        (
+            self.d[c].to_f32() * self.sc[s][c] as f32,
+            -(self.dmin[c].to_f32() * self.m[s][c] as f32),
+        )
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn scales8(&self, s: usize) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
+        use std::arch::x86_64::*;
+        let half = |v: &[f16; ROWS]| _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr() as *const __m128i));
+        let bytes = |v: &[u8; ROWS]| {
+            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(v.as_ptr() as *const __m128i)))
+        };
+        let d = _mm256_mul_ps(half(&self.d), bytes(&self.sc[s]));
+        let m = _mm256_mul_ps(half(&self.dmin), bytes(&self.m[s]));
+        (d, _mm256_sub_ps(_mm256_setzero_ps(), m))
+    }
+
+    fn nibbles(&self, s: usize) -> &Nibbles {
+        &self.qs[s]
+    }
+}
+
+/// The interleaved 4-bit format with group blocks `G`.
+pub struct Q4x8<G>(std::marker::PhantomData<G>);
+/// Q4_1 weights, interleaved.
+pub type Q4_1x8 = Q4x8<Q4_1Group>;
+/// Q4_K weights, interleaved.
+pub type Q4Kx8 = Q4x8<Q4KGroup>;
+
+/// Interleaves the nibbles of eight rows' blocks, each in the Q4_1 layout (byte `j`: weight `j` low, `j + 16`
+/// high).
+fn interleave_nibbles(rows: [[u8; QK / 2]; ROWS]) -> Nibbles {
+    let mut out = [0u8; ROWS * QK / 2];
+    for t in 0..4 {
+        for (c, r) in rows.iter().enumerate() {
+            out[32 * t + 4 * c..32 * t + 4 * c + 4].copy_from_slice(&r[4 * t..4 * t + 4]);
+        }
+    }
+    out
+}
 
 /// Repacks row-major Q4_1 blocks of an `[n, k]` weight; `None` when `n` is not a multiple of eight.
 pub fn pack(blocks: &[BlockQ4_1], n: usize, k: usize) -> Option<Interleaved<Q4_1x8>> {
@@ -31,25 +134,66 @@ pub fn pack(blocks: &[BlockQ4_1], n: usize, k: usize) -> Option<Interleaved<Q4_1
     for g in 0..n / ROWS {
         for b in 0..kb {
             let src = |c: usize| &blocks[(g * ROWS + c) * kb + b];
-            let mut p = Q4_1x8Block {
+            out.push(Q4_1Group {
                 d: std::array::from_fn(|c| src(c).d),
                 m: std::array::from_fn(|c| src(c).m),
-                qs: [0; ROWS * QK / 2],
-            };
-            for t in 0..4 {
-                for c in 0..ROWS {
-                    let at = 32 * t + 4 * c;
-                    p.qs[at..at + 4].copy_from_slice(&src(c).qs[4 * t..4 * t + 4]);
-                }
-            }
-            out.push(p);
+                qs: interleave_nibbles(std::array::from_fn(|c| src(c).qs)),
+            });
         }
     }
     Some(Interleaved::new(out, n, k))
 }
 
-impl Format for Q4_1x8 {
-    type Block = Q4_1x8Block;
+/// Values per Q4_K super-block, and its size in a GGUF file.
+pub const QK_K: usize = 256;
+const Q4_K_BYTES: usize = 144;
+
+/// Repacks the Q4_K bytes of an `[n, k]` weight (row-major super-blocks: f16 `d`, f16 `dmin`, 12 bytes of
+/// 6-bit sub-block scales and mins, 128 bytes of nibbles); `None` when `n` is not a multiple of eight.
+pub fn pack_q4_k(bytes: &[u8], n: usize, k: usize) -> Option<Interleaved<Q4Kx8>> {
+    if n % ROWS != 0 || k % QK_K != 0 || bytes.len() != n * k / QK_K * Q4_K_BYTES {
+        return None;
+    }
+    let per_row = k / QK_K;
+    let mut out = Vec::with_capacity(n / ROWS * per_row);
+    for g in 0..n / ROWS {
+        for b in 0..per_row {
+            let blk = |c: usize| &bytes[((g * ROWS + c) * per_row + b) * Q4_K_BYTES..][..Q4_K_BYTES];
+            let half = |c: usize, at: usize| f16::from_le_bytes([blk(c)[at], blk(c)[at + 1]]);
+            out.push(Q4KGroup {
+                d: std::array::from_fn(|c| half(c, 0)),
+                dmin: std::array::from_fn(|c| half(c, 2)),
+                sc: std::array::from_fn(|s| std::array::from_fn(|c| q4_k_scale_min(s, &blk(c)[4..16]).0)),
+                m: std::array::from_fn(|s| std::array::from_fn(|c| q4_k_scale_min(s, &blk(c)[4..16]).1)),
+                qs: std::array::from_fn(|s| {
+                    interleave_nibbles(std::array::from_fn(|c| {
+                        // Sub-blocks 2j and 2j + 1 are the low and high nibbles of bytes 32j .. 32j + 32.
+                        let q = &blk(c)[16 + 32 * (s / 2)..][..32];
+                        let nib = |l: usize| if s % 2 == 0 { q[l] & 0x0F } else { q[l] >> 4 };
+                        std::array::from_fn(|j| nib(j) | (nib(j + 16) << 4))
+                    }))
+                }),
+            });
+        }
+    }
+    Some(Interleaved::new(out, n, k))
+}
+
+/// The 6-bit scale and min of Q4_K sub-block `j` from the 12 packed bytes.
+fn q4_k_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+impl<G: Q4Group> Format for Q4x8<G> {
+    const VALUES: usize = QK * G::SUBS;
+    type Block = G;
     type Act = BlockQ8_1;
     const ZERO_ACT: BlockQ8_1 = BlockQ8_1::ZERO;
 
@@ -60,7 +204,7 @@ impl Format for Q4_1x8 {
     unsafe fn rows<const R: usize>(
         kernel: Kernel,
         xs: [&[BlockQ8_1]; R],
-        w: &[Q4_1x8Block],
+        w: &[G],
         dst: *mut f32,
         stride: usize,
     ) {
@@ -69,19 +213,23 @@ impl Format for Q4_1x8 {
 }
 
 /// Portable kernel for one activation row.
-unsafe fn rows_scalar(x: &[BlockQ8_1], w: &[Q4_1x8Block], dst: *mut f32) {
+unsafe fn rows_scalar<G: Q4Group>(x: &[BlockQ8_1], w: &[G], dst: *mut f32) {
     let mut acc = [0f32; ROWS];
-    for (p, y) in w.iter().zip(x) {
-        for (c, a) in acc.iter_mut().enumerate() {
-            let mut isum = 0i32;
-            for t in 0..4 {
-                for j in 0..4 {
-                    let q = p.qs[32 * t + 4 * c + j];
-                    isum += (q & 0x0F) as i32 * y.qs[4 * t + j] as i32;
-                    isum += (q >> 4) as i32 * y.qs[16 + 4 * t + j] as i32;
+    for (b, p) in w.iter().enumerate() {
+        for s in 0..G::SUBS {
+            let (y, qs) = (&x[b * G::SUBS + s], p.nibbles(s));
+            for (c, a) in acc.iter_mut().enumerate() {
+                let mut isum = 0i32;
+                for t in 0..4 {
+                    for j in 0..4 {
+                        let q = qs[32 * t + 4 * c + j];
+                        isum += (q & 0x0F) as i32 * y.qs[4 * t + j] as i32;
+                        isum += (q >> 4) as i32 * y.qs[16 + 4 * t + j] as i32;
+                    }
                 }
+                let (d, m) = p.scales(s, c);
+                *a += d * y.d * isum as f32 + m * y.s;
             }
-            *a += p.d[c].to_f32() * y.d * isum as f32 + p.m[c].to_f32() * y.s;
         }
     }
     std::ptr::copy_nonoverlapping(acc.as_ptr(), dst, ROWS);
@@ -89,7 +237,7 @@ unsafe fn rows_scalar(x: &[BlockQ8_1], w: &[Q4_1x8Block], dst: *mut f32) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{BlockQ8_1, Q4_1x8Block};
+    use super::{BlockQ8_1, Q4Group};
     use crate::model::quant::x86::{dot_avx2_u8, dot_avx512vnni, dot_avxvnni};
     use std::arch::x86_64::*;
 
@@ -98,38 +246,41 @@ mod x86 {
     macro_rules! rows_kernel {
         ($name:ident, $features:literal, $dot:ident) => {
             #[target_feature(enable = $features)]
-            pub unsafe fn $name<const R: usize>(
+            pub unsafe fn $name<G: Q4Group, const R: usize>(
                 xs: [&[BlockQ8_1]; R],
-                w: &[Q4_1x8Block],
+                w: &[G],
                 dst: *mut f32,
                 stride: usize,
             ) {
                 let mask = _mm256_set1_epi8(0x0F);
                 let mut acc = [_mm256_setzero_ps(); R];
                 for (b, p) in w.iter().enumerate() {
-                    let dw = _mm256_cvtph_ps(_mm_loadu_si128(p.d.as_ptr() as *const __m128i));
-                    let mw = _mm256_cvtph_ps(_mm_loadu_si128(p.m.as_ptr() as *const __m128i));
-                    let mut isum = [_mm256_setzero_si256(); R];
-                    for t in 0..4 {
-                        let q = _mm256_loadu_si256(p.qs.as_ptr().add(32 * t) as *const __m256i);
-                        let lo = _mm256_and_si256(q, mask);
-                        let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), mask);
-                        for r in 0..R {
-                            let a = xs[r][b].qs.as_ptr() as *const i32;
-                            isum[r] =
-                                $dot(isum[r], lo, _mm256_set1_epi32(a.add(t).read_unaligned()));
-                            isum[r] = $dot(
-                                isum[r],
-                                hi,
-                                _mm256_set1_epi32(a.add(t + 4).read_unaligned()),
-                            );
+                    for s in 0..G::SUBS {
+                        let (dw, mw) = p.scales8(s);
+                        let qs = p.nibbles(s);
+                        let blk = b * G::SUBS + s;
+                        let mut isum = [_mm256_setzero_si256(); R];
+                        for t in 0..4 {
+                            let q = _mm256_loadu_si256(qs.as_ptr().add(32 * t) as *const __m256i);
+                            let lo = _mm256_and_si256(q, mask);
+                            let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), mask);
+                            for r in 0..R {
+                                let a = xs[r][blk].qs.as_ptr() as *const i32;
+                                isum[r] =
+                                    $dot(isum[r], lo, _mm256_set1_epi32(a.add(t).read_unaligned()));
+                                isum[r] = $dot(
+                                    isum[r],
+                                    hi,
+                                    _mm256_set1_epi32(a.add(t + 4).read_unaligned()),
+                                );
+                            }
                         }
-                    }
-                    for r in 0..R {
-                        let y = &xs[r][b];
-                        let scale = _mm256_mul_ps(dw, _mm256_set1_ps(y.d));
-                        acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isum[r]), acc[r]);
-                        acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(y.s), acc[r]);
+                        for r in 0..R {
+                            let y = &xs[r][blk];
+                            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(y.d));
+                            acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isum[r]), acc[r]);
+                            acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(y.s), acc[r]);
+                        }
                     }
                 }
                 for r in 0..R {
@@ -171,5 +322,66 @@ mod tests {
     #[test]
     fn widths_that_are_not_a_multiple_of_eight_are_not_packed() {
         assert!(pack(&random_blocks(12, 1), 12, 32).is_none());
+    }
+
+    /// A Q4_K weight quantized by candle (ggml's reference quantizer), `[24, 512]`, and its dequantization.
+    fn q4_k_weight() -> (Vec<u8>, Vec<f32>, usize, usize) {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        use candle_core::{Device, Tensor};
+        let (n, k) = (24, 512);
+        let src: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 97.0).collect();
+        let t = Tensor::from_vec(src, (n, k), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&t, GgmlDType::Q4K).unwrap();
+        let deq = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        (q.data().unwrap().into_owned(), deq, n, k)
+    }
+
+    /// The repacked sub-blocks hold exactly the weights candle's dequantization gives.
+    #[test]
+    fn q4_k_repacking_keeps_every_weight() {
+        let (bytes, deq, n, k) = q4_k_weight();
+        let packed = pack_q4_k(&bytes, n, k).unwrap();
+        for (gi, g) in packed.blocks_for_test().iter().enumerate() {
+            let (group, sb) = (gi / (k / QK_K), gi % (k / QK_K));
+            for s in 0..8 {
+                for c in 0..ROWS {
+                    let (d, m) = g.scales(s, c);
+                    for j in 0..QK {
+                        let (t, i) = ((j % 16) / 4, j % 4);
+                        let byte = g.nibbles(s)[32 * t + 4 * c + i];
+                        let q = if j < 16 { byte & 0x0F } else { byte >> 4 };
+                        let want = deq[(group * ROWS + c) * k + sb * QK_K + s * QK + j];
+                        assert_eq!(d * q as f32 + m, want, "group {gi}, sub-block {s}, row {c}, value {j}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every kernel, at several batch sizes, against the block formula in f64; a row alone gives its bits in a
+    /// batch.
+    #[test]
+    fn q4_k_kernels_match_the_block_formula() {
+        let (bytes, _, n, k) = q4_k_weight();
+        let packed = pack_q4_k(&bytes, n, k).unwrap();
+        let groups = packed.blocks_for_test();
+        testing::check(&packed, |x, c| {
+            let mut xq = vec![BlockQ8_1::ZERO; k / QK];
+            quantize_row_q8_1(x, &mut xq);
+            let mut sum = 0f64;
+            for (b, y) in xq.iter().enumerate() {
+                let g = &groups[(c / ROWS) * (k / QK_K) + b / 8];
+                let (d, m) = g.scales(b % 8, c % ROWS);
+                let mut isum = 0i64;
+                for j in 0..QK {
+                    let (t, i) = ((j % 16) / 4, j % 4);
+                    let byte = g.nibbles(b % 8)[32 * t + 4 * (c % ROWS) + i];
+                    let q = if j < 16 { byte & 0x0F } else { byte >> 4 };
+                    isum += q as i64 * y.qs[j] as i64;
+                }
+                sum += d as f64 * y.d as f64 * isum as f64 + m as f64 * y.s as f64;
+            }
+            sum as f32
+        });
     }
 }

@@ -19,13 +19,16 @@ const ROW_TILE: usize = 4;
 
 /// A block format stored interleaved: one `Block` holds block `b` of eight consecutive weight rows.
 pub trait Format {
+    /// Weights of one row covered by one `Block` (a multiple of [`QK`]).
+    const VALUES: usize = QK;
     type Block: Copy + Send + Sync;
     /// One quantized block of activations.
     type Act: Copy + Send + Sync;
     const ZERO_ACT: Self::Act;
     /// Quantizes a row of activations (length a multiple of [`QK`]).
     fn quantize_acts(x: &[f32], out: &mut [Self::Act]);
-    /// Writes `dst[r * stride + c]`, `c < 8`, for the `R` activation rows `xs` against one weight group `w`.
+    /// Writes `dst[r * stride + c]`, `c < 8`, for the `R` activation rows `xs` (all `k / 32` activation
+    /// blocks of each row) against one weight group `w`.
     ///
     /// # Safety
     /// `kernel` must be one of [`Kernel::available`], and `dst` valid for those writes by this thread alone.
@@ -114,15 +117,20 @@ pub struct Interleaved<F: Format> {
 }
 
 impl<F: Format> Interleaved<F> {
-    /// Builds the weight from its group blocks, `n / 8` groups of `k / 32` blocks each.
+    /// Builds the weight from its group blocks, `n / 8` groups of `k / F::VALUES` blocks each.
     pub fn new(blocks: Vec<F::Block>, n: usize, k: usize) -> Self {
-        assert!(n % ROWS == 0 && k % QK == 0 && blocks.len() == n / ROWS * (k / QK));
+        assert!(n % ROWS == 0 && k % F::VALUES == 0 && blocks.len() == n / ROWS * (k / F::VALUES));
         Self { blocks, n, k }
     }
 
     /// Input width.
     pub fn k(&self) -> usize {
         self.k
+    }
+
+    #[cfg(test)]
+    pub fn blocks_for_test(&self) -> &[F::Block] {
+        &self.blocks
     }
 
     /// `dst[r, c] = x[r] · w[c]` for `m` activation rows of `k`, split across rill's CPU worker pool by
@@ -135,7 +143,7 @@ impl<F: Format> Interleaved<F> {
     pub fn matmul_with(&self, kernel: Kernel, x: &[f32], m: usize, dst: &mut [f32]) {
         let (n, k) = (self.n, self.k);
         assert!(x.len() == m * k && dst.len() == m * n);
-        let kb = k / QK;
+        let (kb, wb) = (k / QK, k / F::VALUES);
         let mut xq = vec![F::ZERO_ACT; m * kb];
         for (row, q) in x.chunks_exact(k).zip(xq.chunks_exact_mut(kb)) {
             F::quantize_acts(row, q);
@@ -151,7 +159,7 @@ impl<F: Format> Interleaved<F> {
                 while r < m {
                     let rows = ROW_TILE.min(m - r);
                     for g in groups.clone() {
-                        let w = &blocks[g * kb..(g + 1) * kb];
+                        let w = &blocks[g * wb..(g + 1) * wb];
                         // SAFETY: `kernel` was detected or listed as available; each (row, group) output
                         // is written by exactly one worker, inside dst's `m * n` elements.
                         unsafe {
