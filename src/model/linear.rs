@@ -48,11 +48,18 @@ impl Linear {
             Some(b) => Some(Tensor::cat(&b, 0)?.to_dtype(DType::F32)?),
             None => None,
         };
+        // Float "quantized" tensors of a GGUF file (F32, F16, BF16) run through the dense f32 kernel on the
+        // CPU like safetensors weights: candle's quantized matmul takes a different summation path for one row
+        // than for several, which would make a position's bits depend on the batch.
+        let float = |q: &candle_core::quantized::QTensor| {
+            use candle_core::quantized::GgmlDType as T;
+            q.device().is_cpu() && matches!(q.dtype(), T::F32 | T::F16 | T::BF16)
+        };
         let quant: Vec<_> = parts
             .iter()
             .filter_map(|p| match p {
-                Weight::Quant(q) => Some(q.clone()),
-                Weight::Dense(_) => None,
+                Weight::Quant(q) if !float(q) => Some(q.clone()),
+                _ => None,
             })
             .collect();
         if quant.len() == parts.len() {

@@ -16,6 +16,10 @@ pub struct QLinear {
     kind: Kind,
     /// Total output width (all parts).
     out: usize,
+    /// Run a single activation row as two (the row twice): candle computes Q6_K one way for one row and
+    /// another (repacked tiles) for several, so a lone decoding row would otherwise not get the bits the
+    /// same position gets inside a prompt chunk.
+    pad_single_row: bool,
 }
 
 enum Kind {
@@ -89,11 +93,23 @@ impl QLinear {
                     .collect::<Result<_>>()?,
             ),
         };
-        Ok(Self { kind, out })
+        let pad_single_row = matches!(kind, Kind::Candle(_)) && on_cpu && dtype == GgmlDType::Q6K;
+        Ok(Self {
+            kind,
+            out,
+            pad_single_row,
+        })
     }
 
     /// `x`: `[rows, in]` → `[rows, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.pad_single_row && x.dim(0)? == 1 {
+            return self.forward_rows(&Tensor::cat(&[x, x], 0)?)?.narrow(0, 0, 1);
+        }
+        self.forward_rows(x)
+    }
+
+    fn forward_rows(&self, x: &Tensor) -> Result<Tensor> {
         match &self.kind {
             Kind::Candle(ms) if ms.len() == 1 => ms[0].forward(x),
             Kind::Candle(ms) => Tensor::cat(
