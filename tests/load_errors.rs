@@ -1,0 +1,121 @@
+//! A broken model folder or file is a clear error that names the file and the problem: never a panic, never a
+//! model served with wrong weights. Each case copies the tiny llama fixture into a temporary folder and breaks
+//! one thing.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use rill::load::{self, ModelLocator};
+
+/// A copy of `models/arch/llama` in a fresh temporary folder.
+fn copy_fixture(name: &str) -> PathBuf {
+    let src = common::model_path("arch/llama");
+    let dir = std::env::temp_dir().join(format!("rill-load-errors-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+/// Loads `dir` and returns the error text (a successful load fails the test).
+fn load_error(dir: &Path) -> String {
+    let locator = ModelLocator {
+        models_dir: dir.to_path_buf(),
+        hub_cache: dir.to_path_buf(),
+        offline: true,
+    };
+    let source = match locator.resolve(dir.to_str().unwrap()) {
+        Ok(s) => s,
+        Err(e) => return e.to_string(),
+    };
+    match load::load(&source, "broken", &Device::Cpu) {
+        Ok(_) => panic!("{} loaded", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
+    let path = dir.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    f(v.as_object_mut().unwrap());
+    std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn a_missing_config_field_is_named() {
+    let dir = copy_fixture("missing");
+    edit_config(&dir, |c| {
+        c.remove("hidden_size");
+    });
+    let e = load_error(&dir);
+    assert!(e.contains("config.json") && e.contains("hidden_size"), "{e}");
+}
+
+#[test]
+fn a_mistyped_config_field_is_named() {
+    let dir = copy_fixture("mistyped");
+    edit_config(&dir, |c| {
+        c.insert("num_attention_heads".into(), "four".into());
+    });
+    let e = load_error(&dir);
+    assert!(e.contains("config.json") && e.contains("num_attention_heads"), "{e}");
+}
+
+#[test]
+fn an_unknown_model_type_lists_the_known_ones() {
+    let dir = copy_fixture("unknown");
+    edit_config(&dir, |c| {
+        c.insert("model_type".into(), "mamba".into());
+    });
+    let e = load_error(&dir);
+    assert!(e.contains("mamba") && e.contains("qwen2") && e.contains("gemma3"), "{e}");
+}
+
+#[test]
+fn hyper_parameters_that_do_not_match_the_tensors_are_refused() {
+    let dir = copy_fixture("shape");
+    edit_config(&dir, |c| {
+        c.insert("num_attention_heads".into(), 8.into());
+        c.insert("num_key_value_heads".into(), 8.into());
+    });
+    let e = load_error(&dir);
+    assert!(e.contains(&dir.display().to_string()), "{e}");
+    assert!(e.contains("shape") || e.contains("match"), "{e}");
+}
+
+#[test]
+fn a_truncated_safetensors_file_is_named() {
+    let dir = copy_fixture("truncated");
+    let w = dir.join("model.safetensors");
+    let len = std::fs::metadata(&w).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&w).unwrap();
+    f.set_len(len / 2).unwrap();
+    let e = load_error(&dir);
+    assert!(e.contains("model.safetensors"), "{e}");
+}
+
+#[test]
+fn a_garbage_safetensors_header_is_named() {
+    let dir = copy_fixture("garbage");
+    std::fs::write(dir.join("model.safetensors"), b"\xff\xff\xff\xff\xff\xff\xff\x7fnot a header").unwrap();
+    let e = load_error(&dir);
+    assert!(e.contains("model.safetensors"), "{e}");
+}
+
+#[test]
+fn a_missing_tensor_is_named() {
+    // Llama weights under a gemma2 config: gemma2 reads `post_attention_layernorm` as the attention output's
+    // norm and wants a `pre_feedforward_layernorm` that llama does not have.
+    let dir = copy_fixture("missing-tensor");
+    edit_config(&dir, |c| {
+        c.insert("model_type".into(), "gemma2".into());
+        c.insert("query_pre_attn_scalar".into(), 16.into());
+    });
+    let e = load_error(&dir);
+    assert!(e.contains("ffn_norm") && e.contains(&dir.display().to_string()), "{e}");
+}
