@@ -157,6 +157,17 @@ pub struct EngineArgs {
     /// completions' `logprobs`); OpenAI's limit is 20. Raise it for fidelity measurements.
     #[arg(long, env = "RILL_MAX_LOGPROBS", default_value_t = 20)]
     pub max_logprobs: usize,
+    /// The type the KV cache stores keys and values in: `f32`, or `f16` for half the memory (each value
+    /// rounded to f16 once, as llama.cpp's default cache does).
+    #[arg(long, env = "RILL_KV_DTYPE", value_enum, default_value = "f32")]
+    pub kv_dtype: KvDtype,
+}
+
+/// `--kv-dtype`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvDtype {
+    F32,
+    F16,
 }
 
 impl EngineArgs {
@@ -168,6 +179,10 @@ impl EngineArgs {
             kv_budget_bytes: self.kv_budget_mb.saturating_mul(1 << 20),
             prefix_cache_bytes: self.prefix_cache_mb.saturating_mul(1 << 20),
             max_logprobs: self.max_logprobs,
+            kv_dtype: match self.kv_dtype {
+                KvDtype::F32 => candle_core::DType::F32,
+                KvDtype::F16 => candle_core::DType::F16,
+            },
             ..EngineConfig::default()
         }
     }

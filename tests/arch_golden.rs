@@ -75,7 +75,9 @@ fn check_against_transformers(model: &str, family: &str) {
             .as_array()
             .unwrap()
             .iter()
-            .map(|t| (logits[0][t[0].as_u64().unwrap() as usize] - t[1].as_f64().unwrap() as f32).abs())
+            .map(|t| {
+                (logits[0][t[0].as_u64().unwrap() as usize] - t[1].as_f64().unwrap() as f32).abs()
+            })
             .fold(0f32, f32::max);
         eprintln!("{model}: logits within {worst:e} (probes), {top_worst:e} (top 8)");
         assert!(
@@ -172,8 +174,8 @@ mod llama_wide {
     #[test]
     fn quantized_mixes_match_llama_cpp() {
         for mix in [
-            "f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k", "q5_1", "q5_0", "q4_1",
-            "q4_0",
+            "f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k", "q5_1", "q5_0",
+            "q4_1", "q4_0",
         ] {
             super::check_against_llama_cpp(&format!("llama-wide-{mix}.gguf"));
         }
@@ -184,9 +186,22 @@ mod llama_wide {
 #[test]
 fn goldens_cover_every_family() {
     let g: Value = golden("arch-transformers-golden.json");
-    let families: Vec<&str> = g["models"].as_object().unwrap().keys().map(String::as_str).collect();
+    let families: Vec<&str> = g["models"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     for f in [
-        "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "llama-wide",
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "phi3",
+        "gemma",
+        "gemma2",
+        "gemma3",
+        "llama-wide",
     ] {
         assert!(families.contains(&f), "{f} has no golden");
     }

@@ -21,8 +21,16 @@ fn gpt2() -> &'static TextTokenizer {
 fn smollm2() -> &'static TextTokenizer {
     static T: OnceLock<TextTokenizer> = OnceLock::new();
     T.get_or_init(|| {
-        from_gguf(&GgufFile::open(&model_path("smollm2/SmolLM2-135M-Instruct-Q4_1.gguf"), &candle_core::Device::Cpu).unwrap().content.metadata)
+        from_gguf(
+            &GgufFile::open(
+                &model_path("smollm2/SmolLM2-135M-Instruct-Q4_1.gguf"),
+                &candle_core::Device::Cpu,
+            )
             .unwrap()
+            .content
+            .metadata,
+        )
+        .unwrap()
     })
 }
 

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use candle_core::{Device, Tensor};
 use common::{engine, model_path};
 use rill::engine::{
-    EngineConfig, EngineError, EngineHandle, Event, FinishReason, GenRequest,
-    SamplingParams,
+    EngineConfig, EngineError, EngineHandle, Event, FinishReason, GenRequest, SamplingParams,
 };
 use rill::load::Loaded;
 use rill::model::{CausalLm, ModelError, ModelInfo, SeqCache, SeqStep};

@@ -41,7 +41,8 @@ fn load_error(dir: &Path) -> String {
 
 fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
     let path = dir.join("config.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     f(v.as_object_mut().unwrap());
     std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
 }
@@ -53,7 +54,10 @@ fn a_missing_config_field_is_named() {
         c.remove("hidden_size");
     });
     let e = load_error(&dir);
-    assert!(e.contains("config.json") && e.contains("hidden_size"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("hidden_size"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -63,7 +67,10 @@ fn a_mistyped_config_field_is_named() {
         c.insert("num_attention_heads".into(), "four".into());
     });
     let e = load_error(&dir);
-    assert!(e.contains("config.json") && e.contains("num_attention_heads"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("num_attention_heads"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -73,7 +80,10 @@ fn an_unknown_model_type_lists_the_known_ones() {
         c.insert("model_type".into(), "mamba".into());
     });
     let e = load_error(&dir);
-    assert!(e.contains("mamba") && e.contains("qwen2") && e.contains("gemma3"), "{e}");
+    assert!(
+        e.contains("mamba") && e.contains("qwen2") && e.contains("gemma3"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -102,7 +112,11 @@ fn a_truncated_safetensors_file_is_named() {
 #[test]
 fn a_garbage_safetensors_header_is_named() {
     let dir = copy_fixture("garbage");
-    std::fs::write(dir.join("model.safetensors"), b"\xff\xff\xff\xff\xff\xff\xff\x7fnot a header").unwrap();
+    std::fs::write(
+        dir.join("model.safetensors"),
+        b"\xff\xff\xff\xff\xff\xff\xff\x7fnot a header",
+    )
+    .unwrap();
     let e = load_error(&dir);
     assert!(e.contains("model.safetensors"), "{e}");
 }
@@ -117,5 +131,8 @@ fn a_missing_tensor_is_named() {
         c.insert("query_pre_attn_scalar".into(), 16.into());
     });
     let e = load_error(&dir);
-    assert!(e.contains("ffn_norm") && e.contains(&dir.display().to_string()), "{e}");
+    assert!(
+        e.contains("ffn_norm") && e.contains(&dir.display().to_string()),
+        "{e}"
+    );
 }

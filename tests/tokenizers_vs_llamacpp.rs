@@ -28,7 +28,10 @@ fn check(name: &str) {
         let text = text.as_str().unwrap();
         let got = tok.encode(text).unwrap();
         if got != ids(want) {
-            mismatches.push(format!("{text:?}\n  rill      {got:?}\n  llama.cpp {:?}", ids(want)));
+            mismatches.push(format!(
+                "{text:?}\n  rill      {got:?}\n  llama.cpp {:?}",
+                ids(want)
+            ));
         }
     }
     assert!(
@@ -74,7 +77,10 @@ fn sentencepiece_without_space_prefix() {
 #[test]
 fn unknown_vocabularies_are_refused() {
     let path = model_path("arch/tok-gpt2.gguf");
-    let mut meta = GgufFile::open(&path, &Device::Cpu).unwrap().content.metadata;
+    let mut meta = GgufFile::open(&path, &Device::Cpu)
+        .unwrap()
+        .content
+        .metadata;
     meta.insert(
         "tokenizer.ggml.pre".into(),
         candle_core::quantized::gguf_file::Value::String("jais".into()),

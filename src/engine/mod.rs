@@ -179,6 +179,15 @@ pub struct EngineConfig {
     pub prefix_cache_bytes: usize,
     /// Most alternatives a request may ask for with each token's log probability.
     pub max_logprobs: usize,
+    /// The type KV caches store keys and values in: f32, or f16 for half the memory.
+    pub kv_dtype: candle_core::DType,
+}
+
+impl EngineConfig {
+    /// KV-cache bytes one position costs with this configuration's KV type (models report f32 bytes).
+    pub fn kv_bytes_per_token(&self, info: &ModelInfo) -> usize {
+        info.kv_bytes_per_token / 4 * self.kv_dtype.size_in_bytes()
+    }
 }
 
 impl Default for EngineConfig {
@@ -191,6 +200,7 @@ impl Default for EngineConfig {
             kv_budget_bytes: 4 << 30,
             prefix_cache_bytes: 512 << 20,
             max_logprobs: 20,
+            kv_dtype: candle_core::DType::F32,
         }
     }
 }
@@ -332,7 +342,8 @@ impl EngineHandle {
         }
         let room = context - req.prompt.len();
         let max_new = req.max_tokens.map_or(room, |m| m.min(room));
-        let kv_bytes = (req.prompt.len() + max_new) * self.shared.info.kv_bytes_per_token;
+        let kv_bytes =
+            (req.prompt.len() + max_new) * self.shared.config.kv_bytes_per_token(&self.shared.info);
         let budget = self.shared.config.kv_budget_bytes;
         if kv_bytes > budget {
             return Err(EngineError::ExceedsKvBudget {

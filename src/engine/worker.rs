@@ -40,7 +40,7 @@ impl Worker {
     ) -> Self {
         let prefix = PrefixCache::new(
             shared.config.prefix_cache_bytes,
-            model.info().kv_bytes_per_token,
+            shared.config.kv_bytes_per_token(model.info()),
         );
         Self {
             prefix,
@@ -135,7 +135,10 @@ impl Worker {
                     .fetch_add(hit.reused as u64, Ordering::Relaxed);
                 hit.cache
             }
-            None => self.model.new_cache(),
+            None => self
+                .model
+                .new_cache()
+                .stored_as(self.shared.config.kv_dtype),
         };
         self.running.push(Sequence::new(sub, cache));
     }

@@ -42,8 +42,7 @@ impl GgufFile {
         let mut reader = BufReader::new(file);
         let content = Content::read(&mut reader).map_err(|e| invalid(path, e))?;
         check_tensors(&content, len).map_err(|e| invalid(path, e))?;
-        let progress =
-            super::progress_bar(content.tensor_infos.len() as u64, "loading tensors");
+        let progress = super::progress_bar(content.tensor_infos.len() as u64, "loading tensors");
         Ok(Self {
             path: path.to_path_buf(),
             content,
@@ -131,7 +130,6 @@ fn check_tensors(content: &Content, file_len: u64) -> Result<(), String> {
     Ok(())
 }
 
-
 impl Weights for GgufFile {
     fn get(&mut self, name: &str) -> Result<Weight, ModelError> {
         let dev = self.device.clone();
@@ -148,7 +146,12 @@ impl Weights for GgufFile {
 }
 
 /// Loads a GGUF model: its decoder, and the tokenizer from `tokenizer.json` beside it or else from metadata.
-pub fn load(file: &Path, tok_json: Option<&Path>, name: &str, device: &Device) -> Result<Loaded, ModelError> {
+pub fn load(
+    file: &Path,
+    tok_json: Option<&Path>,
+    name: &str,
+    device: &Device,
+) -> Result<Loaded, ModelError> {
     let mut g = GgufFile::open(file, device)?;
     let arch = g.meta_str("general.architecture").unwrap_or("").to_string();
     if !ARCHITECTURES.contains(&arch.as_str()) {
@@ -231,13 +234,21 @@ fn decoder_config(g: &GgufFile, arch: &str) -> Result<DecoderConfig, ModelError>
         rope_base_local: (arch == "gemma3").then_some(10_000.0),
         rope_linear,
         rope_neox: !matches!(arch, "llama" | "mistral" | "smollm"),
-        sliding_window: if period > 0 { u("attention.sliding_window").ok() } else { None },
+        sliding_window: if period > 0 {
+            u("attention.sliding_window").ok()
+        } else {
+            None
+        },
         sliding,
         attn_scale,
         attn_softcap: f("attn_logit_softcapping").filter(|_| arch == "gemma2"),
         final_softcap: f("final_logit_softcapping").filter(|_| arch == "gemma2"),
         embed_scale: gemma.then(|| (dim as f32).sqrt()),
-        act: if gemma { Activation::GeluTanh } else { Activation::Silu },
+        act: if gemma {
+            Activation::GeluTanh
+        } else {
+            Activation::Silu
+        },
         rope_freqs: None,
     }
     .checked()

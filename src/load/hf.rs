@@ -33,7 +33,12 @@ pub const MODEL_TYPES: &[&str] = &[
 ];
 
 /// Loads a HuggingFace folder.
-pub fn load(dir: &Path, weights: &[PathBuf], name: &str, device: &Device) -> Result<Loaded, ModelError> {
+pub fn load(
+    dir: &Path,
+    weights: &[PathBuf],
+    name: &str,
+    device: &Device,
+) -> Result<Loaded, ModelError> {
     let config_path = dir.join("config.json");
     let config = read_json(&config_path)?;
     let model_type = config
@@ -53,7 +58,13 @@ pub fn load(dir: &Path, weights: &[PathBuf], name: &str, device: &Device) -> Res
     } else {
         // Multimodal checkpoints keep the text model's settings in `text_config`.
         let text = config.get("text_config").unwrap_or(&config);
-        let cfg = decoder_config(&Json { v: text, path: &config_path }, model_type)?;
+        let cfg = decoder_config(
+            &Json {
+                v: text,
+                path: &config_path,
+            },
+            model_type,
+        )?;
         let sandwich = matches!(cfg.arch.as_str(), "gemma2" | "gemma3");
         let mut w = SafeWeights::open(weights, device, cfg.arch.starts_with("gemma"), sandwich)?;
         let label = Label {
@@ -72,7 +83,10 @@ pub fn load(dir: &Path, weights: &[PathBuf], name: &str, device: &Device) -> Res
 
 /// `tokenizer.json` with `tokenizer_config.json`'s settings, EOS ids from `config.json` and
 /// `generation_config.json`, and the chat template.
-fn tokenizer_and_template(dir: &Path, config: &Value) -> Result<(TextTokenizer, ChatTemplate), ModelError> {
+fn tokenizer_and_template(
+    dir: &Path,
+    config: &Value,
+) -> Result<(TextTokenizer, ChatTemplate), ModelError> {
     let optional = |f: &str| {
         Some(dir.join(f))
             .filter(|p| p.exists())
@@ -84,7 +98,10 @@ fn tokenizer_and_template(dir: &Path, config: &Value) -> Result<(TextTokenizer, 
     let tok_path = dir.join("tokenizer.json");
     let mut tokenizer = TextTokenizer::from_file(&tok_path, tok_config.as_ref())
         .map_err(|e| invalid(&tok_path, e))?;
-    for id in eos_ids(Some(config)).into_iter().chain(eos_ids(generation.as_ref())) {
+    for id in eos_ids(Some(config))
+        .into_iter()
+        .chain(eos_ids(generation.as_ref()))
+    {
         if !tokenizer.eos_ids.contains(&id) {
             tokenizer.eos_ids.push(id);
         }
@@ -150,7 +167,9 @@ impl Json<'_> {
     }
 
     fn sub<'b>(&'b self, key: &str) -> Option<Json<'b>> {
-        self.get(key).filter(|v| v.is_object()).map(|v| Json { v, path: self.path })
+        self.get(key)
+            .filter(|v| v.is_object())
+            .map(|v| Json { v, path: self.path })
     }
 }
 
@@ -168,7 +187,9 @@ fn decoder_config(c: &Json<'_>, model_type: &str) -> Result<DecoderConfig, Model
         Some(d) => d,
         None => hidden / n_heads.max(1),
     };
-    if c.opt_f32("partial_rotary_factor")?.is_some_and(|f| f != 1.0) {
+    if c.opt_f32("partial_rotary_factor")?
+        .is_some_and(|f| f != 1.0)
+    {
         return Err(ModelError::Unsupported(format!(
             "{}: partial rotary embeddings",
             c.path.display()
@@ -234,11 +255,21 @@ fn rope(
         .and_then(|p| p.sub("full_attention"))
         .or_else(|| c.sub("rope_parameters"));
     let local = params.as_ref().and_then(|p| p.sub("sliding_attention"));
-    let base = match full.as_ref().map(|f| f.opt_f32("rope_theta")).transpose()?.flatten() {
+    let base = match full
+        .as_ref()
+        .map(|f| f.opt_f32("rope_theta"))
+        .transpose()?
+        .flatten()
+    {
         Some(b) => b,
         None => c.opt_f32("rope_theta")?.unwrap_or(10_000.0),
     };
-    let local_base = match local.as_ref().map(|l| l.opt_f32("rope_theta")).transpose()?.flatten() {
+    let local_base = match local
+        .as_ref()
+        .map(|l| l.opt_f32("rope_theta"))
+        .transpose()?
+        .flatten()
+    {
         Some(b) => Some(b),
         None => c.opt_f32("rope_local_base_freq")?,
     };
@@ -246,7 +277,10 @@ fn rope(
     let scaling = c.sub("rope_scaling").or(full);
     let (mut linear, mut freqs) = (1.0, None);
     if let Some(s) = scaling {
-        let kind = s.opt_str("rope_type").or(s.opt_str("type")).unwrap_or("default");
+        let kind = s
+            .opt_str("rope_type")
+            .or(s.opt_str("type"))
+            .unwrap_or("default");
         match kind {
             "default" => {}
             "linear" => linear = s.opt_f32("factor")?.unwrap_or(1.0),
@@ -299,7 +333,10 @@ fn sliding_layers(
 ) -> Result<Vec<bool>, ModelError> {
     if let Some(types) = c.get("layer_types").and_then(Value::as_array) {
         if types.len() != n_layers {
-            return Err(invalid(c.path, format!("{} layer_types for {n_layers} layers", types.len())));
+            return Err(invalid(
+                c.path,
+                format!("{} layer_types for {n_layers} layers", types.len()),
+            ));
         }
         return Ok(types
             .iter()
@@ -369,7 +406,8 @@ impl SafeWeights {
     fn dtype_name(&self) -> String {
         let mut counts: HashMap<String, usize> = HashMap::new();
         for (_, t) in self.st.tensors() {
-            *counts.entry(format!("{:?}", t.dtype())).or_default() += t.shape().iter().product::<usize>();
+            *counts.entry(format!("{:?}", t.dtype())).or_default() +=
+                t.shape().iter().product::<usize>();
         }
         counts
             .into_iter()
@@ -395,11 +433,13 @@ impl Weights for SafeWeights {
         let t = self.st.load(hf, &self.device)?;
         // f16 and bf16 checkpoints run in f32 (rill's dense kernels are f32).
         let t = t.to_dtype(DType::F32)?;
-        Ok(Weight::Dense(if self.norm_shift && name.ends_with("norm.weight") {
-            (t + 1.0)?
-        } else {
-            t
-        }))
+        Ok(Weight::Dense(
+            if self.norm_shift && name.ends_with("norm.weight") {
+                (t + 1.0)?
+            } else {
+                t
+            },
+        ))
     }
 
     fn has(&self, name: &str) -> bool {
@@ -457,15 +497,43 @@ mod tests {
     #[test]
     fn maps_huggingface_names_onto_gguf_names() {
         let cases = [
-            ("model.embed_tokens.weight", false, Some("token_embd.weight")),
+            (
+                "model.embed_tokens.weight",
+                false,
+                Some("token_embd.weight"),
+            ),
             ("lm_head.weight", false, Some("output.weight")),
             ("model.norm.weight", false, Some("output_norm.weight")),
-            ("model.layers.3.self_attn.q_proj.bias", false, Some("blk.3.attn_q.bias")),
-            ("model.layers.0.post_attention_layernorm.weight", false, Some("blk.0.ffn_norm.weight")),
-            ("model.layers.0.post_attention_layernorm.weight", true, Some("blk.0.post_attention_norm.weight")),
-            ("model.layers.1.pre_feedforward_layernorm.weight", true, Some("blk.1.ffn_norm.weight")),
-            ("model.layers.2.mlp.gate_up_proj.weight", false, Some("blk.2.ffn_up.weight")),
-            ("model.language_model.layers.2.self_attn.k_norm.weight", true, Some("blk.2.attn_k_norm.weight")),
+            (
+                "model.layers.3.self_attn.q_proj.bias",
+                false,
+                Some("blk.3.attn_q.bias"),
+            ),
+            (
+                "model.layers.0.post_attention_layernorm.weight",
+                false,
+                Some("blk.0.ffn_norm.weight"),
+            ),
+            (
+                "model.layers.0.post_attention_layernorm.weight",
+                true,
+                Some("blk.0.post_attention_norm.weight"),
+            ),
+            (
+                "model.layers.1.pre_feedforward_layernorm.weight",
+                true,
+                Some("blk.1.ffn_norm.weight"),
+            ),
+            (
+                "model.layers.2.mlp.gate_up_proj.weight",
+                false,
+                Some("blk.2.ffn_up.weight"),
+            ),
+            (
+                "model.language_model.layers.2.self_attn.k_norm.weight",
+                true,
+                Some("blk.2.attn_k_norm.weight"),
+            ),
             ("model.layers.2.self_attn.rotary_emb.inv_freq", false, None),
             ("vision_tower.encoder.weight", false, None),
         ];

@@ -47,7 +47,7 @@ impl Mix {
             .and_then(|l| l.parse::<usize>().ok());
         // llama.cpp's `use_more_bits`: the first and last eighth of the layers, and every third between.
         let more_bits = layer.is_some_and(|i| {
-            i < n_layers / 8 || i >= 7 * n_layers / 8 || (i >= n_layers / 8 && (i - n_layers / 8) % 3 == 2)
+            i < n_layers / 8 || i >= 7 * n_layers / 8 || (i - n_layers / 8) % 3 == 2
         });
         let sensitive = name.contains("attn_v.") || name.contains("ffn_down.");
         let output = name == "output.weight";
@@ -71,9 +71,9 @@ impl Mix {
             Self::Q5KM => T::Q5K,
         };
         // Rows that are not whole blocks of the wanted type fall back, as llama.cpp's do.
-        if cols % want.block_size() == 0 {
+        if cols.is_multiple_of(want.block_size()) {
             want
-        } else if cols % 32 == 0 {
+        } else if cols.is_multiple_of(32) {
             T::Q8_0
         } else {
             T::F16
@@ -160,13 +160,34 @@ mod tests {
     #[test]
     fn k_quant_mixes_keep_sensitive_tensors_wider() {
         let n = 16;
-        assert_eq!(Mix::Q4KM.type_for("blk.0.attn_q.weight", 256, n), GgmlDType::Q4K);
-        assert_eq!(Mix::Q4KM.type_for("blk.0.attn_v.weight", 256, n), GgmlDType::Q6K);
-        assert_eq!(Mix::Q4KM.type_for("blk.3.ffn_down.weight", 256, n), GgmlDType::Q4K);
-        assert_eq!(Mix::Q4KM.type_for("blk.4.ffn_down.weight", 256, n), GgmlDType::Q6K);
-        assert_eq!(Mix::Q4KM.type_for("blk.15.attn_v.weight", 256, n), GgmlDType::Q6K);
+        assert_eq!(
+            Mix::Q4KM.type_for("blk.0.attn_q.weight", 256, n),
+            GgmlDType::Q4K
+        );
+        assert_eq!(
+            Mix::Q4KM.type_for("blk.0.attn_v.weight", 256, n),
+            GgmlDType::Q6K
+        );
+        assert_eq!(
+            Mix::Q4KM.type_for("blk.3.ffn_down.weight", 256, n),
+            GgmlDType::Q4K
+        );
+        assert_eq!(
+            Mix::Q4KM.type_for("blk.4.ffn_down.weight", 256, n),
+            GgmlDType::Q6K
+        );
+        assert_eq!(
+            Mix::Q4KM.type_for("blk.15.attn_v.weight", 256, n),
+            GgmlDType::Q6K
+        );
         assert_eq!(Mix::Q4KM.type_for("output.weight", 256, n), GgmlDType::Q6K);
-        assert_eq!(Mix::Q4KM.type_for("blk.0.attn_q.weight", 64, n), GgmlDType::Q8_0);
-        assert_eq!(Mix::Q5KM.type_for("blk.1.attn_k.weight", 512, n), GgmlDType::Q5K);
+        assert_eq!(
+            Mix::Q4KM.type_for("blk.0.attn_q.weight", 64, n),
+            GgmlDType::Q8_0
+        );
+        assert_eq!(
+            Mix::Q5KM.type_for("blk.1.attn_k.weight", 512, n),
+            GgmlDType::Q5K
+        );
     }
 }

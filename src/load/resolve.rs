@@ -64,7 +64,7 @@ impl ModelLocator {
             .hub_cache
             .join(format!("models--{}", name.replace('/', "--")));
         looked.push(format!("hub cache {}", repo_dir.display()));
-        match self.from_hub(name) {
+        match self.fetch_from_hub(name) {
             Ok(src) => Ok(src),
             Err(ModelError::NotFound { .. }) => Err(ModelError::NotFound {
                 name: name.into(),
@@ -83,7 +83,7 @@ impl ModelLocator {
     }
 
     /// A repo's files from the hub cache, downloading missing ones unless offline.
-    fn from_hub(&self, repo: &str) -> Result<ModelSource, ModelError> {
+    fn fetch_from_hub(&self, repo: &str) -> Result<ModelSource, ModelError> {
         let fetch = |file: &str| -> Result<Option<PathBuf>, ModelError> {
             if self.offline {
                 return Ok(hf_hub::Cache::new(self.hub_cache.clone())
@@ -223,4 +223,3 @@ pub(super) fn read_json(path: &Path) -> Result<Value, ModelError> {
     })?;
     serde_json::from_str(&text).map_err(|e| super::invalid(path, e))
 }
-

@@ -41,6 +41,7 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scoring: &Scoring) -
     // Grouped-query attention: view the query heads as `[kv_heads, group * new, head_dim]` so each kv head
     // serves its group without copying keys and values.
     let q = q.reshape((n_kv, group * new, head_dim))?;
+    let (k, v) = (&k.to_dtype(q.dtype())?, &v.to_dtype(q.dtype())?);
     let att = (q.matmul(&k.t()?)? * scoring.scale as f64)?;
     let att = match scoring.softcap {
         Some(c) => ((att / c as f64)?.tanh()? * c as f64)?,
@@ -180,7 +181,7 @@ pub fn attend_rows_tensor(
 
 /// A `[kv_heads, len, head_dim]` f32 tensor on the CPU whose rows of `head_dim` are contiguous.
 struct CacheView<'a> {
-    data: &'a [f32],
+    data: CacheData<'a>,
     len: usize,
     hd: usize,
     /// Elements between heads, and between positions.
@@ -190,15 +191,17 @@ struct CacheView<'a> {
 
 impl<'a> CacheView<'a> {
     fn new(storage: &'a Storage, layout: &Layout, hd: usize) -> Result<Self> {
-        let Storage::Cpu(CpuStorage::F32(all)) = storage else {
-            candle_core::bail!("decode attention needs an f32 CPU cache");
+        let data = match storage {
+            Storage::Cpu(CpuStorage::F32(all)) => CacheData::F32(&all[layout.start_offset()..]),
+            Storage::Cpu(CpuStorage::F16(all)) => CacheData::F16(&all[layout.start_offset()..]),
+            _ => candle_core::bail!("attention needs an f32 or f16 CPU cache"),
         };
         let (dims, stride) = (layout.dims(), layout.stride());
         if dims.len() != 3 || dims[2] != hd || stride[2] != 1 {
             candle_core::bail!("decode attention: unexpected cache layout {layout:?}");
         }
         Ok(Self {
-            data: &all[layout.start_offset()..],
+            data,
             len: dims[1],
             hd,
             head_stride: stride[0],
@@ -206,10 +209,25 @@ impl<'a> CacheView<'a> {
         })
     }
 
-    fn row(&self, head: usize, pos: usize) -> &[f32] {
+    /// The `head_dim` values of `head` at `pos`, as f32 (an f16 cache's converted into `buf`).
+    #[inline(always)]
+    fn row<'s>(&'s self, head: usize, pos: usize, buf: &'s mut [f32]) -> &'s [f32] {
         let at = head * self.head_stride + pos * self.pos_stride;
-        &self.data[at..at + self.hd]
+        match self.data {
+            CacheData::F32(d) => &d[at..at + self.hd],
+            CacheData::F16(d) => {
+                half::slice::HalfFloatSliceExt::convert_to_f32_slice(&d[at..at + self.hd], buf);
+                buf
+            }
+        }
     }
+}
+
+/// A cache's values: f32, or f16 (`--kv-dtype f16`, half the memory; converted to f32 row by row).
+#[derive(Clone, Copy)]
+enum CacheData<'a> {
+    F32(&'a [f32]),
+    F16(&'a [half::f16]),
 }
 
 /// Softmax attention of a group of query heads `q` (`[group, hd]`) at position `pos` over the keys of kv head
@@ -231,7 +249,9 @@ fn attend_one(
     #[cfg(target_arch = "x86_64")]
     {
         static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        if *AVX2.get_or_init(|| std::is_x86_feature_detected!("avx2") && crate::model::kernel_cap() >= 1) {
+        if *AVX2.get_or_init(|| {
+            std::is_x86_feature_detected!("avx2") && crate::model::kernel_cap() >= 1
+        }) {
             // SAFETY: the CPU has AVX2, just checked.
             return unsafe { attend_one_avx2(q, k, v, kv, pos, scoring, scores, out) };
         }
@@ -272,13 +292,15 @@ fn attend_one_body(
     out: &mut [f32],
 ) {
     let hd = k.hd;
+    let mut row_buf = [0f32; 1024];
+    let row_buf = &mut row_buf[..hd];
     let group = q.len() / hd;
     let first = scoring.first_key(pos);
     let len = pos + 1 - first;
     scores.clear();
     scores.resize(group * len, 0.0);
     for t in 0..len {
-        let krow = k.row(kv, first + t);
+        let krow = k.row(kv, first + t, row_buf);
         for (j, qh) in q.chunks_exact(hd).enumerate() {
             let s = dot(qh, krow) * scoring.scale;
             scores[j * len + t] = match scoring.softcap {
@@ -299,7 +321,7 @@ fn attend_one_body(
     }
     out.fill(0.0);
     for t in 0..len {
-        let vrow = v.row(kv, first + t);
+        let vrow = v.row(kv, first + t, row_buf);
         for (j, o) in out.chunks_exact_mut(hd).enumerate() {
             let p = scores[j * len + t];
             o.iter_mut().zip(vrow).for_each(|(o, v)| *o += p * v);

@@ -22,7 +22,9 @@ use super::norm::RmsNorm;
 use super::qlinear::with_f32_rows;
 use super::rope::Rope;
 use super::weights::{Weight, Weights};
-use super::{check_context, output_rows, row_spans, CausalLm, ModelError, ModelInfo, SeqCache, SeqStep};
+use super::{
+    check_context, output_rows, row_spans, CausalLm, ModelError, ModelInfo, SeqCache, SeqStep,
+};
 
 /// The hyper-parameters and switches of one model, read by the loading layer from GGUF metadata or a
 /// HuggingFace `config.json`.
@@ -80,9 +82,13 @@ impl DecoderConfig {
             && (1..=MAX_CONTEXT).contains(&self.context)
             && self.sliding.len() == self.n_layers
             && self.rms_eps.is_finite()
-            && [self.rope_base, self.rope_base_local.unwrap_or(1.0), self.rope_linear]
-                .iter()
-                .all(|b| b.is_finite() && *b > 0.0)
+            && [
+                self.rope_base,
+                self.rope_base_local.unwrap_or(1.0),
+                self.rope_linear,
+            ]
+            .iter()
+            .all(|b| b.is_finite() && *b > 0.0)
             && self.attn_scale.is_finite()
             && self.sliding_window != Some(0);
         if ok {
@@ -148,17 +154,18 @@ pub struct Label {
 
 impl Decoder {
     /// Builds the model from `w`, tensors named as in GGUF files.
-    pub fn load(
-        cfg: DecoderConfig,
-        w: &mut dyn Weights,
-        label: Label,
-    ) -> Result<Self, ModelError> {
+    pub fn load(cfg: DecoderConfig, w: &mut dyn Weights, label: Label) -> Result<Self, ModelError> {
         let device = w.device().clone();
         let eps = cfg.rms_eps;
         let embed = w.get("token_embd.weight")?;
         let (vocab, hidden) = embed.dims2()?;
         let freqs = match w.has("rope_freqs.weight") {
-            true => Some(w.get("rope_freqs.weight")?.to_f32(&device)?.flatten_all()?.to_vec1()?),
+            true => Some(
+                w.get("rope_freqs.weight")?
+                    .to_f32(&device)?
+                    .flatten_all()?
+                    .to_vec1()?,
+            ),
             false => cfg.rope_freqs.clone(),
         };
         let mut ropes = vec![Rope::new(
@@ -171,11 +178,23 @@ impl Decoder {
             &device,
         )?];
         if let Some(local) = cfg.rope_base_local {
-            ropes.push(Rope::new(cfg.head_dim, local, 1.0, None, cfg.context, cfg.rope_neox, &device)?);
+            ropes.push(Rope::new(
+                cfg.head_dim,
+                local,
+                1.0,
+                None,
+                cfg.context,
+                cfg.rope_neox,
+                &device,
+            )?);
         }
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
-            let rope = if cfg.sliding[i] && ropes.len() > 1 { 1 } else { 0 };
+            let rope = if cfg.sliding[i] && ropes.len() > 1 {
+                1
+            } else {
+                0
+            };
             layers.push(load_layer(w, i, &cfg, rope)?);
         }
         let norm = norm(w, "output_norm.weight", eps)?;

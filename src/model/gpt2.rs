@@ -191,11 +191,10 @@ impl Gpt2 {
             path: config.display().to_string(),
             source,
         })?;
-        let cfg: Config =
-            serde_json::from_str(&text).map_err(|e| ModelError::Invalid {
-                path: config.display().to_string(),
-                reason: e.to_string(),
-            })?;
+        let cfg: Config = serde_json::from_str(&text).map_err(|e| ModelError::Invalid {
+            path: config.display().to_string(),
+            reason: e.to_string(),
+        })?;
         // SAFETY: the files are mapped read-only and not modified while the model lives.
         let root = unsafe { VarBuilder::from_mmaped_safetensors(weights, DType::F32, device)? };
         let vb = if root.contains_tensor("transformer.wte.weight") {
@@ -292,7 +291,12 @@ impl Gpt2 {
             };
             let (k, v) = seq.cache.append(i, &part(1)?, &part(2)?)?;
             if !xs.device().is_cpu() {
-                outs.push(attention::causal_attention(&part(0)?, &k, &v, &attention::Scoring::plain(hd))?);
+                outs.push(attention::causal_attention(
+                    &part(0)?,
+                    &k,
+                    &v,
+                    &attention::Scoring::plain(hd),
+                )?);
             }
             kvs.push((k, v));
         }

@@ -1,6 +1,6 @@
 //! Per-sequence KV cache: one growable key/value buffer per layer, owned by the engine's sequence.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::kv_cache::KvCache;
 
 /// Initial capacity, in positions, of a new cache; it grows on demand.
@@ -10,15 +10,33 @@ const INITIAL_POSITIONS: usize = 128;
 pub struct SeqCache {
     layers: Vec<KvCache>,
     len: usize,
+    /// The type keys and values are stored in (f32, or f16 for half the memory).
+    dtype: DType,
 }
 
 impl SeqCache {
-    /// A cache for `n_layers` layers; tensors are `[kv_heads, positions, head_dim]`, grown along dim 1.
+    /// An f32 cache for `n_layers` layers; tensors are `[kv_heads, positions, head_dim]`, grown along dim 1.
     pub fn new(n_layers: usize) -> Self {
+        Self::with_dtype(n_layers, DType::F32)
+    }
+
+    /// A cache storing keys and values as `dtype`.
+    pub fn with_dtype(n_layers: usize, dtype: DType) -> Self {
         let layers = (0..n_layers)
             .map(|_| KvCache::new(1, INITIAL_POSITIONS))
             .collect();
-        Self { layers, len: 0 }
+        Self {
+            layers,
+            len: 0,
+            dtype,
+        }
+    }
+
+    /// The same empty cache, storing keys and values as `dtype` from now on.
+    pub fn stored_as(mut self, dtype: DType) -> Self {
+        assert!(self.len == 0, "stored_as on a cache that holds positions");
+        self.dtype = dtype;
+        self
     }
 
     /// Positions already in the cache: the position of the next token.
@@ -32,7 +50,7 @@ impl SeqCache {
 
     /// Appends `k`, `v` (`[kv_heads, new, head_dim]`) to `layer` and returns all keys and values so far.
     pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        self.layers[layer].append(k, v)
+        self.layers[layer].append(&k.to_dtype(self.dtype)?, &v.to_dtype(self.dtype)?)
     }
 
     /// Keys and values of `layer` so far, if any were appended.
@@ -67,7 +85,11 @@ impl SeqCache {
             }
             layers.push(copy);
         }
-        Ok(Self { layers, len: n })
+        Ok(Self {
+            layers,
+            len: n,
+            dtype: self.dtype,
+        })
     }
 
     /// Positions the buffers have room for (what the cache's memory is sized by).

@@ -104,7 +104,9 @@ impl QLinear {
     /// `x`: `[rows, in]` → `[rows, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if self.pad_single_row && x.dim(0)? == 1 {
-            return self.forward_rows(&Tensor::cat(&[x, x], 0)?)?.narrow(0, 0, 1);
+            return self
+                .forward_rows(&Tensor::cat(&[x, x], 0)?)?
+                .narrow(0, 0, 1);
         }
         self.forward_rows(x)
     }

@@ -27,7 +27,10 @@ impl Rope {
         dev: &Device,
     ) -> Result<Self> {
         if factors.is_some_and(|f| f.len() != head_dim / 2) {
-            candle_core::bail!("rope: {} frequency factors for heads of {head_dim}", factors.map_or(0, |f| f.len()));
+            candle_core::bail!(
+                "rope: {} frequency factors for heads of {head_dim}",
+                factors.map_or(0, |f| f.len())
+            );
         }
         let inv: Vec<f32> = (0..head_dim / 2)
             .map(|i| {

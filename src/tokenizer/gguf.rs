@@ -22,7 +22,9 @@ use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, SplitDelimiterBehavior, Tokenizer};
+use tokenizers::{
+    AddedToken, DecoderWrapper, NormalizerWrapper, SplitDelimiterBehavior, Tokenizer,
+};
 
 use super::{TextTokenizer, TokenizerError};
 use std::collections::HashMap;
@@ -75,11 +77,10 @@ pub fn from_gguf(meta: &HashMap<String, Value>) -> Result<TextTokenizer, Tokeniz
             .ok()
             .and_then(|id| tokens.get(id as usize).cloned())
     };
-    let add_bos = g
-        .0
-        .get("tokenizer.ggml.add_bos_token")
-        .and_then(|v| v.to_bool().ok())
-        .unwrap_or(add_bos_default);
+    let add_bos =
+        g.0.get("tokenizer.ggml.add_bos_token")
+            .and_then(|v| v.to_bool().ok())
+            .unwrap_or(add_bos_default);
     let mut t = TextTokenizer::new(
         tok,
         id_text("tokenizer.ggml.eos_token_id"),
@@ -123,10 +124,18 @@ fn byte_level_bpe(g: &Meta<'_>, tokens: &[String]) -> Result<Tokenizer, Tokenize
 }
 
 /// SentencePiece BPE as llama.cpp runs it (see the module comment).
-fn sentencepiece_bpe(g: &Meta<'_>, tokens: &[String], types: &[i32]) -> Result<Tokenizer, TokenizerError> {
+fn sentencepiece_bpe(
+    g: &Meta<'_>,
+    tokens: &[String],
+    types: &[i32],
+) -> Result<Tokenizer, TokenizerError> {
     let scores: Vec<f32> = match g.0.get("tokenizer.ggml.scores") {
         Some(Value::Array(v)) => v.iter().map(|s| s.to_f32().unwrap_or(0.0)).collect(),
-        _ => return Err(TokenizerError::Unsupported("a SentencePiece vocabulary without `tokenizer.ggml.scores`".into())),
+        _ => {
+            return Err(TokenizerError::Unsupported(
+                "a SentencePiece vocabulary without `tokenizer.ggml.scores`".into(),
+            ))
+        }
     };
     if scores.len() != tokens.len() {
         return Err(TokenizerError::Unsupported(format!(
@@ -162,7 +171,10 @@ fn sentencepiece_bpe(g: &Meta<'_>, tokens: &[String], types: &[i32]) -> Result<T
         .ok()
         .and_then(|id| tokens.get(id as usize).cloned());
     let mut builder = BPE::builder()
-        .vocab_and_merges(vocab, merges.into_iter().map(|(_, _, l, r)| (l, r)).collect())
+        .vocab_and_merges(
+            vocab,
+            merges.into_iter().map(|(_, _, l, r)| (l, r)).collect(),
+        )
         .byte_fallback(true)
         .fuse_unk(true);
     if let Some(unk) = unk {
@@ -171,11 +183,10 @@ fn sentencepiece_bpe(g: &Meta<'_>, tokens: &[String], types: &[i32]) -> Result<T
     let bpe = builder
         .build()
         .map_err(|e| TokenizerError::Unsupported(e.to_string()))?;
-    let space_prefix = g
-        .0
-        .get("tokenizer.ggml.add_space_prefix")
-        .and_then(|v| v.to_bool().ok())
-        .unwrap_or(true);
+    let space_prefix =
+        g.0.get("tokenizer.ggml.add_space_prefix")
+            .and_then(|v| v.to_bool().ok())
+            .unwrap_or(true);
     let tokenizer_err = |e: tokenizers::Error| TokenizerError::Unsupported(e.to_string());
     let mut normalizers: Vec<NormalizerWrapper> = Vec::new();
     if space_prefix {

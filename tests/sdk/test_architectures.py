@@ -21,15 +21,16 @@ RILL = Path(os.environ.get("RILL_BIN", ROOT / "target" / "release" / "rill"))
 ARCH = ROOT / "models" / "arch"
 CASES = [f"{f}" for f in ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3")] + [
     f"{f}-q8_0.gguf" for f in ("llama", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3")
-] + ["llama-wide-q4_k_m.gguf", "llama-wide-q6_k.gguf"]
+] + ["llama-wide-q4_k_m.gguf", "llama-wide-q6_k.gguf", "llama-wide-q4_k_m.gguf --kv-dtype f16"]
 
 
 class Server:
-    def __init__(self, model: Path):
+    def __init__(self, model: Path, extra=()):
         assert model.exists(), f"{model} is missing: run scripts/make-arch-fixtures.py"
         self.log = open(f"/tmp/rill-arch-{os.getpid()}-{model.name}.log", "w+")
         self.proc = subprocess.Popen(
-            [str(RILL), "serve", "--model", str(model), "--host", "127.0.0.1", "--port", "0", "--threads", "1"],
+            [str(RILL), "serve", "--model", str(model), "--host", "127.0.0.1", "--port", "0", "--threads", "1",
+             *extra],
             stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ, RILL_LOG="info"))
         deadline = time.monotonic() + 60
         self.url = None
@@ -56,7 +57,8 @@ class Server:
 
 @pytest.mark.parametrize("case", CASES)
 def test_openai_chat_on_every_architecture(case):
-    server = Server(ARCH / case)
+    name, *extra = case.split()
+    server = Server(ARCH / name, extra)
     try:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", timeout=TIMEOUT, max_retries=0)
         models = [m.id for m in client.models.list()]

@@ -46,7 +46,9 @@ const COL_TILE: usize = 16;
 /// across rill's CPU worker pool by tiles of output columns. Within a tile, activation rows go four at a
 /// time across the tile's weight rows, so both stay in cache and each weight row is read from memory once.
 pub fn matmul<B: QuantBlock>(x: &[f32], m: usize, k: usize, w: &[B], n: usize, dst: &mut [f32]) {
-    assert!(k % QK == 0 && x.len() == m * k && w.len() == n * k / QK && dst.len() == m * n);
+    assert!(
+        k.is_multiple_of(QK) && x.len() == m * k && w.len() == n * k / QK && dst.len() == m * n
+    );
     let kb = k / QK;
     let mut xq = vec![B::ZERO_ACT; m * kb];
     for (row, q) in x.chunks_exact(k).zip(xq.chunks_exact_mut(kb)) {

@@ -27,10 +27,7 @@ pub trait Q4Group: Copy + Send + Sync + 'static {
     /// # Safety
     /// The CPU must have AVX2 and F16C.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn scales8(
-        &self,
-        s: usize,
-    ) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256);
+    unsafe fn scales8(&self, s: usize) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256);
     fn nibbles(&self, s: usize) -> &Nibbles;
 }
 
@@ -93,7 +90,9 @@ impl Q4Group for Q4KGroup {
         use std::arch::x86_64::*;
         let half = |v: &[f16; ROWS]| _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr() as *const __m128i));
         let bytes = |v: &[u8; ROWS]| {
-            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(v.as_ptr() as *const __m128i)))
+            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                v.as_ptr() as *const __m128i
+            )))
         };
         let d = _mm256_mul_ps(half(&self.d), bytes(&self.sc[s]));
         let m = _mm256_mul_ps(half(&self.dmin), bytes(&self.m[s]));
@@ -126,7 +125,7 @@ fn interleave_nibbles(rows: [[u8; QK / 2]; ROWS]) -> Nibbles {
 
 /// Repacks row-major Q4_1 blocks of an `[n, k]` weight; `None` when `n` is not a multiple of eight.
 pub fn pack(blocks: &[BlockQ4_1], n: usize, k: usize) -> Option<Interleaved<Q4_1x8>> {
-    if n % ROWS != 0 || k % QK != 0 || blocks.len() != n * k / QK {
+    if !n.is_multiple_of(ROWS) || !k.is_multiple_of(QK) || blocks.len() != n * k / QK {
         return None;
     }
     let kb = k / QK;
@@ -151,20 +150,28 @@ const Q4_K_BYTES: usize = 144;
 /// Repacks the Q4_K bytes of an `[n, k]` weight (row-major super-blocks: f16 `d`, f16 `dmin`, 12 bytes of
 /// 6-bit sub-block scales and mins, 128 bytes of nibbles); `None` when `n` is not a multiple of eight.
 pub fn pack_q4_k(bytes: &[u8], n: usize, k: usize) -> Option<Interleaved<Q4Kx8>> {
-    if n % ROWS != 0 || k % QK_K != 0 || bytes.len() != n * k / QK_K * Q4_K_BYTES {
+    if !n.is_multiple_of(ROWS)
+        || !k.is_multiple_of(QK_K)
+        || bytes.len() != n * k / QK_K * Q4_K_BYTES
+    {
         return None;
     }
     let per_row = k / QK_K;
     let mut out = Vec::with_capacity(n / ROWS * per_row);
     for g in 0..n / ROWS {
         for b in 0..per_row {
-            let blk = |c: usize| &bytes[((g * ROWS + c) * per_row + b) * Q4_K_BYTES..][..Q4_K_BYTES];
+            let blk =
+                |c: usize| &bytes[((g * ROWS + c) * per_row + b) * Q4_K_BYTES..][..Q4_K_BYTES];
             let half = |c: usize, at: usize| f16::from_le_bytes([blk(c)[at], blk(c)[at + 1]]);
             out.push(Q4KGroup {
                 d: std::array::from_fn(|c| half(c, 0)),
                 dmin: std::array::from_fn(|c| half(c, 2)),
-                sc: std::array::from_fn(|s| std::array::from_fn(|c| q4_k_scale_min(s, &blk(c)[4..16]).0)),
-                m: std::array::from_fn(|s| std::array::from_fn(|c| q4_k_scale_min(s, &blk(c)[4..16]).1)),
+                sc: std::array::from_fn(|s| {
+                    std::array::from_fn(|c| q4_k_scale_min(s, &blk(c)[4..16]).0)
+                }),
+                m: std::array::from_fn(|s| {
+                    std::array::from_fn(|c| q4_k_scale_min(s, &blk(c)[4..16]).1)
+                }),
                 qs: std::array::from_fn(|s| {
                     interleave_nibbles(std::array::from_fn(|c| {
                         // Sub-blocks 2j and 2j + 1 are the low and high nibbles of bytes 32j .. 32j + 32.
@@ -329,10 +336,18 @@ mod tests {
         use candle_core::quantized::{GgmlDType, QTensor};
         use candle_core::{Device, Tensor};
         let (n, k) = (24, 512);
-        let src: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 97.0).collect();
+        let src: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 97.0)
+            .collect();
         let t = Tensor::from_vec(src, (n, k), &Device::Cpu).unwrap();
         let q = QTensor::quantize(&t, GgmlDType::Q4K).unwrap();
-        let deq = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let deq = q
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         (q.data().unwrap().into_owned(), deq, n, k)
     }
 
@@ -351,7 +366,11 @@ mod tests {
                         let byte = g.nibbles(s)[32 * t + 4 * c + i];
                         let q = if j < 16 { byte & 0x0F } else { byte >> 4 };
                         let want = deq[(group * ROWS + c) * k + sb * QK_K + s * QK + j];
-                        assert_eq!(d * q as f32 + m, want, "group {gi}, sub-block {s}, row {c}, value {j}");
+                        assert_eq!(
+                            d * q as f32 + m,
+                            want,
+                            "group {gi}, sub-block {s}, row {c}, value {j}"
+                        );
                     }
                 }
             }

@@ -33,7 +33,7 @@ pub enum Q8_0x8 {}
 
 /// Repacks row-major Q8_0 blocks of an `[n, k]` weight; `None` when `n` is not a multiple of eight.
 pub fn pack(blocks: &[BlockQ8_0], n: usize, k: usize) -> Option<Interleaved<Q8_0x8>> {
-    if n % ROWS != 0 || k % QK != 0 || blocks.len() != n * k / QK {
+    if !n.is_multiple_of(ROWS) || !k.is_multiple_of(QK) || blocks.len() != n * k / QK {
         return None;
     }
     let kb = k / QK;

@@ -119,7 +119,11 @@ pub struct Interleaved<F: Format> {
 impl<F: Format> Interleaved<F> {
     /// Builds the weight from its group blocks, `n / 8` groups of `k / F::VALUES` blocks each.
     pub fn new(blocks: Vec<F::Block>, n: usize, k: usize) -> Self {
-        assert!(n % ROWS == 0 && k % F::VALUES == 0 && blocks.len() == n / ROWS * (k / F::VALUES));
+        assert!(
+            n.is_multiple_of(ROWS)
+                && k.is_multiple_of(F::VALUES)
+                && blocks.len() == n / ROWS * (k / F::VALUES)
+        );
         Self { blocks, n, k }
     }
 
