@@ -1,5 +1,5 @@
-//! A linear layer over GGUF weights: Q4_1, Q4_K and Q8_0 through rill's own kernels on the CPU, every other
-//! type (and every GPU) through candle. Several weights that read the same input (Q, K and V; gate and up) can be
+//! A linear layer over GGUF weights: Q4_1, Q4_K, Q6_K and Q8_0 through rill's own kernels on the CPU, every
+//! other type (and every GPU) through candle. Several weights that read the same input (Q, K and V; gate and up) can be
 //! fused into one matrix, so one pass over the input and one dispatch to the worker threads serve them all.
 
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, Device, Module, Result, Storage, Tensor};
 
 use super::quant::q4_1x8::{self, Q4Kx8, Q4_1x8};
+use super::quant::q6_kx8::{self, Q6Kx8};
 use super::quant::q8_0x8::{self, Q8_0x8};
 use super::quant::{self, q4_1::BlockQ4_1, q8_0::BlockQ8_0, x8::Interleaved, QuantBlock};
 
@@ -29,6 +30,8 @@ enum Kind {
     Q8_0x8(Interleaved<Q8_0x8>),
     /// Q4_K weights on the CPU as 32-value sub-blocks, eight output rows interleaved (the Q4_1 kernels).
     Q4Kx8(Interleaved<Q4Kx8>),
+    /// Q6_K weights on the CPU, a byte per weight, eight output rows interleaved.
+    Q6Kx8(Interleaved<Q6Kx8>),
     /// Q4_1 weights on the CPU whose output width is not a multiple of eight: rill's row-at-a-time kernel
     /// (candle's is scalar for this type).
     Q4_1(Vec<BlockQ4_1>),
@@ -71,6 +74,21 @@ impl QLinear {
                 }
                 match q4_1x8::pack_q4_k(&bytes, out, k) {
                     Some(p) => Kind::Q4Kx8(p),
+                    None => Kind::Candle(
+                        parts
+                            .into_iter()
+                            .map(QMatMul::from_arc)
+                            .collect::<Result<_>>()?,
+                    ),
+                }
+            }
+            GgmlDType::Q6K if own && same => {
+                let mut bytes = Vec::new();
+                for p in &parts {
+                    bytes.extend_from_slice(&p.data()?);
+                }
+                match q6_kx8::pack(&bytes, out, k) {
+                    Some(p) => Kind::Q6Kx8(p),
                     None => Kind::Candle(
                         parts
                             .into_iter()
@@ -147,6 +165,7 @@ impl QLinear {
             Kind::Q4_1x8(p) => p.k(),
             Kind::Q8_0x8(p) => p.k(),
             Kind::Q4Kx8(p) => p.k(),
+            Kind::Q6Kx8(p) => p.k(),
             Kind::Q4_1(b) => b.len() * quant::QK / self.out,
             Kind::Q8_0(b) => b.len() * quant::QK / self.out,
             Kind::Candle(_) => candle_core::bail!("quantized linear: not one of rill's kernels"),
@@ -162,6 +181,7 @@ impl QLinear {
             Kind::Q4_1x8(p) => p.matmul(xs, rows, &mut dst),
             Kind::Q8_0x8(p) => p.matmul(xs, rows, &mut dst),
             Kind::Q4Kx8(p) => p.matmul(xs, rows, &mut dst),
+            Kind::Q6Kx8(p) => p.matmul(xs, rows, &mut dst),
             Kind::Q4_1(b) => quant::matmul(xs, rows, k, b, n, &mut dst),
             Kind::Q8_0(b) => quant::matmul(xs, rows, k, b, n, &mut dst),
             Kind::Candle(_) => unreachable!("checked above"),

@@ -1,10 +1,12 @@
-//! rill's own CPU kernels for GGML block-quantized weights, with the arithmetic llama.cpp uses: activations
-//! are quantized per 32-value block (Q8_1 for Q4_1 weights, Q8_0 for Q8_0 weights) and dotted in integers.
+//! rill's own CPU kernels for GGML block-quantized weights (Q4_1, Q4_K, Q6_K, Q8_0), with the arithmetic
+//! llama.cpp uses: activations are quantized per 32-value block (Q8_1 for the 4-bit formats, Q8_0 for Q6_K and
+//! Q8_0) and dotted in integers.
 //! candle 0.11 has only a scalar Q4_1 kernel, and its fast Q8_0 path quantizes activations per 256 values,
 //! which rounds differently from llama.cpp.
 
 pub mod q4_1;
 pub mod q4_1x8;
+pub mod q6_kx8;
 pub mod q8_0;
 pub mod q8_0x8;
 pub mod x8;

@@ -1,0 +1,280 @@
+//! Q6_K weights interleaved eight rows at a time (see [`super::x8`]).
+//!
+//! A Q6_K super-block holds 256 weights `d·sc·(q − 32)`: f16 `d`, one signed 8-bit `sc` per 16 weights, 6-bit
+//! `q`. Repacked, each 6-bit `q` takes a byte (0..63, a valid unsigned operand of the byte multiply-add), so a
+//! 32-value block is eight rows' 32 bytes, dotted like Q8_0 in [`super::q8_0x8`]; the two 16-value halves keep
+//! their own scales. Activations are quantized per 32 values (llama.cpp's Q8_0 rounding) with the sums of
+//! each half, which take the `−32` offset back out exactly: `Σ(q − 32)·y = Σq·y − 32·Σy`.
+//!
+//! One byte per weight instead of 6.5 bits: a quarter more memory traffic than the file's layout, for
+//! unpacking-free kernels that give a row the same bits alone and in a batch.
+
+use half::f16;
+
+use super::x8::{dispatch_rows, Format, Interleaved, Kernel, ROWS};
+use super::QK;
+
+/// Values per super-block, and its size in a GGUF file.
+const QK_K: usize = 256;
+const Q6_K_BYTES: usize = 210;
+
+/// Super-block `b` of eight consecutive rows.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Q6KGroup {
+    d: [f16; ROWS],
+    /// `sc[2i + h][c]`: the scale of half `h` of 32-value block `i`, row `c`.
+    sc: [[i8; ROWS]; 16],
+    /// `qs[i][32t + 4c + j]`: weight `4t + j` of block `i`, row `c` (`q`, 0..63).
+    qs: [[u8; ROWS * QK]; 8],
+}
+
+/// Activations quantized per 32 values, with the sums of the two 16-value halves.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ActHalves {
+    d: f32,
+    sums: [i32; 2],
+    qs: [i8; QK],
+}
+
+impl ActHalves {
+    const ZERO: Self = Self {
+        d: 0.0,
+        sums: [0; 2],
+        qs: [0; QK],
+    };
+}
+
+/// The Q6_K interleaved format.
+pub enum Q6Kx8 {}
+
+/// Repacks the Q6_K bytes of an `[n, k]` weight (row-major super-blocks: 128 bytes of low nibbles, 64 of
+/// high bit pairs, 16 signed scales, f16 `d`); `None` when `n` is not a multiple of eight or `k` of 256.
+pub fn pack(bytes: &[u8], n: usize, k: usize) -> Option<Interleaved<Q6Kx8>> {
+    if !n.is_multiple_of(ROWS) || !k.is_multiple_of(QK_K) || bytes.len() != n * k / QK_K * Q6_K_BYTES {
+        return None;
+    }
+    let per_row = k / QK_K;
+    let mut out = Vec::with_capacity(n / ROWS * per_row);
+    for g in 0..n / ROWS {
+        for b in 0..per_row {
+            let blk = |c: usize| &bytes[((g * ROWS + c) * per_row + b) * Q6_K_BYTES..][..Q6_K_BYTES];
+            let mut p = Q6KGroup {
+                d: std::array::from_fn(|c| f16::from_le_bytes([blk(c)[208], blk(c)[209]])),
+                sc: std::array::from_fn(|s| std::array::from_fn(|c| blk(c)[192 + s] as i8)),
+                qs: [[0; ROWS * QK]; 8],
+            };
+            for (i, qs) in p.qs.iter_mut().enumerate() {
+                for c in 0..ROWS {
+                    for v in 0..QK {
+                        qs[32 * (v / 4) + 4 * c + v % 4] = q6_k_value(blk(c), 32 * i + v);
+                    }
+                }
+            }
+            out.push(p);
+        }
+    }
+    Some(Interleaved::new(out, n, k))
+}
+
+/// The 6-bit `q` (0..63) of weight `v` of a Q6_K super-block, as ggml lays them out: each 128-weight half
+/// takes 64 bytes of low nibbles and 32 of high bit pairs.
+fn q6_k_value(blk: &[u8], v: usize) -> u8 {
+    let (half, which, l) = (v / 128, (v % 128) / 32, v % 32);
+    let low = blk[half * 64 + l + (which & 1) * 32] >> ((which >> 1) * 4) & 0x0F;
+    let high = blk[128 + half * 32 + l] >> (which * 2) & 0x03;
+    low | high << 4
+}
+
+/// The scale index (0..16) of weight `v` of a super-block.
+#[cfg(test)]
+fn q6_k_scale_index(v: usize) -> usize {
+    let (half, which, l) = (v / 128, (v % 128) / 32, v % 32);
+    half * 8 + which * 2 + l / 16
+}
+
+/// Quantizes activations per 32 values as llama.cpp's Q8_0 does (halves rounded away from zero, the scale
+/// rounded to f16), keeping the sums of each half.
+fn quantize(x: &[f32], out: &mut [ActHalves]) {
+    for (xb, ob) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        for (q, v) in ob.qs.iter_mut().zip(xb) {
+            *q = (v * id).round() as i8;
+        }
+        ob.d = f16::from_f32(d).to_f32();
+        for h in 0..2 {
+            ob.sums[h] = ob.qs[16 * h..16 * h + 16].iter().map(|&q| q as i32).sum();
+        }
+    }
+}
+
+impl Format for Q6Kx8 {
+    const VALUES: usize = QK_K;
+    type Block = Q6KGroup;
+    type Act = ActHalves;
+    const ZERO_ACT: ActHalves = ActHalves::ZERO;
+
+    fn quantize_acts(x: &[f32], out: &mut [ActHalves]) {
+        quantize(x, out)
+    }
+
+    unsafe fn rows<const R: usize>(
+        kernel: Kernel,
+        xs: [&[ActHalves]; R],
+        w: &[Q6KGroup],
+        dst: *mut f32,
+        stride: usize,
+    ) {
+        dispatch_rows!(kernel, xs, w, dst, stride)
+    }
+}
+
+/// Portable kernel for one activation row.
+unsafe fn rows_scalar(x: &[ActHalves], w: &[Q6KGroup], dst: *mut f32) {
+    let mut acc = [0f32; ROWS];
+    for (b, p) in w.iter().enumerate() {
+        for i in 0..8 {
+            let y = &x[8 * b + i];
+            for (c, a) in acc.iter_mut().enumerate() {
+                let mut isum = [0i32; 2];
+                for t in 0..QK / 4 {
+                    for j in 0..4 {
+                        let q = p.qs[i][32 * t + 4 * c + j] as i32;
+                        isum[t / 4] += q * y.qs[4 * t + j] as i32;
+                    }
+                }
+                for h in 0..2 {
+                    let scale = p.d[c].to_f32() * p.sc[2 * i + h][c] as f32 * y.d;
+                    *a += scale * (isum[h] - 32 * y.sums[h]) as f32;
+                }
+            }
+        }
+    }
+    std::ptr::copy_nonoverlapping(acc.as_ptr(), dst, ROWS);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{ActHalves, Q6KGroup};
+    use crate::model::quant::x86::{dot_avx2_u8, dot_avx512vnni, dot_avxvnni};
+    use crate::model::quant::QK;
+    use std::arch::x86_64::*;
+
+    /// Generates the kernel for `R` activation rows against one weight group, `$dot` being the
+    /// `acc += Σ₄ u8·i8` step per 32-bit lane (valid for weights below 64: at most 2·63·128 per pair).
+    macro_rules! rows_kernel {
+        ($name:ident, $features:literal, $dot:ident) => {
+            #[target_feature(enable = $features)]
+            pub unsafe fn $name<const R: usize>(
+                xs: [&[ActHalves]; R],
+                w: &[Q6KGroup],
+                dst: *mut f32,
+                stride: usize,
+            ) {
+                let mut acc = [_mm256_setzero_ps(); R];
+                for (b, p) in w.iter().enumerate() {
+                    let d = _mm256_cvtph_ps(_mm_loadu_si128(p.d.as_ptr() as *const __m128i));
+                    for i in 0..8 {
+                        let mut isum = [[_mm256_setzero_si256(); R]; 2];
+                        for t in 0..QK / 4 {
+                            let q = _mm256_loadu_si256(p.qs[i].as_ptr().add(32 * t) as *const __m256i);
+                            for r in 0..R {
+                                let a = xs[r][8 * b + i].qs.as_ptr() as *const i32;
+                                let a = _mm256_set1_epi32(a.add(t).read_unaligned());
+                                isum[t / 4][r] = $dot(isum[t / 4][r], q, a);
+                            }
+                        }
+                        for h in 0..2 {
+                            let sc = _mm_loadl_epi64(p.sc[2 * i + h].as_ptr() as *const __m128i);
+                            let dsc = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc)));
+                            for r in 0..R {
+                                let y = &xs[r][8 * b + i];
+                                let offset = _mm256_set1_epi32(32 * y.sums[h]);
+                                let exact = _mm256_sub_epi32(isum[h][r], offset);
+                                let scale = _mm256_mul_ps(dsc, _mm256_set1_ps(y.d));
+                                acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(exact), acc[r]);
+                            }
+                        }
+                    }
+                }
+                for r in 0..R {
+                    _mm256_storeu_ps(dst.add(r * stride), acc[r]);
+                }
+            }
+        };
+    }
+
+    rows_kernel!(
+        rows_avx512vnni,
+        "avx2,fma,f16c,avx512vnni,avx512vl",
+        dot_avx512vnni
+    );
+    rows_kernel!(rows_avxvnni, "avx2,fma,f16c,avxvnni", dot_avxvnni);
+    rows_kernel!(rows_avx2, "avx2,fma,f16c", dot_avx2_u8);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::quant::x8::testing;
+
+    /// A Q6_K weight quantized by candle (ggml's reference quantizer), `[24, 512]`, and its dequantization.
+    fn weight() -> (Vec<u8>, Vec<f32>, usize, usize) {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        use candle_core::{Device, Tensor};
+        let (n, k) = (24, 512);
+        let src: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 97.0).collect();
+        let t = Tensor::from_vec(src, (n, k), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&t, GgmlDType::Q6K).unwrap();
+        let deq = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        (q.data().unwrap().into_owned(), deq, n, k)
+    }
+
+    /// The repacked bytes and scales hold exactly the weights candle's dequantization gives.
+    #[test]
+    fn repacking_keeps_every_weight() {
+        let (bytes, deq, n, k) = weight();
+        let packed = pack(&bytes, n, k).unwrap();
+        for (gi, g) in packed.blocks_for_test().iter().enumerate() {
+            let (group, sb) = (gi / (k / QK_K), gi % (k / QK_K));
+            for c in 0..ROWS {
+                for v in 0..QK_K {
+                    let (i, j) = (v / QK, v % QK);
+                    let q = g.qs[i][32 * (j / 4) + 4 * c + j % 4] as i32;
+                    let sc = g.sc[2 * i + j / 16][c];
+                    assert_eq!(sc, g.sc[q6_k_scale_index(v)][c], "scale layout");
+                    let w = g.d[c].to_f32() * sc as f32 * (q - 32) as f32;
+                    let want = deq[(group * ROWS + c) * k + sb * QK_K + v];
+                    assert_eq!(w, want, "group {gi}, row {c}, weight {v}");
+                }
+            }
+        }
+    }
+
+    /// Every kernel, at several batch sizes, against the dequantized weights dotted in f64 with the quantized
+    /// activations; a row alone gives its bits in a batch.
+    #[test]
+    fn kernels_match_the_dequantized_weights() {
+        let (bytes, deq, n, k) = weight();
+        testing::check(&pack(&bytes, n, k).unwrap(), |x, c| {
+            let mut xq = vec![ActHalves::ZERO; k / QK];
+            quantize(x, &mut xq);
+            let mut sum = 0f64;
+            for (b, y) in xq.iter().enumerate() {
+                for j in 0..QK {
+                    sum += deq[c * k + b * QK + j] as f64 * (y.d * y.qs[j] as f32) as f64;
+                }
+            }
+            sum as f32
+        });
+    }
+
+    #[test]
+    fn widths_that_are_not_whole_groups_are_not_packed() {
+        let (bytes, _, _, _) = weight();
+        assert!(pack(&bytes[..Q6_K_BYTES * 12], 12, 256).is_none());
+    }
+}
