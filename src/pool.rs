@@ -106,11 +106,15 @@ pub fn run<F: Fn(Range<usize>) + Sync>(n_items: usize, f: F) {
     });
     pool.publish(job.clone());
     INSIDE.with(|c| c.set(true));
+    let t0 = Instant::now();
     let mine = job.work(false);
+    // A worker may have claimed its last chunk just before the caller ran out: waiting up to one chunk's
+    // time (the caller's own average) is the work itself, not a stall.
+    let one_chunk = t0.elapsed() / mine.div_ceil(chunk).max(1) as u32;
     INSIDE.with(|c| c.set(false));
     let waited = job.wait_for_workers(n_items - mine);
     pool.retire();
-    score.observe(waited, n_items - mine, n_items, pool.workers);
+    score.observe(waited.saturating_sub(one_chunk), n_items - mine, n_items, pool.workers);
     drop(score);
     let payload = job.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(p) = payload {
@@ -202,8 +206,8 @@ impl Score {
         }
     }
 
-    /// Records one team section: how long the caller waited for others' chunks, and how many of the `n`
-    /// items the `workers` ran.
+    /// Records one team section: how long the caller waited for others' chunks beyond the time one chunk
+    /// takes, and how many of the `n` items the `workers` ran.
     fn observe(&mut self, waited: Duration, helped: usize, n: usize, workers: usize) {
         self.sections += 1;
         self.helped += helped as f64;
