@@ -233,8 +233,8 @@ enum CacheData<'a> {
 /// Softmax attention of a group of query heads `q` (`[group, hd]`) at position `pos` over the keys of kv head
 /// `kv` it sees, into `out`. Every sum runs in position order, in the same lanes, whatever the caller.
 ///
-/// With AVX2 and FMA the same code is compiled for 256-bit registers with fused multiply-adds (the machine's
-/// choice is made once, so every row on it takes the same path).
+/// With AVX2 the same code is compiled for 256-bit registers: the arithmetic is lane for lane the portable
+/// code's (no fused multiply-adds, the same eight-lane sums), so the bits do not change, only the speed.
 #[allow(clippy::too_many_arguments)]
 fn attend_one(
     q: &[f32],
@@ -256,15 +256,15 @@ fn attend_one(
             return unsafe { attend_one_avx2(q, k, v, kv, pos, scoring, scores, out) };
         }
     }
-    attend_one_body::<false>(q, k, v, kv, pos, scoring, scores, out)
+    attend_one_body(q, k, v, kv, pos, scoring, scores, out)
 }
 
-/// [`attend_one_body`] compiled for AVX2 with fused multiply-adds.
+/// [`attend_one_body`] compiled for AVX2.
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA.
+/// The CPU must have AVX2.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn attend_one_avx2(
     q: &[f32],
@@ -276,22 +276,12 @@ unsafe fn attend_one_avx2(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    attend_one_body::<true>(q, k, v, kv, pos, scoring, scores, out)
-}
-
-/// `a·b + c`, fused when `FMA` (compiled only where the CPU has it).
-#[inline(always)]
-fn mac<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        c + a * b
-    }
+    attend_one_body(q, k, v, kv, pos, scoring, scores, out)
 }
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn attend_one_body<const FMA: bool>(
+fn attend_one_body(
     q: &[f32],
     k: &CacheView<'_>,
     v: &CacheView<'_>,
@@ -312,7 +302,7 @@ fn attend_one_body<const FMA: bool>(
     for t in 0..len {
         let krow = k.row(kv, first + t, row_buf);
         for (j, qh) in q.chunks_exact(hd).enumerate() {
-            let s = dot::<FMA>(qh, krow) * scoring.scale;
+            let s = dot(qh, krow) * scoring.scale;
             scores[j * len + t] = match scoring.softcap {
                 Some(c) => (s / c).tanh() * c,
                 None => s,
@@ -334,14 +324,14 @@ fn attend_one_body<const FMA: bool>(
         let vrow = v.row(kv, first + t, row_buf);
         for (j, o) in out.chunks_exact_mut(hd).enumerate() {
             let p = scores[j * len + t];
-            o.iter_mut().zip(vrow).for_each(|(o, v)| *o = mac::<FMA>(p, *v, *o));
+            o.iter_mut().zip(vrow).for_each(|(o, v)| *o += p * v);
         }
     }
 }
 
 /// Dot product in eight independent lanes, so the compiler vectorizes it.
 #[inline(always)]
-fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ac
@@ -352,7 +342,7 @@ fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
         .sum();
     for (x, y) in ac.zip(bc) {
         for i in 0..8 {
-            acc[i] = mac::<FMA>(x[i], y[i], acc[i]);
+            acc[i] += x[i] * y[i];
         }
     }
     acc.iter().sum::<f32>() + tail
