@@ -84,7 +84,7 @@ BENCH = {"llama-bench": ("llama", 24, 64, False, {"_hidden": 1024, "_ff": 2816, 
 GGUF_FAMILIES = [f for f in FAMILIES if f != "mistral"]
 GGUF_TYPES = ("f32", "q8_0")
 # Mixes `rill quantize` makes of llama-wide-f32.gguf (`--quantize`, after the build), each checked against llama.cpp.
-MIXES = ("q4_k_m", "q5_k_m", "q6_k", "q3_k_m", "q2_k", "q4_0", "q4_1", "q5_0", "q5_1", "f16")
+MIXES = ("q4_k_m", "q5_k_m", "q6_k", "q3_k_m", "q2_k", "q4_0", "q4_1", "q5_0", "q5_1", "f16", "bf16")
 
 
 def dims(name):

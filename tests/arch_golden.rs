@@ -16,9 +16,10 @@ use serde_json::Value;
 /// Largest difference allowed between rill's and transformers' f32 logits.
 const LOGIT_TOL: f32 = 1e-4;
 /// A llama.cpp top-1/top-2 gap under which either pick is put down to rounding: quantized weights meet
-/// activations rounded to 8 bits, in a different summation order in each implementation. Measured: 5 of the
-/// 408 steps on quantized files split, the widest at a gap of 0.032 (Q5_1).
-const NEAR_TIE: f64 = 0.05;
+/// activations rounded to 8 bits, in a different summation order in each implementation (and for K-quants rill
+/// rounds activations per 32 values where llama.cpp rounds them per 256). Measured: 8 of the 456 steps on
+/// quantized or half-precision files split, the widest at a gap of 0.045 (Q4_K_M), the next at 0.032 (Q5_1).
+const NEAR_TIE: f64 = 0.08;
 
 /// The logits after each of `steps` tokens fed one at a time after `prompt` (the prompt in one chunk).
 fn teacher_forced(model: &dyn CausalLm, prompt: &[u32], steps: &[u32]) -> Vec<Vec<f32>> {
@@ -117,6 +118,7 @@ fn check_against_llama_cpp(file: &str) {
                 "{file}: step {step} picks {got}, llama.cpp {} by {gap} over {second}",
                 want[step]
             );
+            eprintln!("{file}: step {step} splits at a llama.cpp gap of {gap}");
             near_ties += 1;
         }
     }
@@ -174,7 +176,7 @@ mod llama_wide {
     #[test]
     fn quantized_mixes_match_llama_cpp() {
         for mix in [
-            "f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k", "q5_1", "q5_0",
+            "f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k", "q5_1", "q5_0",
             "q4_1", "q4_0",
         ] {
             super::check_against_llama_cpp(&format!("llama-wide-{mix}.gguf"));

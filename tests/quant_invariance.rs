@@ -37,7 +37,7 @@ fn every_weight_type_is_batch_and_chunk_invariant() {
     let prompt: Vec<u32> = (0..20).map(|i| (i * 997 + 13) % 50000).collect();
     let other: Vec<u32> = (0..7).map(|i| (i * 331 + 5) % 50000).collect();
     for mix in [
-        "f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k", "q5_1", "q5_0", "q4_1",
+        "f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k", "q5_1", "q5_0", "q4_1",
         "q4_0",
     ] {
         let loaded = common::load(&format!("arch/llama-wide-{mix}.gguf"));

@@ -169,6 +169,14 @@ pub fn load(
     let template = g.meta_str("tokenizer.chat_template").map(str::to_string);
     let chat = super::chat_template(template, &tokenizer, file)?;
     let cfg = decoder_config(&g, &arch)?;
+    // Phi-3's long-context files carry LongRoPE factors that rescale every rotary frequency: running them
+    // without would give wrong answers, so they are refused until rill implements it.
+    if g.has_tensor("rope_factors_long.weight") || g.has_tensor("rope_factors_short.weight") {
+        return Err(ModelError::Unsupported(format!(
+            "{}: LongRoPE rotary factors (Phi-3 128k-context files); the 4k-context files run",
+            file.display()
+        )));
+    }
     let label = Label {
         name: name.to_string(),
         quantization: quant_name(&g),

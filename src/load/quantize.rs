@@ -15,6 +15,7 @@ use crate::model::ModelError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mix {
     F16,
+    Bf16,
     #[value(name = "q8_0")]
     Q8_0,
     #[value(name = "q4_0")]
@@ -53,6 +54,7 @@ impl Mix {
         let output = name == "output.weight";
         let want = match self {
             Self::F16 => T::F16,
+            Self::Bf16 => T::BF16,
             Self::Q8_0 => T::Q8_0,
             Self::Q4_0 => T::Q4_0,
             Self::Q4_1 => T::Q4_1,
