@@ -24,7 +24,8 @@ The default mode needs numpy only (in `.venv-fixtures-lite/`, made on first use)
 (`.venv-llamacpp/`, built from source: ~20 minutes the first time). Both goldens are committed, so CI needs
 neither.
 
-Shapes: hidden 64, 4 query heads over 2 kv heads, MLP 128, 256 positions, GPT-2's 50 257-token vocabulary.
+Shapes: hidden 256, 4 query heads over 2 kv heads, MLP 512 (rows of whole K-quant blocks), 256 positions, GPT-2's
+50 257-token vocabulary.
 Families differ as real checkpoints do (qwen2: q/k/v biases; qwen3, gemma3: q/k norms and a head size apart
 from hidden / heads; phi3: fused qkv and gate_up; gemma2: soft caps; gemma2/3 and mistral: an 8-position sliding
 window, so the golden prompts cross it; gemma3: per-layer rotary bases and linear scaling of the global layers).
@@ -57,23 +58,23 @@ VENVS = {
 
 VOCAB = 50257
 EOS = 50256
-HIDDEN, FF, HEADS, KV_HEADS, POSITIONS = 64, 128, 4, 2, 256
+HIDDEN, FF, HEADS, KV_HEADS, POSITIONS = 256, 512, 4, 2, 256
 CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>' + '\\n' }}"
           "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
 # name: (model_type, layers, head_dim, tied output, extra config)
 FAMILIES = {
-    "llama": ("llama", 2, 16, False, {}),
-    "mistral": ("mistral", 2, 16, False, {"sliding_window": 8}),
-    "qwen2": ("qwen2", 2, 16, True, {}),
-    "qwen3": ("qwen3", 2, 32, False, {}),
-    "phi3": ("phi3", 2, 16, False, {}),
+    "llama": ("llama", 2, 64, False, {}),
+    "mistral": ("mistral", 2, 64, False, {"sliding_window": 8}),
+    "qwen2": ("qwen2", 2, 64, True, {}),
+    "qwen3": ("qwen3", 2, 32, True, {}),
+    "phi3": ("phi3", 2, 64, False, {}),
     "gemma": ("gemma", 2, 32, True, {}),
     "gemma2": ("gemma2", 4, 32, True, {"sliding_window": 8, "query_pre_attn_scalar": 32,
                                        "attn_logit_softcapping": 10.0, "final_logit_softcapping": 5.0}),
     "gemma3": ("gemma3_text", 6, 32, True, {"sliding_window": 8, "query_pre_attn_scalar": 32}),
-    # Rows of 256 and 512: whole K-quant blocks, for the quantized mixes.
-    "llama-wide": ("llama", 2, 64, False, {"_hidden": 256, "_ff": 512}),
+    # Every mix of one family (query heads 4 × 64 = 256 wide too, so every matrix takes K-quants).
+    "llama-wide": ("llama", 2, 64, False, {}),
 }
 # A real-size model for speed comparisons (`--bench-model`, not made by default): 24 layers, hidden 1024,
 # 16 query heads over 4 kv heads, MLP 2816, 4096 positions: ~375M parameters, as GGUF f32 and llama.cpp's own
@@ -564,7 +565,7 @@ def llamacpp_goldens():
     disable_extra_bufts()
     f32 = 0  # GGML_TYPE_F32: an f32 KV cache, as rill keeps
     out = {"new_tokens": NEW_TOKENS, "models": {}}
-    files = [f"{n}-{qt}" for n in GGUF_FAMILIES for qt in GGUF_TYPES] + [f"llama-wide-{m}" for m in MIXES]
+    files = [f"{n}-{qt}" for n in GGUF_FAMILIES for qt in GGUF_TYPES] + [f"{f}-{m}" for f, m in quantized_files()]
     for key in files:
         path = os.path.join(OUT, f"{key}.gguf")
         if not os.path.exists(path):
@@ -650,15 +651,21 @@ def bench_model():
         log(f"wrote models/arch/llama-bench-{name}.gguf with llama.cpp's quantizer")
 
 
+def quantized_files():
+    """(source family, mix) of every file `rill quantize` writes: each family's Q4_K_M, and every mix of
+    llama-wide."""
+    return [(f, "q4_k_m") for f in GGUF_FAMILIES if f != "llama-wide"] + [("llama-wide", m) for m in MIXES]
+
+
 def quantize_all(rill):
-    """The K-quant and legacy mixes of llama-wide, written by `rill quantize` (deterministic)."""
-    src = os.path.join(OUT, "llama-wide-f32.gguf")
-    for mix in MIXES:
-        dest = os.path.join(OUT, f"llama-wide-{mix}.gguf")
+    """The quantized files, written by `rill quantize` (deterministic)."""
+    for family, mix in quantized_files():
+        src = os.path.join(OUT, f"{family}-f32.gguf")
+        dest = os.path.join(OUT, f"{family}-{mix}.gguf")
         if os.path.exists(dest) and os.path.getmtime(dest) >= max(os.path.getmtime(src), os.path.getmtime(rill)):
             continue
         subprocess.check_call([rill, "quantize", src, dest, "--type", mix], stdout=subprocess.DEVNULL)
-        log(f"wrote models/arch/llama-wide-{mix}.gguf")
+        log(f"wrote models/arch/{family}-{mix}.gguf")
 
 
 def main():

@@ -2,10 +2,10 @@
 //! against the reference implementations:
 //! - the HuggingFace folder and the f32 GGUF file against transformers (`arch-transformers-golden.json`):
 //!   last-position logits within [`LOGIT_TOL`] and the same greedy ids, teacher-forced step by step;
-//! - the f32 and Q8_0 GGUF files, and every mix `rill quantize` makes of `llama-wide` (Q2_K to Q6_K, Q4_0 to
-//!   Q5_1, F16), against llama.cpp (`arch-llamacpp-golden.json`, which records each file's sha256): teacher-
+//! - the f32 and Q8_0 GGUF files, the Q4_K_M file `rill quantize` makes of each, and every mix it makes of
+//!   `llama-wide` (Q2_K to Q6_K, Q4_0 to Q5_1, F16, BF16), against llama.cpp (`arch-llamacpp-golden.json`, which records each file's sha256): teacher-
 //!   forced along llama.cpp's greedy path, the same pick at every step, except where llama.cpp's top two are
-//!   within [`NEAR_TIE`], where rill must pick one of them.
+//!   within [`NEAR_TIE`], where rill must pick one of the tokens that close to llama.cpp's top.
 
 mod common;
 
@@ -17,7 +17,7 @@ use serde_json::Value;
 const LOGIT_TOL: f32 = 1e-4;
 /// A llama.cpp top-1/top-2 gap under which either pick is put down to rounding: quantized weights meet
 /// activations rounded to 8 bits, in a different summation order in each implementation (and for K-quants rill
-/// rounds activations per 32 values where llama.cpp rounds them per 256). Measured: 8 of the 456 steps on
+/// rounds activations per 32 values where llama.cpp rounds them per 256). Measured: 7 of the 624 steps on
 /// quantized or half-precision files split, the widest at a gap of 0.045 (Q4_K_M), the next at 0.032 (Q5_1).
 const NEAR_TIE: f64 = 0.08;
 
@@ -111,14 +111,21 @@ fn check_against_llama_cpp(file: &str) {
             if got == want[step] {
                 continue;
             }
-            let gap = run["top1_gaps"][step].as_f64().unwrap();
-            let second = run["top"][step][1][0].as_u64().unwrap() as u32;
+            // rill's pick must be one of llama.cpp's tokens within NEAR_TIE of its top (its top four are
+            // recorded: two, or three, can sit that close).
+            let top: Vec<(u32, f64)> = run["top"][step]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| (t[0].as_u64().unwrap() as u32, t[1].as_f64().unwrap()))
+                .collect();
+            let gap = top[0].1 - top.iter().find(|t| t.0 == got).map_or(f64::INFINITY, |t| t.1);
             assert!(
-                gap < NEAR_TIE && got == second,
-                "{file}: step {step} picks {got}, llama.cpp {} by {gap} over {second}",
+                gap < NEAR_TIE,
+                "{file}: step {step} picks {got}, {gap} below llama.cpp's {} (its top four: {top:?})",
                 want[step]
             );
-            eprintln!("{file}: step {step} splits at a llama.cpp gap of {gap}");
+            eprintln!("{file}: step {step} picks a token {gap} below llama.cpp's top");
             near_ties += 1;
         }
     }
@@ -146,6 +153,7 @@ macro_rules! family {
             fn gguf_files_match_llama_cpp() {
                 super::check_against_llama_cpp(concat!(stringify!($name), "-f32.gguf"));
                 super::check_against_llama_cpp(concat!(stringify!($name), "-q8_0.gguf"));
+                super::check_against_llama_cpp(concat!(stringify!($name), "-q4_k_m.gguf"));
             }
             )?
         }

@@ -20,8 +20,8 @@ from conftest import ROOT, TIMEOUT
 RILL = Path(os.environ.get("RILL_BIN", ROOT / "target" / "release" / "rill"))
 ARCH = ROOT / "models" / "arch"
 CASES = [f"{f}" for f in ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3")] + [
-    f"{f}-q8_0.gguf" for f in ("llama", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3")
-] + ["llama-wide-q4_k_m.gguf", "llama-wide-q6_k.gguf", "llama-wide-q4_k_m.gguf --kv-dtype f16"]
+    f"{f}-{q}.gguf" for f in ("llama", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3") for q in ("q8_0", "q4_k_m")
+] + ["llama-wide-q6_k.gguf", "llama-wide-q4_k_m.gguf --kv-dtype f16"]
 
 
 class Server:
