@@ -114,7 +114,12 @@ pub fn run<F: Fn(Range<usize>) + Sync>(n_items: usize, f: F) {
     INSIDE.with(|c| c.set(false));
     let waited = job.wait_for_workers(n_items - mine);
     pool.retire();
-    score.observe(waited.saturating_sub(one_chunk), n_items - mine, n_items, pool.workers);
+    score.observe(
+        waited.saturating_sub(one_chunk),
+        n_items - mine,
+        n_items,
+        pool.workers,
+    );
     drop(score);
     let payload = job.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(p) = payload {

@@ -119,7 +119,11 @@ fn check_against_llama_cpp(file: &str) {
                 .iter()
                 .map(|t| (t[0].as_u64().unwrap() as u32, t[1].as_f64().unwrap()))
                 .collect();
-            let gap = top[0].1 - top.iter().find(|t| t.0 == got).map_or(f64::INFINITY, |t| t.1);
+            let gap = top[0].1
+                - top
+                    .iter()
+                    .find(|t| t.0 == got)
+                    .map_or(f64::INFINITY, |t| t.1);
             assert!(
                 gap < NEAR_TIE,
                 "{file}: step {step} picks {got}, {gap} below llama.cpp's {} (its top four: {top:?})",
@@ -184,8 +188,8 @@ mod llama_wide {
     #[test]
     fn quantized_mixes_match_llama_cpp() {
         for mix in [
-            "f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k", "q5_1", "q5_0",
-            "q4_1", "q4_0",
+            "f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k", "q5_1",
+            "q5_0", "q4_1", "q4_0",
         ] {
             super::check_against_llama_cpp(&format!("llama-wide-{mix}.gguf"));
         }

@@ -232,56 +232,8 @@ enum CacheData<'a> {
 
 /// Softmax attention of a group of query heads `q` (`[group, hd]`) at position `pos` over the keys of kv head
 /// `kv` it sees, into `out`. Every sum runs in position order, in the same lanes, whatever the caller.
-///
-/// With AVX2 the same code is compiled for 256-bit registers: the arithmetic is lane for lane the portable
-/// code's (no fused multiply-adds, the same eight-lane sums), so the bits do not change, only the speed.
 #[allow(clippy::too_many_arguments)]
 fn attend_one(
-    q: &[f32],
-    k: &CacheView<'_>,
-    v: &CacheView<'_>,
-    kv: usize,
-    pos: usize,
-    scoring: &Scoring,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        if *AVX2.get_or_init(|| {
-            std::is_x86_feature_detected!("avx2") && crate::model::kernel_cap() >= 1
-        }) {
-            // SAFETY: the CPU has AVX2, just checked.
-            return unsafe { attend_one_avx2(q, k, v, kv, pos, scoring, scores, out) };
-        }
-    }
-    attend_one_body(q, k, v, kv, pos, scoring, scores, out)
-}
-
-/// [`attend_one_body`] compiled for AVX2.
-///
-/// # Safety
-/// The CPU must have AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_one_avx2(
-    q: &[f32],
-    k: &CacheView<'_>,
-    v: &CacheView<'_>,
-    kv: usize,
-    pos: usize,
-    scoring: &Scoring,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    attend_one_body(q, k, v, kv, pos, scoring, scores, out)
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn attend_one_body(
     q: &[f32],
     k: &CacheView<'_>,
     v: &CacheView<'_>,

@@ -68,35 +68,15 @@ impl QLinear {
                 }
             }
             GgmlDType::Q4K if own && same => {
-                let mut bytes = Vec::new();
-                for p in &parts {
-                    bytes.extend_from_slice(&p.data()?);
-                }
-                match q4_1x8::pack_q4_k(&bytes, out, k) {
+                match q4_1x8::pack_q4_k(&concat_bytes(&parts)?, out, k) {
                     Some(p) => Kind::Q4Kx8(p),
-                    None => Kind::Candle(
-                        parts
-                            .into_iter()
-                            .map(QMatMul::from_arc)
-                            .collect::<Result<_>>()?,
-                    ),
+                    None => candle_kind(parts)?,
                 }
             }
-            GgmlDType::Q6K if own && same => {
-                let mut bytes = Vec::new();
-                for p in &parts {
-                    bytes.extend_from_slice(&p.data()?);
-                }
-                match q6_kx8::pack(&bytes, out, k) {
-                    Some(p) => Kind::Q6Kx8(p),
-                    None => Kind::Candle(
-                        parts
-                            .into_iter()
-                            .map(QMatMul::from_arc)
-                            .collect::<Result<_>>()?,
-                    ),
-                }
-            }
+            GgmlDType::Q6K if own && same => match q6_kx8::pack(&concat_bytes(&parts)?, out, k) {
+                Some(p) => Kind::Q6Kx8(p),
+                None => candle_kind(parts)?,
+            },
             GgmlDType::Q8_0 if own && same => {
                 let blocks: Vec<BlockQ8_0> = concat_blocks(&parts)?;
                 match q8_0x8::pack(&blocks, out, k) {
@@ -104,12 +84,7 @@ impl QLinear {
                     None => Kind::Q8_0(blocks),
                 }
             }
-            _ => Kind::Candle(
-                parts
-                    .into_iter()
-                    .map(QMatMul::from_arc)
-                    .collect::<Result<_>>()?,
-            ),
+            _ => candle_kind(parts)?,
         };
         let pad_single_row = matches!(kind, Kind::Candle(_)) && on_cpu && dtype == GgmlDType::Q6K;
         Ok(Self {
@@ -229,6 +204,25 @@ pub(crate) fn with_f32_rows(x: &Tensor, f: impl FnOnce(&[f32])) -> Result<()> {
         .flatten_all()?
         .to_vec1::<f32>()?);
     Ok(())
+}
+
+/// candle's quantized matmul, one per part.
+fn candle_kind(parts: Vec<Arc<QTensor>>) -> Result<Kind> {
+    Ok(Kind::Candle(
+        parts
+            .into_iter()
+            .map(QMatMul::from_arc)
+            .collect::<Result<_>>()?,
+    ))
+}
+
+/// The parts' raw bytes, one after the other (the rows of the stacked matrix).
+fn concat_bytes(parts: &[Arc<QTensor>]) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    for p in parts {
+        bytes.extend_from_slice(&p.data()?);
+    }
+    Ok(bytes)
 }
 
 fn concat_blocks<B: QuantBlock>(parts: &[Arc<QTensor>]) -> Result<Vec<B>> {

@@ -9,7 +9,7 @@
 use half::f16;
 
 use super::q4_1::{quantize_row_q8_1, BlockQ4_1, BlockQ8_1};
-use super::x8::{dispatch_rows, Format, Interleaved, Kernel, ROWS};
+use super::x8::{dispatch_rows, k_quant_groups, Format, Interleaved, Kernel, ROWS};
 use super::QK;
 
 /// Interleaved nibbles of one 32-value block of eight rows: bytes `32t + 4c .. 32t + 4c + 4` are bytes
@@ -143,47 +143,34 @@ pub fn pack(blocks: &[BlockQ4_1], n: usize, k: usize) -> Option<Interleaved<Q4_1
     Some(Interleaved::new(out, n, k))
 }
 
-/// Values per Q4_K super-block, and its size in a GGUF file.
-pub const QK_K: usize = 256;
+/// The size of a Q4_K super-block in a GGUF file.
 const Q4_K_BYTES: usize = 144;
 
 /// Repacks the Q4_K bytes of an `[n, k]` weight (row-major super-blocks: f16 `d`, f16 `dmin`, 12 bytes of
 /// 6-bit sub-block scales and mins, 128 bytes of nibbles); `None` when `n` is not a multiple of eight.
 pub fn pack_q4_k(bytes: &[u8], n: usize, k: usize) -> Option<Interleaved<Q4Kx8>> {
-    if !n.is_multiple_of(ROWS)
-        || !k.is_multiple_of(QK_K)
-        || bytes.len() != n * k / QK_K * Q4_K_BYTES
-    {
-        return None;
-    }
-    let per_row = k / QK_K;
-    let mut out = Vec::with_capacity(n / ROWS * per_row);
-    for g in 0..n / ROWS {
-        for b in 0..per_row {
-            let blk =
-                |c: usize| &bytes[((g * ROWS + c) * per_row + b) * Q4_K_BYTES..][..Q4_K_BYTES];
-            let half = |c: usize, at: usize| f16::from_le_bytes([blk(c)[at], blk(c)[at + 1]]);
-            out.push(Q4KGroup {
-                d: std::array::from_fn(|c| half(c, 0)),
-                dmin: std::array::from_fn(|c| half(c, 2)),
-                sc: std::array::from_fn(|s| {
-                    std::array::from_fn(|c| q4_k_scale_min(s, &blk(c)[4..16]).0)
-                }),
-                m: std::array::from_fn(|s| {
-                    std::array::from_fn(|c| q4_k_scale_min(s, &blk(c)[4..16]).1)
-                }),
-                qs: std::array::from_fn(|s| {
-                    interleave_nibbles(std::array::from_fn(|c| {
-                        // Sub-blocks 2j and 2j + 1 are the low and high nibbles of bytes 32j .. 32j + 32.
-                        let q = &blk(c)[16 + 32 * (s / 2)..][..32];
-                        let nib = |l: usize| if s % 2 == 0 { q[l] & 0x0F } else { q[l] >> 4 };
-                        std::array::from_fn(|j| nib(j) | (nib(j + 16) << 4))
-                    }))
-                }),
-            });
+    let groups = k_quant_groups(bytes, n, k, Q4_K_BYTES, |blk| {
+        let half = |c: usize, at: usize| f16::from_le_bytes([blk(c)[at], blk(c)[at + 1]]);
+        Q4KGroup {
+            d: std::array::from_fn(|c| half(c, 0)),
+            dmin: std::array::from_fn(|c| half(c, 2)),
+            sc: std::array::from_fn(|s| {
+                std::array::from_fn(|c| q4_k_scale_min(s, &blk(c)[4..16]).0)
+            }),
+            m: std::array::from_fn(|s| {
+                std::array::from_fn(|c| q4_k_scale_min(s, &blk(c)[4..16]).1)
+            }),
+            qs: std::array::from_fn(|s| {
+                interleave_nibbles(std::array::from_fn(|c| {
+                    // Sub-blocks 2j and 2j + 1 are the low and high nibbles of bytes 32j .. 32j + 32.
+                    let q = &blk(c)[16 + 32 * (s / 2)..][..32];
+                    let nib = |l: usize| if s % 2 == 0 { q[l] & 0x0F } else { q[l] >> 4 };
+                    std::array::from_fn(|j| nib(j) | (nib(j + 16) << 4))
+                }))
+            }),
         }
-    }
-    Some(Interleaved::new(out, n, k))
+    })?;
+    Some(Interleaved::new(groups, n, k))
 }
 
 /// The 6-bit scale and min of Q4_K sub-block `j` from the 12 packed bytes.
@@ -311,7 +298,7 @@ mod tests {
     use super::*;
     use crate::model::quant::q4_1::tests::random_blocks;
     use crate::model::quant::q4_1::vec_dot_scalar;
-    use crate::model::quant::x8::testing;
+    use crate::model::quant::x8::{testing, QK_K};
 
     /// Every kernel the CPU has, against the plain layout's scalar dot product.
     #[test]
@@ -331,24 +318,8 @@ mod tests {
         assert!(pack(&random_blocks(12, 1), 12, 32).is_none());
     }
 
-    /// A Q4_K weight quantized by candle (ggml's reference quantizer), `[24, 512]`, and its dequantization.
     fn q4_k_weight() -> (Vec<u8>, Vec<f32>, usize, usize) {
-        use candle_core::quantized::{GgmlDType, QTensor};
-        use candle_core::{Device, Tensor};
-        let (n, k) = (24, 512);
-        let src: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 97.0)
-            .collect();
-        let t = Tensor::from_vec(src, (n, k), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&t, GgmlDType::Q4K).unwrap();
-        let deq = q
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        (q.data().unwrap().into_owned(), deq, n, k)
+        testing::candle_weight(candle_core::quantized::GgmlDType::Q4K)
     }
 
     /// The repacked sub-blocks hold exactly the weights candle's dequantization gives.

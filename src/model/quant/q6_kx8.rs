@@ -11,11 +11,10 @@
 
 use half::f16;
 
-use super::x8::{dispatch_rows, Format, Interleaved, Kernel, ROWS};
+use super::x8::{dispatch_rows, k_quant_groups, Format, Interleaved, Kernel, QK_K, ROWS};
 use super::QK;
 
-/// Values per super-block, and its size in a GGUF file.
-const QK_K: usize = 256;
+/// The size of a Q6_K super-block in a GGUF file.
 const Q6_K_BYTES: usize = 210;
 
 /// Super-block `b` of eight consecutive rows.
@@ -52,30 +51,22 @@ pub enum Q6Kx8 {}
 /// Repacks the Q6_K bytes of an `[n, k]` weight (row-major super-blocks: 128 bytes of low nibbles, 64 of
 /// high bit pairs, 16 signed scales, f16 `d`); `None` when `n` is not a multiple of eight or `k` of 256.
 pub fn pack(bytes: &[u8], n: usize, k: usize) -> Option<Interleaved<Q6Kx8>> {
-    if !n.is_multiple_of(ROWS) || !k.is_multiple_of(QK_K) || bytes.len() != n * k / QK_K * Q6_K_BYTES {
-        return None;
-    }
-    let per_row = k / QK_K;
-    let mut out = Vec::with_capacity(n / ROWS * per_row);
-    for g in 0..n / ROWS {
-        for b in 0..per_row {
-            let blk = |c: usize| &bytes[((g * ROWS + c) * per_row + b) * Q6_K_BYTES..][..Q6_K_BYTES];
-            let mut p = Q6KGroup {
-                d: std::array::from_fn(|c| f16::from_le_bytes([blk(c)[208], blk(c)[209]])),
-                sc: std::array::from_fn(|s| std::array::from_fn(|c| blk(c)[192 + s] as i8)),
-                qs: [[0; ROWS * QK]; 8],
-            };
-            for (i, qs) in p.qs.iter_mut().enumerate() {
-                for c in 0..ROWS {
-                    for v in 0..QK {
-                        qs[32 * (v / 4) + 4 * c + v % 4] = q6_k_value(blk(c), 32 * i + v);
-                    }
+    let groups = k_quant_groups(bytes, n, k, Q6_K_BYTES, |blk| {
+        let mut p = Q6KGroup {
+            d: std::array::from_fn(|c| f16::from_le_bytes([blk(c)[208], blk(c)[209]])),
+            sc: std::array::from_fn(|s| std::array::from_fn(|c| blk(c)[192 + s] as i8)),
+            qs: [[0; ROWS * QK]; 8],
+        };
+        for (i, qs) in p.qs.iter_mut().enumerate() {
+            for c in 0..ROWS {
+                for v in 0..QK {
+                    qs[32 * (v / 4) + 4 * c + v % 4] = q6_k_value(blk(c), 32 * i + v);
                 }
             }
-            out.push(p);
         }
-    }
-    Some(Interleaved::new(out, n, k))
+        p
+    })?;
+    Some(Interleaved::new(groups, n, k))
 }
 
 /// The 6-bit `q` (0..63) of weight `v` of a Q6_K super-block, as ggml lays them out: each 128-weight half
@@ -146,9 +137,9 @@ unsafe fn rows_scalar(x: &[ActHalves], w: &[Q6KGroup], dst: *mut f32) {
                         isum[t / 4] += q * y.qs[4 * t + j] as i32;
                     }
                 }
-                for h in 0..2 {
+                for (h, (sum, ysum)) in isum.iter().zip(y.sums).enumerate() {
                     let scale = p.d[c].to_f32() * p.sc[2 * i + h][c] as f32 * y.d;
-                    *a += scale * (isum[h] - 32 * y.sums[h]) as f32;
+                    *a += scale * (sum - 32 * ysum) as f32;
                 }
             }
         }
@@ -180,7 +171,8 @@ mod x86 {
                     for i in 0..8 {
                         let mut isum = [[_mm256_setzero_si256(); R]; 2];
                         for t in 0..QK / 4 {
-                            let q = _mm256_loadu_si256(p.qs[i].as_ptr().add(32 * t) as *const __m256i);
+                            let q =
+                                _mm256_loadu_si256(p.qs[i].as_ptr().add(32 * t) as *const __m256i);
                             for r in 0..R {
                                 let a = xs[r][8 * b + i].qs.as_ptr() as *const i32;
                                 let a = _mm256_set1_epi32(a.add(t).read_unaligned());
@@ -189,7 +181,8 @@ mod x86 {
                         }
                         for h in 0..2 {
                             let sc = _mm_loadl_epi64(p.sc[2 * i + h].as_ptr() as *const __m128i);
-                            let dsc = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc)));
+                            let dsc =
+                                _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc)));
                             for r in 0..R {
                                 let y = &xs[r][8 * b + i];
                                 let offset = _mm256_set1_epi32(32 * y.sums[h]);
@@ -221,16 +214,8 @@ mod tests {
     use super::*;
     use crate::model::quant::x8::testing;
 
-    /// A Q6_K weight quantized by candle (ggml's reference quantizer), `[24, 512]`, and its dequantization.
     fn weight() -> (Vec<u8>, Vec<f32>, usize, usize) {
-        use candle_core::quantized::{GgmlDType, QTensor};
-        use candle_core::{Device, Tensor};
-        let (n, k) = (24, 512);
-        let src: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 97.0).collect();
-        let t = Tensor::from_vec(src, (n, k), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&t, GgmlDType::Q6K).unwrap();
-        let deq = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        (q.data().unwrap().into_owned(), deq, n, k)
+        testing::candle_weight(candle_core::quantized::GgmlDType::Q6K)
     }
 
     /// The repacked bytes and scales hold exactly the weights candle's dequantization gives.

@@ -183,10 +183,64 @@ impl<F: Format> Interleaved<F> {
     }
 }
 
+/// Values per K-quant super-block.
+pub const QK_K: usize = 256;
+
+/// The groups of a K-quant weight `[n, k]` stored as row-major super-blocks of `block_bytes`: `make(blk)`
+/// builds the group of eight rows' super-blocks, `blk(c)` being row `c`'s bytes. `None` unless `n` is a
+/// multiple of eight, `k` of 256, and `bytes` exactly the weight's.
+pub fn k_quant_groups<'a, G>(
+    bytes: &'a [u8],
+    n: usize,
+    k: usize,
+    block_bytes: usize,
+    make: impl Fn(&dyn Fn(usize) -> &'a [u8]) -> G,
+) -> Option<Vec<G>> {
+    if !n.is_multiple_of(ROWS)
+        || !k.is_multiple_of(QK_K)
+        || bytes.len() != n * k / QK_K * block_bytes
+    {
+        return None;
+    }
+    let per_row = k / QK_K;
+    let mut out = Vec::with_capacity(n / ROWS * per_row);
+    for g in 0..n / ROWS {
+        for b in 0..per_row {
+            let blk =
+                |c: usize| &bytes[((g * ROWS + c) * per_row + b) * block_bytes..][..block_bytes];
+            out.push(make(&blk));
+        }
+    }
+    Some(out)
+}
+
 /// Test helpers shared by the interleaved formats.
 #[cfg(test)]
 pub mod testing {
     use super::*;
+
+    /// A `[24, 512]` weight quantized to `dtype` by candle (ggml's reference quantizers): its bytes and its
+    /// dequantization.
+    pub fn candle_weight(
+        dtype: candle_core::quantized::GgmlDType,
+    ) -> (Vec<u8>, Vec<f32>, usize, usize) {
+        use candle_core::quantized::QTensor;
+        use candle_core::{Device, Tensor};
+        let (n, k) = (24, 512);
+        let src: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 97.0)
+            .collect();
+        let t = Tensor::from_vec(src, (n, k), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&t, dtype).unwrap();
+        let deq = q
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        (q.data().unwrap().into_owned(), deq, n, k)
+    }
 
     /// Checks every available kernel and several batch sizes against `want(row, col)`, and that a row's
     /// result is bit-identical alone and in a batch.
