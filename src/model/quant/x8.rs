@@ -14,8 +14,15 @@ use super::QK;
 pub const ROWS: usize = 8;
 /// Output columns per unit of parallel work (two groups).
 const COL_TILE: usize = 16;
-/// Activation rows that share one pass over a weight group.
-const ROW_TILE: usize = 4;
+/// Activation rows that share one pass over a weight group: eight where AVX-512 gives 32 vector registers
+/// (the accumulators of eight rows fit), four elsewhere.
+fn row_tile(kernel: Kernel) -> usize {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Vnni => 8,
+        _ => 4,
+    }
+}
 
 /// A block format stored interleaved: one `Block` holds block `b` of eight consecutive weight rows.
 pub trait Format {
@@ -161,14 +168,19 @@ impl<F: Format> Interleaved<F> {
                 let groups = tile * COL_TILE / ROWS..((tile + 1) * COL_TILE).min(n) / ROWS;
                 let mut r = 0;
                 while r < m {
-                    let rows = ROW_TILE.min(m - r);
+                    let rows = row_tile(kernel).min(m - r);
                     for g in groups.clone() {
                         let w = &blocks[g * wb..(g + 1) * wb];
                         // SAFETY: `kernel` was detected or listed as available; each (row, group) output
                         // is written by exactly one worker, inside dst's `m * n` elements.
                         unsafe {
                             let d = (dst_addr as *mut f32).add(r * n + g * ROWS);
+                            let xs = |i: usize| x(r + i);
                             match rows {
+                                8 => F::rows(kernel, std::array::from_fn::<_, 8, _>(xs), w, d, n),
+                                7 => F::rows(kernel, std::array::from_fn::<_, 7, _>(xs), w, d, n),
+                                6 => F::rows(kernel, std::array::from_fn::<_, 6, _>(xs), w, d, n),
+                                5 => F::rows(kernel, std::array::from_fn::<_, 5, _>(xs), w, d, n),
                                 4 => F::rows(kernel, [x(r), x(r + 1), x(r + 2), x(r + 3)], w, d, n),
                                 3 => F::rows(kernel, [x(r), x(r + 1), x(r + 2)], w, d, n),
                                 2 => F::rows(kernel, [x(r), x(r + 1)], w, d, n),
