@@ -1,13 +1,12 @@
 //! Q6_K weights interleaved eight rows at a time (see [`super::x8`]).
 //!
 //! A Q6_K super-block holds 256 weights `d·sc·(q − 32)`: f16 `d`, one signed 8-bit `sc` per 16 weights, 6-bit
-//! `q`. Repacked, each 6-bit `q` takes a byte (0..63, a valid unsigned operand of the byte multiply-add), so a
-//! 32-value block is eight rows' 32 bytes, dotted like Q8_0 in [`super::q8_0x8`]; the two 16-value halves keep
-//! their own scales. Activations are quantized per 32 values (llama.cpp's Q8_0 rounding) with the sums of
-//! each half, which take the `−32` offset back out exactly: `Σ(q − 32)·y = Σq·y − 32·Σy`.
-//!
-//! One byte per weight instead of 6.5 bits: a quarter more memory traffic than the file's layout, for
-//! unpacking-free kernels that give a row the same bits alone and in a batch.
+//! `q`. Repacked, a 32-value block of eight rows is 128 bytes of low nibbles (laid out as Q4_1's, see
+//! [`super::q4_1x8`]) and 64 bytes of high bit pairs; the kernel rebuilds each `q` (0..63, a valid unsigned
+//! operand of the byte multiply-add) with a shift, a mask and an or, and dots eight rows at once; the two
+//! 16-value halves keep their own scales. Activations are quantized per 32 values (llama.cpp's Q8_0 rounding)
+//! with the sums of each half, which take the `−32` offset back out exactly: `Σ(q − 32)·y = Σq·y − 32·Σy`.
+//! 6.6 bits a weight in memory, as in the file.
 
 use half::f16;
 
@@ -24,8 +23,22 @@ pub struct Q6KGroup {
     d: [f16; ROWS],
     /// `sc[2i + h][c]`: the scale of half `h` of 32-value block `i`, row `c`.
     sc: [[i8; ROWS]; 16],
-    /// `qs[i][32t + 4c + j]`: weight `4t + j` of block `i`, row `c` (`q`, 0..63).
-    qs: [[u8; ROWS * QK]; 8],
+    /// Low nibbles of block `i`: byte `32t + 4c + j` holds weight `4t + j` of row `c` (low) and weight
+    /// `16 + 4t + j` (high).
+    nib: [[u8; ROWS * QK / 2]; 8],
+    /// High bit pairs of block `i`: bits `2u, 2u + 1` of byte `32h + 4c + j` are bits 4 and 5 of weight
+    /// `16h + 4u + j` of row `c`.
+    high: [[u8; ROWS * QK / 4]; 8],
+}
+
+impl Q6KGroup {
+    /// `q` (0..63) of weight `v` (0..32) of block `i`, row `c`.
+    fn q(&self, i: usize, c: usize, v: usize) -> u8 {
+        let (half, u, j) = (v / 16, (v % 16) / 4, v % 4);
+        let nib = self.nib[i][32 * u + 4 * c + j] >> (4 * half) & 0x0F;
+        let high = self.high[i][32 * half + 4 * c + j] >> (2 * u) & 0x03;
+        nib | high << 4
+    }
 }
 
 /// Activations quantized per 32 values, with the sums of the two 16-value halves.
@@ -55,12 +68,16 @@ pub fn pack(bytes: &[u8], n: usize, k: usize) -> Option<Interleaved<Q6Kx8>> {
         let mut p = Q6KGroup {
             d: std::array::from_fn(|c| f16::from_le_bytes([blk(c)[208], blk(c)[209]])),
             sc: std::array::from_fn(|s| std::array::from_fn(|c| blk(c)[192 + s] as i8)),
-            qs: [[0; ROWS * QK]; 8],
+            nib: [[0; ROWS * QK / 2]; 8],
+            high: [[0; ROWS * QK / 4]; 8],
         };
-        for (i, qs) in p.qs.iter_mut().enumerate() {
+        for i in 0..8 {
             for c in 0..ROWS {
                 for v in 0..QK {
-                    qs[32 * (v / 4) + 4 * c + v % 4] = q6_k_value(blk(c), 32 * i + v);
+                    let q = q6_k_value(blk(c), 32 * i + v);
+                    let (half, u, j) = (v / 16, (v % 16) / 4, v % 4);
+                    p.nib[i][32 * u + 4 * c + j] |= (q & 0x0F) << (4 * half);
+                    p.high[i][32 * half + 4 * c + j] |= (q >> 4) << (2 * u);
                 }
             }
         }
@@ -131,11 +148,8 @@ unsafe fn rows_scalar(x: &[ActHalves], w: &[Q6KGroup], dst: *mut f32) {
             let y = &x[8 * b + i];
             for (c, a) in acc.iter_mut().enumerate() {
                 let mut isum = [0i32; 2];
-                for t in 0..QK / 4 {
-                    for j in 0..4 {
-                        let q = p.qs[i][32 * t + 4 * c + j] as i32;
-                        isum[t / 4] += q * y.qs[4 * t + j] as i32;
-                    }
+                for v in 0..QK {
+                    isum[v / 16] += p.q(i, c, v) as i32 * y.qs[v] as i32;
                 }
                 for (h, (sum, ysum)) in isum.iter().zip(y.sums).enumerate() {
                     let scale = p.d[c].to_f32() * p.sc[2 * i + h][c] as f32 * y.d;
@@ -151,7 +165,6 @@ unsafe fn rows_scalar(x: &[ActHalves], w: &[Q6KGroup], dst: *mut f32) {
 mod x86 {
     use super::{ActHalves, Q6KGroup};
     use crate::model::quant::x86::{dot_avx2_u8, dot_avx512vnni, dot_avxvnni};
-    use crate::model::quant::QK;
     use std::arch::x86_64::*;
 
     /// Generates the kernel for `R` activation rows against one weight group, `$dot` being the
@@ -168,15 +181,29 @@ mod x86 {
                 let mut acc = [_mm256_setzero_ps(); R];
                 for (b, p) in w.iter().enumerate() {
                     let d = _mm256_cvtph_ps(_mm_loadu_si128(p.d.as_ptr() as *const __m128i));
+                    let (m4, m2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x03));
                     for i in 0..8 {
                         let mut isum = [[_mm256_setzero_si256(); R]; 2];
-                        for t in 0..QK / 4 {
-                            let q =
-                                _mm256_loadu_si256(p.qs[i].as_ptr().add(32 * t) as *const __m256i);
-                            for r in 0..R {
-                                let a = xs[r][8 * b + i].qs.as_ptr() as *const i32;
-                                let a = _mm256_set1_epi32(a.add(t).read_unaligned());
-                                isum[t / 4][r] = $dot(isum[t / 4][r], q, a);
+                        let high = [
+                            _mm256_loadu_si256(p.high[i].as_ptr() as *const __m256i),
+                            _mm256_loadu_si256(p.high[i].as_ptr().add(32) as *const __m256i),
+                        ];
+                        for u in 0..4 {
+                            let n =
+                                _mm256_loadu_si256(p.nib[i].as_ptr().add(32 * u) as *const __m256i);
+                            let shift = _mm_cvtsi32_si128(2 * u as i32);
+                            let lows = [
+                                _mm256_and_si256(n, m4),
+                                _mm256_and_si256(_mm256_srli_epi16(n, 4), m4),
+                            ];
+                            for (h, &low) in lows.iter().enumerate() {
+                                let top = _mm256_and_si256(_mm256_srl_epi16(high[h], shift), m2);
+                                let q = _mm256_or_si256(low, _mm256_slli_epi16(top, 4));
+                                for r in 0..R {
+                                    let a = xs[r][8 * b + i].qs.as_ptr() as *const i32;
+                                    let a = _mm256_set1_epi32(a.add(4 * h + u).read_unaligned());
+                                    isum[h][r] = $dot(isum[h][r], q, a);
+                                }
                             }
                         }
                         for h in 0..2 {
@@ -228,7 +255,7 @@ mod tests {
             for c in 0..ROWS {
                 for v in 0..QK_K {
                     let (i, j) = (v / QK, v % QK);
-                    let q = g.qs[i][32 * (j / 4) + 4 * c + j % 4] as i32;
+                    let q = g.q(i, c, j) as i32;
                     let sc = g.sc[2 * i + j / 16][c];
                     assert_eq!(sc, g.sc[q6_k_scale_index(v)][c], "scale layout");
                     let w = g.d[c].to_f32() * sc as f32 * (q - 32) as f32;
