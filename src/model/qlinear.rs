@@ -150,8 +150,14 @@ impl QLinear {
                 "quantized linear: input width {k} does not match the weight's {k_weight}"
             );
         }
-        let mut dst = vec![0f32; rows * self.out];
-        let n = self.out;
+        // K-quant weights whose width is not a multiple of eight carry zero rows up to one: computed, then
+        // dropped.
+        let n = match &self.kind {
+            Kind::Q4Kx8(p) => p.n(),
+            Kind::Q6Kx8(p) => p.n(),
+            _ => self.out,
+        };
+        let mut dst = vec![0f32; rows * n];
         with_f32_rows(x, |xs| match &self.kind {
             Kind::Q4_1x8(p) => p.matmul(xs, rows, &mut dst),
             Kind::Q8_0x8(p) => p.matmul(xs, rows, &mut dst),
@@ -161,6 +167,13 @@ impl QLinear {
             Kind::Q8_0(b) => quant::matmul(xs, rows, k, b, n, &mut dst),
             Kind::Candle(_) => unreachable!("checked above"),
         })?;
+        if n != self.out {
+            dst = dst
+                .chunks_exact(n)
+                .flat_map(|row| &row[..self.out])
+                .copied()
+                .collect();
+        }
         Ok(dst)
     }
 }

@@ -170,7 +170,7 @@ pub fn pack_q4_k(bytes: &[u8], n: usize, k: usize) -> Option<Interleaved<Q4Kx8>>
             }),
         }
     })?;
-    Some(Interleaved::new(groups, n, k))
+    Some(Interleaved::new(groups, n.next_multiple_of(ROWS), k))
 }
 
 /// The 6-bit scale and min of Q4_K sub-block `j` from the 12 packed bytes.

@@ -83,7 +83,7 @@ pub fn pack(bytes: &[u8], n: usize, k: usize) -> Option<Interleaved<Q6Kx8>> {
         }
         p
     })?;
-    Some(Interleaved::new(groups, n, k))
+    Some(Interleaved::new(groups, n.next_multiple_of(ROWS), k))
 }
 
 /// The 6-bit `q` (0..63) of weight `v` of a Q6_K super-block, as ggml lays them out: each 128-weight half
@@ -285,8 +285,20 @@ mod tests {
     }
 
     #[test]
-    fn widths_that_are_not_whole_groups_are_not_packed() {
-        let (bytes, _, _, _) = weight();
-        assert!(pack(&bytes[..Q6_K_BYTES * 12], 12, 256).is_none());
+    fn widths_that_are_not_whole_groups_are_padded_with_zero_rows() {
+        let (bytes, _, n, k) = weight();
+        let (full, part) = (pack(&bytes, n, k).unwrap(), 13);
+        let short = pack(&bytes[..part * k / QK_K * Q6_K_BYTES], part, k).unwrap();
+        assert_eq!(short.n(), 16);
+        let m = 3;
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
+        let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * 16]);
+        full.matmul(&x, m, &mut a);
+        short.matmul(&x, m, &mut b);
+        for r in 0..m {
+            assert_eq!(a[r * n..r * n + part], b[r * 16..r * 16 + part], "row {r}");
+            assert!(b[r * 16 + part..(r + 1) * 16].iter().all(|&v| v == 0.0), "padding rows are zero");
+        }
+        assert!(pack(&bytes[..100], 1, k).is_none(), "bytes that are not the weight's");
     }
 }

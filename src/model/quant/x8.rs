@@ -139,6 +139,11 @@ impl<F: Format> Interleaved<F> {
         self.k
     }
 
+    /// Output width, a multiple of eight (padded rows included).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
     #[cfg(test)]
     pub fn blocks_for_test(&self) -> &[F::Block] {
         &self.blocks
@@ -199,8 +204,10 @@ impl<F: Format> Interleaved<F> {
 pub const QK_K: usize = 256;
 
 /// The groups of a K-quant weight `[n, k]` stored as row-major super-blocks of `block_bytes`: `make(blk)`
-/// builds the group of eight rows' super-blocks, `blk(c)` being row `c`'s bytes. `None` unless `n` is a
-/// multiple of eight, `k` of 256, and `bytes` exactly the weight's.
+/// builds the group of eight rows' super-blocks, `blk(c)` being row `c`'s bytes. A width that is not a
+/// multiple of eight (a vocabulary of 50 257) is padded with all-zero rows (a zero scale: weights 0), so the
+/// weight has `n.next_multiple_of(8)` rows. `None` unless `k` is a multiple of 256 and `bytes` exactly the
+/// weight's.
 pub fn k_quant_groups<'a, G>(
     bytes: &'a [u8],
     n: usize,
@@ -208,18 +215,19 @@ pub fn k_quant_groups<'a, G>(
     block_bytes: usize,
     make: impl Fn(&dyn Fn(usize) -> &'a [u8]) -> G,
 ) -> Option<Vec<G>> {
-    if !n.is_multiple_of(ROWS)
-        || !k.is_multiple_of(QK_K)
-        || bytes.len() != n * k / QK_K * block_bytes
-    {
+    static ZERO: [u8; 256] = [0; 256];
+    if !k.is_multiple_of(QK_K) || bytes.len() != n * k / QK_K * block_bytes || block_bytes > ZERO.len() {
         return None;
     }
     let per_row = k / QK_K;
-    let mut out = Vec::with_capacity(n / ROWS * per_row);
-    for g in 0..n / ROWS {
+    let groups = n.div_ceil(ROWS);
+    let mut out = Vec::with_capacity(groups * per_row);
+    for g in 0..groups {
         for b in 0..per_row {
-            let blk =
-                |c: usize| &bytes[((g * ROWS + c) * per_row + b) * block_bytes..][..block_bytes];
+            let blk = |c: usize| match g * ROWS + c {
+                row if row < n => &bytes[(row * per_row + b) * block_bytes..][..block_bytes],
+                _ => &ZERO[..block_bytes],
+            };
             out.push(make(&blk));
         }
     }
