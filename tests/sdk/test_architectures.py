@@ -10,6 +10,8 @@ import os
 import re
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import openai
@@ -40,9 +42,21 @@ class Server:
             m = re.search(r"rill listening on (http://\S+)", self.text())
             self.url = m.group(1) if m else None
             time.sleep(0.1)
-        if self.url is None:
+        # The server listens before the model is loaded (503 until then): wait for /health to answer 200.
+        while self.url is not None and time.monotonic() < deadline and not self.healthy():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"rill serve exited: {self.text()}")
+            time.sleep(0.1)
+        if self.url is None or not self.healthy():
             self.stop()
-            raise RuntimeError(f"rill serve did not start: {self.text()}")
+            raise RuntimeError(f"rill serve did not become ready: {self.text()}")
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
 
     def text(self) -> str:
         self.log.seek(0)
