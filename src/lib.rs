@@ -1,10 +1,10 @@
 //! rill: a local-model inference streaming server.
 //!
 //! Request path, in file order: [`config`] (flags) → [`api`] (HTTP, validation) → [`engine`] (generation thread,
-//! batching, sampling, stop strings) → [`model`] (architectures over caller-owned KV caches), with
-//! [`tokenizer`] turning text into ids and ids back into streamed text, and [`pool`] running the kernels'
-//! parallel sections on the CPU. [`bench`] is the other side: a client
-//! that measures any OpenAI-compatible streaming server.
+//! batching, sampling, stop strings) → [`model`] (architectures over caller-owned KV caches), with [`load`]
+//! finding and reading model files into a model, a tokenizer and a chat template, [`tokenizer`] turning text
+//! into ids and ids back into streamed text, and [`pool`] running the kernels' parallel sections on the CPU.
+//! [`mod@bench`] is the other side: a client that measures any OpenAI-compatible streaming server.
 
 pub mod api;
 pub mod bench;
