@@ -232,7 +232,9 @@ unsafe fn rows_scalar<G: Q4Group>(x: &[BlockQ8_1], w: &[G], dst: *mut f32) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{BlockQ8_1, Q4Group};
-    use crate::model::quant::x86::{dot_avx2_u8, dot_avx512vnni, dot_avxvnni};
+    use crate::model::quant::x86::{
+        dot_avx2_u8, dot_avx512vnni, dot_avxvnni, unsigned_rows_kernels,
+    };
     use std::arch::x86_64::*;
 
     /// Generates the kernel for `R` activation rows against one weight group, `$dot` being the
@@ -284,13 +286,7 @@ mod x86 {
         };
     }
 
-    rows_kernel!(
-        rows_avx512vnni,
-        "avx2,fma,f16c,avx512vnni,avx512vl",
-        dot_avx512vnni
-    );
-    rows_kernel!(rows_avxvnni, "avx2,fma,f16c,avxvnni", dot_avxvnni);
-    rows_kernel!(rows_avx2, "avx2,fma,f16c", dot_avx2_u8);
+    unsigned_rows_kernels!(rows_kernel);
 }
 
 #[cfg(test)]

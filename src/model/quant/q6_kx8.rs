@@ -164,7 +164,9 @@ unsafe fn rows_scalar(x: &[ActHalves], w: &[Q6KGroup], dst: *mut f32) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{ActHalves, Q6KGroup};
-    use crate::model::quant::x86::{dot_avx2_u8, dot_avx512vnni, dot_avxvnni};
+    use crate::model::quant::x86::{
+        dot_avx2_u8, dot_avx512vnni, dot_avxvnni, unsigned_rows_kernels,
+    };
     use std::arch::x86_64::*;
 
     /// Generates the kernel for `R` activation rows against one weight group, `$dot` being the
@@ -227,13 +229,7 @@ mod x86 {
         };
     }
 
-    rows_kernel!(
-        rows_avx512vnni,
-        "avx2,fma,f16c,avx512vnni,avx512vl",
-        dot_avx512vnni
-    );
-    rows_kernel!(rows_avxvnni, "avx2,fma,f16c,avxvnni", dot_avxvnni);
-    rows_kernel!(rows_avx2, "avx2,fma,f16c", dot_avx2_u8);
+    unsigned_rows_kernels!(rows_kernel);
 }
 
 #[cfg(test)]
@@ -291,14 +287,22 @@ mod tests {
         let short = pack(&bytes[..part * k / QK_K * Q6_K_BYTES], part, k).unwrap();
         assert_eq!(short.n(), 16);
         let m = 3;
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
+            .collect();
         let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * 16]);
         full.matmul(&x, m, &mut a);
         short.matmul(&x, m, &mut b);
         for r in 0..m {
             assert_eq!(a[r * n..r * n + part], b[r * 16..r * 16 + part], "row {r}");
-            assert!(b[r * 16 + part..(r + 1) * 16].iter().all(|&v| v == 0.0), "padding rows are zero");
+            assert!(
+                b[r * 16 + part..(r + 1) * 16].iter().all(|&v| v == 0.0),
+                "padding rows are zero"
+            );
         }
-        assert!(pack(&bytes[..100], 1, k).is_none(), "bytes that are not the weight's");
+        assert!(
+            pack(&bytes[..100], 1, k).is_none(),
+            "bytes that are not the weight's"
+        );
     }
 }

@@ -216,7 +216,10 @@ pub fn k_quant_groups<'a, G>(
     make: impl Fn(&dyn Fn(usize) -> &'a [u8]) -> G,
 ) -> Option<Vec<G>> {
     static ZERO: [u8; 256] = [0; 256];
-    if !k.is_multiple_of(QK_K) || bytes.len() != n * k / QK_K * block_bytes || block_bytes > ZERO.len() {
+    if !k.is_multiple_of(QK_K)
+        || bytes.len() != n * k / QK_K * block_bytes
+        || block_bytes > ZERO.len()
+    {
         return None;
     }
     let per_row = k / QK_K;

@@ -25,3 +25,18 @@ pub unsafe fn dot_avx2_u8(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
     let p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
     _mm256_add_epi32(acc, p)
 }
+
+/// Instantiates a format's `rows_kernel!` (name, target features, byte multiply-add) as `rows_avx512vnni`,
+/// `rows_avxvnni` and `rows_avx2`, for weights that are unsigned bytes below 128.
+macro_rules! unsigned_rows_kernels {
+    ($kernel:ident) => {
+        $kernel!(
+            rows_avx512vnni,
+            "avx2,fma,f16c,avx512vnni,avx512vl",
+            dot_avx512vnni
+        );
+        $kernel!(rows_avxvnni, "avx2,fma,f16c,avxvnni", dot_avxvnni);
+        $kernel!(rows_avx2, "avx2,fma,f16c", dot_avx2_u8);
+    };
+}
+pub(crate) use unsigned_rows_kernels;
