@@ -133,7 +133,8 @@ pub fn attend_rows(seqs: &[SeqRows<'_>], n_heads: usize, scoring: &Scoring) -> R
     let mut out = vec![0f32; rows.len() * width];
     let out_addr = out.as_mut_ptr() as usize;
     crate::pool::run(rows.len() * n_kv, |items| {
-        let mut scores = Vec::new();
+        // Scratch reused by every item of this chunk: the scores, and a row converted from an f16 cache.
+        let (mut scores, mut row_buf) = (Vec::new(), vec![0f32; hd]);
         for item in items {
             let (row, kv) = (item / n_kv, item % n_kv);
             let (seq, r, pos) = rows[row];
@@ -147,7 +148,7 @@ pub fn attend_rows(seqs: &[SeqRows<'_>], n_heads: usize, scoring: &Scoring) -> R
                     group * hd,
                 )
             };
-            attend_one(q, k, v, kv, pos, scoring, &mut scores, o);
+            attend_one(q, k, v, kv, pos, scoring, &mut scores, &mut row_buf, o);
         }
     });
     drop(caches);
@@ -241,11 +242,10 @@ fn attend_one(
     pos: usize,
     scoring: &Scoring,
     scores: &mut Vec<f32>,
+    row_buf: &mut [f32],
     out: &mut [f32],
 ) {
     let hd = k.hd;
-    let mut row_buf = [0f32; 1024];
-    let row_buf = &mut row_buf[..hd];
     let group = q.len() / hd;
     let first = scoring.first_key(pos);
     let len = pos + 1 - first;
