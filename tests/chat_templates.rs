@@ -18,7 +18,10 @@ fn case(name: &str) -> Vec<ChatMessage> {
             m("assistant", "Hello! How can I help?"),
             m("user", "What is 2+2?"),
         ],
-        "unicode" => vec![m("user", "Grüße 東京 🚀 \"quoted\" <b>tags</b>\nsecond line")],
+        "unicode" => vec![m(
+            "user",
+            "Grüße 東京 🚀 \"quoted\" <b>tags</b>\nsecond line",
+        )],
         "bad-order" => vec![m("assistant", "x"), m("user", "y")],
         other => panic!("unknown case {other}"),
     }
@@ -37,7 +40,10 @@ fn templates_render_as_transformers_renders_them() {
             let got = t.render(&case(name), mode == "prompt");
             match want.get("text").and_then(|v| v.as_str()) {
                 Some(text) => assert_eq!(got.unwrap(), text, "{file} {key}"),
-                None => assert!(got.is_err(), "{file} {key}: transformers raised, rill rendered {got:?}"),
+                None => assert!(
+                    got.is_err(),
+                    "{file} {key}: transformers raised, rill rendered {got:?}"
+                ),
             }
             checked += 1;
         }

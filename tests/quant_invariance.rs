@@ -39,7 +39,8 @@ fn same(a: &[f32], b: &[f32], what: &str) {
 
 #[test]
 fn every_weight_type_is_batch_and_chunk_invariant() {
-    let prompt: Vec<u32> = (0..20).map(|i| (i * 997 + 13) % 50000).collect();
+    // Long enough that a chunk runs the multi-row paths kernels switch to at 32 rows and more.
+    let prompt: Vec<u32> = (0..70).map(|i| (i * 997 + 13) % 50000).collect();
     let other: Vec<u32> = (0..7).map(|i| (i * 331 + 5) % 50000).collect();
     for mix in [
         "f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k", "q5_1", "q5_0",
@@ -50,21 +51,21 @@ fn every_weight_type_is_batch_and_chunk_invariant() {
         let whole = logits(m, &[&prompt]);
         same(
             &whole,
-            &logits(m, &[&prompt[..19], &prompt[19..]]),
+            &logits(m, &[&prompt[..69], &prompt[69..]]),
             &format!("{mix}: alone after its prefix"),
         );
         same(
             &whole,
-            &logits(m, &[&prompt[..5], &prompt[5..13], &prompt[13..]]),
+            &logits(m, &[&prompt[..5], &prompt[5..40], &prompt[40..]]),
             &format!("{mix}: in chunks"),
         );
         // Beside another sequence: both advance in one step.
         let (mut a, mut b) = (m.new_cache(), m.new_cache());
-        m.forward(&mut [SeqStep::new(&prompt[..19], &mut a)])
+        m.forward(&mut [SeqStep::new(&prompt[..69], &mut a)])
             .unwrap();
         let both = m
             .forward(&mut [
-                SeqStep::new(&prompt[19..], &mut a),
+                SeqStep::new(&prompt[69..], &mut a),
                 SeqStep::new(&other, &mut b),
             ])
             .unwrap();

@@ -40,6 +40,9 @@ enum Kind {
     Q8_0(Vec<BlockQ8_0>),
     /// Any other type or device: candle's quantized matmul, one per part.
     Candle(Vec<QMatMul>),
+    /// Parts of different types (a Q4_K_M layer's value projection in Q6_K beside Q4_K queries and keys):
+    /// each on its own kernel, outputs side by side.
+    Split(Vec<QLinear>),
 }
 
 impl QLinear {
@@ -47,8 +50,9 @@ impl QLinear {
         Self::fused(vec![w])
     }
 
-    /// Stacks weights that share an input. rill's kernels are used when every part is Q4_1 (or every part
-    /// Q4_K, or Q8_0) on the CPU; `RILL_CANDLE_QUANT=1` forces candle's kernels (for comparisons).
+    /// Stacks weights that share an input: one kernel over all the parts when they have one type, a kernel
+    /// each otherwise. rill's own kernels run Q4_1, Q4_K, Q6_K and Q8_0 on the CPU; `RILL_CANDLE_QUANT=1`
+    /// forces candle's (for comparisons).
     pub fn fused(parts: Vec<Arc<QTensor>>) -> Result<Self> {
         let mut out = 0;
         for p in &parts {
@@ -59,6 +63,14 @@ impl QLinear {
         let own = on_cpu && std::env::var_os("RILL_CANDLE_QUANT").is_none();
         let dtype = parts[0].dtype();
         let same = parts.iter().all(|p| p.dtype() == dtype);
+        if own && !same {
+            let parts = parts.into_iter().map(QLinear::new).collect::<Result<_>>()?;
+            return Ok(Self {
+                kind: Kind::Split(parts),
+                out,
+                pad_single_row: false,
+            });
+        }
         let kind = match dtype {
             GgmlDType::Q4_1 if own && same => {
                 let blocks: Vec<BlockQ4_1> = concat_blocks(&parts)?;
@@ -113,6 +125,13 @@ impl QLinear {
                     .collect::<Result<Vec<_>>>()?,
                 1,
             ),
+            Kind::Split(parts) => Tensor::cat(
+                &parts
+                    .iter()
+                    .map(|p| p.forward(x))
+                    .collect::<Result<Vec<_>>>()?,
+                1,
+            ),
             _ => Tensor::from_vec(self.own_matmul(x)?, (x.dim(0)?, self.out), x.device()),
         }
     }
@@ -125,6 +144,11 @@ impl QLinear {
             Kind::Candle(_) => {
                 let y = self.forward(x)?;
                 return candle_nn::ops::silu(&y.narrow(1, 0, half)?)? * y.narrow(1, half, half)?;
+            }
+            Kind::Split(_) => {
+                let mut y = Vec::new();
+                with_f32_rows(&self.forward(x)?, |all| y = all.to_vec())?;
+                y
             }
             _ => self.own_matmul(x)?,
         };
@@ -143,7 +167,9 @@ impl QLinear {
             Kind::Q6Kx8(p) => p.k(),
             Kind::Q4_1(b) => b.len() * quant::QK / self.out,
             Kind::Q8_0(b) => b.len() * quant::QK / self.out,
-            Kind::Candle(_) => candle_core::bail!("quantized linear: not one of rill's kernels"),
+            Kind::Candle(_) | Kind::Split(_) => {
+                candle_core::bail!("quantized linear: not one of rill's kernels")
+            }
         };
         if k != k_weight {
             candle_core::bail!(
@@ -165,7 +191,7 @@ impl QLinear {
             Kind::Q6Kx8(p) => p.matmul(xs, rows, &mut dst),
             Kind::Q4_1(b) => quant::matmul(xs, rows, k, b, n, &mut dst),
             Kind::Q8_0(b) => quant::matmul(xs, rows, k, b, n, &mut dst),
-            Kind::Candle(_) => unreachable!("checked above"),
+            Kind::Candle(_) | Kind::Split(_) => unreachable!("checked above"),
         })?;
         if n != self.out {
             dst = dst
