@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::dense::DenseF32;
-use super::qlinear::{swiglu_rows, with_f32_rows, QLinear};
+use super::qlinear::{glu_rows, swiglu_rows, with_f32_rows, QLinear};
 use super::weights::Weight;
 
 /// The nonlinearity of a gated MLP: `act(gate) * up`.
@@ -125,7 +125,7 @@ impl Linear {
         let mut h = vec![0f32; rows * half];
         with_f32_rows(&y, |y| match act {
             Activation::Silu => swiglu_rows(y, &mut h, half),
-            Activation::GeluTanh => geglu_rows(y, &mut h, half),
+            Activation::GeluTanh => glu_rows(y, &mut h, half, gelu_tanh),
         })?;
         Tensor::from_vec(h, (rows, half), y.device())
     }
@@ -140,16 +140,6 @@ fn device_of(w: &Weight) -> Device {
     match w {
         Weight::Quant(q) => q.device(),
         Weight::Dense(t) => t.device().clone(),
-    }
-}
-
-/// `h[r, i] = gelu_tanh(y[r, i]) * y[r, half + i]` for every row of `y` (`[rows, 2 * half]`).
-fn geglu_rows(y: &[f32], h: &mut [f32], half: usize) {
-    for (hr, yr) in h.chunks_exact_mut(half).zip(y.chunks_exact(2 * half)) {
-        let (gate, up) = yr.split_at(half);
-        for ((o, &g), &u) in hr.iter_mut().zip(gate).zip(up) {
-            *o = gelu_tanh(g) * u;
-        }
     }
 }
 

@@ -207,6 +207,18 @@ impl QLinear {
 /// `h[r, i] = silu(y[r, i]) * y[r, half + i]` for every row `r` of `y` (`[rows, 2 * half]`), in chunks across
 /// rill's CPU worker pool.
 pub(crate) fn swiglu_rows(y: &[f32], h: &mut [f32], half: usize) {
+    glu_rows(y, h, half, silu)
+}
+
+/// SiLU, `g·σ(g)`.
+#[inline(always)]
+pub(crate) fn silu(g: f32) -> f32 {
+    g / (1.0 + (-g).exp())
+}
+
+/// `h[r, i] = act(y[r, i]) * y[r, half + i]` for every row `r` of `y` (`[rows, 2 * half]`), in chunks across
+/// rill's CPU worker pool.
+pub(crate) fn glu_rows(y: &[f32], h: &mut [f32], half: usize, act: impl Fn(f32) -> f32 + Sync) {
     const CHUNK: usize = 256;
     let per_row = half.div_ceil(CHUNK);
     let h_addr = h.as_mut_ptr() as usize;
@@ -222,8 +234,8 @@ pub(crate) fn swiglu_rows(y: &[f32], h: &mut [f32], half: usize) {
             let out = unsafe {
                 std::slice::from_raw_parts_mut((h_addr as *mut f32).add(r * half + c), n)
             };
-            for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
-                *o = g / (1.0 + (-g).exp()) * u;
+            for ((o, &g), u) in out.iter_mut().zip(gate).zip(up) {
+                *o = act(g) * u;
             }
         }
     });
