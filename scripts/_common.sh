@@ -25,3 +25,33 @@ check_sha256() {
   got="$(sha256_of "$1")"
   [[ "$got" == "$2" ]] || die "sha256 mismatch for $1: expected $2, got $got"
 }
+
+# start_rill_server CMD...: runs `rill serve` (CMD, which must bind 127.0.0.1 port 0) in the background, waits
+# until /health answers 200, and sets RILL_SERVER_PID, RILL_SERVER_LOG and URL. Pair with stop_rill_server.
+start_rill_server() {
+  RILL_SERVER_LOG="$(mktemp -t rill-server.XXXXXX)"
+  RILL_LOG="${RILL_LOG:-info}" "$@" 2>"$RILL_SERVER_LOG" &
+  RILL_SERVER_PID=$!
+  # The server prints its address once bound, then loads the model; /health turns 200 when it is ready.
+  URL=""
+  local _
+  for _ in $(seq 1 600); do
+    kill -0 "$RILL_SERVER_PID" 2>/dev/null || { cat "$RILL_SERVER_LOG" >&2; die "rill serve exited early"; }
+    URL="$(sed -n 's/^rill listening on \(http:[^ ]*\)$/\1/p' "$RILL_SERVER_LOG" | head -n1)"
+    if [[ -n "$URL" ]] && [[ "$(curl -s -o /dev/null -w '%{http_code}' "$URL/health")" == 200 ]]; then
+      return 0
+    fi
+    sleep 0.2
+  done
+  cat "$RILL_SERVER_LOG" >&2
+  die "rill serve did not become ready"
+}
+
+# stop_rill_server: ends the server started by start_rill_server (by PID) and removes its log.
+stop_rill_server() {
+  if [[ -n "${RILL_SERVER_PID:-}" ]]; then
+    kill "$RILL_SERVER_PID" 2>/dev/null || true
+    wait "$RILL_SERVER_PID" 2>/dev/null || true
+  fi
+  rm -f "${RILL_SERVER_LOG:-}"
+}

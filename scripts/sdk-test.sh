@@ -35,33 +35,14 @@ if ! "$VENV/bin/python" -c "import openai, ollama, anthropic, pytest, httpx" 2>/
   echo "${PACKAGES[*]}" >"$VENV/.rill-pins"
 fi
 
-LOG="$(mktemp -t rill-sdk-server.XXXXXX)"
-RILL_LOG="${RILL_LOG:-info}" target/release/rill serve --model smollm2 --host 127.0.0.1 --port 0 2>"$LOG" &
-SERVER=$!
-cleanup() {
-  kill "$SERVER" 2>/dev/null || true
-  wait "$SERVER" 2>/dev/null || true
-  rm -f "$LOG"
-}
-trap cleanup EXIT
-
-# The server prints its address once bound, then loads the model; /health turns 200 when it is ready.
-URL=""
-for _ in $(seq 1 600); do
-  kill -0 "$SERVER" 2>/dev/null || { cat "$LOG" >&2; die "rill serve exited early"; }
-  URL="$(sed -n 's/^rill listening on \(http:[^ ]*\)$/\1/p' "$LOG" | head -n1)"
-  if [[ -n "$URL" ]] && [[ "$(curl -s -o /dev/null -w '%{http_code}' "$URL/health")" == 200 ]]; then
-    break
-  fi
-  sleep 0.2
-done
-[[ -n "$URL" ]] && [[ "$(curl -s -o /dev/null -w '%{http_code}' "$URL/health")" == 200 ]] || { cat "$LOG" >&2; die "rill serve did not become ready"; }
+trap stop_rill_server EXIT
+start_rill_server target/release/rill serve --model smollm2 --host 127.0.0.1 --port 0
 log "server ready at $URL; running the SDK tests and the examples of $DOCS"
 
 status=0
 RILL_BASE_URL="$URL" RILL_DOCS="$DOCS" "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/sdk ${PYTEST_ARGS:-} || status=$?
 if [[ $status -ne 0 ]]; then
   log "server log (last 40 lines):"
-  tail -n 40 "$LOG" >&2
+  tail -n 40 "$RILL_SERVER_LOG" >&2
 fi
 exit "$status"

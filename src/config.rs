@@ -232,6 +232,10 @@ pub struct ApiArgs {
     /// trickles bytes to hold a connection) is cut off: the connection is closed, or a 408 for a late body.
     #[arg(long, env = "RILL_REQUEST_TIMEOUT_SECS", default_value_t = 30.0)]
     pub request_timeout_secs: f64,
+    /// Seconds a browser stream (`/v1/streams`, the chat page) goes on generating after its reader disconnects,
+    /// waiting for the reconnect that resumes it; also how long its events are kept after the last one.
+    #[arg(long, env = "RILL_RESUME_WINDOW_SECS", default_value_t = 30.0)]
+    pub resume_window_secs: f64,
 }
 
 impl ApiArgs {
@@ -254,6 +258,13 @@ impl ApiArgs {
             request_timeout: std::time::Duration::from_secs_f64(
                 if self.request_timeout_secs.is_finite() {
                     self.request_timeout_secs.clamp(0.05, 86_400.0)
+                } else {
+                    30.0
+                },
+            ),
+            resume_window: std::time::Duration::from_secs_f64(
+                if self.resume_window_secs.is_finite() {
+                    self.resume_window_secs.clamp(0.05, 86_400.0)
                 } else {
                     30.0
                 },

@@ -30,6 +30,12 @@ pub enum ApiError {
     /// The route exists, but not for this method.
     #[error("{path} does not accept {method}")]
     MethodNotAllowed { method: String, path: String },
+    /// No resumable stream with this id and token (never made, expired, or the token is wrong).
+    #[error("no stream `{0}`: it expired, or the token is wrong")]
+    StreamNotFound(String),
+    /// As many resumable streams are held as the server keeps.
+    #[error("too many streams are open; retry when one has finished")]
+    TooManyStreams,
     /// The model has not finished loading.
     #[error("the model is still loading; retry when GET /health answers 200")]
     Loading,
@@ -71,7 +77,10 @@ impl ApiError {
             Self::TooLarge { .. } => ErrorKind::TooLarge,
             Self::BodyTimeout { .. } => ErrorKind::Timeout,
             Self::Unauthorized => ErrorKind::Authentication,
-            Self::ModelNotFound { .. } | Self::RouteNotFound { .. } => ErrorKind::NotFound,
+            Self::ModelNotFound { .. } | Self::RouteNotFound { .. } | Self::StreamNotFound(_) => {
+                ErrorKind::NotFound
+            }
+            Self::TooManyStreams => ErrorKind::Overloaded,
             Self::MethodNotAllowed { .. } => ErrorKind::MethodNotAllowed,
             Self::Loading | Self::LoadFailed(_) => ErrorKind::Unavailable,
             Self::Internal(_) => ErrorKind::Internal,
@@ -90,7 +99,7 @@ impl ApiError {
     pub fn retry_after(&self) -> Option<u64> {
         matches!(
             self,
-            Self::Loading | Self::Engine(EngineError::QueueFull(_))
+            Self::Loading | Self::TooManyStreams | Self::Engine(EngineError::QueueFull(_))
         )
         .then_some(RETRY_AFTER_SECS)
     }

@@ -22,7 +22,14 @@ pub fn routes() -> Router<AppState> {
 
 async fn metrics(State(state): State<AppState>) -> Result<Response, OpenAiError> {
     let engine = state.engine()?;
-    let body = render(&engine.shared().stats, engine.queued(), state.model_name());
+    let mut body = render(&engine.shared().stats, engine.queued(), state.model_name());
+    let _ = writeln!(
+        body,
+        "# HELP rill_browser_streams Resumable browser streams held (running, or kept for a reader to come back).\n\
+         # TYPE rill_browser_streams gauge\nrill_browser_streams{{model=\"{}\"}} {}",
+        escape(state.model_name()),
+        state.streams().len()
+    );
     Ok((
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         body,
@@ -30,12 +37,14 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, OpenAiError>
         .into_response())
 }
 
+/// A Prometheus label value.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
 /// The Prometheus exposition of `stats`; every series carries the served model's name.
 pub fn render(stats: &EngineStats, queued: usize, model: &str) -> String {
-    let label = format!(
-        "model=\"{}\"",
-        model.replace('\\', "\\\\").replace('"', "\\\"")
-    );
+    let label = format!("model=\"{}\"", escape(model));
     let mut out = String::new();
     let mut scalar = |name: &str, kind: &str, help: &str, v: u64| {
         let _ = writeln!(

@@ -39,9 +39,12 @@ impl Dialect {
     }
 }
 
-/// Routes open without a key: health probes and Ollama's liveness text.
-fn is_open(path: &str) -> bool {
+/// Routes open without a key: health probes, Ollama's liveness text, the chat page (it asks for the key), and a
+/// browser stream's event feed (guarded by the stream's own token, since an `EventSource` cannot send headers).
+fn is_open(method: &Method, path: &str) -> bool {
     matches!(path, "/health" | "/")
+        || super::ui::is_page(path)
+        || (method == Method::GET && super::streams::is_event_feed(path))
 }
 
 /// The key a client presented: `Authorization: Bearer <key>` or `x-api-key: <key>`.
@@ -70,7 +73,7 @@ pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Re
         return next.run(req).await;
     };
     let path = req.uri().path();
-    if is_open(path)
+    if is_open(req.method(), path)
         || req.method() == Method::OPTIONS
         || presented_key(req.headers()).is_some_and(|k| same_key(k, key))
     {
@@ -119,11 +122,13 @@ pub fn cors(origins: &[String]) -> Option<CorsLayer> {
     };
     let layer = CorsLayer::new()
         .allow_origin(allow)
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
         .allow_headers(Any)
         .expose_headers([
             HeaderName::from_static("x-rill-model"),
             HeaderName::from_static("server-timing"),
+            header::RETRY_AFTER,
+            header::LOCATION,
         ]);
     Some(layer)
 }

@@ -20,6 +20,8 @@ pub mod openai;
 pub mod params;
 pub mod state;
 pub mod stream;
+pub mod streams;
+pub mod ui;
 pub mod util;
 
 use std::future::Future;
@@ -39,6 +41,8 @@ pub fn app(state: AppState) -> Router {
         .merge(openai::routes())
         .merge(ollama::routes())
         .merge(anthropic::routes())
+        .merge(streams::routes())
+        .merge(ui::routes())
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(middleware::method_not_allowed)
         .layer(DefaultBodyLimit::max(config.body_limit))

@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::error::ApiError;
+use super::streams::registry::Registry;
 use crate::engine::{EngineHandle, EventStream, GenRequest};
 
 /// Settings of the HTTP layer (from `rill serve`'s flags, or set directly by tests).
@@ -25,6 +26,9 @@ pub struct ApiConfig {
     /// How long a client may take to send a request's headers, and then its body; slower ones are cut off
     /// (a client that trickles bytes to hold a connection open).
     pub request_timeout: Duration,
+    /// How long a browser stream (`/v1/streams`) keeps generating without a reader, and keeps its events after
+    /// the last one, so a dropped connection can resume.
+    pub resume_window: Duration,
 }
 
 impl Default for ApiConfig {
@@ -36,6 +40,7 @@ impl Default for ApiConfig {
             any_model: false,
             ping_interval: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
+            resume_window: Duration::from_secs(30),
         }
     }
 }
@@ -53,12 +58,14 @@ struct Inner {
     load_error: OnceLock<String>,
     /// Bytes of the model's weight files, when known (shown by Ollama's `/api/tags`).
     model_size: OnceLock<u64>,
+    streams: Registry,
 }
 
 impl AppState {
     /// State for a model named `name` that is still loading.
     pub fn loading(name: impl Into<String>, config: ApiConfig) -> Self {
         let inner = Inner {
+            streams: Registry::new(config.resume_window),
             name: name.into(),
             config,
             engine: OnceLock::new(),
@@ -98,6 +105,11 @@ impl AppState {
     /// The name the model is served under.
     pub fn model_name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// The resumable browser streams.
+    pub fn streams(&self) -> &Registry {
+        &self.inner.streams
     }
 
     pub fn config(&self) -> &ApiConfig {

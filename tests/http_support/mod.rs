@@ -294,6 +294,8 @@ pub fn test_config() -> ApiConfig {
 /// One server-sent event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sse {
+    /// The `id:` field (resumable browser streams number their events).
+    pub id: Option<u64>,
     pub event: Option<String>,
     pub data: String,
     /// A comment-only block (`: ping`).
@@ -315,9 +317,13 @@ pub fn parse_sse(body: &str) -> Vec<Sse> {
     body.split("\n\n")
         .filter(|b| !b.is_empty())
         .map(|block| {
-            let (mut event, mut data, mut comment) = (None, Vec::new(), false);
+            let (mut event, mut data, mut comment, mut id) = (None, Vec::new(), false, None);
             for line in block.lines() {
-                if let Some(v) = line.strip_prefix("event: ") {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = Some(v.parse().unwrap_or_else(|_| panic!("bad SSE id {v:?}")));
+                } else if line.starts_with("retry: ") {
+                    comment = true;
+                } else if let Some(v) = line.strip_prefix("event: ") {
                     event = Some(v.to_string());
                 } else if let Some(v) = line.strip_prefix("data: ") {
                     data.push(v);
@@ -328,6 +334,7 @@ pub fn parse_sse(body: &str) -> Vec<Sse> {
                 }
             }
             Sse {
+                id,
                 event,
                 data: data.join("\n"),
                 comment: comment && data.is_empty(),

@@ -38,8 +38,12 @@ pub fn routes() -> Router<AppState> {
         .route("/api/version", get(version))
 }
 
-async fn root() -> &'static str {
-    "rill is running\n"
+/// Ollama's liveness text for API clients; a browser opening the server's address is sent to the chat page.
+async fn root(headers: axum::http::HeaderMap) -> Response {
+    if super::ui::wants_page(&headers) {
+        return axum::response::Redirect::to(super::ui::PATH).into_response();
+    }
+    "rill is running\n".into_response()
 }
 
 async fn generate(
