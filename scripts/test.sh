@@ -22,3 +22,6 @@ if [ -x scripts/sdk-test.sh ]; then
   echo "== SDK conformance"
   scripts/sdk-test.sh
 fi
+
+echo "== chat page in a browser"
+RILL_SDK_NO_BUILD=1 scripts/browser-test.sh

@@ -216,6 +216,7 @@ const ROUTES: &[(&str, Shape)] = &[
     ("/api/show", Shape::Ollama),
     ("/v1/messages", Shape::Anthropic),
     ("/v1/messages/count_tokens", Shape::Anthropic),
+    ("/v1/streams", Shape::OpenAi),
 ];
 
 #[derive(Clone, Copy, Debug)]
@@ -448,6 +449,71 @@ fn six_hundred_hostile_requests_never_get_a_5xx() {
                 "{route}: huge header gave {}",
                 resp.status()
             );
+            sent.set(sent.get() + 2);
+        }
+        // A browser stream's feed and stop, with forged ids, tokens and Last-Event-IDs.
+        let real: Value = s.post("/v1/streams", &seed(0)).await.json().await.unwrap();
+        let (id, token) = (
+            real["id"].as_str().unwrap(),
+            real["token"].as_str().unwrap(),
+        );
+        let ids = [id, "strm_x", "%00", "..", &"z".repeat(5000)];
+        let tokens = ["", token, "x", "%ff%fe", &"t".repeat(5000)];
+        let last = [
+            "",
+            "1",
+            "-1",
+            "18446744073709551616",
+            "NaN",
+            "3 4",
+            &"9".repeat(300),
+        ];
+        for (i, (id, token)) in ids
+            .iter()
+            .flat_map(|i| tokens.iter().map(move |t| (i, t)))
+            .enumerate()
+        {
+            let mut get = s
+                .http
+                .get(s.url(&format!("/v1/streams/{id}/events?token={token}")));
+            if !last[i % last.len()].is_empty() {
+                get = get.header("last-event-id", last[i % last.len()]);
+            }
+            let resp = get.send().await.unwrap();
+            let status = resp.status().as_u16();
+            if status == 200 {
+                assert_eq!(
+                    (*id, *token),
+                    (
+                        real["id"].as_str().unwrap(),
+                        real["token"].as_str().unwrap()
+                    )
+                );
+                continue;
+            }
+            if status != 204 {
+                check_answer(
+                    "/v1/streams/{id}/events",
+                    Shape::OpenAi,
+                    status,
+                    &resp.bytes().await.unwrap(),
+                )
+                .unwrap();
+            }
+            let del = s
+                .http
+                .delete(s.url(&format!("/v1/streams/{id}?token={token}")))
+                .send()
+                .await
+                .unwrap();
+            let status = del.status().as_u16();
+            check_answer(
+                "/v1/streams/{id}",
+                Shape::OpenAi,
+                status,
+                &del.bytes().await.unwrap(),
+            )
+            .unwrap();
             sent.set(sent.get() + 2);
         }
         assert!(sent.get() >= 600, "{} requests", sent.get());

@@ -124,10 +124,7 @@ mod tests {
     use crate::engine::{FinishReason, Timings, Usage};
 
     fn token(id: u32) -> TokenInfo {
-        TokenInfo {
-            id,
-            ..TokenInfo::default()
-        }
+        TokenInfo::new(id)
     }
 
     #[test]
