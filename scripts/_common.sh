@@ -55,3 +55,16 @@ stop_rill_server() {
   fi
   rm -f "${RILL_SERVER_LOG:-}"
 }
+
+# pinned_venv VENV IMPORTS PACKAGE==VERSION...: makes VENV with exactly these pins, again whenever it is missing,
+# cannot run IMPORTS (a Python statement), or was made for another list of pins.
+pinned_venv() {
+  local venv="$1" imports="$2"
+  shift 2
+  if ! "$venv/bin/python" -c "$imports" 2>/dev/null || [[ "$(cat "$venv/.rill-pins" 2>/dev/null)" != "$*" ]]; then
+    log "creating $venv with $*"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$@"
+    echo "$*" >"$venv/.rill-pins"
+  fi
+}

@@ -29,13 +29,7 @@ if [[ "${RILL_SDK_NO_BUILD:-}" != 1 ]]; then
   cargo build --release --quiet
 fi
 
-if ! "$VENV/bin/python" -c "import selenium, pytest, httpx" 2>/dev/null ||
-  [[ "$(cat "$VENV/.rill-pins" 2>/dev/null)" != "${PACKAGES[*]}" ]]; then
-  log "creating $VENV with ${PACKAGES[*]}"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PACKAGES[@]}"
-  echo "${PACKAGES[*]}" >"$VENV/.rill-pins"
-fi
+pinned_venv "$VENV" "import selenium, pytest, httpx" "${PACKAGES[@]}"
 
 trap stop_rill_server EXIT
 start_rill_server target/release/rill serve --model smollm2 --host 127.0.0.1 --port 0 --resume-window-secs 3

@@ -117,14 +117,6 @@ async fn sixty_four_streaming_clients_for_three_rounds_in_every_dialect() {
 }
 
 /// The value of one `/metrics` series.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(&format!("{name}{{")))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_of_vanishing_clients_leaves_nothing_behind() {
     // Small prefill chunks and a slow step, so that a long prompt is still prefilling when its client leaves.

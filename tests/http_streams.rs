@@ -79,14 +79,6 @@ fn data_events(body: &str) -> Vec<Sse> {
     parse_sse(body).into_iter().filter(|e| !e.comment).collect()
 }
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(&format!("{name}{{")))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-}
-
 /// Polls `/metrics` until `ok` holds (at most 10 s); returns the last text.
 async fn metrics_until(s: &Server, ok: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);

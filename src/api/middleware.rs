@@ -58,15 +58,6 @@ fn presented_key(h: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Compares without an early exit, so response time does not reveal how much of a key was right.
-fn same_key(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
 /// Refuses requests without the configured key (401 in the path's dialect).
 pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let Some(key) = state.config().api_key.as_deref() else {
@@ -75,7 +66,7 @@ pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Re
     let path = req.uri().path();
     if is_open(req.method(), path)
         || req.method() == Method::OPTIONS
-        || presented_key(req.headers()).is_some_and(|k| same_key(k, key))
+        || presented_key(req.headers()).is_some_and(|k| super::util::same_secret(k, key))
     {
         return next.run(req).await;
     }
@@ -153,6 +144,9 @@ mod tests {
         assert_eq!(presented_key(&h), Some("k1"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k2"));
         assert_eq!(presented_key(&h), Some("k2"));
-        assert!(same_key("abc", "abc") && !same_key("abc", "abd") && !same_key("abc", "ab"));
+        use crate::api::util::same_secret;
+        assert!(
+            same_secret("abc", "abc") && !same_secret("abc", "abd") && !same_secret("abc", "ab")
+        );
     }
 }

@@ -116,12 +116,15 @@ pub fn response<E: Encoder>(
         let chunk = d.next_chunk().await?;
         Some((Ok::<_, Infallible>(chunk), d))
     });
-    let mut resp = Body::from_stream(body).into_response();
+    streaming(Body::from_stream(body), framing.content_type())
+}
+
+/// A response whose body is streamed, with the headers every stream carries: never cached, never buffered by
+/// a proxy.
+pub fn streaming(body: Body, content_type: &'static str) -> Response {
+    let mut resp = body.into_response();
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(framing.content_type()),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp

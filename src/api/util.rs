@@ -12,6 +12,15 @@ pub fn new_id(prefix: &str) -> String {
     )
 }
 
+/// Compares two secrets without an early exit, so response time does not reveal how much of one was right.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())

@@ -497,3 +497,12 @@ pub fn anthropic_text(events: &[Sse]) -> (String, Value) {
     }
     (text, events[events.len() - 2].json())
 }
+
+/// A series' value in a `/metrics` text.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}

@@ -170,15 +170,10 @@ async fn events(
         let chunk = r.next_chunk().await?;
         Some((Ok::<_, Infallible>(chunk), r))
     });
-    let mut resp = HttpBody::from_stream(body).into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(resp)
+    Ok(super::stream::streaming(
+        HttpBody::from_stream(body),
+        "text/event-stream",
+    ))
 }
 
 /// One connected `EventSource`: replays from its cursor, then follows new events, with keep-alives in silence.

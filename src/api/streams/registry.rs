@@ -114,7 +114,7 @@ impl Registry {
     /// The entry `id`, if `token` is its token (compared in constant time).
     pub fn get(&self, id: &str, token: &str) -> Option<Arc<Entry>> {
         let entry = self.map().get(id).cloned()?;
-        same(token, &entry.token).then_some(entry)
+        util::same_secret(token, &entry.token).then_some(entry)
     }
 
     pub fn remove(&self, id: &str) {
@@ -141,15 +141,6 @@ fn evict_one(map: &mut HashMap<String, Arc<Entry>>) -> bool {
         Some((_, id)) => map.remove(&id).is_some(),
         None => false,
     }
-}
-
-/// Compares without an early exit.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }
 
 impl Entry {
