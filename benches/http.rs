@@ -84,6 +84,7 @@ async fn streaming_cost_per_token() {
     let mut inproc = Vec::new();
     for _ in 0..9 {
         let req = GenRequest {
+            constraint: None,
             prompt: prompt.clone(),
             sampling: SamplingParams::greedy(),
             max_tokens: Some(TOKENS),
@@ -193,6 +194,7 @@ async fn ttft_in_process(s: &Server, question: &str) -> f64 {
         .unwrap();
     let prompt = shared.tokenizer.encode(&text).unwrap();
     let req = GenRequest {
+        constraint: None,
         prompt,
         sampling: SamplingParams::greedy(),
         max_tokens: Some(4),

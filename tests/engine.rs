@@ -101,7 +101,9 @@ fn fake(config: EngineConfig, step_delay: Duration) -> (EngineHandle, Arc<Atomic
 }
 
 fn request(prompt: Vec<u32>, max_tokens: usize) -> GenRequest {
+    constraint: None,
     GenRequest {
+        constraint: None,
         prompt,
         sampling: SamplingParams::greedy(),
         max_tokens: Some(max_tokens),
@@ -314,6 +316,7 @@ fn same_seed_same_tokens_on_a_real_model() {
             ..SamplingParams::default()
         };
         let req = GenRequest {
+            constraint: None,
             prompt: prompt.clone(),
             sampling,
             max_tokens: Some(24),

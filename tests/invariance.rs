@@ -86,6 +86,7 @@ fn busy(m: Model, chunk: usize) -> &'static EngineHandle {
 }
 
 fn request(prompt: &[u32], tokens: usize, seed: Option<u64>, prompt_logprobs: bool) -> GenRequest {
+    constraint: None,
     let sampling = match seed {
         None => SamplingParams::greedy(),
         Some(s) => SamplingParams {
@@ -96,6 +97,7 @@ fn request(prompt: &[u32], tokens: usize, seed: Option<u64>, prompt_logprobs: bo
         },
     };
     GenRequest {
+        constraint: None,
         sampling,
         max_tokens: Some(tokens),
         ignore_eos: true,

@@ -90,7 +90,9 @@ impl ApiError {
                 | EngineError::ExceedsKvBudget { .. } => ErrorKind::InvalidRequest,
                 EngineError::QueueFull(_) => ErrorKind::Overloaded,
                 EngineError::Stopped => ErrorKind::Unavailable,
-                EngineError::Model(_) | EngineError::Tokenizer(_) => ErrorKind::Internal,
+                EngineError::Model(_) | EngineError::Tokenizer(_) | EngineError::Grammar(_) => {
+                    ErrorKind::Internal
+                }
             },
         }
     }

@@ -21,6 +21,7 @@ pub mod params;
 pub mod state;
 pub mod stream;
 pub mod streams;
+pub mod structured;
 pub mod ui;
 pub mod util;
 

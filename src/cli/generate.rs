@@ -31,6 +31,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let prompt = shared.tokenizer.encode(&text)?;
     tracing::debug!(prompt = ?text, ids = ?prompt, "prompt");
     let req = GenRequest {
+        constraint: None,
         prompt,
         sampling: args.sampling.params(),
         max_tokens: Some(args.sampling.max_tokens),

@@ -4,6 +4,7 @@
 //! [`Event`]s: text deltas with their token ids, then exactly one `Done` or `Error`. Dropping the stream cancels
 //! the request: the thread notices before the sequence's next step and frees its cache.
 
+pub mod grammar;
 pub mod histogram;
 pub mod logprobs;
 pub mod prefix;
@@ -38,6 +39,8 @@ pub enum EngineError {
     Model(String),
     #[error("tokenizer failure: {0}")]
     Tokenizer(String),
+    #[error("constrained decoding failed: {0}")]
+    Grammar(String),
 }
 
 /// One generation request, already tokenized.
@@ -57,6 +60,8 @@ pub struct GenRequest {
     /// in one [`Event::Prompt`] before the first delta. Such a request computes its whole prompt: the prefix
     /// cache holds no logits.
     pub prompt_logprobs: Option<usize>,
+    /// A grammar the output must follow (compiled by [`Shared::grammars`]); EOS only where it is complete.
+    pub constraint: Option<grammar::Constraint>,
 }
 
 impl GenRequest {
@@ -69,6 +74,7 @@ impl GenRequest {
             ignore_eos: false,
             logprobs: None,
             prompt_logprobs: None,
+            constraint: None,
         }
     }
 }
@@ -270,6 +276,23 @@ pub struct Shared {
     pub config: EngineConfig,
     pub loaded_at: std::time::SystemTime,
     pub load_time: Duration,
+    /// The grammar compiler over this model's vocabulary, made on first use.
+    grammars: std::sync::OnceLock<Result<grammar::GrammarCompiler, grammar::GrammarError>>,
+}
+
+impl Shared {
+    /// Compiles grammars for this model (the vocabulary is prepared on the first call, then reused).
+    pub fn grammars(&self) -> Result<&grammar::GrammarCompiler, grammar::GrammarError> {
+        self.grammars
+            .get_or_init(|| grammar::GrammarCompiler::new(&self.tokenizer, self.info.vocab_size))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// A fresh constraint for `g`; an invalid grammar is refused here, before anything is queued.
+    pub fn constraint(&self, g: &grammar::Grammar) -> Result<grammar::Constraint, grammar::GrammarError> {
+        self.grammars()?.compile(g)
+    }
 }
 
 /// A request as it travels to the generation thread.
@@ -313,6 +336,7 @@ impl EngineHandle {
                     config: config.clone(),
                     loaded_at: std::time::SystemTime::now(),
                     load_time: t0.elapsed(),
+                    grammars: std::sync::OnceLock::new(),
                 });
                 let _ = ready_tx.send(Ok(shared.clone()));
                 worker::Worker::new(loaded.model, loaded.tokenizer, rx, shared).run();

@@ -3,6 +3,8 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::grammar::{apply_mask, Constraint, GrammarError};
+
 /// How to pick each next token. Defaults are neutral: no penalty, no truncation, temperature 1.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
@@ -74,6 +76,35 @@ impl Sampler {
     /// last entries the model produced.
     pub fn sample(&mut self, logits: &mut [f32], context: &[u32], generated: usize) -> u32 {
         self.apply_penalties(logits, context, generated);
+        self.pick(logits)
+    }
+
+    /// As [`Sampler::sample`], but only a token `constraint` allows. The cheap path first: pick as if
+    /// unconstrained and keep the pick when the grammar allows it (one token checked); only a rejected pick
+    /// computes the full mask and picks again among the allowed tokens. Greedily this is exactly the masked
+    /// argmax; sampled, it draws from the truncated distribution restricted to the allowed tokens (rejection
+    /// sampling), the same seed giving the same tokens.
+    pub fn sample_constrained(
+        &mut self,
+        logits: &mut [f32],
+        context: &[u32],
+        generated: usize,
+        constraint: &mut Constraint,
+    ) -> Result<u32, GrammarError> {
+        self.apply_penalties(logits, context, generated);
+        let first = self.pick(logits);
+        if constraint.allows(first) {
+            return Ok(first);
+        }
+        let mask = constraint.mask()?;
+        apply_mask(&mask, logits);
+        if logits.iter().all(|&l| l == f32::NEG_INFINITY) {
+            return Err(GrammarError::Invalid("the grammar allows no token here".into()));
+        }
+        Ok(self.pick(logits))
+    }
+
+    fn pick(&mut self, logits: &[f32]) -> u32 {
         let id = if self.params.temperature <= 0.0 {
             argmax(logits)
         } else {

@@ -7,6 +7,7 @@ use std::time::Instant;
 use tokio::sync::mpsc::error::TrySendError;
 
 use super::logprobs;
+use super::grammar::Constraint;
 use super::sampler::Sampler;
 use super::stop::{StopMatcher, StopOutcome};
 use super::{
@@ -40,6 +41,8 @@ pub struct Sequence {
     /// The prompt's log probabilities gathered so far, chunk by chunk.
     prompt_tokens: Vec<PromptToken>,
     sampler: Sampler,
+    /// The grammar the output must follow, if any.
+    constraint: Option<Constraint>,
     decoder: IncrementalDecoder,
     stop: StopMatcher,
     submitted: Instant,
@@ -76,6 +79,7 @@ impl Sequence {
             prompt_logprobs: req.prompt_logprobs,
             prompt_tokens: Vec::new(),
             sampler: Sampler::new(req.sampling),
+            constraint: req.constraint,
             decoder: IncrementalDecoder::new(true),
             stop: StopMatcher::new(req.stop),
             submitted,
@@ -160,10 +164,22 @@ impl Sequence {
         // Log probabilities come from the model's own distribution, so from the logits before the sampler's
         // bias, penalties and temperature touch them.
         let raw = self.logprobs.map(|k| (k, logits.to_vec()));
-        let id = self.sampler.sample(logits, &self.tokens, self.generated());
+        let generated = self.generated();
+        let id = match self.constraint.as_mut() {
+            None => self.sampler.sample(logits, &self.tokens, generated),
+            Some(c) => match self.sampler.sample_constrained(logits, &self.tokens, generated, c) {
+                Ok(id) => id,
+                Err(e) => return self.fail(EngineError::Grammar(e.to_string())),
+            },
+        };
         self.first_token.get_or_insert_with(Instant::now);
         self.tokens.push(id);
         let ends = !self.ignore_eos && tok.eos_ids.contains(&id);
+        if !ends {
+            if let Some(Err(e)) = self.constraint.as_mut().map(|c| c.consume(id)) {
+                return self.fail(EngineError::Grammar(e.to_string()));
+            }
+        }
         let info = TokenInfo {
             id,
             logprobs: raw
@@ -195,7 +211,8 @@ impl Sequence {
                     text,
                     tokens: vec![info],
                 });
-                if self.generated() >= self.max_new {
+                let grammar_done = self.constraint.as_ref().is_some_and(|c| c.is_finished());
+                if grammar_done || self.generated() >= self.max_new {
                     let rest = self.decoder.flush(tok).unwrap_or_default();
                     let rest = match self.stop.push(&rest) {
                         StopOutcome::Emit(t) => t + &self.stop.flush(),
@@ -207,7 +224,11 @@ impl Sequence {
                             tokens: vec![],
                         });
                     }
-                    self.finish(FinishReason::Length);
+                    self.finish(if grammar_done {
+                        FinishReason::Eos
+                    } else {
+                        FinishReason::Length
+                    });
                 }
             }
         }

@@ -123,6 +123,11 @@ impl TextTokenizer {
 }
 
 impl TextTokenizer {
+    /// Whether `id` is a special token (BOS, EOS, end of turn, …), which never stands for text.
+    pub fn is_special(&self, id: u32) -> bool {
+        is_special(&self.inner, id)
+    }
+
     /// The bytes one token stands for, as the model sees it: byte-level BPE pieces mapped back through the
     /// byte alphabet, SentencePiece `<0xNN>` byte tokens as that byte and `▁` as a space, added tokens as
     /// their text. A token may be part of a UTF-8 character, so this is bytes, not a string.

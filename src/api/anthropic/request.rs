@@ -137,6 +137,7 @@ impl MessagesRequest {
         let prompt = self.prompt(shared)?;
         Ok(Prepared {
             gen: GenRequest {
+                constraint: None,
                 prompt,
                 sampling,
                 max_tokens: Some(max_tokens),

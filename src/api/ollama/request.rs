@@ -2,6 +2,8 @@
 //! with Ollama's names and defaults; `num_ctx` narrows the context, and a prompt that does not fit is a 400
 //! naming both lengths (never a silent truncation). An empty prompt or message list is Ollama's "load" call.
 
+use crate::api::structured;
+use crate::engine::grammar::Constraint;
 use serde::Deserialize;
 use serde_json::{Number, Value};
 
@@ -114,18 +116,32 @@ impl Common {
             .ok_or_else(|| ApiError::bad_request("`model` is required"))
     }
 
-    fn check_unsupported(&self) -> Result<(), ApiError> {
-        match &self.format {
-            None | Some(Value::Null) => Ok(()),
-            Some(Value::String(s)) if s.is_empty() => Ok(()),
-            Some(_) => Err(ApiError::bad_request(
-                "`format` (structured output) is not supported yet",
-            )),
-        }
+    /// The request's `format` compiled for the served model (a bad schema is a 400 here, before anything runs).
+    fn constraint(&self, shared: &Shared) -> Result<Option<Constraint>, ApiError> {
+        structured::ollama_format(self.format.as_ref())?
+            .map(|g| structured::compile(shared, &g))
+            .transpose()
+    }
+
+    /// Plans generation of `prompt` for the served model, under `constraint` when one is given.
+    fn plan(
+        self,
+        prompt: Vec<u32>,
+        shared: &Shared,
+        constraint: Option<Constraint>,
+    ) -> Result<Plan, ApiError> {
+        let (context, max_logprobs) = (shared.info.context_length, shared.config.max_logprobs);
+        self.plan_within(prompt, context, max_logprobs, constraint)
     }
 
     /// `context`: the model's context length; `max_logprobs`: the server's limit on alternatives.
-    fn plan(self, prompt: Vec<u32>, context: usize, max_logprobs: usize) -> Result<Plan, ApiError> {
+    fn plan_within(
+        self,
+        prompt: Vec<u32>,
+        context: usize,
+        max_logprobs: usize,
+        constraint: Option<Constraint>,
+    ) -> Result<Plan, ApiError> {
         let top = logprobs::top_count("top_logprobs", self.top_logprobs, max_logprobs)?;
         // Asking for alternatives turns log probabilities on, as a count above zero implies.
         let logprobs = (self.logprobs == Some(true) || top > 0).then_some(top);
@@ -160,6 +176,7 @@ impl Common {
         };
         let sampling = fields.build(defaults(), LIMITS)?;
         let gen = GenRequest {
+            constraint,
             prompt,
             sampling,
             max_tokens,
@@ -177,7 +194,7 @@ impl Common {
 
 impl GenerateRequest {
     pub fn plan(self, shared: &Shared) -> Result<Plan, ApiError> {
-        self.common.check_unsupported()?;
+        let constraint = self.common.constraint(shared)?;
         if self.images.as_ref().is_some_and(|i| !i.is_empty()) {
             return Err(ApiError::bad_request(
                 "`images` are not supported: the served model reads text only",
@@ -214,17 +231,13 @@ impl GenerateRequest {
             )));
         }
         prompt.extend(shared.tokenizer.encode(&text)?);
-        self.common.plan(
-            prompt,
-            shared.info.context_length,
-            shared.config.max_logprobs,
-        )
+        self.common.plan(prompt, shared, constraint)
     }
 }
 
 impl ChatRequest {
     pub fn plan(self, shared: &Shared) -> Result<Plan, ApiError> {
-        self.common.check_unsupported()?;
+        let constraint = self.common.constraint(shared)?;
         if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
             return Err(ApiError::bad_request("`tools` are not supported yet"));
         }
@@ -247,11 +260,7 @@ impl ChatRequest {
             msgs.push(ChatMessage::new(&m.role, &m.content));
         }
         let prompt = shared.tokenizer.encode(&shared.chat.render(&msgs, true)?)?;
-        self.common.plan(
-            prompt,
-            shared.info.context_length,
-            shared.config.max_logprobs,
-        )
+        self.common.plan(prompt, shared, constraint)
     }
 }
 
@@ -266,7 +275,7 @@ mod tests {
     #[test]
     fn options_map_with_ollama_defaults() {
         let p = common(r#"{"options":{"num_predict":5,"stop":["\n"],"seed":3,"temperature":0}}"#)
-            .plan(vec![1, 2], 10, 20)
+            .plan_within(vec![1, 2], 10, 20, None)
             .unwrap();
         let Plan::Generate { gen, stream } = p else {
             panic!()
@@ -289,14 +298,14 @@ mod tests {
     #[test]
     fn num_ctx_limits_and_refuses_long_prompts() {
         let Plan::Generate { gen, .. } = common(r#"{"options":{"num_ctx":4},"stream":false}"#)
-            .plan(vec![1, 2], 10, 20)
+            .plan_within(vec![1, 2], 10, 20, None)
             .unwrap()
         else {
             panic!()
         };
         assert_eq!(gen.max_tokens, Some(2));
         let err = common(r#"{"options":{"num_ctx":2}}"#)
-            .plan(vec![1, 2], 10, 20)
+            .plan_within(vec![1, 2], 10, 20, None)
             .unwrap_err();
         assert_eq!(
             err,
@@ -308,9 +317,7 @@ mod tests {
     }
 
     #[test]
-    fn format_is_refused_and_model_required() {
-        assert!(common(r#"{"format":"json"}"#).check_unsupported().is_err());
-        assert!(common(r#"{"format":""}"#).check_unsupported().is_ok());
+    fn model_is_required() {
         assert!(common("{}").model().is_err());
     }
 }

@@ -7,6 +7,7 @@ use serde_json::{Number, Value};
 
 use crate::api::error::ApiError;
 use crate::api::logprobs;
+use crate::api::structured;
 use crate::api::params::{self, Limits, OneOrMany, SamplingFields};
 use crate::engine::{GenRequest, SamplingParams, Shared};
 use crate::tokenizer::ChatMessage;
@@ -138,18 +139,9 @@ impl ChatRequest {
         if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
             return Err(ApiError::bad_request("`tools` are not supported yet"));
         }
-        if let Some(kind) = self
-            .response_format
-            .as_ref()
-            .and_then(|f| f.get("type"))
-            .and_then(Value::as_str)
-        {
-            if kind != "text" {
-                return Err(ApiError::bad_request(format!(
-                    "`response_format` `{kind}` is not supported yet; only `text`"
-                )));
-            }
-        }
+        let constraint = structured::openai_response_format(self.response_format.as_ref())?
+            .map(|g| structured::compile(shared, &g))
+            .transpose()?;
         if self.messages.is_empty() {
             return Err(ApiError::bad_request(
                 "`messages` must hold at least one message",
@@ -171,6 +163,7 @@ impl ChatRequest {
             p.gen.logprobs = Some(top);
             p.logprobs = true;
         }
+        p.gen.constraint = constraint;
         Ok(p)
     }
 }
@@ -244,6 +237,7 @@ impl Common {
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false);
         let gen = GenRequest {
+            constraint: None,
             prompt,
             sampling,
             max_tokens,

@@ -1,0 +1,162 @@
+//! Structured output, as the dialects ask for it: OpenAI's `response_format` and Ollama's `format` become one
+//! engine [`Grammar`], compiled before the first byte so that a bad schema is a 400.
+
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use crate::engine::grammar::{Constraint, Grammar, GrammarError};
+use crate::engine::Shared;
+
+/// How JSON is laid out under a schema: one space after `:` and `,`, no other whitespace. A small model given
+/// free whitespace can emit newlines forever; a fixed layout also makes outputs repeatable.
+fn layout() -> Value {
+    json!({ "whitespace_flexible": false, "item_separator": ", ", "key_separator": ": " })
+}
+
+/// A JSON-schema grammar with rill's layout (unless the schema sets its own `x-guidance` options).
+pub fn json_grammar(schema: &Value) -> Result<Grammar, ApiError> {
+    let Value::Object(map) = schema else {
+        return Err(ApiError::bad_request(format!(
+            "a JSON schema must be an object, got {schema}"
+        )));
+    };
+    let mut map = map.clone();
+    map.entry("x-guidance").or_insert_with(layout);
+    Ok(Grammar::JsonSchema(Value::Object(map)))
+}
+
+/// OpenAI's strict mode: an object schema that does not say otherwise allows no properties beyond its own
+/// (applied to every object schema inside, too).
+pub fn close_objects(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if map.contains_key("properties") && !map.contains_key("additionalProperties") {
+                map.insert("additionalProperties".into(), Value::Bool(false));
+            }
+            map.values_mut().for_each(close_objects);
+        }
+        Value::Array(items) => items.iter_mut().for_each(close_objects),
+        _ => {}
+    }
+}
+
+/// Any JSON object.
+pub fn any_object() -> Grammar {
+    json_grammar(&json!({ "type": "object" })).expect("an object schema")
+}
+
+/// OpenAI's `response_format`: `text` (nothing), `json_object`, or `json_schema` with its `schema`.
+pub fn openai_response_format(v: Option<&Value>) -> Result<Option<Grammar>, ApiError> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    match v.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(any_object())),
+        Some("json_schema") => {
+            let spec = v.get("json_schema").ok_or_else(|| {
+                ApiError::bad_request("`response_format.json_schema` is required for type `json_schema`")
+            })?;
+            match spec.get("schema") {
+                None | Some(Value::Null) => Ok(Some(any_object())),
+                Some(schema) if spec.get("strict") == Some(&Value::Bool(true)) => {
+                    let mut schema = schema.clone();
+                    close_objects(&mut schema);
+                    json_grammar(&schema).map(Some)
+                }
+                Some(schema) => json_grammar(schema).map(Some),
+            }
+        }
+        Some(other) => Err(ApiError::bad_request(format!(
+            "`response_format` type `{other}` is not supported; use text, json_object or json_schema"
+        ))),
+        None => Err(ApiError::bad_request("`response_format` needs a `type`")),
+    }
+}
+
+/// Ollama's `format`: `"json"`, a JSON schema object, or empty for none.
+pub fn ollama_format(v: Option<&Value>) -> Result<Option<Grammar>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) if s == "json" => Ok(Some(any_object())),
+        Some(Value::String(s)) => Err(ApiError::bad_request(format!(
+            "format `{s}` is not supported; use \"json\" or a JSON schema"
+        ))),
+        Some(schema @ Value::Object(_)) => json_grammar(schema).map(Some),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "format must be \"json\" or a JSON schema object, got {other}"
+        ))),
+    }
+}
+
+/// Compiles `grammar` for the served model: an invalid or unsupported schema is the request's fault (400).
+pub fn compile(shared: &Shared, grammar: &Grammar) -> Result<Constraint, ApiError> {
+    shared.constraint(grammar).map_err(|e| match e {
+        GrammarError::Invalid(m) => ApiError::bad_request(format!("invalid schema or grammar: {m}")),
+        GrammarError::Unavailable(m) => ApiError::Internal(m),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_formats() {
+        assert_eq!(openai_response_format(None).unwrap(), None);
+        assert_eq!(
+            openai_response_format(Some(&json!({"type": "text"}))).unwrap(),
+            None
+        );
+        assert_eq!(
+            openai_response_format(Some(&json!({"type": "json_object"}))).unwrap(),
+            Some(any_object())
+        );
+        let Some(Grammar::JsonSchema(s)) = openai_response_format(Some(&json!({
+            "type": "json_schema",
+            "json_schema": {"name": "x", "schema": {"type": "array"}, "strict": true}
+        })))
+        .unwrap() else {
+            panic!("a schema grammar")
+        };
+        assert_eq!(s["type"], "array");
+        let Some(Grammar::JsonSchema(s)) = openai_response_format(Some(&json!({
+            "type": "json_schema",
+            "json_schema": {"name": "x", "strict": true, "schema": {"type": "object", "properties": {
+                "a": {"type": "object", "properties": {"b": {"type": "string"}}},
+                "c": {"type": "object", "properties": {}, "additionalProperties": true}
+            }}}
+        })))
+        .unwrap() else {
+            panic!("a schema grammar")
+        };
+        assert_eq!(s["additionalProperties"], false);
+        assert_eq!(s["properties"]["a"]["additionalProperties"], false);
+        assert_eq!(s["properties"]["c"]["additionalProperties"], true);
+        assert_eq!(s["x-guidance"]["whitespace_flexible"], false);
+        for bad in [
+            json!({"type": "xml"}),
+            json!({}),
+            json!({"type": "json_schema"}),
+            json!({"type": "json_schema", "json_schema": {"schema": 3}}),
+        ] {
+            assert!(openai_response_format(Some(&bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ollama_formats() {
+        assert_eq!(ollama_format(Some(&json!(""))).unwrap(), None);
+        assert_eq!(
+            ollama_format(Some(&json!("json"))).unwrap(),
+            Some(any_object())
+        );
+        assert!(matches!(
+            ollama_format(Some(&json!({"type": "object"}))).unwrap(),
+            Some(Grammar::JsonSchema(_))
+        ));
+        assert!(ollama_format(Some(&json!("yaml"))).is_err());
+        assert!(ollama_format(Some(&json!(7))).is_err());
+    }
+}
