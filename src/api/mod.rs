@@ -22,6 +22,7 @@ pub mod state;
 pub mod stream;
 pub mod streams;
 pub mod structured;
+pub mod tools;
 pub mod ui;
 pub mod util;
 

@@ -16,11 +16,20 @@ pub const FALLBACK_TEMPLATE: &str =
 {% else %}{{ m.role | capitalize }}: {{ m.content }}\n{% endif %}{% endfor %}\
 {% if add_generation_prompt %}Assistant:{% endif %}";
 
-/// One message of a conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One message of a conversation. Assistant messages may carry the tool calls they made and `tool` messages
+/// the id of the call they answer, in the shape HuggingFace templates read (`tool_calls[i].function.name`,
+/// `.arguments` as an object).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// The tool's name, on a `tool` message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
@@ -28,6 +37,9 @@ impl ChatMessage {
         Self {
             role: role.into(),
             content: content.into(),
+            tool_calls: None,
+            tool_call_id: None,
+            name: None,
         }
     }
 }
@@ -39,6 +51,8 @@ pub struct ChatTemplate {
     eos_token: String,
     /// False when the model has no template and [`FALLBACK_TEMPLATE`] is in use.
     pub is_model_template: bool,
+    /// Whether the template reads a `tools` variable (so tools are given to it rather than described by rill).
+    pub takes_tools: bool,
 }
 
 /// Template instructions one render may run: some 30 per message for common templates, so room for
@@ -55,6 +69,7 @@ impl ChatTemplate {
         eos: Option<&str>,
     ) -> Result<Self, TokenizerError> {
         let is_model_template = source.is_some();
+        let takes_tools = source.as_deref().is_some_and(|s| s.contains("tools"));
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -76,6 +91,7 @@ impl ChatTemplate {
             bos_token: bos.unwrap_or_default().to_string(),
             eos_token: eos.unwrap_or_default().to_string(),
             is_model_template,
+            takes_tools,
         })
     }
 
@@ -98,12 +114,24 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, TokenizerError> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// As [`ChatTemplate::render`], with `tools` (OpenAI-shaped function descriptions) for templates that
+    /// take them.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&[serde_json::Value]>,
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
         let tmpl = self
             .env
             .get_template("chat")
             .map_err(|e| TokenizerError::Template(e.to_string()))?;
         tmpl.render(context! {
             messages => messages,
+            tools => tools,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token,
             eos_token => self.eos_token,

@@ -67,7 +67,9 @@ async fn generate(
     let events = state.submit(p.gen)?;
     if p.stream {
         let enc =
-            OpenAiStream::new(meta, kind, p.include_usage).with(p.logprobs, p.echo, p.token_ids);
+            OpenAiStream::new(meta, kind, p.include_usage)
+                .with(p.logprobs, p.echo, p.token_ids)
+                .with_tools(p.tools);
         return Ok(stream::response(
             events,
             enc,
@@ -78,7 +80,7 @@ async fn generate(
     }
     let done = stream::collect(events, &mut log).await?;
     let body = match kind {
-        Kind::Chat => wire::chat_completion(&meta, &done, p.logprobs),
+        Kind::Chat => wire::chat_completion(&meta, &done, p.logprobs, p.tools),
         Kind::Text => {
             wire::text_completion(&meta, &done, p.echo.as_deref(), p.logprobs, p.token_ids)
         }

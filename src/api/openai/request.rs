@@ -8,6 +8,7 @@ use serde_json::{Number, Value};
 use crate::api::error::ApiError;
 use crate::api::logprobs;
 use crate::api::structured;
+use crate::api::tools::{self, Choice, Tool, ToolSpec};
 use crate::api::params::{self, Limits, OneOrMany, SamplingFields};
 use crate::engine::{GenRequest, SamplingParams, Shared};
 use crate::tokenizer::ChatMessage;
@@ -57,6 +58,10 @@ pub struct ChatRequest {
     /// And this many most likely alternatives (0 to 20; needs `logprobs`).
     pub top_logprobs: Option<i64>,
     pub tools: Option<Vec<Value>>,
+    /// `none`, `auto`, `required`, or `{"type": "function", "function": {"name": …}}`.
+    pub tool_choice: Option<Value>,
+    /// Whether one answer may hold several calls (default true).
+    pub parallel_tool_calls: Option<bool>,
     pub response_format: Option<Value>,
     #[serde(flatten)]
     pub common: Common,
@@ -66,6 +71,11 @@ pub struct ChatRequest {
 pub struct Message {
     pub role: String,
     pub content: Option<Content>,
+    /// An assistant's earlier calls.
+    pub tool_calls: Option<Vec<Value>>,
+    /// On a `tool` message: the call it answers.
+    pub tool_call_id: Option<String>,
+    pub name: Option<String>,
 }
 
 /// Message content: a string, or a list of parts of which rill understands `text`.
@@ -121,6 +131,8 @@ pub struct Prepared {
     pub echo: Option<String>,
     /// Name tokens by id in the log probabilities.
     pub token_ids: bool,
+    /// The answer may hold tool calls: read them out of the text.
+    pub tools: bool,
 }
 
 impl ChatRequest {
@@ -136,10 +148,17 @@ impl ChatRequest {
                 "`top_logprobs` needs `logprobs` set to true",
             ));
         }
-        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-            return Err(ApiError::bad_request("`tools` are not supported yet"));
-        }
-        let constraint = structured::openai_response_format(self.response_format.as_ref())?
+        let tools = tool_spec(
+            self.tools.unwrap_or_default(),
+            self.tool_choice.as_ref(),
+            self.parallel_tool_calls.unwrap_or(true),
+        )?;
+        // A call the model must make is held to the tools' grammar; otherwise the response format applies.
+        let grammar = match tools.grammar()? {
+            Some(g) => Some(g),
+            None => structured::openai_response_format(self.response_format.as_ref())?,
+        };
+        let constraint = grammar
             .map(|g| structured::compile(shared, &g))
             .transpose()?;
         if self.messages.is_empty() {
@@ -154,7 +173,7 @@ impl ChatRequest {
             .collect::<Result<Vec<_>, _>>()?;
         let prompt = shared
             .tokenizer
-            .encode(&shared.chat.render(&messages, true)?)?;
+            .encode(&tools::prompt::render(shared, messages, Some(&tools))?)?;
         let max = params::positive("max_completion_tokens", self.max_completion_tokens)?;
         let mut p = self
             .common
@@ -164,6 +183,7 @@ impl ChatRequest {
             p.logprobs = true;
         }
         p.gen.constraint = constraint;
+        p.tools = tools.may_call();
         Ok(p)
     }
 }
@@ -253,6 +273,7 @@ impl Common {
             logprobs: false,
             echo: None,
             token_ids: false,
+            tools: false,
         })
     }
 }
@@ -298,15 +319,62 @@ fn logit_bias(
     Ok(out)
 }
 
-/// One OpenAI message as a template message: `developer` counts as `system`; only text content is accepted.
+/// OpenAI's `tools` and `tool_choice` (absent: `auto` when there are tools).
+fn tool_spec(tools: Vec<Value>, choice: Option<&Value>, parallel: bool) -> Result<ToolSpec, ApiError> {
+    let tools = tools
+        .iter()
+        .map(|t| {
+            if t["type"] != "function" {
+                return Err(ApiError::bad_request(format!(
+                    "tool type {} is not supported; only `function`",
+                    t["type"]
+                )));
+            }
+            let f = &t["function"];
+            let name = f["name"]
+                .as_str()
+                .ok_or_else(|| ApiError::bad_request("every tool needs `function.name`"))?;
+            let description = f["description"].as_str().map(str::to_string);
+            Tool::new(name, description, f.get("parameters").cloned())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let choice = match choice {
+        None | Some(Value::Null) if tools.is_empty() => Choice::None,
+        None | Some(Value::Null) => Choice::Auto,
+        Some(Value::String(s)) => match s.as_str() {
+            "none" => Choice::None,
+            "auto" => Choice::Auto,
+            "required" => Choice::Required,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "`tool_choice` `{other}` is not one of none, auto, required"
+                )))
+            }
+        },
+        Some(v) => match v["function"]["name"].as_str() {
+            Some(name) if v["type"] == "function" => Choice::Named(name.to_string()),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "`tool_choice` must be none, auto, required or {{\"type\": \"function\", \"function\": {{\"name\": …}}}}, got {v}"
+                )))
+            }
+        },
+    };
+    ToolSpec::new(tools, choice, parallel)
+}
+
+/// One OpenAI message as a template message: `developer` counts as `system`; only text content is accepted;
+/// an assistant's `tool_calls` (arguments as objects, as templates expect) and a `tool` message's call id
+/// are kept.
 fn chat_message(m: Message) -> Result<ChatMessage, ApiError> {
     let role = match m.role.as_str() {
         "system" | "developer" => "system",
         "user" => "user",
         "assistant" => "assistant",
+        "tool" => "tool",
         other => {
             return Err(ApiError::bad_request(format!(
-                "message role `{other}` is not supported; use system, user or assistant"
+                "message role `{other}` is not supported; use system, user, assistant or tool"
             )))
         }
     };
@@ -328,7 +396,28 @@ fn chat_message(m: Message) -> Result<ChatMessage, ApiError> {
             text
         }
     };
-    Ok(ChatMessage::new(role, &content))
+    let mut msg = ChatMessage::new(role, &content);
+    if role == "assistant" {
+        msg.tool_calls = m
+            .tool_calls
+            .filter(|c| !c.is_empty())
+            .map(|calls| calls.into_iter().map(call_for_template).collect());
+    }
+    if role == "tool" {
+        msg.tool_call_id = m.tool_call_id;
+        msg.name = m.name;
+    }
+    Ok(msg)
+}
+
+/// An OpenAI tool call with its `arguments` string parsed into an object, as chat templates read them.
+fn call_for_template(mut call: Value) -> Value {
+    if let Some(args) = call["function"]["arguments"].as_str() {
+        if let Ok(v) = serde_json::from_str::<Value>(args) {
+            call["function"]["arguments"] = v;
+        }
+    }
+    call
 }
 
 /// The prompt's ids, and its text when it came as text.
@@ -386,8 +475,11 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("image_url"));
-        let tool: Message = serde_json::from_str(r#"{"role":"tool","content":"x"}"#).unwrap();
-        assert!(chat_message(tool).is_err());
+        let tool: Message =
+            serde_json::from_str(r#"{"role":"tool","content":"x","tool_call_id":"c1"}"#).unwrap();
+        assert_eq!(chat_message(tool).unwrap().tool_call_id.as_deref(), Some("c1"));
+        let other: Message = serde_json::from_str(r#"{"role":"function","content":"x"}"#).unwrap();
+        assert!(chat_message(other).is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! `echo` sends the prompt, with its log probabilities, first). Tokens whose text the engine holds back wait
 //! for the next chunk with text, so every token appears exactly once.
 
+use crate::api::tools::parse::{self, CallParser, Piece};
 use serde_json::{json, Value};
 
 use super::error;
@@ -40,6 +41,14 @@ pub fn finish_reason(f: &FinishReason) -> &'static str {
     match f {
         FinishReason::Eos | FinishReason::StopSequence(_) => "stop",
         FinishReason::Length => "length",
+    }
+}
+
+/// The finish reason of an answer that made calls: `tool_calls`, unless it was cut off.
+pub fn call_finish_reason(f: &FinishReason) -> &'static str {
+    match f {
+        FinishReason::Length => "length",
+        _ => "tool_calls",
     }
 }
 
@@ -142,6 +151,10 @@ pub struct OpenAiStream {
     pending_chat: Vec<Value>,
     /// The same for text completions.
     pending_legacy: Legacy,
+    /// Reads tool calls out of the text when the request offered tools.
+    calls: Option<CallParser>,
+    /// The ids given to the calls so far.
+    call_ids: Vec<String>,
 }
 
 impl OpenAiStream {
@@ -154,7 +167,42 @@ impl OpenAiStream {
             echo: None,
             pending_chat: Vec::new(),
             pending_legacy: Legacy::default(),
+            calls: None,
+            call_ids: Vec::new(),
         }
+    }
+
+    /// Streams tool calls as OpenAI does when the answer may hold them.
+    pub fn with_tools(mut self, tools: bool) -> Self {
+        self.calls = tools.then(CallParser::default);
+        self
+    }
+
+    /// Chunks for pieces of a tool-reading answer: text as content, a call's start with its id, type, name and
+    /// empty arguments, then its argument fragments.
+    fn pieces(&mut self, pieces: Vec<Piece>) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        for p in pieces {
+            let delta = match p {
+                Piece::Text(t) => {
+                    frames.push(self.text_chunk(&t));
+                    continue;
+                }
+                Piece::Start { index, name } => {
+                    let id = util::new_id("call_");
+                    self.call_ids.push(id.clone());
+                    json!({ "index": index, "id": id, "type": "function",
+                            "function": { "name": name, "arguments": "" } })
+                }
+                Piece::Args { index, fragment } => {
+                    json!({ "index": index, "function": { "arguments": fragment } })
+                }
+            };
+            let choices = json!([{ "index": 0, "delta": { "tool_calls": [delta] }, "logprobs": null,
+                                   "finish_reason": null }]);
+            frames.push(self.chunk(choices));
+        }
+        frames
     }
 
     /// Carry log probabilities (tokens named by id with `token_ids`); for text completions also echo `echo`
@@ -259,16 +307,29 @@ impl Encoder for OpenAiStream {
         if text.is_empty() {
             return vec![];
         }
+        if let Some(parser) = self.calls.as_mut() {
+            let pieces = parser.push(text);
+            return self.pieces(pieces);
+        }
         vec![self.text_chunk(text)]
     }
 
     fn done(&mut self, c: &Completion) -> Vec<Frame> {
         let mut frames = Vec::new();
+        if let Some(mut parser) = self.calls.take() {
+            let rest = parser.finish();
+            frames.extend(self.pieces(rest));
+        }
         if self.has_pending() {
             // Tokens whose text never showed (a stop string cut it): their log probabilities still arrive.
             frames.push(self.text_chunk(""));
         }
-        let choices = self.choice(None, false, Some(finish_reason(&c.finish)));
+        let finish = if self.call_ids.is_empty() {
+            finish_reason(&c.finish)
+        } else {
+            call_finish_reason(&c.finish)
+        };
+        let choices = self.choice(None, false, Some(finish));
         frames.push(self.chunk(choices));
         if self.include_usage {
             let mut last = self.chunk(json!([]));
@@ -290,8 +351,9 @@ impl Encoder for OpenAiStream {
     }
 }
 
-/// A whole `chat.completion`; with `logprobs`, every generated token's entry.
-pub fn chat_completion(meta: &Meta, c: &Collected, logprobs: bool) -> Value {
+/// A whole `chat.completion`; with `logprobs`, every generated token's entry; with `tools`, the calls read
+/// out of the text as `message.tool_calls`.
+pub fn chat_completion(meta: &Meta, c: &Collected, logprobs: bool, tools: bool) -> Value {
     let logprobs = if logprobs {
         chat_logprobs(
             c.tokens
@@ -303,14 +365,32 @@ pub fn chat_completion(meta: &Meta, c: &Collected, logprobs: bool) -> Value {
     } else {
         Value::Null
     };
+    let parsed = if tools { parse::parse(&c.text) } else { parse::Parsed { text: c.text.clone(), calls: vec![] } };
+    let mut message = json!({ "role": "assistant", "content": parsed.text });
+    let mut finish = finish_reason(&c.completion.finish);
+    if !parsed.calls.is_empty() {
+        let calls: Vec<Value> = parsed
+            .calls
+            .iter()
+            .map(|call| {
+                json!({ "id": util::new_id("call_"), "type": "function",
+                        "function": { "name": call.name, "arguments": call.arguments } })
+            })
+            .collect();
+        if parsed.text.is_empty() {
+            message["content"] = Value::Null;
+        }
+        message["tool_calls"] = json!(calls);
+        finish = call_finish_reason(&c.completion.finish);
+    }
     json!({
         "id": meta.id, "object": "chat.completion", "created": meta.created, "model": meta.model,
         "system_fingerprint": null,
         "choices": [{
             "index": 0,
-            "message": { "role": "assistant", "content": c.text },
+            "message": message,
             "logprobs": logprobs,
-            "finish_reason": finish_reason(&c.completion.finish),
+            "finish_reason": finish,
         }],
         "usage": usage(&c.completion.usage),
     })
@@ -446,7 +526,7 @@ mod tests {
             tokens: vec![],
             completion: done(FinishReason::Eos),
         };
-        let v = chat_completion(&meta(), &c, false);
+        let v = chat_completion(&meta(), &c, false, false);
         assert_eq!(
             v["choices"][0]["message"],
             json!({"role": "assistant", "content": "hi"})

@@ -1,0 +1,212 @@
+//! Tool calling, shared by the three dialects: the tools a request offers and how the model may use them
+//! ([`ToolSpec`]), the grammar that makes every call well-formed ([`ToolSpec::grammar`]), how tools and earlier
+//! calls reach the model's prompt ([`prompt`]), and how calls are read back out of its text ([`parse`]).
+//!
+//! Calls are written in one format whatever the model, `<tool_call>` blocks holding `{"name", "arguments"}`
+//! (the Hermes / Qwen convention). A template that knows about tools gets them as `tools`; for one that
+//! does not, rill describes them in the system prompt (see [`prompt`]). With a forced choice (`required`, a
+//! named tool) the grammar applies from the first token; with `auto` the model may answer in text, and once it
+//! opens a `<tool_call>` block the grammar holds it to a valid call.
+
+pub mod parse;
+pub mod prompt;
+
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::structured;
+use crate::engine::grammar::Grammar;
+
+/// Most calls one answer may hold when parallel calls are allowed.
+pub const MAX_PARALLEL_CALLS: usize = 8;
+
+/// One function the model may call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tool {
+    pub name: String,
+    pub description: Option<String>,
+    /// JSON schema of the arguments (an object schema).
+    pub parameters: Value,
+}
+
+/// How the model may use the tools.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Choice {
+    /// Never: plain text.
+    None,
+    /// Text or calls, as the model decides.
+    Auto,
+    /// At least one call, of any tool.
+    Required,
+    /// A call of this tool.
+    Named(String),
+}
+
+/// The tools of a request and how they may be used.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolSpec {
+    pub tools: Vec<Tool>,
+    pub choice: Choice,
+    /// More than one call per answer.
+    pub parallel: bool,
+}
+
+impl Tool {
+    /// A tool after checking its name and parameters (no parameters means no arguments: `{}`).
+    pub fn new(name: &str, description: Option<String>, parameters: Option<Value>) -> Result<Self, ApiError> {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+        if !valid {
+            return Err(ApiError::bad_request(format!(
+                "tool name `{name}` must be 1 to 64 letters, digits, `_`, `-` or `.`"
+            )));
+        }
+        let parameters = match parameters {
+            None | Some(Value::Null) => json!({ "type": "object", "properties": {} }),
+            Some(p @ Value::Object(_)) => p,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "the parameters of tool `{name}` must be a JSON schema object, got {other}"
+                )))
+            }
+        };
+        Ok(Self {
+            name: name.to_string(),
+            description,
+            parameters,
+        })
+    }
+
+    /// The tool as OpenAI describes it (and as chat templates expect `tools`).
+    pub fn openai_json(&self) -> Value {
+        let mut f = json!({ "name": self.name, "parameters": self.parameters });
+        if let Some(d) = &self.description {
+            f["description"] = json!(d);
+        }
+        json!({ "type": "function", "function": f })
+    }
+}
+
+impl ToolSpec {
+    /// Checks that names are unique and that a named choice names a tool.
+    pub fn new(tools: Vec<Tool>, choice: Choice, parallel: bool) -> Result<Self, ApiError> {
+        for (i, t) in tools.iter().enumerate() {
+            if tools[..i].iter().any(|u| u.name == t.name) {
+                return Err(ApiError::bad_request(format!("tool `{}` is defined twice", t.name)));
+            }
+        }
+        if let Choice::Named(n) = &choice {
+            if !tools.iter().any(|t| &t.name == n) {
+                return Err(ApiError::bad_request(format!(
+                    "`tool_choice` names `{n}`, which is not among the tools"
+                )));
+            }
+        }
+        if tools.is_empty() && matches!(choice, Choice::Required | Choice::Named(_)) {
+            return Err(ApiError::bad_request("`tool_choice` asks for a call, but no tools were given"));
+        }
+        Ok(Self {
+            tools,
+            choice,
+            parallel,
+        })
+    }
+
+    /// Whether the answer may hold calls (and so must be read for them).
+    pub fn may_call(&self) -> bool {
+        !self.tools.is_empty() && self.choice != Choice::None
+    }
+
+    /// The grammar for the answer, or `None` when the model answers freely (no tools, or `none`).
+    pub fn grammar(&self) -> Result<Option<Grammar>, ApiError> {
+        if !self.may_call() {
+            return Ok(None);
+        }
+        let offered: Vec<&Tool> = match &self.choice {
+            Choice::Named(n) => self.tools.iter().filter(|t| &t.name == n).collect(),
+            _ => self.tools.iter().collect(),
+        };
+        let mut lark = String::new();
+        let calls = if self.parallel {
+            format!("call (\"{}\" call){{0,{}}}", lark_escape(parse::SEP), MAX_PARALLEL_CALLS - 1)
+        } else {
+            "call".to_string()
+        };
+        if self.choice == Choice::Auto {
+            // Text that does not open a call, or calls.
+            lark.push_str(&format!("start: TEXT | {calls}\n"));
+            lark.push_str("TEXT: /(.|\\n)*/ & ~/[ \\t\\r\\n]*<tool_call>(.|\\n)*/\n");
+        } else {
+            lark.push_str(&format!("start: {calls}\n"));
+        }
+        let bodies: Vec<String> = (0..offered.len()).map(|i| format!("fn_{i}")).collect();
+        lark.push_str(&format!(
+            "call: \"{}\" ({}) \"{}\"\n",
+            lark_escape("<tool_call>\n"),
+            bodies.join(" | "),
+            lark_escape(&parse::CLOSE[1..])
+        ));
+        for (i, t) in offered.iter().enumerate() {
+            // Arguments hold the tool's own parameters only (as OpenAI's strict mode has it): a valid answer
+            // either way, and a small model does not wander off into keys the tool ignores.
+            let mut params = t.parameters.clone();
+            structured::close_objects(&mut params);
+            let Grammar::JsonSchema(schema) = structured::json_grammar(&params)? else {
+                unreachable!("json_grammar makes a schema grammar")
+            };
+            let head = format!("{{\"name\": \"{}{}", t.name, parse::MID);
+            lark.push_str(&format!("fn_{i}: \"{}\" args_{i} \"}}\"\n", lark_escape(&head)));
+            lark.push_str(&format!("args_{i}: %json {schema}\n"));
+        }
+        Ok(Some(Grammar::Lark(lark)))
+    }
+}
+
+/// A Lark string literal's body: backslashes, quotes and newlines escaped.
+fn lark_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn weather() -> Tool {
+        Tool::new(
+            "get_weather",
+            Some("Weather now".into()),
+            Some(json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn tools_are_checked() {
+        assert!(Tool::new("bad name", None, None).is_err());
+        assert!(Tool::new("f", None, Some(json!("x"))).is_err());
+        assert_eq!(Tool::new("f", None, None).unwrap().parameters["type"], "object");
+        assert!(ToolSpec::new(vec![weather(), weather()], Choice::Auto, true).is_err());
+        assert!(ToolSpec::new(vec![weather()], Choice::Named("nope".into()), true).is_err());
+        assert!(ToolSpec::new(vec![], Choice::Required, true).is_err());
+        assert!(!ToolSpec::new(vec![weather()], Choice::None, true).unwrap().may_call());
+    }
+
+    #[test]
+    fn grammars_follow_the_choice() {
+        let g = |choice, parallel| {
+            match ToolSpec::new(vec![weather()], choice, parallel).unwrap().grammar().unwrap() {
+                Some(Grammar::Lark(s)) => s,
+                other => panic!("{other:?}"),
+            }
+        };
+        let required = g(Choice::Required, false);
+        assert!(required.starts_with("start: call\n"), "{required}");
+        assert!(required.contains("%json {"), "{required}");
+        assert!(g(Choice::Auto, true).contains("start: TEXT | call (\"\\n\" call){0,7}"));
+        assert_eq!(
+            ToolSpec::new(vec![weather()], Choice::None, true).unwrap().grammar().unwrap(),
+            None
+        );
+    }
+}

@@ -1,0 +1,291 @@
+//! Reading tool calls out of the model's text as it streams. Under a tool grammar the model writes each call as
+//!
+//! ```text
+//! <tool_call>
+//! {"name": "get_weather", "arguments": {"city": "Paris"}}
+//! </tool_call>
+//! ```
+//!
+//! with exactly this layout (the grammar fixes it), calls separated by one newline. [`CallParser`] turns text
+//! deltas into [`Piece`]s: plain text, the start of a call (its name), and fragments of its arguments, as soon as
+//! each is certain, so a dialect can stream a call's arguments while they are generated.
+
+/// What a call opens with, up to its name.
+pub const OPEN: &str = "<tool_call>\n{\"name\": \"";
+/// Between the name and the arguments.
+pub const MID: &str = "\", \"arguments\": ";
+/// What closes a call after its arguments.
+pub const CLOSE: &str = "}\n</tool_call>";
+/// Between two calls.
+pub const SEP: &str = "\n";
+
+/// A piece of the answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Piece {
+    Text(String),
+    /// Call number `index` (from 0) begins; its arguments follow.
+    Start { index: usize, name: String },
+    /// More of call `index`'s arguments (JSON text).
+    Args { index: usize, fragment: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum State {
+    /// Not yet known whether the answer is text or calls (it may be a prefix of [`OPEN`]).
+    Undecided,
+    Text,
+    Name,
+    Mid,
+    Args,
+    Close,
+    /// After a call: another one, or the end.
+    Between,
+}
+
+/// Splits an answer into text and tool calls, incrementally.
+#[derive(Debug)]
+pub struct CallParser {
+    state: State,
+    buf: String,
+    index: usize,
+    /// Inside the arguments: bracket depth, and whether in a string (and after a backslash there).
+    depth: usize,
+    in_str: bool,
+    escaped: bool,
+}
+
+impl Default for CallParser {
+    fn default() -> Self {
+        Self {
+            state: State::Undecided,
+            buf: String::new(),
+            index: 0,
+            depth: 0,
+            in_str: false,
+            escaped: false,
+        }
+    }
+}
+
+impl CallParser {
+    /// How many calls have started.
+    pub fn calls(&self) -> usize {
+        self.index + usize::from(matches!(self.state, State::Mid | State::Args | State::Close))
+    }
+
+    /// Feeds more text; returns what became certain.
+    pub fn push(&mut self, text: &str) -> Vec<Piece> {
+        self.buf.push_str(text);
+        let mut out = Vec::new();
+        while self.step(&mut out) {}
+        out
+    }
+
+    /// The end of the answer: text still held back comes out as text.
+    pub fn finish(&mut self) -> Vec<Piece> {
+        let rest = std::mem::take(&mut self.buf);
+        match self.state {
+            State::Undecided | State::Text if !rest.is_empty() => vec![Piece::Text(rest)],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Makes one move; false when more text is needed.
+    fn step(&mut self, out: &mut Vec<Piece>) -> bool {
+        match self.state {
+            State::Undecided => {
+                let t = self.buf.trim_start();
+                if t.starts_with(OPEN) {
+                    let skip = self.buf.len() - t.len() + OPEN.len();
+                    self.buf.drain(..skip);
+                    self.state = State::Name;
+                    true
+                } else if OPEN.starts_with(t) {
+                    false
+                } else {
+                    self.state = State::Text;
+                    true
+                }
+            }
+            State::Text => {
+                if !self.buf.is_empty() {
+                    out.push(Piece::Text(std::mem::take(&mut self.buf)));
+                }
+                false
+            }
+            State::Name => match self.buf.find('"') {
+                Some(end) => {
+                    let name = self.buf[..end].to_string();
+                    self.buf.drain(..=end);
+                    out.push(Piece::Start {
+                        index: self.index,
+                        name,
+                    });
+                    // The name's closing quote was the first character of MID.
+                    self.state = State::Mid;
+                    true
+                }
+                None => false,
+            },
+            State::Mid => self.expect(&MID[1..], State::Args),
+            State::Args => {
+                let end = self.scan_args();
+                if end > 0 {
+                    out.push(Piece::Args {
+                        index: self.index,
+                        fragment: self.buf.drain(..end).collect(),
+                    });
+                }
+                if self.depth == 0 && end > 0 {
+                    self.state = State::Close;
+                    return true;
+                }
+                false
+            }
+            State::Close => {
+                if self.expect(CLOSE, State::Between) {
+                    self.index += 1;
+                    return true;
+                }
+                false
+            }
+            State::Between => {
+                let next = format!("{SEP}{OPEN}");
+                if self.buf.starts_with(&next) {
+                    self.buf.drain(..next.len());
+                    self.state = State::Name;
+                    true
+                } else {
+                    false
+                }
+            }
+        }
+    }
+
+    /// Consumes `lit` once the buffer holds it, then moves to `next`.
+    fn expect(&mut self, lit: &str, next: State) -> bool {
+        if self.buf.starts_with(lit) {
+            self.buf.drain(..lit.len());
+            self.state = next;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// How many bytes of the buffer belong to the arguments (all of it, or up to the bracket that closes them).
+    fn scan_args(&mut self) -> usize {
+        for (i, c) in self.buf.char_indices() {
+            if self.in_str {
+                match (self.escaped, c) {
+                    (true, _) => self.escaped = false,
+                    (false, '\\') => self.escaped = true,
+                    (false, '"') => self.in_str = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match c {
+                '"' => self.in_str = true,
+                '{' | '[' => self.depth += 1,
+                '}' | ']' => {
+                    self.depth = self.depth.saturating_sub(1);
+                    if self.depth == 0 {
+                        return i + 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.buf.len()
+    }
+}
+
+/// A whole call, gathered from pieces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    pub name: String,
+    /// The arguments as JSON text.
+    pub arguments: String,
+}
+
+/// Text and calls of a whole answer.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Parsed {
+    pub text: String,
+    pub calls: Vec<Call>,
+}
+
+impl Parsed {
+    pub fn add(&mut self, pieces: Vec<Piece>) {
+        for p in pieces {
+            match p {
+                Piece::Text(t) => self.text.push_str(&t),
+                Piece::Start { name, .. } => self.calls.push(Call {
+                    name,
+                    arguments: String::new(),
+                }),
+                Piece::Args { index, fragment } => self.calls[index].arguments.push_str(&fragment),
+            }
+        }
+    }
+}
+
+/// Splits a whole answer.
+pub fn parse(text: &str) -> Parsed {
+    let mut p = CallParser::default();
+    let mut parsed = Parsed::default();
+    parsed.add(p.push(text));
+    parsed.add(p.finish());
+    parsed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO: &str = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris \\\"}{\", \"n\": [1, {\"a\": 2}]}}\n</tool_call>\n<tool_call>\n{\"name\": \"add\", \"arguments\": {}}\n</tool_call>";
+
+    #[test]
+    fn whole_answers() {
+        let p = parse(TWO);
+        assert_eq!(p.text, "");
+        assert_eq!(p.calls.len(), 2);
+        assert_eq!(p.calls[0].name, "get_weather");
+        let args: serde_json::Value = serde_json::from_str(&p.calls[0].arguments).unwrap();
+        assert_eq!(args["city"], "Paris \"}{");
+        assert_eq!(p.calls[1], Call { name: "add".into(), arguments: "{}".into() });
+        assert_eq!(parse("Hello <tool_call> there").text, "Hello <tool_call> there");
+        assert_eq!(parse("<tool").text, "<tool");
+        assert_eq!(parse("  \n").text, "  \n");
+    }
+
+    #[test]
+    fn any_split_gives_the_same_pieces() {
+        let whole = parse(TWO);
+        for step in 1..8 {
+            let mut p = CallParser::default();
+            let mut parsed = Parsed::default();
+            let chars: Vec<char> = TWO.chars().collect();
+            for chunk in chars.chunks(step) {
+                parsed.add(p.push(&chunk.iter().collect::<String>()));
+            }
+            parsed.add(p.finish());
+            assert_eq!(parsed, whole, "split every {step}");
+        }
+    }
+
+    #[test]
+    fn a_call_starts_as_soon_as_its_name_is_known() {
+        let mut p = CallParser::default();
+        assert_eq!(p.push("<tool_call>\n{\"name\": \"ad"), vec![]);
+        assert_eq!(
+            p.push("d\", \"arguments\": {\"a\""),
+            vec![
+                Piece::Start { index: 0, name: "add".into() },
+                Piece::Args { index: 0, fragment: "{\"a\"".into() }
+            ]
+        );
+        assert_eq!(p.calls(), 1);
+    }
+}
