@@ -14,7 +14,13 @@ cd "$RILL_ROOT"
 DOCS="${1:-README.md}"
 VENV="${RILL_SDK_VENV:-.venv-sdk}"
 # Pinned: the clients are what is being tested against, so a new release changes the test, not the server.
-PACKAGES=(openai==3.57.0 ollama==0.6.3 anthropic==2.14.0 pytest==9.2.0 httpx==0.28.1)
+PACKAGES=(openai==3.57.0 ollama==0.6.3 anthropic==2.14.0 pytest==9.2.0 httpx==0.28.1
+  jsonschema==4.26.0 pydantic==2.14.4 langchain-openai==1.7.4 langchain-core==1.8.3 "pydantic-ai-slim[openai]==2.68.0"
+  aiohttp==3.14.5 click==8.5.1 jinja2==3.1.6 regex==2026.11.19 requests==2.34.2 rich==14.3.4 tenacity==9.2.1
+  typer==0.29.2)
+# instructor pins jiter<0.15, which openai 3.x's jiter>=0.16 excludes, so pip cannot resolve both: instructor
+# goes in without its dependencies (the ones it needs are pinned above) and is checked by its own test file.
+INSTRUCTOR=instructor==1.17.0
 
 need curl python3
 [[ -f "$DOCS" ]] || die "no such markdown file: $DOCS"
@@ -26,7 +32,10 @@ if [[ "${RILL_SDK_NO_BUILD:-}" != 1 ]]; then
 fi
 [[ -x target/release/rill ]] || die "target/release/rill is missing: run cargo build --release"
 
-pinned_venv "$VENV" "import openai, ollama, anthropic, pytest, httpx" "${PACKAGES[@]}"
+pinned_venv "$VENV" "import openai, ollama, anthropic, pytest, httpx, jsonschema, langchain_openai, pydantic_ai" "${PACKAGES[@]}"
+if [[ "$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("instructor"))' 2>/dev/null)" != "${INSTRUCTOR#*==}" ]]; then
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps "$INSTRUCTOR"
+fi
 
 trap stop_rill_server EXIT
 start_rill_server target/release/rill serve --model smollm2 --host 127.0.0.1 --port 0

@@ -39,7 +39,7 @@ async fn messages(
     let mut log = RequestLog::new("/v1/messages", &model, prompt_tokens, p.stream);
     let events = state.submit(p.gen)?;
     if p.stream {
-        let enc = AnthropicStream::new(id, model, prompt_tokens);
+        let enc = AnthropicStream::new(id, model, prompt_tokens).with_tools(p.tools);
         return Ok(stream::response(
             events,
             enc,
@@ -50,7 +50,7 @@ async fn messages(
     }
     let done = stream::collect(events, &mut log).await?;
     Ok(stream::json_with_timings(
-        wire::message(&id, &model, &done),
+        wire::message(&id, &model, &done, p.tools),
         &done.completion,
     ))
 }

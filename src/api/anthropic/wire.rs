@@ -8,6 +8,8 @@ use super::error;
 use crate::api::error::ApiError;
 use crate::api::frame::Frame;
 use crate::api::stream::{Collected, Encoder};
+use crate::api::tools::parse::{self, CallParser, Piece};
+use crate::api::util;
 use crate::engine::{Completion, EngineError, FinishReason, TokenInfo};
 
 /// `stop_reason` and `stop_sequence` for a finish.
@@ -19,11 +21,25 @@ pub fn stop_reason(f: &FinishReason) -> (&'static str, Value) {
     }
 }
 
+/// `stop_reason` for an answer that made tool calls: `tool_use`, unless it was cut off.
+fn call_stop_reason(f: &FinishReason) -> (&'static str, Value) {
+    match f {
+        FinishReason::Length => ("max_tokens", Value::Null),
+        _ => ("tool_use", Value::Null),
+    }
+}
+
 /// The streaming encoder.
 pub struct AnthropicStream {
     id: String,
     model: String,
     input_tokens: usize,
+    /// Reads tool calls out of the text when the request offered tools; blocks then open as content arrives.
+    calls: Option<CallParser>,
+    /// The content block open now (its index), and how many were opened.
+    open: Option<usize>,
+    blocks: usize,
+    called: bool,
 }
 
 impl AnthropicStream {
@@ -32,7 +48,75 @@ impl AnthropicStream {
             id,
             model,
             input_tokens,
+            calls: None,
+            open: None,
+            blocks: 0,
+            called: false,
         }
+    }
+
+    /// Streams tool calls as `tool_use` blocks when the answer may hold them.
+    pub fn with_tools(mut self, tools: bool) -> Self {
+        self.calls = tools.then(CallParser::default);
+        self
+    }
+
+    /// Closes the open block and opens `block` as the next one.
+    fn open_block(&mut self, block: Value) -> Vec<Frame> {
+        let mut frames = self.close_block();
+        let index = self.blocks;
+        self.blocks += 1;
+        self.open = Some(index);
+        frames.push(Frame::event(
+            "content_block_start",
+            json!({ "type": "content_block_start", "index": index, "content_block": block }),
+        ));
+        frames
+    }
+
+    fn close_block(&mut self) -> Vec<Frame> {
+        match self.open.take() {
+            Some(index) => vec![Frame::event(
+                "content_block_stop",
+                json!({ "type": "content_block_stop", "index": index }),
+            )],
+            None => vec![],
+        }
+    }
+
+    fn text_delta(&self, text: &str) -> Frame {
+        let delta = json!({ "type": "content_block_delta", "index": self.open.unwrap_or(0),
+                            "delta": { "type": "text_delta", "text": text } });
+        Frame::event("content_block_delta", delta)
+    }
+
+    /// Frames for pieces of a tool-reading answer: text in a text block, each call in a `tool_use` block
+    /// whose input arrives as `input_json_delta`s.
+    fn pieces(&mut self, pieces: Vec<Piece>) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        for p in pieces {
+            match p {
+                Piece::Text(t) => {
+                    if self.open.is_none() || self.called {
+                        frames.extend(self.open_block(json!({ "type": "text", "text": "" })));
+                        self.called = false;
+                    }
+                    frames.push(self.text_delta(&t));
+                }
+                Piece::Start { name, .. } => {
+                    let block = json!({ "type": "tool_use", "id": util::new_id("toolu_"), "name": name,
+                                        "input": {} });
+                    frames.extend(self.open_block(block));
+                    self.called = true;
+                }
+                Piece::Args { fragment, .. } => {
+                    let delta = json!({ "type": "content_block_delta", "index": self.open.unwrap_or(0),
+                                        "delta": { "type": "input_json_delta", "partial_json": fragment } });
+                    frames.push(Frame::event("content_block_delta", delta));
+                }
+            }
+        }
+        frames
     }
 }
 
@@ -43,34 +127,46 @@ impl Encoder for AnthropicStream {
             "stop_reason": null, "stop_sequence": null,
             "usage": { "input_tokens": self.input_tokens, "output_tokens": 0 },
         });
-        vec![
-            Frame::event(
-                "message_start",
-                json!({ "type": "message_start", "message": message }),
-            ),
-            Frame::event(
-                "content_block_start",
-                json!({ "type": "content_block_start", "index": 0, "content_block": { "type": "text", "text": "" } }),
-            ),
-            ping(),
-        ]
+        let mut frames = vec![Frame::event(
+            "message_start",
+            json!({ "type": "message_start", "message": message }),
+        )];
+        if self.calls.is_none() {
+            frames.extend(self.open_block(json!({ "type": "text", "text": "" })));
+        }
+        frames.push(ping());
+        frames
     }
 
     fn delta(&mut self, text: &str, _: &[TokenInfo]) -> Vec<Frame> {
         if text.is_empty() {
             return vec![];
         }
-        let delta = json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "text_delta", "text": text } });
-        vec![Frame::event("content_block_delta", delta)]
+        if let Some(parser) = self.calls.as_mut() {
+            let pieces = parser.push(text);
+            return self.pieces(pieces);
+        }
+        vec![self.text_delta(text)]
     }
 
     fn done(&mut self, c: &Completion) -> Vec<Frame> {
-        let (reason, seq) = stop_reason(&c.finish);
-        vec![
-            Frame::event(
-                "content_block_stop",
-                json!({ "type": "content_block_stop", "index": 0 }),
-            ),
+        let mut frames = Vec::new();
+        let mut made_calls = false;
+        if let Some(mut parser) = self.calls.take() {
+            let rest = parser.finish();
+            frames.extend(self.pieces(rest));
+            made_calls = parser.calls() > 0;
+            if self.blocks == 0 {
+                frames.extend(self.open_block(json!({ "type": "text", "text": "" })));
+            }
+        }
+        frames.extend(self.close_block());
+        let (reason, seq) = if made_calls {
+            call_stop_reason(&c.finish)
+        } else {
+            stop_reason(&c.finish)
+        };
+        frames.extend([
             Frame::event(
                 "message_delta",
                 json!({
@@ -80,7 +176,8 @@ impl Encoder for AnthropicStream {
                 }),
             ),
             Frame::event("message_stop", json!({ "type": "message_stop" })),
-        ]
+        ]);
+        frames
     }
 
     fn error(&mut self, e: &EngineError) -> Vec<Frame> {
@@ -99,12 +196,33 @@ fn ping() -> Frame {
     Frame::event("ping", json!({ "type": "ping" }))
 }
 
-/// A whole `message`.
-pub fn message(id: &str, model: &str, c: &Collected) -> Value {
-    let (reason, seq) = stop_reason(&c.completion.finish);
+/// A whole `message`; with `tools`, the calls read out of the text as `tool_use` blocks after any text.
+pub fn message(id: &str, model: &str, c: &Collected, tools: bool) -> Value {
+    let parsed = if tools {
+        parse::parse(&c.text)
+    } else {
+        parse::Parsed {
+            text: c.text.clone(),
+            calls: vec![],
+        }
+    };
+    let mut content = Vec::new();
+    if !parsed.text.is_empty() || parsed.calls.is_empty() {
+        content.push(json!({ "type": "text", "text": parsed.text }));
+    }
+    for call in &parsed.calls {
+        // A call cut off by max_tokens has no complete input: it is shown empty.
+        let input: Value = serde_json::from_str(&call.arguments).unwrap_or_else(|_| json!({}));
+        content.push(json!({ "type": "tool_use", "id": util::new_id("toolu_"), "name": call.name, "input": input }));
+    }
+    let (reason, seq) = if parsed.calls.is_empty() {
+        stop_reason(&c.completion.finish)
+    } else {
+        call_stop_reason(&c.completion.finish)
+    };
     json!({
         "id": id, "type": "message", "role": "assistant", "model": model,
-        "content": [{ "type": "text", "text": c.text }],
+        "content": content,
         "stop_reason": reason, "stop_sequence": seq,
         "usage": {
             "input_tokens": c.completion.usage.prompt_tokens,
@@ -190,7 +308,7 @@ mod tests {
                 timings: Timings::default(),
             },
         };
-        let m = message("msg_1", "m", &c);
+        let m = message("msg_1", "m", &c, false);
         assert_eq!(m["content"], json!([{"type": "text", "text": "yo"}]));
         assert_eq!(
             (m["stop_reason"].as_str(), &m["stop_sequence"]),
