@@ -331,6 +331,11 @@ async fn listings_describe_the_served_model() {
         .post_json("/api/show", &json!({"model": "tiny-gpt2:latest"}), 200)
         .await;
     assert_eq!(show["model_info"]["gpt2.context_length"], 256);
+    assert_eq!(show["capabilities"], json!(["completion", "tools"]));
+    assert!(
+        show["template"].as_str().unwrap().contains("messages"),
+        "{show}"
+    );
     let version: Value = s.get("/api/version").await.json().await.unwrap();
     assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
     let root = s.get("/").await;
@@ -525,4 +530,64 @@ async fn smollm2_stream_equals_whole_in_every_dialect() {
         json!({"model": "smollm2", "messages": q, "max_tokens": 16, "temperature": 1.0, "seed": 3}),
     )
     .await;
+}
+
+/// Ollama tools on `/api/chat`: earlier calls (arguments as objects) and a system prompt lead SmolLM2 to call
+/// again; the call comes back whole with its arguments as an object, streamed in one line of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smollm2_ollama_tool_calls() {
+    let s = Server::ready(smollm2_engine()).await;
+    let tools = json!([{"type": "function", "function": {"name": "get_weather",
+        "description": "Get the current weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+    let mut messages =
+        vec![json!({"role": "system", "content": "You only answer by calling a tool."})];
+    for city in ["London", "Berlin", "Rome"] {
+        messages.push(json!({"role": "user", "content": format!("Weather in {city}?")}));
+        messages.push(json!({"role": "assistant", "content": "", "tool_calls": [
+            {"function": {"name": "get_weather", "arguments": {"city": city}}}]}));
+    }
+    messages.push(json!({"role": "user", "content": "Weather in Paris?"}));
+    let body = json!({"model": "smollm2", "messages": messages, "tools": tools,
+                      "options": {"temperature": 0, "num_predict": 60}, "stream": false});
+    let whole = s.post_json("/api/chat", &body, 200).await;
+    let call = json!({"function": {"name": "get_weather", "arguments": {"city": "Paris"}}});
+    assert_eq!(
+        whole["message"],
+        json!({"role": "assistant", "content": "", "tool_calls": [call]}),
+        "{whole}"
+    );
+    assert_eq!(whole["done_reason"], "stop");
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let lines = ndjson(s.post("/api/chat", &sbody).await).await;
+    let calls: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["message"].get("tool_calls").is_some())
+        .collect();
+    assert_eq!(calls.len(), 1, "{lines:?}");
+    assert_eq!(calls[0]["message"]["tool_calls"], json!([call]));
+    assert_eq!(calls[0]["done"], false);
+    let (text, last) = ollama_text(&lines);
+    assert_eq!(
+        (text.as_str(), last["done_reason"].as_str()),
+        ("", Some("stop"))
+    );
+    // The call's result goes back as a `tool` message, and the conversation goes on.
+    let mut then = body.clone();
+    let history = then["messages"].as_array_mut().unwrap();
+    history.push(whole["message"].clone());
+    history.push(json!({"role": "tool", "content": "21 C, sunny", "tool_name": "get_weather"}));
+    let v = s.post_json("/api/chat", &then, 200).await;
+    assert_eq!(v["done"], true, "{v}");
+    // The ollama SDK always sends a list: empty means no tools, and the answer is text.
+    let mut plain = body.clone();
+    plain["tools"] = json!([]);
+    plain["messages"] = json!([{"role": "user", "content": "Say hi."}]);
+    let v = s.post_json("/api/chat", &plain, 200).await;
+    assert!(v["message"].get("tool_calls").is_none(), "{v}");
+    let mut bad = body.clone();
+    bad["tools"][0]["function"]["name"] = json!("no spaces allowed");
+    let resp = s.post("/api/chat", &bad).await;
+    assert_eq!(resp.status(), 400);
 }

@@ -108,6 +108,14 @@ impl ChatTemplate {
         }
     }
 
+    /// The template's source text (the fallback's when the model ships none).
+    pub fn source(&self) -> String {
+        self.env
+            .get_template("chat")
+            .map(|t| t.source().to_string())
+            .unwrap_or_default()
+    }
+
     /// Renders a conversation into prompt text, ending with the assistant's turn when `add_generation_prompt`.
     pub fn render(
         &self,

@@ -77,7 +77,6 @@ pub fn engine(rel: &str, config: EngineConfig) -> EngineHandle {
 
 /// A greedy request for `n` tokens that does not stop at EOS.
 pub fn greedy(prompt: Vec<u32>, n: usize) -> GenRequest {
-    constraint: None,
     GenRequest {
         constraint: None,
         prompt,

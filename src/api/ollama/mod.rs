@@ -1,6 +1,7 @@
 //! The Ollama dialect: `POST /api/generate`, `POST /api/chat` (NDJSON, streaming unless `"stream": false`),
 //! `GET /api/tags`, `POST /api/show`, `GET /api/ps`, `GET /api/version`, and `GET /`, which clients probe.
-//! The request's `model` must name the served model (with or without `:latest`), else 404.
+//! The request's `model` must name the served model (with or without `:latest`), else 404. `/api/chat` takes
+//! `tools` and answers calls in `message.tool_calls`, each streamed whole once complete.
 
 pub mod error;
 pub mod request;
@@ -61,11 +62,11 @@ async fn generate(
             );
             Ok(Json(load).into_response())
         }
-        Plan::Generate { gen, stream } => {
+        Plan::Generate { gen, stream, .. } => {
             let mode = Mode::Generate {
                 prompt: gen.prompt.clone(),
             };
-            run(&state, model, mode, gen, stream, "/api/generate").await
+            run(&state, model, mode, gen, stream, false, "/api/generate").await
         }
     }
 }
@@ -80,8 +81,8 @@ async fn chat(
         Plan::Load => {
             Ok(Json(wire::load_response(&model, &Mode::Chat, SystemTime::now())).into_response())
         }
-        Plan::Generate { gen, stream } => {
-            run(&state, model, Mode::Chat, gen, stream, "/api/chat").await
+        Plan::Generate { gen, stream, tools } => {
+            run(&state, model, Mode::Chat, gen, stream, tools, "/api/chat").await
         }
     }
 }
@@ -92,12 +93,15 @@ async fn run(
     mode: Mode,
     gen: crate::engine::GenRequest,
     streaming: bool,
+    tools: bool,
     route: &'static str,
 ) -> Result<Response, OllamaError> {
     let mut log = RequestLog::new(route, state.model_name(), gen.prompt.len(), streaming);
     let logprobs = gen.logprobs.is_some();
     let events = state.submit(gen)?;
-    let enc = OllamaStream::new(model, mode, SystemTime::now).with_logprobs(logprobs);
+    let enc = OllamaStream::new(model, mode, SystemTime::now)
+        .with_logprobs(logprobs)
+        .with_tools(tools);
     if streaming {
         return Ok(stream::response(
             events,
@@ -122,6 +126,7 @@ fn listing(state: &AppState) -> Result<Listing<'_>, ApiError> {
         info: &shared.info,
         size: state.model_size().unwrap_or(0),
         modified: shared.loaded_at,
+        template: shared.chat.source(),
     })
 }
 

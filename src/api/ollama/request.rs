@@ -1,11 +1,17 @@
 //! Ollama request bodies and their translation into an engine request. `options` carries sampling and limits
 //! with Ollama's names and defaults; `num_ctx` narrows the context, and a prompt that does not fit is a 400
 //! naming both lengths (never a silent truncation). An empty prompt or message list is Ollama's "load" call.
+//!
+//! `/api/chat` takes Ollama's `tools` (OpenAI-shaped function descriptions; an empty list is none). Ollama has
+//! no `tool_choice`: with tools the model decides (`auto`), may make several calls, and a call it starts is
+//! held to the tools' grammar, which then takes the place of `format`. Earlier calls come back on assistant
+//! messages as `tool_calls` with `arguments` as an object, and results as `tool` messages.
 
 use crate::api::structured;
-use crate::engine::grammar::Constraint;
+use crate::api::tools::{self, Choice, Tool, ToolSpec};
+use crate::engine::grammar::{Constraint, Grammar};
 use serde::Deserialize;
-use serde_json::{Number, Value};
+use serde_json::{json, Number, Value};
 
 use crate::api::error::ApiError;
 use crate::api::logprobs;
@@ -91,9 +97,16 @@ pub struct ChatRequest {
 #[derive(Debug, Deserialize)]
 pub struct Message {
     pub role: String,
-    #[serde(default)]
-    pub content: String,
+    /// Text; may be null or left out (an assistant turn that only called tools).
+    pub content: Option<String>,
     pub images: Option<Vec<Value>>,
+    /// An assistant's earlier calls: `[{"function": {"name", "arguments": {…}}}]`.
+    pub tool_calls: Option<Vec<Value>>,
+    /// On a `tool` message: the tool that answered (`name` is accepted too).
+    pub tool_name: Option<String>,
+    pub name: Option<String>,
+    /// On a `tool` message: the call it answers, when the client sends one.
+    pub tool_call_id: Option<String>,
 }
 
 /// What a request asks for.
@@ -104,6 +117,8 @@ pub enum Plan {
     Generate {
         gen: GenRequest,
         stream: bool,
+        /// The answer may hold tool calls: read them out of the text.
+        tools: bool,
     },
 }
 
@@ -116,9 +131,16 @@ impl Common {
             .ok_or_else(|| ApiError::bad_request("`model` is required"))
     }
 
-    /// The request's `format` compiled for the served model (a bad schema is a 400 here, before anything runs).
-    fn constraint(&self, shared: &Shared) -> Result<Option<Constraint>, ApiError> {
-        structured::ollama_format(self.format.as_ref())?
+    /// The request's `format` compiled for the served model (a bad schema is a 400 here, before anything runs);
+    /// a `tools` grammar, when given, takes its place (`format` is still checked).
+    fn constraint(
+        &self,
+        shared: &Shared,
+        tools: Option<Grammar>,
+    ) -> Result<Option<Constraint>, ApiError> {
+        let format = structured::ollama_format(self.format.as_ref())?;
+        tools
+            .or(format)
             .map(|g| structured::compile(shared, &g))
             .transpose()
     }
@@ -188,13 +210,14 @@ impl Common {
         Ok(Plan::Generate {
             gen,
             stream: self.stream.unwrap_or(true),
+            tools: false,
         })
     }
 }
 
 impl GenerateRequest {
     pub fn plan(self, shared: &Shared) -> Result<Plan, ApiError> {
-        let constraint = self.common.constraint(shared)?;
+        let constraint = self.common.constraint(shared, None)?;
         if self.images.as_ref().is_some_and(|i| !i.is_empty()) {
             return Err(ApiError::bad_request(
                 "`images` are not supported: the served model reads text only",
@@ -237,31 +260,111 @@ impl GenerateRequest {
 
 impl ChatRequest {
     pub fn plan(self, shared: &Shared) -> Result<Plan, ApiError> {
-        let constraint = self.common.constraint(shared)?;
-        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-            return Err(ApiError::bad_request("`tools` are not supported yet"));
-        }
+        let spec = tool_spec(self.tools.unwrap_or_default())?;
+        let constraint = self.common.constraint(shared, spec.grammar()?)?;
         if self.messages.is_empty() {
             return Ok(Plan::Load);
         }
-        let mut msgs = Vec::with_capacity(self.messages.len());
-        for m in self.messages {
-            if m.images.as_ref().is_some_and(|i| !i.is_empty()) {
-                return Err(ApiError::bad_request(
-                    "`images` are not supported: the served model reads text only",
-                ));
-            }
-            if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
+        let msgs = self
+            .messages
+            .into_iter()
+            .map(chat_message)
+            .collect::<Result<Vec<_>, _>>()?;
+        let text = tools::prompt::render(shared, msgs, Some(&spec))?;
+        let prompt = shared.tokenizer.encode(&text)?;
+        let mut plan = self.common.plan(prompt, shared, constraint)?;
+        if let Plan::Generate { tools, .. } = &mut plan {
+            *tools = spec.may_call();
+        }
+        Ok(plan)
+    }
+}
+
+/// Ollama's `tools`: functions (`type` may be left out), used as the model decides, several per answer.
+fn tool_spec(tools: Vec<Value>) -> Result<ToolSpec, ApiError> {
+    let tools = tools
+        .iter()
+        .map(|t| {
+            if !matches!(t.get("type"), None | Some(Value::Null)) && t["type"] != "function" {
                 return Err(ApiError::bad_request(format!(
-                    "message role `{}` is not supported; use system, user or assistant",
-                    m.role
+                    "tool type {} is not supported; only `function`",
+                    t["type"]
                 )));
             }
-            msgs.push(ChatMessage::new(&m.role, &m.content));
-        }
-        let prompt = shared.tokenizer.encode(&shared.chat.render(&msgs, true)?)?;
-        self.common.plan(prompt, shared, constraint)
+            let f = &t["function"];
+            let name = f["name"]
+                .as_str()
+                .ok_or_else(|| ApiError::bad_request("every tool needs `function.name`"))?;
+            let description = f["description"].as_str().map(str::to_string);
+            Tool::new(name, description, f.get("parameters").cloned())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let choice = if tools.is_empty() {
+        Choice::None
+    } else {
+        Choice::Auto
+    };
+    ToolSpec::new(tools, choice, true)
+}
+
+/// One Ollama message as a template message: an assistant's `tool_calls` in the OpenAI shape templates read
+/// (`type: function`, `arguments` an object), a `tool` message's tool name and call id kept.
+fn chat_message(m: Message) -> Result<ChatMessage, ApiError> {
+    if m.images.as_ref().is_some_and(|i| !i.is_empty()) {
+        return Err(ApiError::bad_request(
+            "`images` are not supported: the served model reads text only",
+        ));
     }
+    if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "tool") {
+        return Err(ApiError::bad_request(format!(
+            "message role `{}` is not supported; use system, user, assistant or tool",
+            m.role
+        )));
+    }
+    let mut msg = ChatMessage::new(&m.role, m.content.as_deref().unwrap_or_default());
+    match m.role.as_str() {
+        "assistant" => {
+            msg.tool_calls = m
+                .tool_calls
+                .filter(|c| !c.is_empty())
+                .map(|calls| {
+                    calls
+                        .iter()
+                        .map(call_for_template)
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?;
+        }
+        "tool" => {
+            msg.name = m.tool_name.or(m.name).filter(|n| !n.is_empty());
+            msg.tool_call_id = m.tool_call_id.filter(|id| !id.is_empty());
+        }
+        _ => {}
+    }
+    Ok(msg)
+}
+
+/// An Ollama call (`{"function": {"name", "arguments": {…}, "index"?}}`) in the OpenAI shape templates read;
+/// `arguments` sent as a JSON string are parsed.
+fn call_for_template(call: &Value) -> Result<Value, ApiError> {
+    let f = &call["function"];
+    let name = f["name"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request("every entry of `tool_calls` needs `function.name`")
+        })?;
+    let arguments = match &f["arguments"] {
+        Value::Null => json!({}),
+        Value::String(s) => serde_json::from_str(s).unwrap_or_else(|_| json!(s)),
+        other => other.clone(),
+    };
+    let mut out =
+        json!({ "type": "function", "function": { "name": name, "arguments": arguments } });
+    if let Some(id) = call.get("id").and_then(Value::as_str) {
+        out["id"] = json!(id);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -277,7 +380,7 @@ mod tests {
         let p = common(r#"{"options":{"num_predict":5,"stop":["\n"],"seed":3,"temperature":0}}"#)
             .plan_within(vec![1, 2], 10, 20, None)
             .unwrap();
-        let Plan::Generate { gen, stream } = p else {
+        let Plan::Generate { gen, stream, .. } = p else {
             panic!()
         };
         assert!(stream, "Ollama streams by default");
@@ -313,6 +416,73 @@ mod tests {
                 prompt: 2,
                 context: 2
             })
+        );
+    }
+
+    #[test]
+    fn messages_map_with_tool_calls_and_results() {
+        let m = |json: &str| chat_message(serde_json::from_str(json).unwrap());
+        let a = m(r#"{"role":"assistant","content":"","tool_calls":[
+            {"function":{"index":0,"name":"get_weather","arguments":{"city":"Paris"}}},
+            {"function":{"name":"add","arguments":"{\"a\": 1}"}}]}"#)
+        .unwrap();
+        assert_eq!(
+            a.tool_calls,
+            Some(vec![
+                json!({"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}),
+                json!({"type": "function", "function": {"name": "add", "arguments": {"a": 1}}}),
+            ])
+        );
+        let t = m(r#"{"role":"tool","content":"22 degrees","tool_name":"get_weather"}"#).unwrap();
+        assert_eq!(
+            (t.role.as_str(), t.content.as_str(), t.name.as_deref()),
+            ("tool", "22 degrees", Some("get_weather"))
+        );
+        assert_eq!(
+            m(r#"{"role":"tool","content":"1","name":"add"}"#)
+                .unwrap()
+                .name
+                .as_deref(),
+            Some("add")
+        );
+        // Content may be null (an assistant turn that only called), and empty call lists are no calls.
+        let a = m(r#"{"role":"assistant","content":null,"tool_calls":[]}"#).unwrap();
+        assert_eq!(a, ChatMessage::new("assistant", ""));
+        assert!(m(r#"{"role":"assistant","tool_calls":[{"function":{}}]}"#).is_err());
+        assert!(m(r#"{"role":"function","content":"x"}"#).is_err());
+        assert!(m(r#"{"role":"user","content":"x","images":["aGk="]}"#).is_err());
+    }
+
+    #[test]
+    fn tools_are_offered_as_the_model_decides() {
+        let none = tool_spec(vec![]).unwrap();
+        assert!(!none.may_call());
+        assert_eq!(none.grammar().unwrap(), None);
+        let spec = tool_spec(vec![json!({"type": "function", "function": {
+            "name": "get_weather", "description": "Weather now",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}})])
+        .unwrap();
+        assert_eq!((spec.choice.clone(), spec.parallel), (Choice::Auto, true));
+        assert!(
+            spec.grammar().unwrap().is_some(),
+            "a started call is held to the grammar"
+        );
+        assert!(tool_spec(vec![json!({"function": {"name": "f"}})])
+            .unwrap()
+            .may_call());
+        assert!(tool_spec(vec![
+            json!({"type": "retrieval", "function": {"name": "f"}})
+        ])
+        .is_err());
+        assert!(tool_spec(vec![json!({"type": "function", "function": {}})]).is_err());
+        let req: ChatRequest = serde_json::from_str(
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            req.tools,
+            Some(vec![]),
+            "the ollama SDK always sends a list"
         );
     }
 

@@ -1,6 +1,12 @@
 //! Engine events → Ollama JSON, as pure functions: one NDJSON line per delta, a final line with `done_reason`,
 //! nanosecond timings and counts (`context` too for `/api/generate`), and the model listings. With
 //! `logprobs`, each line carries the `logprobs` entries of the tokens whose text it brings.
+//!
+//! When the request offered tools, the answer is read for calls: each one goes out as Ollama sends it, whole
+//! and once complete, on a line of its own (`message.tool_calls: [{"function": {"name", "arguments": {…}}}]`,
+//! arguments an object, content empty); text streams as usual. A call cut short (token limit, stop string)
+//! stays text, as Ollama leaves what it cannot parse in `content`. `done_reason` is `stop` or `length` either
+//! way, as Ollama reports it.
 
 use std::time::{Duration, SystemTime};
 
@@ -11,6 +17,7 @@ use crate::api::error::ApiError;
 use crate::api::frame::Frame;
 use crate::api::logprobs::entry_json;
 use crate::api::stream::{Collected, Encoder};
+use crate::api::tools::parse::{self, CallParser, Piece};
 use crate::api::util;
 use crate::engine::{Completion, EngineError, FinishReason, TokenInfo};
 use crate::model::ModelInfo;
@@ -35,6 +42,10 @@ pub struct OllamaStream {
     logprobs: bool,
     /// Entries of tokens whose text has not been sent yet.
     pending: Vec<Value>,
+    /// Reads tool calls out of the text when the request offered tools.
+    calls: Option<CallParser>,
+    /// The call being generated, name and arguments so far: sent whole once its arguments are complete.
+    open_call: Option<(String, String)>,
 }
 
 impl OllamaStream {
@@ -46,7 +57,15 @@ impl OllamaStream {
             clock,
             logprobs: false,
             pending: Vec::new(),
+            calls: None,
+            open_call: None,
         }
+    }
+
+    /// Reads the answer for tool calls (when the request offered tools).
+    pub fn with_tools(mut self, tools: bool) -> Self {
+        self.calls = tools.then(CallParser::default);
+        self
     }
 
     pub fn with_logprobs(mut self, on: bool) -> Self {
@@ -100,10 +119,86 @@ impl OllamaStream {
     pub fn whole(mut self, c: &Collected) -> Value {
         self.generated = c.tokens.iter().map(|t| t.id).collect();
         self.collect_logprobs(&c.tokens);
-        let mut v = self.last(&c.text, &c.completion);
+        if self.calls.is_none() {
+            let mut v = self.last(&c.text, &c.completion);
+            self.attach_logprobs(&mut v);
+            return v;
+        }
+        let parsed = parse::parse(&c.text);
+        let mut text = parsed.text;
+        let mut calls = Vec::new();
+        for call in &parsed.calls {
+            match tool_call(&call.name, &call.arguments) {
+                Some(v) => calls.push(v),
+                None => text.push_str(&unfinished(&call.name, &call.arguments)),
+            }
+        }
+        let mut v = self.last(&text, &c.completion);
+        if !calls.is_empty() {
+            v["message"]["tool_calls"] = Value::Array(calls);
+        }
         self.attach_logprobs(&mut v);
         v
     }
+
+    /// A line of streamed text.
+    fn text_line(&mut self, text: &str) -> Frame {
+        let mut line = self.line(text, false);
+        self.attach_logprobs(&mut line);
+        Frame::json(line)
+    }
+
+    /// Lines for pieces of a tool-reading answer: text as it comes, each call whole once its arguments close.
+    fn pieces(&mut self, pieces: Vec<Piece>) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        for p in pieces {
+            match p {
+                Piece::Text(t) => frames.push(self.text_line(&t)),
+                Piece::Start { name, .. } => {
+                    frames.extend(self.flush_call());
+                    self.open_call = Some((name, String::new()));
+                }
+                Piece::Args { fragment, .. } => {
+                    let Some((name, args)) = self.open_call.as_mut() else {
+                        continue;
+                    };
+                    args.push_str(&fragment);
+                    // Complete arguments end the object; a prefix never parses as one.
+                    let call = args.ends_with('}').then(|| tool_call(name, args)).flatten();
+                    if let Some(call) = call {
+                        self.open_call = None;
+                        let mut line = self.line("", false);
+                        line["message"]["tool_calls"] = json!([call]);
+                        self.attach_logprobs(&mut line);
+                        frames.push(Frame::json(line));
+                    }
+                }
+            }
+        }
+        frames
+    }
+
+    /// A call left unfinished when the answer ends goes out as text.
+    fn flush_call(&mut self) -> Option<Frame> {
+        let (name, args) = self.open_call.take()?;
+        Some(self.text_line(&unfinished(&name, &args)))
+    }
+}
+
+/// A call as Ollama answers it, `{"function": {"name", "arguments": {…}}}`, when `arguments` is a whole JSON
+/// object.
+pub fn tool_call(name: &str, arguments: &str) -> Option<Value> {
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(args @ Value::Object(_)) => {
+            Some(json!({ "function": { "name": name, "arguments": args } }))
+        }
+        _ => None,
+    }
+}
+
+/// The text the model wrote for a call that never completed.
+fn unfinished(name: &str, arguments: &str) -> String {
+    format!("{}{name}{}{arguments}", parse::OPEN, parse::MID)
 }
 
 pub fn done_reason(f: &FinishReason) -> &'static str {
@@ -124,18 +219,27 @@ impl Encoder for OllamaStream {
         if text.is_empty() {
             return vec![];
         }
-        let mut line = self.line(text, false);
-        self.attach_logprobs(&mut line);
-        vec![Frame::json(line)]
+        if let Some(parser) = self.calls.as_mut() {
+            let pieces = parser.push(text);
+            return self.pieces(pieces);
+        }
+        vec![self.text_line(text)]
     }
 
     fn done(&mut self, c: &Completion) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        if let Some(mut parser) = self.calls.take() {
+            let rest = parser.finish();
+            frames.extend(self.pieces(rest));
+            frames.extend(self.flush_call());
+        }
         let mut last = self.last("", c);
         if !self.pending.is_empty() {
             // Tokens whose text never showed (a stop string cut it) still report their log probabilities.
             self.attach_logprobs(&mut last);
         }
-        vec![Frame::json(last)]
+        frames.push(Frame::json(last));
+        frames
     }
 
     fn error(&mut self, e: &EngineError) -> Vec<Frame> {
@@ -166,6 +270,8 @@ pub struct Listing<'a> {
     pub info: &'a ModelInfo,
     pub size: u64,
     pub modified: SystemTime,
+    /// The chat template's source text.
+    pub template: String,
 }
 
 impl Listing<'_> {
@@ -223,19 +329,20 @@ impl Listing<'_> {
         })
     }
 
-    /// `POST /api/show`.
+    /// `POST /api/show`. Tools work whatever the template (rill describes them itself to one that does not
+    /// take them), so `tools` is always among the capabilities.
     pub fn show(&self) -> Value {
         let arch = &self.info.arch;
         json!({
             "license": "", "modelfile": format!("# served by rill\nFROM {}\n", self.name), "parameters": "",
-            "template": "", "details": self.details(),
+            "template": self.template, "details": self.details(),
             "model_info": {
                 "general.architecture": arch,
                 "general.parameter_count": self.info.n_params,
                 format!("{arch}.context_length"): self.info.context_length,
                 format!("{arch}.vocab_size"): self.info.vocab_size,
             },
-            "capabilities": ["completion"],
+            "capabilities": ["completion", "tools"],
             "modified_at": util::rfc3339(self.modified),
         })
     }
@@ -330,6 +437,191 @@ mod tests {
         assert!(whole.get("context").is_none());
         let e = s.error(&EngineError::Model("x".into()));
         assert!(data(&e[0])["error"].as_str().unwrap().contains('x'));
+    }
+
+    const CALLS: &str = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Pa}ris\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"add\", \"arguments\": {}}\n</tool_call>";
+
+    fn collected(text: &str, finish: FinishReason) -> Collected {
+        Collected {
+            prompt: vec![],
+            text: text.into(),
+            tokens: vec![],
+            completion: Completion {
+                finish,
+                ..completion()
+            },
+        }
+    }
+
+    #[test]
+    fn tool_calls_stream_whole_once_complete() {
+        for step in [1, 3, 7, CALLS.len()] {
+            let mut s = OllamaStream::new("m".into(), Mode::Chat, epoch).with_tools(true);
+            let chars: Vec<char> = CALLS.chars().collect();
+            let mut lines = Vec::new();
+            for chunk in chars.chunks(step) {
+                lines.extend(s.delta(&chunk.iter().collect::<String>(), &[]));
+            }
+            lines.extend(s.done(&collected("", FinishReason::Eos).completion));
+            let lines: Vec<&Value> = lines.iter().map(data).collect();
+            assert_eq!(
+                lines.len(),
+                3,
+                "two calls and the last line, split every {step}"
+            );
+            assert_eq!(
+                lines[0],
+                &json!({"model": "m", "created_at": "1970-01-01T00:00:00.000000000Z", "done": false,
+                        "message": {"role": "assistant", "content": "",
+                                    "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Pa}ris"}}}]}})
+            );
+            assert_eq!(
+                lines[1]["message"]["tool_calls"],
+                json!([{"function": {"name": "add", "arguments": {}}}])
+            );
+            assert_eq!(
+                (lines[2]["done"].as_bool(), lines[2]["done_reason"].as_str()),
+                (Some(true), Some("stop"))
+            );
+            assert_eq!(
+                lines[2]["message"],
+                json!({"role": "assistant", "content": ""})
+            );
+        }
+        // The first call goes out as soon as its arguments close, before the model writes anything more.
+        let mut s = OllamaStream::new("m".into(), Mode::Chat, epoch).with_tools(true);
+        assert!(s
+            .delta(
+                "<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 1",
+                &[]
+            )
+            .is_empty());
+        let d = s.delta("}", &[]);
+        assert_eq!(
+            data(&d[0])["message"]["tool_calls"][0]["function"]["arguments"],
+            json!({"a": 1})
+        );
+    }
+
+    #[test]
+    fn text_streams_as_usual_with_tools() {
+        let mut s = OllamaStream::new("m".into(), Mode::Chat, epoch).with_tools(true);
+        assert!(
+            s.delta("<tool", &[]).is_empty(),
+            "perhaps a call: held back"
+        );
+        let d = s.delta("s are fun", &[]);
+        assert_eq!(
+            data(&d[0])["message"],
+            json!({"role": "assistant", "content": "<tools are fun"})
+        );
+        let d = s.delta(" indeed", &[]);
+        assert_eq!(data(&d[0])["message"]["content"], " indeed");
+        let end = s.done(&completion());
+        assert_eq!(end.len(), 1);
+        // Text that only looked like the start of a call comes out at the end.
+        let mut s = OllamaStream::new("m".into(), Mode::Chat, epoch).with_tools(true);
+        assert!(s.delta("<tool_", &[]).is_empty());
+        let end = s.done(&completion());
+        assert_eq!(data(&end[0])["message"]["content"], "<tool_");
+        assert_eq!(data(&end[1])["done"], true);
+    }
+
+    #[test]
+    fn a_call_cut_short_stays_text() {
+        let cut = "<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": ";
+        let mut s = OllamaStream::new("m".into(), Mode::Chat, epoch).with_tools(true);
+        assert!(s.delta(cut, &[]).is_empty());
+        let end = s.done(&completion());
+        assert_eq!(data(&end[0])["message"]["content"], cut);
+        assert!(data(&end[0])["message"].get("tool_calls").is_none());
+        assert_eq!(data(&end[1])["done_reason"], "length");
+        let whole = OllamaStream::new("m".into(), Mode::Chat, epoch)
+            .with_tools(true)
+            .whole(&collected(cut, FinishReason::Length));
+        assert_eq!(
+            whole["message"],
+            json!({"role": "assistant", "content": cut})
+        );
+        assert_eq!(whole["done_reason"], "length");
+    }
+
+    #[test]
+    fn whole_answers_carry_calls_as_objects() {
+        let whole = OllamaStream::new("m".into(), Mode::Chat, epoch)
+            .with_tools(true)
+            .whole(&collected(CALLS, FinishReason::Eos));
+        assert_eq!(
+            whole["message"],
+            json!({"role": "assistant", "content": "", "tool_calls": [
+                {"function": {"name": "get_weather", "arguments": {"city": "Pa}ris"}}},
+                {"function": {"name": "add", "arguments": {}}}]})
+        );
+        assert_eq!(
+            (whole["done"].as_bool(), whole["done_reason"].as_str()),
+            (Some(true), Some("stop"))
+        );
+        let text = OllamaStream::new("m".into(), Mode::Chat, epoch)
+            .with_tools(true)
+            .whole(&collected("Hello", FinishReason::Eos));
+        assert_eq!(
+            text["message"],
+            json!({"role": "assistant", "content": "Hello"})
+        );
+        // Without tools the text is never read for calls.
+        let plain = OllamaStream::new("m".into(), Mode::Chat, epoch)
+            .whole(&collected(CALLS, FinishReason::Eos));
+        assert_eq!(plain["message"]["content"], CALLS);
+    }
+
+    #[test]
+    fn call_lines_carry_their_log_probabilities() {
+        let mut s = OllamaStream::new("m".into(), Mode::Chat, epoch)
+            .with_tools(true)
+            .with_logprobs(true);
+        let lp = |id| {
+            let mut t = TokenInfo::new(id);
+            t.logprobs = Some(Box::new(crate::engine::logprobs::Logprobs {
+                chosen: crate::engine::logprobs::TokenLogprob {
+                    id,
+                    bytes: vec![b'x'],
+                    logprob: -0.5,
+                },
+                top: vec![],
+            }));
+            t
+        };
+        assert!(s
+            .delta(
+                "<tool_call>\n{\"name\": \"add\", \"arguments\": {",
+                &[lp(1)]
+            )
+            .is_empty());
+        let d = s.delta("}\n</tool_call>", &[lp(2)]);
+        assert_eq!(data(&d[0])["logprobs"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn show_reports_tools_and_the_template() {
+        let info = ModelInfo {
+            name: "m".into(),
+            arch: "llama".into(),
+            quantization: "Q8_0".into(),
+            vocab_size: 10,
+            context_length: 20,
+            n_params: 1000,
+            kv_bytes_per_token: 1,
+        };
+        let l = Listing {
+            name: "m",
+            info: &info,
+            size: 1,
+            modified: epoch(),
+            template: "{{ messages }}".into(),
+        };
+        let v = l.show();
+        assert_eq!(v["capabilities"], json!(["completion", "tools"]));
+        assert_eq!(v["template"], "{{ messages }}");
     }
 
     #[test]
