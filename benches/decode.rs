@@ -80,7 +80,6 @@ fn models(root: &Path) -> Vec<(String, PathBuf)> {
 }
 
 fn request(prompt: Vec<u32>, max_tokens: usize) -> GenRequest {
-    constraint: None,
     GenRequest {
         constraint: None,
         prompt,

@@ -101,7 +101,6 @@ fn fake(config: EngineConfig, step_delay: Duration) -> (EngineHandle, Arc<Atomic
 }
 
 fn request(prompt: Vec<u32>, max_tokens: usize) -> GenRequest {
-    constraint: None,
     GenRequest {
         constraint: None,
         prompt,

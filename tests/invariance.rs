@@ -86,7 +86,6 @@ fn busy(m: Model, chunk: usize) -> &'static EngineHandle {
 }
 
 fn request(prompt: &[u32], tokens: usize, seed: Option<u64>, prompt_logprobs: bool) -> GenRequest {
-    constraint: None,
     let sampling = match seed {
         None => SamplingParams::greedy(),
         Some(s) => SamplingParams {

@@ -13,20 +13,28 @@ fn layout() -> Value {
     json!({ "whitespace_flexible": false, "item_separator": ", ", "key_separator": ": " })
 }
 
-/// A JSON-schema grammar with rill's layout (unless the schema sets its own `x-guidance` options).
+/// A JSON-schema grammar with rill's layout (unless the schema sets its own `x-guidance` options). Objects
+/// allow no properties beyond their own unless the schema says otherwise ([`close_objects`]), and numbers stay
+/// within JSON's safe-integer range unless it sets bounds ([`bound_numbers`]): still valid answers, and a small
+/// model can neither wander into keys nobody asked for nor write a 70-digit integer.
 pub fn json_grammar(schema: &Value) -> Result<Grammar, ApiError> {
-    let Value::Object(map) = schema else {
+    let Value::Object(_) = schema else {
         return Err(ApiError::bad_request(format!(
             "a JSON schema must be an object, got {schema}"
         )));
     };
-    let mut map = map.clone();
+    let mut schema = schema.clone();
+    close_objects(&mut schema);
+    bound_numbers(&mut schema);
+    let Value::Object(mut map) = schema else {
+        unreachable!("checked above")
+    };
     map.entry("x-guidance").or_insert_with(layout);
     Ok(Grammar::JsonSchema(Value::Object(map)))
 }
 
-/// OpenAI's strict mode: an object schema that does not say otherwise allows no properties beyond its own
-/// (applied to every object schema inside, too).
+/// An object schema that does not say otherwise allows no properties beyond its own (OpenAI's strict mode;
+/// applied to every object schema inside, too).
 pub fn close_objects(schema: &mut Value) {
     match schema {
         Value::Object(map) => {
@@ -36,6 +44,34 @@ pub fn close_objects(schema: &mut Value) {
             map.values_mut().for_each(close_objects);
         }
         Value::Array(items) => items.iter_mut().for_each(close_objects),
+        _ => {}
+    }
+}
+
+/// ±(2^53 − 1): the integers every JSON reader holds exactly.
+const SAFE_INTEGER: i64 = (1 << 53) - 1;
+
+/// Gives every integer or number schema without a bound the safe-integer bound on that side (applied to every
+/// schema inside, too).
+pub fn bound_numbers(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            let numeric = |t: &Value| matches!(t.as_str(), Some("integer" | "number"));
+            let is_numeric = map.get("type").is_some_and(|t| match t {
+                Value::Array(ts) => ts.iter().any(numeric),
+                t => numeric(t),
+            });
+            if is_numeric {
+                if !map.contains_key("minimum") && !map.contains_key("exclusiveMinimum") {
+                    map.insert("minimum".into(), json!(-SAFE_INTEGER));
+                }
+                if !map.contains_key("maximum") && !map.contains_key("exclusiveMaximum") {
+                    map.insert("maximum".into(), json!(SAFE_INTEGER));
+                }
+            }
+            map.values_mut().for_each(bound_numbers);
+        }
+        Value::Array(items) => items.iter_mut().for_each(bound_numbers),
         _ => {}
     }
 }
@@ -59,11 +95,6 @@ pub fn openai_response_format(v: Option<&Value>) -> Result<Option<Grammar>, ApiE
             })?;
             match spec.get("schema") {
                 None | Some(Value::Null) => Ok(Some(any_object())),
-                Some(schema) if spec.get("strict") == Some(&Value::Bool(true)) => {
-                    let mut schema = schema.clone();
-                    close_objects(&mut schema);
-                    json_grammar(&schema).map(Some)
-                }
                 Some(schema) => json_grammar(schema).map(Some),
             }
         }
@@ -93,7 +124,9 @@ pub fn ollama_format(v: Option<&Value>) -> Result<Option<Grammar>, ApiError> {
 /// Compiles `grammar` for the served model: an invalid or unsupported schema is the request's fault (400).
 pub fn compile(shared: &Shared, grammar: &Grammar) -> Result<Constraint, ApiError> {
     shared.constraint(grammar).map_err(|e| match e {
-        GrammarError::Invalid(m) => ApiError::bad_request(format!("invalid schema or grammar: {m}")),
+        GrammarError::Invalid(m) => {
+            ApiError::bad_request(format!("invalid schema or grammar: {m}"))
+        }
         GrammarError::Unavailable(m) => ApiError::Internal(m),
     })
 }
@@ -123,7 +156,7 @@ mod tests {
         assert_eq!(s["type"], "array");
         let Some(Grammar::JsonSchema(s)) = openai_response_format(Some(&json!({
             "type": "json_schema",
-            "json_schema": {"name": "x", "strict": true, "schema": {"type": "object", "properties": {
+            "json_schema": {"name": "x", "schema": {"type": "object", "properties": {
                 "a": {"type": "object", "properties": {"b": {"type": "string"}}},
                 "c": {"type": "object", "properties": {}, "additionalProperties": true}
             }}}

@@ -22,6 +22,9 @@ pub enum Grammar {
     JsonSchema(serde_json::Value),
     /// A grammar in llguidance's Lark syntax (tool calls are built this way; `%json {…}` embeds a schema).
     Lark(String),
+    /// A Lark grammar that also allows free text (tools with `auto`): near the end of the token budget such an
+    /// answer is not steered to close, since text may simply stop.
+    LarkWithText(String),
 }
 
 impl Grammar {
@@ -29,14 +32,20 @@ impl Grammar {
     fn key(&self) -> String {
         match self {
             Self::JsonSchema(v) => format!("json:{v}"),
-            Self::Lark(s) => format!("lark:{s}"),
+            Self::Lark(s) | Self::LarkWithText(s) => format!("lark:{s}"),
         }
+    }
+
+    /// Whether an answer nearing its token budget should be steered to close (structured answers, which are
+    /// useless cut off), rather than left to run into the limit (text).
+    fn steer_to_close(&self) -> bool {
+        !matches!(self, Self::LarkWithText(_))
     }
 
     fn top_level(&self) -> TopLevelGrammar {
         match self {
             Self::JsonSchema(v) => TopLevelGrammar::from_json_schema(v.clone()),
-            Self::Lark(s) => TopLevelGrammar::from_lark(s.clone()),
+            Self::Lark(s) | Self::LarkWithText(s) => TopLevelGrammar::from_lark(s.clone()),
         }
     }
 }
@@ -59,6 +68,59 @@ const CACHE_ENTRIES: usize = 64;
 pub struct GrammarCompiler {
     factory: ParserFactory,
     cache: Mutex<VecDeque<(String, Matcher)>>,
+    /// Tokens that end or close things, for answers steered to close.
+    closers: Arc<Closers>,
+}
+
+/// Tokens that end an answer or close what is open, in order of preference: EOS (where the grammar is
+/// complete), then tokens of only `"`, `}` and `]` that start with a quote (a string open now ends; an empty
+/// string value is the shortest value), then those that start with a bracket.
+struct Closers {
+    eos: SimpleVob,
+    quote_first: SimpleVob,
+    bracket_first: SimpleVob,
+}
+
+impl Closers {
+    fn new(words: &[Vec<u8>], eos_ids: &[u32]) -> Self {
+        let n = words.len();
+        let (mut eos, mut quote_first, mut bracket_first) = (
+            SimpleVob::alloc(n),
+            SimpleVob::alloc(n),
+            SimpleVob::alloc(n),
+        );
+        for (id, w) in words.iter().enumerate() {
+            if w.is_empty() || !w.iter().all(|b| matches!(b, b'"' | b'}' | b']')) {
+                continue;
+            }
+            if w[0] == b'"' {
+                quote_first.allow_token(id as u32);
+            } else {
+                bracket_first.allow_token(id as u32);
+            }
+        }
+        for &id in eos_ids.iter().filter(|&&id| (id as usize) < n) {
+            eos.allow_token(id);
+        }
+        Self {
+            eos,
+            quote_first,
+            bracket_first,
+        }
+    }
+
+    /// Preference of token `id` (higher is better), or `None` when it closes nothing.
+    fn rank(&self, id: u32) -> Option<u8> {
+        if self.eos.is_allowed(id) {
+            Some(2)
+        } else if self.quote_first.is_allowed(id) {
+            Some(1)
+        } else if self.bracket_first.is_allowed(id) {
+            Some(0)
+        } else {
+            None
+        }
+    }
 }
 
 impl std::fmt::Debug for GrammarCompiler {
@@ -83,6 +145,7 @@ impl GrammarCompiler {
                 }
             })
             .collect();
+        let closers = Closers::new(&words, &tok.eos_ids);
         let eos = tok.eos_ids.first().copied().unwrap_or(0);
         let info = TokRxInfo::new(vocab_size as u32, eos);
         let trie = TokTrie::from(&info, &words).with_eos_tokens(&tok.eos_ids);
@@ -93,6 +156,7 @@ impl GrammarCompiler {
         Ok(Self {
             factory,
             cache: Mutex::new(VecDeque::new()),
+            closers: Arc::new(closers),
         })
     }
 
@@ -104,7 +168,7 @@ impl GrammarCompiler {
             let entry = cache.remove(i).expect("found");
             let matcher = entry.1.deep_clone();
             cache.push_back(entry);
-            return Ok(Constraint::new(matcher));
+            return Ok(Constraint::new(matcher, self.closers(grammar)));
         }
         drop(cache);
         let parser = self
@@ -120,7 +184,12 @@ impl GrammarCompiler {
             cache.pop_front();
         }
         cache.push_back((key, matcher.deep_clone()));
-        Ok(Constraint::new(matcher))
+        Ok(Constraint::new(matcher, self.closers(grammar)))
+    }
+
+    /// The closing tokens for answers under `grammar`, when they are steered to close near the budget's end.
+    fn closers(&self, grammar: &Grammar) -> Option<Arc<Closers>> {
+        grammar.steer_to_close().then(|| self.closers.clone())
     }
 }
 
@@ -145,6 +214,8 @@ impl TokenizerEnv for TrieEnv {
 /// One sequence's place in its grammar.
 pub struct Constraint {
     matcher: Matcher,
+    /// Tokens that end or close something, when answers under this grammar are steered to close.
+    closers: Option<Arc<Closers>>,
 }
 
 impl std::fmt::Debug for Constraint {
@@ -157,13 +228,33 @@ impl std::fmt::Debug for Constraint {
 
 impl Clone for Constraint {
     fn clone(&self) -> Self {
-        Self::new(self.matcher.deep_clone())
+        Self::new(self.matcher.deep_clone(), self.closers.clone())
     }
 }
 
 impl Constraint {
-    fn new(matcher: Matcher) -> Self {
-        Self { matcher }
+    fn new(matcher: Matcher, closers: Option<Arc<Closers>>) -> Self {
+        Self { matcher, closers }
+    }
+
+    /// The allowed token that best brings the answer to an end — EOS where the grammar is complete, else a
+    /// closing quote, else a bracket (see [`Closers`]), the likeliest of its rank; `None` when nothing allowed
+    /// closes anything here.
+    pub fn closing_pick(&mut self, logits: &[f32]) -> Result<Option<u32>, GrammarError> {
+        let Some(closers) = self.closers.clone() else {
+            return Ok(None);
+        };
+        let mask = self.mask()?;
+        let mut best: Option<(u32, u8, f32)> = None;
+        mask.iter_set_entries(|i| {
+            if let Some(rank) = closers.rank(i as u32) {
+                let l = logits.get(i).copied().unwrap_or(f32::NEG_INFINITY);
+                if best.is_none_or(|(_, r, b)| (rank, l) > (r, b)) {
+                    best = Some((i as u32, rank, l));
+                }
+            }
+        });
+        Ok(best.map(|(id, ..)| id))
     }
 
     /// Whether `token` may come next (cheap: one token checked, nothing computed for the rest).

@@ -290,7 +290,10 @@ impl Shared {
     }
 
     /// A fresh constraint for `g`; an invalid grammar is refused here, before anything is queued.
-    pub fn constraint(&self, g: &grammar::Grammar) -> Result<grammar::Constraint, grammar::GrammarError> {
+    pub fn constraint(
+        &self,
+        g: &grammar::Grammar,
+    ) -> Result<grammar::Constraint, grammar::GrammarError> {
         self.grammars()?.compile(g)
     }
 }

@@ -84,14 +84,23 @@ impl Sampler {
     /// computes the full mask and picks again among the allowed tokens. Greedily this is exactly the masked
     /// argmax; sampled, it draws from the truncated distribution restricted to the allowed tokens (rejection
     /// sampling), the same seed giving the same tokens.
+    ///
+    /// `closing` (the token budget is nearly spent) prefers whatever ends the answer soonest: EOS where the
+    /// grammar is complete, else the likeliest allowed closing quote or bracket, so the answer still parses.
     pub fn sample_constrained(
         &mut self,
         logits: &mut [f32],
         context: &[u32],
         generated: usize,
         constraint: &mut Constraint,
+        closing: bool,
     ) -> Result<u32, GrammarError> {
         self.apply_penalties(logits, context, generated);
+        if closing {
+            if let Some(id) = constraint.closing_pick(logits)? {
+                return Ok(id);
+            }
+        }
         let first = self.pick(logits);
         if constraint.allows(first) {
             return Ok(first);
@@ -99,7 +108,9 @@ impl Sampler {
         let mask = constraint.mask()?;
         apply_mask(&mask, logits);
         if logits.iter().all(|&l| l == f32::NEG_INFINITY) {
-            return Err(GrammarError::Invalid("the grammar allows no token here".into()));
+            return Err(GrammarError::Invalid(
+                "the grammar allows no token here".into(),
+            ));
         }
         Ok(self.pick(logits))
     }

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::error::TrySendError;
 
-use super::logprobs;
 use super::grammar::Constraint;
+use super::logprobs;
 use super::sampler::Sampler;
 use super::stop::{StopMatcher, StopOutcome};
 use super::{
@@ -16,6 +16,13 @@ use super::{
 };
 use crate::model::SeqCache;
 use crate::tokenizer::{IncrementalDecoder, TextTokenizer};
+
+/// Tokens kept in reserve at the end of a constrained answer's budget: once only these are left, the answer is
+/// steered to close (a quarter of the budget, 8 to 64 tokens), so a model that runs on inside a string or an
+/// array still ends with complete JSON instead of being cut off.
+fn closing_reserve(max_new: usize) -> usize {
+    (max_new / 4).clamp(8, 64)
+}
 
 /// A running (or finishing) request.
 pub struct Sequence {
@@ -165,12 +172,18 @@ impl Sequence {
         // bias, penalties and temperature touch them.
         let raw = self.logprobs.map(|k| (k, logits.to_vec()));
         let generated = self.generated();
+        let closing = self.max_new - generated <= closing_reserve(self.max_new);
         let id = match self.constraint.as_mut() {
             None => self.sampler.sample(logits, &self.tokens, generated),
-            Some(c) => match self.sampler.sample_constrained(logits, &self.tokens, generated, c) {
-                Ok(id) => id,
-                Err(e) => return self.fail(EngineError::Grammar(e.to_string())),
-            },
+            Some(c) => {
+                match self
+                    .sampler
+                    .sample_constrained(logits, &self.tokens, generated, c, closing)
+                {
+                    Ok(id) => id,
+                    Err(e) => return self.fail(EngineError::Grammar(e.to_string())),
+                }
+            }
         };
         self.first_token.get_or_insert_with(Instant::now);
         self.tokens.push(id);

@@ -70,7 +70,9 @@ impl Content {
         let mut turns = self.turns("user")?;
         match turns.len() {
             0 => Ok(String::new()),
-            1 if turns[0].tool_calls.is_none() && turns[0].role != "tool" => Ok(turns.remove(0).content),
+            1 if turns[0].tool_calls.is_none() && turns[0].role != "tool" => {
+                Ok(turns.remove(0).content)
+            }
             _ => Err(ApiError::bad_request("`system` may hold only text blocks")),
         }
     }
@@ -120,7 +122,9 @@ fn result_text(content: Option<Value>) -> Result<String, ApiError> {
             .iter()
             .map(|b| match (b["type"].as_str(), b["text"].as_str()) {
                 (Some("text"), Some(t)) => Ok(t),
-                _ => Err(ApiError::bad_request("a `tool_result` may hold only text blocks")),
+                _ => Err(ApiError::bad_request(
+                    "a `tool_result` may hold only text blocks",
+                )),
             })
             .collect(),
         Some(other) => Err(ApiError::bad_request(format!(
@@ -143,11 +147,14 @@ fn tool_spec(tools: Vec<Value>, choice: Option<&Value>) -> Result<ToolSpec, ApiE
             let name = t["name"]
                 .as_str()
                 .ok_or_else(|| ApiError::bad_request("every tool needs a `name`"))?;
-            let schema = t
-                .get("input_schema")
-                .cloned()
-                .ok_or_else(|| ApiError::bad_request(format!("tool `{name}` needs an `input_schema`")))?;
-            Tool::new(name, t["description"].as_str().map(str::to_string), Some(schema))
+            let schema = t.get("input_schema").cloned().ok_or_else(|| {
+                ApiError::bad_request(format!("tool `{name}` needs an `input_schema`"))
+            })?;
+            Tool::new(
+                name,
+                t["description"].as_str().map(str::to_string),
+                Some(schema),
+            )
         })
         .collect::<Result<Vec<_>, _>>()?;
     let parallel = choice
@@ -163,7 +170,9 @@ fn tool_spec(tools: Vec<Value>, choice: Option<&Value>) -> Result<ToolSpec, ApiE
         (Some("tool"), Some(c)) => Choice::Named(
             c["name"]
                 .as_str()
-                .ok_or_else(|| ApiError::bad_request("`tool_choice` of type `tool` needs a `name`"))?
+                .ok_or_else(|| {
+                    ApiError::bad_request("`tool_choice` of type `tool` needs a `name`")
+                })?
                 .to_string(),
         ),
         _ => {
@@ -187,7 +196,10 @@ pub struct Prepared {
 impl MessagesRequest {
     /// The tools and how they may be used.
     fn tool_spec(&mut self) -> Result<ToolSpec, ApiError> {
-        tool_spec(self.tools.take().unwrap_or_default(), self.tool_choice.as_ref())
+        tool_spec(
+            self.tools.take().unwrap_or_default(),
+            self.tool_choice.as_ref(),
+        )
     }
 
     /// The prompt ids: system, then the conversation, ending with the assistant's turn.
@@ -290,15 +302,20 @@ mod tests {
         .unwrap();
         let turns = c.turns("user").unwrap();
         assert_eq!(turns.len(), 2);
-        assert_eq!((turns[0].role.as_str(), turns[0].content.as_str()), ("tool", "22C"));
+        assert_eq!(
+            (turns[0].role.as_str(), turns[0].content.as_str()),
+            ("tool", "22C")
+        );
         assert_eq!(turns[0].tool_call_id.as_deref(), Some("t1"));
         assert_eq!(turns[1], ChatMessage::new("user", "thanks"));
-        let c: Content = serde_json::from_str(
-            r#"[{"type":"tool_use","id":"t1","name":"add","input":{"a":1}}]"#,
-        )
-        .unwrap();
+        let c: Content =
+            serde_json::from_str(r#"[{"type":"tool_use","id":"t1","name":"add","input":{"a":1}}]"#)
+                .unwrap();
         let turns = c.turns("assistant").unwrap();
-        assert_eq!(turns[0].tool_calls.as_ref().unwrap()[0]["function"]["arguments"]["a"], 1);
+        assert_eq!(
+            turns[0].tool_calls.as_ref().unwrap()[0]["function"]["arguments"]["a"],
+            1
+        );
     }
 
     #[test]
@@ -314,6 +331,10 @@ mod tests {
         assert_eq!(c(json!({"type": "none"})).unwrap().0, Choice::None);
         assert!(c(json!({"type": "tool", "name": "nope"})).is_err());
         assert!(c(json!({"type": "sometimes"})).is_err());
-        assert!(tool_spec(vec![json!({"type": "web_search_20250305", "name": "w"})], None).is_err());
+        assert!(tool_spec(
+            vec![json!({"type": "web_search_20250305", "name": "w"})],
+            None
+        )
+        .is_err());
     }
 }

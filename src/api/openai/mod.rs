@@ -66,10 +66,9 @@ async fn generate(
     let mut log = RequestLog::new(route, state.model_name(), p.gen.prompt.len(), p.stream);
     let events = state.submit(p.gen)?;
     if p.stream {
-        let enc =
-            OpenAiStream::new(meta, kind, p.include_usage)
-                .with(p.logprobs, p.echo, p.token_ids)
-                .with_tools(p.tools);
+        let enc = OpenAiStream::new(meta, kind, p.include_usage)
+            .with(p.logprobs, p.echo, p.token_ids)
+            .with_tools(p.tools);
         return Ok(stream::response(
             events,
             enc,

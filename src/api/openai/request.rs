@@ -7,9 +7,9 @@ use serde_json::{Number, Value};
 
 use crate::api::error::ApiError;
 use crate::api::logprobs;
+use crate::api::params::{self, Limits, OneOrMany, SamplingFields};
 use crate::api::structured;
 use crate::api::tools::{self, Choice, Tool, ToolSpec};
-use crate::api::params::{self, Limits, OneOrMany, SamplingFields};
 use crate::engine::{GenRequest, SamplingParams, Shared};
 use crate::tokenizer::ChatMessage;
 
@@ -171,9 +171,10 @@ impl ChatRequest {
             .into_iter()
             .map(chat_message)
             .collect::<Result<Vec<_>, _>>()?;
-        let prompt = shared
-            .tokenizer
-            .encode(&tools::prompt::render(shared, messages, Some(&tools))?)?;
+        let prompt =
+            shared
+                .tokenizer
+                .encode(&tools::prompt::render(shared, messages, Some(&tools))?)?;
         let max = params::positive("max_completion_tokens", self.max_completion_tokens)?;
         let mut p = self
             .common
@@ -320,7 +321,11 @@ fn logit_bias(
 }
 
 /// OpenAI's `tools` and `tool_choice` (absent: `auto` when there are tools).
-fn tool_spec(tools: Vec<Value>, choice: Option<&Value>, parallel: bool) -> Result<ToolSpec, ApiError> {
+fn tool_spec(
+    tools: Vec<Value>,
+    choice: Option<&Value>,
+    parallel: bool,
+) -> Result<ToolSpec, ApiError> {
     let tools = tools
         .iter()
         .map(|t| {
@@ -477,7 +482,10 @@ mod tests {
             .contains("image_url"));
         let tool: Message =
             serde_json::from_str(r#"{"role":"tool","content":"x","tool_call_id":"c1"}"#).unwrap();
-        assert_eq!(chat_message(tool).unwrap().tool_call_id.as_deref(), Some("c1"));
+        assert_eq!(
+            chat_message(tool).unwrap().tool_call_id.as_deref(),
+            Some("c1")
+        );
         let other: Message = serde_json::from_str(r#"{"role":"function","content":"x"}"#).unwrap();
         assert!(chat_message(other).is_err());
     }

@@ -365,7 +365,14 @@ pub fn chat_completion(meta: &Meta, c: &Collected, logprobs: bool, tools: bool) 
     } else {
         Value::Null
     };
-    let parsed = if tools { parse::parse(&c.text) } else { parse::Parsed { text: c.text.clone(), calls: vec![] } };
+    let parsed = if tools {
+        parse::parse(&c.text)
+    } else {
+        parse::Parsed {
+            text: c.text.clone(),
+            calls: vec![],
+        }
+    };
     let mut message = json!({ "role": "assistant", "content": parsed.text });
     let mut finish = finish_reason(&c.completion.finish);
     if !parsed.calls.is_empty() {

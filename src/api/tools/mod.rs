@@ -53,10 +53,16 @@ pub struct ToolSpec {
 
 impl Tool {
     /// A tool after checking its name and parameters (no parameters means no arguments: `{}`).
-    pub fn new(name: &str, description: Option<String>, parameters: Option<Value>) -> Result<Self, ApiError> {
+    pub fn new(
+        name: &str,
+        description: Option<String>,
+        parameters: Option<Value>,
+    ) -> Result<Self, ApiError> {
         let valid = !name.is_empty()
             && name.len() <= 64
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
         if !valid {
             return Err(ApiError::bad_request(format!(
                 "tool name `{name}` must be 1 to 64 letters, digits, `_`, `-` or `.`"
@@ -93,7 +99,10 @@ impl ToolSpec {
     pub fn new(tools: Vec<Tool>, choice: Choice, parallel: bool) -> Result<Self, ApiError> {
         for (i, t) in tools.iter().enumerate() {
             if tools[..i].iter().any(|u| u.name == t.name) {
-                return Err(ApiError::bad_request(format!("tool `{}` is defined twice", t.name)));
+                return Err(ApiError::bad_request(format!(
+                    "tool `{}` is defined twice",
+                    t.name
+                )));
             }
         }
         if let Choice::Named(n) = &choice {
@@ -104,7 +113,9 @@ impl ToolSpec {
             }
         }
         if tools.is_empty() && matches!(choice, Choice::Required | Choice::Named(_)) {
-            return Err(ApiError::bad_request("`tool_choice` asks for a call, but no tools were given"));
+            return Err(ApiError::bad_request(
+                "`tool_choice` asks for a call, but no tools were given",
+            ));
         }
         Ok(Self {
             tools,
@@ -128,8 +139,13 @@ impl ToolSpec {
             _ => self.tools.iter().collect(),
         };
         let mut lark = String::new();
-        let calls = if self.parallel {
-            format!("call (\"{}\" call){{0,{}}}", lark_escape(parse::SEP), MAX_PARALLEL_CALLS - 1)
+        // A named tool is called once, as clients that name one expect.
+        let calls = if self.parallel && !matches!(self.choice, Choice::Named(_)) {
+            format!(
+                "call (\"{}\" call){{0,{}}}",
+                lark_escape(parse::SEP),
+                MAX_PARALLEL_CALLS - 1
+            )
         } else {
             "call".to_string()
         };
@@ -148,24 +164,29 @@ impl ToolSpec {
             lark_escape(&parse::CLOSE[1..])
         ));
         for (i, t) in offered.iter().enumerate() {
-            // Arguments hold the tool's own parameters only (as OpenAI's strict mode has it): a valid answer
-            // either way, and a small model does not wander off into keys the tool ignores.
-            let mut params = t.parameters.clone();
-            structured::close_objects(&mut params);
-            let Grammar::JsonSchema(schema) = structured::json_grammar(&params)? else {
+            let Grammar::JsonSchema(schema) = structured::json_grammar(&t.parameters)? else {
                 unreachable!("json_grammar makes a schema grammar")
             };
             let head = format!("{{\"name\": \"{}{}", t.name, parse::MID);
-            lark.push_str(&format!("fn_{i}: \"{}\" args_{i} \"}}\"\n", lark_escape(&head)));
+            lark.push_str(&format!(
+                "fn_{i}: \"{}\" args_{i} \"}}\"\n",
+                lark_escape(&head)
+            ));
             lark.push_str(&format!("args_{i}: %json {schema}\n"));
         }
-        Ok(Some(Grammar::Lark(lark)))
+        Ok(Some(if self.choice == Choice::Auto {
+            Grammar::LarkWithText(lark)
+        } else {
+            Grammar::Lark(lark)
+        }))
     }
 }
 
 /// A Lark string literal's body: backslashes, quotes and newlines escaped.
 fn lark_escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -185,27 +206,37 @@ mod tests {
     fn tools_are_checked() {
         assert!(Tool::new("bad name", None, None).is_err());
         assert!(Tool::new("f", None, Some(json!("x"))).is_err());
-        assert_eq!(Tool::new("f", None, None).unwrap().parameters["type"], "object");
+        assert_eq!(
+            Tool::new("f", None, None).unwrap().parameters["type"],
+            "object"
+        );
         assert!(ToolSpec::new(vec![weather(), weather()], Choice::Auto, true).is_err());
         assert!(ToolSpec::new(vec![weather()], Choice::Named("nope".into()), true).is_err());
         assert!(ToolSpec::new(vec![], Choice::Required, true).is_err());
-        assert!(!ToolSpec::new(vec![weather()], Choice::None, true).unwrap().may_call());
+        assert!(!ToolSpec::new(vec![weather()], Choice::None, true)
+            .unwrap()
+            .may_call());
     }
 
     #[test]
     fn grammars_follow_the_choice() {
-        let g = |choice, parallel| {
-            match ToolSpec::new(vec![weather()], choice, parallel).unwrap().grammar().unwrap() {
-                Some(Grammar::Lark(s)) => s,
-                other => panic!("{other:?}"),
-            }
+        let g = |choice, parallel| match ToolSpec::new(vec![weather()], choice, parallel)
+            .unwrap()
+            .grammar()
+            .unwrap()
+        {
+            Some(Grammar::Lark(s) | Grammar::LarkWithText(s)) => s,
+            other => panic!("{other:?}"),
         };
         let required = g(Choice::Required, false);
         assert!(required.starts_with("start: call\n"), "{required}");
         assert!(required.contains("%json {"), "{required}");
         assert!(g(Choice::Auto, true).contains("start: TEXT | call (\"\\n\" call){0,7}"));
         assert_eq!(
-            ToolSpec::new(vec![weather()], Choice::None, true).unwrap().grammar().unwrap(),
+            ToolSpec::new(vec![weather()], Choice::None, true)
+                .unwrap()
+                .grammar()
+                .unwrap(),
             None
         );
     }

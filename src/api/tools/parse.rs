@@ -24,9 +24,15 @@ pub const SEP: &str = "\n";
 pub enum Piece {
     Text(String),
     /// Call number `index` (from 0) begins; its arguments follow.
-    Start { index: usize, name: String },
+    Start {
+        index: usize,
+        name: String,
+    },
     /// More of call `index`'s arguments (JSON text).
-    Args { index: usize, fragment: String },
+    Args {
+        index: usize,
+        fragment: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -70,7 +76,11 @@ impl Default for CallParser {
 impl CallParser {
     /// How many calls have started.
     pub fn calls(&self) -> usize {
-        self.index + usize::from(matches!(self.state, State::Mid | State::Args | State::Close))
+        self.index
+            + usize::from(matches!(
+                self.state,
+                State::Mid | State::Args | State::Close
+            ))
     }
 
     /// Feeds more text; returns what became certain.
@@ -254,8 +264,17 @@ mod tests {
         assert_eq!(p.calls[0].name, "get_weather");
         let args: serde_json::Value = serde_json::from_str(&p.calls[0].arguments).unwrap();
         assert_eq!(args["city"], "Paris \"}{");
-        assert_eq!(p.calls[1], Call { name: "add".into(), arguments: "{}".into() });
-        assert_eq!(parse("Hello <tool_call> there").text, "Hello <tool_call> there");
+        assert_eq!(
+            p.calls[1],
+            Call {
+                name: "add".into(),
+                arguments: "{}".into()
+            }
+        );
+        assert_eq!(
+            parse("Hello <tool_call> there").text,
+            "Hello <tool_call> there"
+        );
         assert_eq!(parse("<tool").text, "<tool");
         assert_eq!(parse("  \n").text, "  \n");
     }
@@ -282,8 +301,14 @@ mod tests {
         assert_eq!(
             p.push("d\", \"arguments\": {\"a\""),
             vec![
-                Piece::Start { index: 0, name: "add".into() },
-                Piece::Args { index: 0, fragment: "{\"a\"".into() }
+                Piece::Start {
+                    index: 0,
+                    name: "add".into()
+                },
+                Piece::Args {
+                    index: 0,
+                    fragment: "{\"a\"".into()
+                }
             ]
         );
         assert_eq!(p.calls(), 1);

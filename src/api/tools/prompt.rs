@@ -13,12 +13,21 @@ use crate::engine::Shared;
 use crate::tokenizer::ChatMessage;
 
 /// The prompt text for `messages`, with `tools` offered as they may be used.
-pub fn render(shared: &Shared, messages: Vec<ChatMessage>, tools: Option<&ToolSpec>) -> Result<String, ApiError> {
+pub fn render(
+    shared: &Shared,
+    messages: Vec<ChatMessage>,
+    tools: Option<&ToolSpec>,
+) -> Result<String, ApiError> {
     let offered = tools.filter(|t| !t.tools.is_empty() && t.choice != Choice::None);
-    let has_tool_turns = messages.iter().any(|m| m.tool_calls.is_some() || m.role == "tool");
+    let has_tool_turns = messages
+        .iter()
+        .any(|m| m.tool_calls.is_some() || m.role == "tool");
     if shared.chat.takes_tools {
-        let list: Option<Vec<Value>> = offered.map(|t| t.tools.iter().map(|t| t.openai_json()).collect());
-        return Ok(shared.chat.render_with_tools(&messages, list.as_deref(), true)?);
+        let list: Option<Vec<Value>> =
+            offered.map(|t| t.tools.iter().map(|t| t.openai_json()).collect());
+        return Ok(shared
+            .chat
+            .render_with_tools(&messages, list.as_deref(), true)?);
     }
     if offered.is_none() && !has_tool_turns {
         return Ok(shared.chat.render(&messages, true)?);
@@ -48,7 +57,12 @@ fn describe(spec: &ToolSpec) -> String {
 
 /// A call as the model writes it under the grammar.
 pub fn call_block(name: &str, arguments: &str) -> String {
-    format!("{}{name}{}{arguments}{}", parse::OPEN, parse::MID, parse::CLOSE)
+    format!(
+        "{}{name}{}{arguments}{}",
+        parse::OPEN,
+        parse::MID,
+        parse::CLOSE
+    )
 }
 
 /// One message in rill's generic rendering: calls into the assistant's text, results into user messages.
@@ -73,7 +87,10 @@ fn generic_turn(mut m: ChatMessage) -> ChatMessage {
         };
     }
     if m.role == "tool" {
-        let mut turn = ChatMessage::new("user", &format!("<tool_response>\n{}\n</tool_response>", m.content));
+        let mut turn = ChatMessage::new(
+            "user",
+            &format!("<tool_response>\n{}\n</tool_response>", m.content),
+        );
         turn.name = m.name;
         return turn;
     }
