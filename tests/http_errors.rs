@@ -108,8 +108,21 @@ async fn malformed_and_invalid_requests_are_400_in_each_shape() {
             "image_url",
         ),
         (
-            json!({"messages": [{"role": "tool", "content": "x"}]}),
-            "tool",
+            json!({"messages": [{"role": "function", "content": "x"}]}),
+            "function",
+        ),
+        (
+            json!({"messages": user("x"), "tool_choice": "required"}),
+            "no tools",
+        ),
+        (
+            json!({"messages": user("x"), "tools": [{"type": "function", "function": {"name": "a b"}}]}),
+            "tool name",
+        ),
+        (
+            json!({"messages": user("x"), "response_format": {"type": "json_schema",
+                   "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"type": "bogus"}}}}}}),
+            "invalid schema",
         ),
         (json!({"messages": user("x"), "seed": 1.5}), "seed"),
         (
@@ -164,12 +177,21 @@ async fn malformed_and_invalid_requests_are_400_in_each_shape() {
     let m = refused(
         &s,
         "/api/generate",
-        json!({"model": "fake", "prompt": "x", "format": "json"}),
+        json!({"model": "fake", "prompt": "x", "format": "yaml"}),
         400,
         Shape::Ollama,
     )
     .await;
     assert!(m.contains("format"), "{m}");
+    let m = refused(
+        &s,
+        "/api/chat",
+        json!({"model": "fake", "messages": user("x"), "format": {"type": "object", "properties": {"a": {"type": "bogus"}}}}),
+        400,
+        Shape::Ollama,
+    )
+    .await;
+    assert!(m.contains("invalid schema"), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
