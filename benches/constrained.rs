@@ -5,28 +5,19 @@
 //!
 //! Knobs: `RILL_BENCH_TOKENS` (token budget per answer, default 64), `RILL_BENCH_ROUNDS` (default 3; medians).
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::Device;
+use common::{env_usize, median};
 use rill::api::structured;
 use rill::api::tools::{Choice, Tool, ToolSpec};
 use rill::engine::grammar::Grammar;
 use rill::engine::{EngineConfig, EngineHandle, GenRequest, SamplingParams};
 use rill::load::{self, ModelLocator};
 use serde_json::json;
-
-fn env_usize(k: &str, default: usize) -> usize {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn weather_tool(description: &str) -> Tool {
     Tool::new(

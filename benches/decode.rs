@@ -7,10 +7,13 @@
 //! Knobs: `RILL_BENCH_TOKENS` (tokens per stream, default 64), `RILL_BENCH_ROUNDS` (default 3; medians are
 //! reported), `RILL_BENCH_MODELS` (comma-separated subset of `gpt2-124m,smollm2`).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::Device;
+use common::{env_usize, median};
 use rill::engine::{EngineConfig, EngineHandle, GenRequest, SamplingParams};
 use rill::load::{self, ModelLocator};
 
@@ -23,18 +26,6 @@ struct Row {
     what: String,
     tok_s: f64,
     per_stream: f64,
-}
-
-fn env_usize(k: &str, default: usize) -> usize {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn devices() -> Vec<(String, Device)> {

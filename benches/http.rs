@@ -2,11 +2,14 @@
 //! dialect (encoder CPU cost, streaming cost over a real socket against the in-process engine, and HTTP TTFT
 //! minus in-process TTFT on real models). It checks that the answers are right, never a timing.
 
+mod common;
+
 #[path = "../tests/http_support/mod.rs"]
 mod http_support;
 
 use std::time::Instant;
 
+use common::median;
 use http_support::*;
 use rill::api::frame::{Frame, Framing};
 use rill::api::stream::Encoder;
@@ -16,11 +19,6 @@ use rill::tokenizer::ChatMessage;
 use serde_json::{json, Value};
 
 const TOKENS: usize = 2000;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
 
 /// CPU cost of one delta through each dialect's encoder and framing (pure functions, no I/O).
 fn encoder_cost_per_token() {

@@ -198,14 +198,7 @@ fn ping() -> Frame {
 
 /// A whole `message`; with `tools`, the calls read out of the text as `tool_use` blocks after any text.
 pub fn message(id: &str, model: &str, c: &Collected, tools: bool) -> Value {
-    let parsed = if tools {
-        parse::parse(&c.text)
-    } else {
-        parse::Parsed {
-            text: c.text.clone(),
-            calls: vec![],
-        }
-    };
+    let parsed = parse::parse_if(&c.text, tools);
     let mut content = Vec::new();
     if !parsed.text.is_empty() || parsed.calls.is_empty() {
         content.push(json!({ "type": "text", "text": parsed.text }));

@@ -8,7 +8,7 @@
 //! messages as `tool_calls` with `arguments` as an object, and results as `tool` messages.
 
 use crate::api::structured;
-use crate::api::tools::{self, Choice, Tool, ToolSpec};
+use crate::api::tools::{self, Choice, ToolSpec};
 use crate::engine::grammar::{Constraint, Grammar};
 use serde::Deserialize;
 use serde_json::{json, Number, Value};
@@ -284,20 +284,7 @@ impl ChatRequest {
 fn tool_spec(tools: Vec<Value>) -> Result<ToolSpec, ApiError> {
     let tools = tools
         .iter()
-        .map(|t| {
-            if !matches!(t.get("type"), None | Some(Value::Null)) && t["type"] != "function" {
-                return Err(ApiError::bad_request(format!(
-                    "tool type {} is not supported; only `function`",
-                    t["type"]
-                )));
-            }
-            let f = &t["function"];
-            let name = f["name"]
-                .as_str()
-                .ok_or_else(|| ApiError::bad_request("every tool needs `function.name`"))?;
-            let description = f["description"].as_str().map(str::to_string);
-            Tool::new(name, description, f.get("parameters").cloned())
-        })
+        .map(|t| tools::function_tool(t, true))
         .collect::<Result<Vec<_>, _>>()?;
     let choice = if tools.is_empty() {
         Choice::None

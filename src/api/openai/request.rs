@@ -1,6 +1,7 @@
-//! OpenAI request bodies and their translation into an engine request: messages through the chat template,
-//! prompts through the tokenizer, sampling fields checked against OpenAI's ranges. Unsupported features (n > 1,
-//! tools, non-text content, suffix) are refused with a 400 rather than silently ignored.
+//! OpenAI request bodies and their translation into an engine request: messages (tool calls and results
+//! included) through the chat template, prompts through the tokenizer, sampling fields checked against OpenAI's
+//! ranges, `response_format` and `tools` compiled into a grammar. Unsupported features (n > 1, non-text
+//! content, suffix) are refused with a 400 rather than silently ignored.
 
 use serde::Deserialize;
 use serde_json::{Number, Value};
@@ -9,7 +10,7 @@ use crate::api::error::ApiError;
 use crate::api::logprobs;
 use crate::api::params::{self, Limits, OneOrMany, SamplingFields};
 use crate::api::structured;
-use crate::api::tools::{self, Choice, Tool, ToolSpec};
+use crate::api::tools::{self, Choice, ToolSpec};
 use crate::engine::{GenRequest, SamplingParams, Shared};
 use crate::tokenizer::ChatMessage;
 
@@ -328,20 +329,7 @@ fn tool_spec(
 ) -> Result<ToolSpec, ApiError> {
     let tools = tools
         .iter()
-        .map(|t| {
-            if t["type"] != "function" {
-                return Err(ApiError::bad_request(format!(
-                    "tool type {} is not supported; only `function`",
-                    t["type"]
-                )));
-            }
-            let f = &t["function"];
-            let name = f["name"]
-                .as_str()
-                .ok_or_else(|| ApiError::bad_request("every tool needs `function.name`"))?;
-            let description = f["description"].as_str().map(str::to_string);
-            Tool::new(name, description, f.get("parameters").cloned())
-        })
+        .map(|t| tools::function_tool(t, false))
         .collect::<Result<Vec<_>, _>>()?;
     let choice = match choice {
         None | Some(Value::Null) if tools.is_empty() => Choice::None,

@@ -365,14 +365,7 @@ pub fn chat_completion(meta: &Meta, c: &Collected, logprobs: bool, tools: bool) 
     } else {
         Value::Null
     };
-    let parsed = if tools {
-        parse::parse(&c.text)
-    } else {
-        parse::Parsed {
-            text: c.text.clone(),
-            calls: vec![],
-        }
-    };
+    let parsed = parse::parse_if(&c.text, tools);
     let mut message = json!({ "role": "assistant", "content": parsed.text });
     let mut finish = finish_reason(&c.completion.finish);
     if !parsed.calls.is_empty() {

@@ -94,6 +94,24 @@ impl Tool {
     }
 }
 
+/// A tool in OpenAI's shape (`{"type": "function", "function": {"name", "description", "parameters"}}`, as
+/// OpenAI and Ollama send them); Ollama may leave `type` out.
+pub fn function_tool(t: &Value, type_optional: bool) -> Result<Tool, ApiError> {
+    let untyped = type_optional && matches!(t.get("type"), None | Some(Value::Null));
+    if !untyped && t["type"] != "function" {
+        return Err(ApiError::bad_request(format!(
+            "tool type {} is not supported; only `function`",
+            t["type"]
+        )));
+    }
+    let f = &t["function"];
+    let name = f["name"]
+        .as_str()
+        .ok_or_else(|| ApiError::bad_request("every tool needs `function.name`"))?;
+    let description = f["description"].as_str().map(str::to_string);
+    Tool::new(name, description, f.get("parameters").cloned())
+}
+
 impl ToolSpec {
     /// Checks that names are unique and that a named choice names a tool.
     pub fn new(tools: Vec<Tool>, choice: Choice, parallel: bool) -> Result<Self, ApiError> {

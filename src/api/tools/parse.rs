@@ -241,6 +241,18 @@ impl Parsed {
     }
 }
 
+/// Splits a whole answer when it may hold calls (`tools`); otherwise it is all text.
+pub fn parse_if(text: &str, tools: bool) -> Parsed {
+    if tools {
+        parse(text)
+    } else {
+        Parsed {
+            text: text.to_string(),
+            calls: vec![],
+        }
+    }
+}
+
 /// Splits a whole answer.
 pub fn parse(text: &str) -> Parsed {
     let mut p = CallParser::default();
