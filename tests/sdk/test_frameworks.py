@@ -35,20 +35,13 @@ from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai_compatible import OpenAICompatibleProvider
 from pydantic_ai.settings import ModelSettings
 
+from test_tools import WEATHER_PARAMETERS
+
 MAX_TOKENS = 200
 RUN_TIMEOUT = 3 * TIMEOUT
 CITY_QUESTION = "Name a big city and the country it is in."
 WEATHER_QUESTION = "What is the weather like in Paris today, in celsius?"
 
-WEATHER_PARAMETERS = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string", "description": "The city, e.g. Paris"},
-        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-    },
-    "required": ["city", "unit"],
-    "additionalProperties": False,
-}
 WEATHER_TOOL = {
     "type": "function",
     "function": {"name": "get_weather", "description": "Get the current weather in a city.", "parameters": WEATHER_PARAMETERS},
