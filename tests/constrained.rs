@@ -144,46 +144,75 @@ fn random_weights_still_give_valid_json_for_every_schema() {
 }
 
 #[test]
-fn a_forced_tool_call_is_well_formed() {
+fn a_forced_tool_call_is_well_formed_in_every_format() {
     let e = engine();
-    let tools = vec![
+    for format in [&parse::HERMES, &parse::LLAMA_JSON, &parse::MISTRAL] {
+        for (choice, seed) in [
+            (Choice::Required, 1),
+            (Choice::Named("add".into()), 2),
+            (Choice::Required, 3),
+        ] {
+            let spec = ToolSpec::new(tools(), choice.clone(), true).unwrap();
+            let grammar = spec.grammar(format).unwrap().unwrap();
+            let (text, done) = run(&e, request(&e, Some(&grammar), seed, 400));
+            assert_eq!(done.finish, rill::engine::FinishReason::Eos, "{text:?}");
+            let parsed = parse::parse(&text, format);
+            assert_eq!(parsed.text, "", "{}: {text:?}", format.name);
+            check_calls(&parsed, &text);
+            if let Choice::Named(n) = &choice {
+                assert_eq!(parsed.calls.len(), 1);
+                assert_eq!(&parsed.calls[0].name, n);
+            }
+            if !format.parallel {
+                assert_eq!(parsed.calls.len(), 1, "{}: {text:?}", format.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn with_auto_an_answer_is_text_or_whole_calls() {
+    let e = engine();
+    for format in [&parse::HERMES, &parse::LLAMA_JSON, &parse::MISTRAL] {
+        let spec = ToolSpec::new(tools(), Choice::Auto, true).unwrap();
+        let grammar = spec.grammar(format).unwrap().unwrap();
+        for seed in 0..6 {
+            let (text, _) = run(&e, request(&e, Some(&grammar), seed, 200));
+            let parsed = parse::parse(&text, format);
+            if text.trim_start().starts_with(format.trigger) {
+                assert_eq!(parsed.text, "", "{}: {text:?}", format.name);
+                check_calls(&parsed, &text);
+            } else {
+                assert!(parsed.calls.is_empty(), "{text:?}");
+                assert_eq!(parsed.text, text);
+            }
+        }
+    }
+}
+
+fn tools() -> Vec<Tool> {
+    vec![
         Tool::new("get_weather", None, Some(json!({"type": "object", "properties": {
             "city": {"type": "string", "maxLength": 12}, "unit": {"enum": ["c", "f"]}}, "required": ["city", "unit"]})))
         .unwrap(),
         Tool::new("add", None, Some(json!({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]})))
             .unwrap(),
-    ];
-    for (choice, seed) in [
-        (Choice::Required, 1),
-        (Choice::Named("add".into()), 2),
-        (Choice::Required, 3),
-    ] {
-        let spec = ToolSpec::new(tools.clone(), choice.clone(), true).unwrap();
-        let grammar = spec.grammar().unwrap().unwrap();
-        let (text, done) = run(&e, request(&e, Some(&grammar), seed, 400));
-        assert_eq!(done.finish, rill::engine::FinishReason::Eos, "{text:?}");
-        let parsed = parse::parse(&text);
-        assert_eq!(parsed.text, "", "{text:?}");
-        assert!(!parsed.calls.is_empty(), "{text:?}");
-        for call in &parsed.calls {
-            let args: Value =
-                serde_json::from_str(&call.arguments).unwrap_or_else(|e| panic!("{e}: {text:?}"));
-            match call.name.as_str() {
-                "get_weather" => assert!(
-                    args["city"].is_string()
-                        && ["c", "f"].contains(&args["unit"].as_str().unwrap())
-                ),
-                // Any integer literal, however long (a random model writes long ones).
-                "add" => assert!(
-                    args["a"].is_number() && !call.arguments.contains(['.', 'e', 'E']),
-                    "{text:?}"
-                ),
-                other => panic!("unknown tool {other}"),
-            }
-        }
-        if let Choice::Named(n) = &choice {
-            assert_eq!(parsed.calls.len(), 1);
-            assert_eq!(&parsed.calls[0].name, n);
+    ]
+}
+
+/// Every call names an offered tool and has arguments valid for it.
+fn check_calls(parsed: &parse::Parsed, text: &str) {
+    assert!(!parsed.calls.is_empty(), "{text:?}");
+    for call in &parsed.calls {
+        let args: Value =
+            serde_json::from_str(&call.arguments).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+        match call.name.as_str() {
+            "get_weather" => assert!(
+                args["city"].is_string() && ["c", "f"].contains(&args["unit"].as_str().unwrap()),
+                "{text:?}"
+            ),
+            "add" => assert!(args["a"].is_i64(), "{text:?}"),
+            other => panic!("unknown tool {other}"),
         }
     }
 }

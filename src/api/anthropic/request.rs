@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use crate::api::error::ApiError;
 use crate::api::params::{self, Limits, SamplingFields};
 use crate::api::structured;
+use crate::api::tools::parse::Format;
 use crate::api::tools::{self, Choice, Tool, ToolSpec};
 use crate::engine::{GenRequest, SamplingParams, Shared};
 use crate::tokenizer::ChatMessage;
@@ -189,8 +190,8 @@ fn tool_spec(tools: Vec<Value>, choice: Option<&Value>) -> Result<ToolSpec, ApiE
 pub struct Prepared {
     pub gen: GenRequest,
     pub stream: bool,
-    /// The answer may hold tool calls: read them out of the text.
-    pub tools: bool,
+    /// The answer may hold tool calls, written in this format: read them out of the text.
+    pub tools: Option<&'static Format>,
 }
 
 impl MessagesRequest {
@@ -260,11 +261,12 @@ impl MessagesRequest {
             .collect();
         let stream = self.stream.unwrap_or(false);
         let tools = self.tool_spec()?;
+        let format = tools::format_of(shared);
         let constraint = tools
-            .grammar()?
+            .grammar(format)?
             .map(|g| structured::compile(shared, &g))
             .transpose()?;
-        let may_call = tools.may_call();
+        let calls = tools.calls(format);
         let prompt = self.prompt_with(shared, &tools)?;
         Ok(Prepared {
             gen: GenRequest {
@@ -278,7 +280,7 @@ impl MessagesRequest {
                 prompt_logprobs: None,
             },
             stream,
-            tools: may_call,
+            tools: calls,
         })
     }
 }

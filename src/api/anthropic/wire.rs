@@ -8,7 +8,7 @@ use super::error;
 use crate::api::error::ApiError;
 use crate::api::frame::Frame;
 use crate::api::stream::{Collected, Encoder};
-use crate::api::tools::parse::{self, CallParser, Piece};
+use crate::api::tools::parse::{self, CallParser, Format, Piece};
 use crate::api::util;
 use crate::engine::{Completion, EngineError, FinishReason, TokenInfo};
 
@@ -56,8 +56,8 @@ impl AnthropicStream {
     }
 
     /// Streams tool calls as `tool_use` blocks when the answer may hold them.
-    pub fn with_tools(mut self, tools: bool) -> Self {
-        self.calls = tools.then(CallParser::default);
+    pub fn with_tools(mut self, format: Option<&'static Format>) -> Self {
+        self.calls = format.map(CallParser::new);
         self
     }
 
@@ -197,7 +197,7 @@ fn ping() -> Frame {
 }
 
 /// A whole `message`; with `tools`, the calls read out of the text as `tool_use` blocks after any text.
-pub fn message(id: &str, model: &str, c: &Collected, tools: bool) -> Value {
+pub fn message(id: &str, model: &str, c: &Collected, tools: Option<&'static Format>) -> Value {
     let parsed = parse::parse_if(&c.text, tools);
     let mut content = Vec::new();
     if !parsed.text.is_empty() || parsed.calls.is_empty() {
@@ -301,7 +301,7 @@ mod tests {
                 timings: Timings::default(),
             },
         };
-        let m = message("msg_1", "m", &c, false);
+        let m = message("msg_1", "m", &c, None);
         assert_eq!(m["content"], json!([{"type": "text", "text": "yo"}]));
         assert_eq!(
             (m["stop_reason"].as_str(), &m["stop_sequence"]),

@@ -7,6 +7,7 @@ pub mod error;
 pub mod request;
 pub mod wire;
 
+use crate::api::tools::parse::Format;
 use std::time::SystemTime;
 
 use axum::extract::State;
@@ -66,7 +67,7 @@ async fn generate(
             let mode = Mode::Generate {
                 prompt: gen.prompt.clone(),
             };
-            run(&state, model, mode, gen, stream, false, "/api/generate").await
+            run(&state, model, mode, gen, stream, None, "/api/generate").await
         }
     }
 }
@@ -93,7 +94,7 @@ async fn run(
     mode: Mode,
     gen: crate::engine::GenRequest,
     streaming: bool,
-    tools: bool,
+    tools: Option<&'static Format>,
     route: &'static str,
 ) -> Result<Response, OllamaError> {
     let mut log = RequestLog::new(route, state.model_name(), gen.prompt.len(), streaming);

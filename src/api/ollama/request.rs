@@ -8,6 +8,7 @@
 //! messages as `tool_calls` with `arguments` as an object, and results as `tool` messages.
 
 use crate::api::structured;
+use crate::api::tools::parse::Format;
 use crate::api::tools::{self, Choice, ToolSpec};
 use crate::engine::grammar::{Constraint, Grammar};
 use serde::Deserialize;
@@ -118,7 +119,7 @@ pub enum Plan {
         gen: GenRequest,
         stream: bool,
         /// The answer may hold tool calls: read them out of the text.
-        tools: bool,
+        tools: Option<&'static Format>,
     },
 }
 
@@ -210,7 +211,7 @@ impl Common {
         Ok(Plan::Generate {
             gen,
             stream: self.stream.unwrap_or(true),
-            tools: false,
+            tools: None,
         })
     }
 }
@@ -261,7 +262,8 @@ impl GenerateRequest {
 impl ChatRequest {
     pub fn plan(self, shared: &Shared) -> Result<Plan, ApiError> {
         let spec = tool_spec(self.tools.unwrap_or_default())?;
-        let constraint = self.common.constraint(shared, spec.grammar()?)?;
+        let format = tools::format_of(shared);
+        let constraint = self.common.constraint(shared, spec.grammar(format)?)?;
         if self.messages.is_empty() {
             return Ok(Plan::Load);
         }
@@ -274,7 +276,7 @@ impl ChatRequest {
         let prompt = shared.tokenizer.encode(&text)?;
         let mut plan = self.common.plan(prompt, shared, constraint)?;
         if let Plan::Generate { tools, .. } = &mut plan {
-            *tools = spec.may_call();
+            *tools = spec.calls(format);
         }
         Ok(plan)
     }
@@ -444,14 +446,19 @@ mod tests {
     fn tools_are_offered_as_the_model_decides() {
         let none = tool_spec(vec![]).unwrap();
         assert!(!none.may_call());
-        assert_eq!(none.grammar().unwrap(), None);
+        assert_eq!(
+            none.grammar(&crate::api::tools::parse::HERMES).unwrap(),
+            None
+        );
         let spec = tool_spec(vec![json!({"type": "function", "function": {
             "name": "get_weather", "description": "Weather now",
             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}})])
         .unwrap();
         assert_eq!((spec.choice.clone(), spec.parallel), (Choice::Auto, true));
         assert!(
-            spec.grammar().unwrap().is_some(),
+            spec.grammar(&crate::api::tools::parse::HERMES)
+                .unwrap()
+                .is_some(),
             "a started call is held to the grammar"
         );
         assert!(tool_spec(vec![json!({"function": {"name": "f"}})])

@@ -17,7 +17,7 @@ use crate::api::error::ApiError;
 use crate::api::frame::Frame;
 use crate::api::logprobs::entry_json;
 use crate::api::stream::{Collected, Encoder};
-use crate::api::tools::parse::{self, CallParser, Piece};
+use crate::api::tools::parse::{self, CallParser, Format, Piece};
 use crate::api::util;
 use crate::engine::{Completion, EngineError, FinishReason, TokenInfo};
 use crate::model::ModelInfo;
@@ -63,8 +63,8 @@ impl OllamaStream {
     }
 
     /// Reads the answer for tool calls (when the request offered tools).
-    pub fn with_tools(mut self, tools: bool) -> Self {
-        self.calls = tools.then(CallParser::default);
+    pub fn with_tools(mut self, format: Option<&'static Format>) -> Self {
+        self.calls = format.map(CallParser::new);
         self
     }
 
@@ -119,18 +119,18 @@ impl OllamaStream {
     pub fn whole(mut self, c: &Collected) -> Value {
         self.generated = c.tokens.iter().map(|t| t.id).collect();
         self.collect_logprobs(&c.tokens);
-        if self.calls.is_none() {
+        let Some(format) = self.calls.as_ref().map(CallParser::format) else {
             let mut v = self.last(&c.text, &c.completion);
             self.attach_logprobs(&mut v);
             return v;
-        }
-        let parsed = parse::parse(&c.text);
+        };
+        let parsed = parse::parse(&c.text, format);
         let mut text = parsed.text;
         let mut calls = Vec::new();
         for call in &parsed.calls {
             match tool_call(&call.name, &call.arguments) {
                 Some(v) => calls.push(v),
-                None => text.push_str(&unfinished(&call.name, &call.arguments)),
+                None => text.push_str(&unfinished(format, &call.name, &call.arguments)),
             }
         }
         let mut v = self.last(&text, &c.completion);
@@ -181,7 +181,11 @@ impl OllamaStream {
     /// A call left unfinished when the answer ends goes out as text.
     fn flush_call(&mut self) -> Option<Frame> {
         let (name, args) = self.open_call.take()?;
-        Some(self.text_line(&unfinished(&name, &args)))
+        let format = self
+            .calls
+            .as_ref()
+            .map_or(&parse::HERMES, CallParser::format);
+        Some(self.text_line(&unfinished(format, &name, &args)))
     }
 }
 
@@ -197,8 +201,8 @@ pub fn tool_call(name: &str, arguments: &str) -> Option<Value> {
 }
 
 /// The text the model wrote for a call that never completed.
-fn unfinished(name: &str, arguments: &str) -> String {
-    format!("{}{name}{}{arguments}", parse::OPEN, parse::MID)
+fn unfinished(format: &Format, name: &str, arguments: &str) -> String {
+    format!("{}{name}{}{arguments}", format.open, format.mid)
 }
 
 pub fn done_reason(f: &FinishReason) -> &'static str {
@@ -456,7 +460,8 @@ mod tests {
     #[test]
     fn tool_calls_stream_whole_once_complete() {
         for step in [1, 3, 7, CALLS.len()] {
-            let mut s = OllamaStream::new("m".into(), Mode::Chat, epoch).with_tools(true);
+            let mut s =
+                OllamaStream::new("m".into(), Mode::Chat, epoch).with_tools(Some(&parse::HERMES));
             let chars: Vec<char> = CALLS.chars().collect();
             let mut lines = Vec::new();
             for chunk in chars.chunks(step) {
@@ -489,7 +494,8 @@ mod tests {
             );
         }
         // The first call goes out as soon as its arguments close, before the model writes anything more.
-        let mut s = OllamaStream::new("m".into(), Mode::Chat, epoch).with_tools(true);
+        let mut s =
+            OllamaStream::new("m".into(), Mode::Chat, epoch).with_tools(Some(&parse::HERMES));
         assert!(s
             .delta(
                 "<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 1",
@@ -505,7 +511,8 @@ mod tests {
 
     #[test]
     fn text_streams_as_usual_with_tools() {
-        let mut s = OllamaStream::new("m".into(), Mode::Chat, epoch).with_tools(true);
+        let mut s =
+            OllamaStream::new("m".into(), Mode::Chat, epoch).with_tools(Some(&parse::HERMES));
         assert!(
             s.delta("<tool", &[]).is_empty(),
             "perhaps a call: held back"
@@ -520,7 +527,8 @@ mod tests {
         let end = s.done(&completion());
         assert_eq!(end.len(), 1);
         // Text that only looked like the start of a call comes out at the end.
-        let mut s = OllamaStream::new("m".into(), Mode::Chat, epoch).with_tools(true);
+        let mut s =
+            OllamaStream::new("m".into(), Mode::Chat, epoch).with_tools(Some(&parse::HERMES));
         assert!(s.delta("<tool_", &[]).is_empty());
         let end = s.done(&completion());
         assert_eq!(data(&end[0])["message"]["content"], "<tool_");
@@ -530,14 +538,15 @@ mod tests {
     #[test]
     fn a_call_cut_short_stays_text() {
         let cut = "<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": ";
-        let mut s = OllamaStream::new("m".into(), Mode::Chat, epoch).with_tools(true);
+        let mut s =
+            OllamaStream::new("m".into(), Mode::Chat, epoch).with_tools(Some(&parse::HERMES));
         assert!(s.delta(cut, &[]).is_empty());
         let end = s.done(&completion());
         assert_eq!(data(&end[0])["message"]["content"], cut);
         assert!(data(&end[0])["message"].get("tool_calls").is_none());
         assert_eq!(data(&end[1])["done_reason"], "length");
         let whole = OllamaStream::new("m".into(), Mode::Chat, epoch)
-            .with_tools(true)
+            .with_tools(Some(&parse::HERMES))
             .whole(&collected(cut, FinishReason::Length));
         assert_eq!(
             whole["message"],
@@ -549,7 +558,7 @@ mod tests {
     #[test]
     fn whole_answers_carry_calls_as_objects() {
         let whole = OllamaStream::new("m".into(), Mode::Chat, epoch)
-            .with_tools(true)
+            .with_tools(Some(&parse::HERMES))
             .whole(&collected(CALLS, FinishReason::Eos));
         assert_eq!(
             whole["message"],
@@ -562,7 +571,7 @@ mod tests {
             (Some(true), Some("stop"))
         );
         let text = OllamaStream::new("m".into(), Mode::Chat, epoch)
-            .with_tools(true)
+            .with_tools(Some(&parse::HERMES))
             .whole(&collected("Hello", FinishReason::Eos));
         assert_eq!(
             text["message"],
@@ -577,7 +586,7 @@ mod tests {
     #[test]
     fn call_lines_carry_their_log_probabilities() {
         let mut s = OllamaStream::new("m".into(), Mode::Chat, epoch)
-            .with_tools(true)
+            .with_tools(Some(&parse::HERMES))
             .with_logprobs(true);
         let lp = |id| {
             let mut t = TokenInfo::new(id);

@@ -10,6 +10,7 @@ use crate::api::error::ApiError;
 use crate::api::logprobs;
 use crate::api::params::{self, Limits, OneOrMany, SamplingFields};
 use crate::api::structured;
+use crate::api::tools::parse::Format;
 use crate::api::tools::{self, Choice, ToolSpec};
 use crate::engine::{GenRequest, SamplingParams, Shared};
 use crate::tokenizer::ChatMessage;
@@ -132,8 +133,8 @@ pub struct Prepared {
     pub echo: Option<String>,
     /// Name tokens by id in the log probabilities.
     pub token_ids: bool,
-    /// The answer may hold tool calls: read them out of the text.
-    pub tools: bool,
+    /// The answer may hold tool calls, written in this format: read them out of the text.
+    pub tools: Option<&'static Format>,
 }
 
 impl ChatRequest {
@@ -155,7 +156,8 @@ impl ChatRequest {
             self.parallel_tool_calls.unwrap_or(true),
         )?;
         // A call the model must make is held to the tools' grammar; otherwise the response format applies.
-        let grammar = match tools.grammar()? {
+        let format = tools::format_of(shared);
+        let grammar = match tools.grammar(format)? {
             Some(g) => Some(g),
             None => structured::openai_response_format(self.response_format.as_ref())?,
         };
@@ -185,7 +187,7 @@ impl ChatRequest {
             p.logprobs = true;
         }
         p.gen.constraint = constraint;
-        p.tools = tools.may_call();
+        p.tools = tools.calls(format);
         Ok(p)
     }
 }
@@ -275,7 +277,7 @@ impl Common {
             logprobs: false,
             echo: None,
             token_ids: false,
-            tools: false,
+            tools: None,
         })
     }
 }

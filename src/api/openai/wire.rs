@@ -7,7 +7,7 @@
 //! `echo` sends the prompt, with its log probabilities, first). Tokens whose text the engine holds back wait
 //! for the next chunk with text, so every token appears exactly once.
 
-use crate::api::tools::parse::{self, CallParser, Piece};
+use crate::api::tools::parse::{self, CallParser, Format, Piece};
 use serde_json::{json, Value};
 
 use super::error;
@@ -173,8 +173,8 @@ impl OpenAiStream {
     }
 
     /// Streams tool calls as OpenAI does when the answer may hold them.
-    pub fn with_tools(mut self, tools: bool) -> Self {
-        self.calls = tools.then(CallParser::default);
+    pub fn with_tools(mut self, format: Option<&'static Format>) -> Self {
+        self.calls = format.map(CallParser::new);
         self
     }
 
@@ -353,7 +353,12 @@ impl Encoder for OpenAiStream {
 
 /// A whole `chat.completion`; with `logprobs`, every generated token's entry; with `tools`, the calls read
 /// out of the text as `message.tool_calls`.
-pub fn chat_completion(meta: &Meta, c: &Collected, logprobs: bool, tools: bool) -> Value {
+pub fn chat_completion(
+    meta: &Meta,
+    c: &Collected,
+    logprobs: bool,
+    tools: Option<&'static Format>,
+) -> Value {
     let logprobs = if logprobs {
         chat_logprobs(
             c.tokens
@@ -526,7 +531,7 @@ mod tests {
             tokens: vec![],
             completion: done(FinishReason::Eos),
         };
-        let v = chat_completion(&meta(), &c, false, false);
+        let v = chat_completion(&meta(), &c, false, None);
         assert_eq!(
             v["choices"][0]["message"],
             json!({"role": "assistant", "content": "hi"})

@@ -2,11 +2,11 @@
 //! ([`ToolSpec`]), the grammar that makes every call well-formed ([`ToolSpec::grammar`]), how tools and earlier
 //! calls reach the model's prompt ([`prompt`]), and how calls are read back out of its text ([`parse`]).
 //!
-//! Calls are written in one format whatever the model, `<tool_call>` blocks holding `{"name", "arguments"}`
-//! (the Hermes / Qwen convention). A template that knows about tools gets them as `tools`; for one that
-//! does not, rill describes them in the system prompt (see [`prompt`]). With a forced choice (`required`, a
-//! named tool) the grammar applies from the first token; with `auto` the model may answer in text, and once it
-//! opens a `<tool_call>` block the grammar holds it to a valid call.
+//! Calls are written in the served model's own [`parse::Format`] (Hermes / Qwen `<tool_call>` blocks, Llama 3.x
+//! JSON, Mistral's list), chosen from its chat template; a template that knows about tools gets them as `tools`,
+//! and for one that does not rill describes them in the system prompt (see [`prompt`]), in the Hermes format.
+//! With a forced choice (`required`, a named tool) the grammar applies from the first token; with `auto` the
+//! model may answer in text, and once it opens a call the grammar holds it to a valid one.
 
 pub mod parse;
 pub mod prompt;
@@ -16,6 +16,8 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::structured;
 use crate::engine::grammar::Grammar;
+use crate::engine::Shared;
+use parse::Format;
 
 /// Most calls one answer may hold when parallel calls are allowed.
 pub const MAX_PARALLEL_CALLS: usize = 8;
@@ -94,6 +96,11 @@ impl Tool {
     }
 }
 
+/// The call format of the served model's chat template (see [`Format::for_template`]).
+pub fn format_of(shared: &Shared) -> &'static Format {
+    Format::for_template(Some(&shared.chat.source()), shared.chat.takes_tools)
+}
+
 /// A tool in OpenAI's shape (`{"type": "function", "function": {"name", "description", "parameters"}}`, as
 /// OpenAI and Ollama send them); Ollama may leave `type` out.
 pub fn function_tool(t: &Value, type_optional: bool) -> Result<Tool, ApiError> {
@@ -147,8 +154,14 @@ impl ToolSpec {
         !self.tools.is_empty() && self.choice != Choice::None
     }
 
-    /// The grammar for the answer, or `None` when the model answers freely (no tools, or `none`).
-    pub fn grammar(&self) -> Result<Option<Grammar>, ApiError> {
+    /// The format to read the answer's calls in, when it may hold any.
+    pub fn calls(&self, format: &'static Format) -> Option<&'static Format> {
+        self.may_call().then_some(format)
+    }
+
+    /// The grammar for the answer, calls written in `format`, or `None` when the model answers freely (no
+    /// tools, or `none`).
+    pub fn grammar(&self, format: &'static Format) -> Result<Option<Grammar>, ApiError> {
         if !self.may_call() {
             return Ok(None);
         }
@@ -156,39 +169,46 @@ impl ToolSpec {
             Choice::Named(n) => self.tools.iter().filter(|t| &t.name == n).collect(),
             _ => self.tools.iter().collect(),
         };
-        let mut lark = String::new();
+        let lit = |s: &str| format!("\"{}\"", lark_escape(s));
         // A named tool is called once, as clients that name one expect.
-        let calls = if self.parallel && !matches!(self.choice, Choice::Named(_)) {
+        let several = self.parallel && format.parallel && !matches!(self.choice, Choice::Named(_));
+        let mut calls = if several {
             format!(
-                "call (\"{}\" call){{0,{}}}",
-                lark_escape(parse::SEP),
+                "call ({} call){{0,{}}}",
+                lit(format.sep),
                 MAX_PARALLEL_CALLS - 1
             )
         } else {
             "call".to_string()
         };
+        if !format.prefix.is_empty() {
+            calls = format!("{} {calls}", lit(format.prefix));
+        }
+        if !format.suffix.is_empty() {
+            calls = format!("{calls} {}", lit(format.suffix));
+        }
+        let mut lark = String::new();
         if self.choice == Choice::Auto {
             // Text that does not open a call, or calls.
             lark.push_str(&format!("start: TEXT | {calls}\n"));
-            lark.push_str("TEXT: /(.|\\n)*/ & ~/[ \\t\\r\\n]*<tool_call>(.|\\n)*/\n");
+            lark.push_str(&format!(
+                "TEXT: /(.|\\n)*/ & ~/[ \\t\\r\\n]*{}(.|\\n)*/\n",
+                regex_escape(format.trigger)
+            ));
         } else {
             lark.push_str(&format!("start: {calls}\n"));
         }
         let bodies: Vec<String> = (0..offered.len()).map(|i| format!("fn_{i}")).collect();
-        lark.push_str(&format!(
-            "call: \"{}\" ({}) \"{}\"\n",
-            lark_escape("<tool_call>\n"),
-            bodies.join(" | "),
-            lark_escape(&parse::CLOSE[1..])
-        ));
+        lark.push_str(&format!("call: {}\n", bodies.join(" | ")));
         for (i, t) in offered.iter().enumerate() {
             let Grammar::JsonSchema(schema) = structured::json_grammar(&t.parameters)? else {
                 unreachable!("json_grammar makes a schema grammar")
             };
-            let head = format!("{{\"name\": \"{}{}", t.name, parse::MID);
+            let head = format!("{}{}{}", format.open, t.name, format.mid);
             lark.push_str(&format!(
-                "fn_{i}: \"{}\" args_{i} \"}}\"\n",
-                lark_escape(&head)
+                "fn_{i}: {} args_{i} {}\n",
+                lit(&head),
+                lit(format.close)
             ));
             lark.push_str(&format!("args_{i}: %json {schema}\n"));
         }
@@ -198,6 +218,16 @@ impl ToolSpec {
             Grammar::Lark(lark)
         }))
     }
+}
+
+/// A regex matching `s` literally.
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let special = "\\.+*?()|[]{}^$/".contains(c);
+            special.then_some('\\').into_iter().chain([c])
+        })
+        .collect()
 }
 
 /// A Lark string literal's body: backslashes, quotes and newlines escaped.
@@ -240,7 +270,7 @@ mod tests {
     fn grammars_follow_the_choice() {
         let g = |choice, parallel| match ToolSpec::new(vec![weather()], choice, parallel)
             .unwrap()
-            .grammar()
+            .grammar(&parse::HERMES)
             .unwrap()
         {
             Some(Grammar::Lark(s) | Grammar::LarkWithText(s)) => s,
@@ -253,7 +283,7 @@ mod tests {
         assert_eq!(
             ToolSpec::new(vec![weather()], Choice::None, true)
                 .unwrap()
-                .grammar()
+                .grammar(&parse::HERMES)
                 .unwrap(),
             None
         );

@@ -1,4 +1,5 @@
-//! Reading tool calls out of the model's text as it streams. Under a tool grammar the model writes each call as
+//! Reading tool calls out of the model's text as it streams. Under a tool grammar the model writes its calls in
+//! its family's [`Format`], with exactly that layout (the grammar fixes it); by default the Hermes / Qwen one:
 //!
 //! ```text
 //! <tool_call>
@@ -6,18 +7,89 @@
 //! </tool_call>
 //! ```
 //!
-//! with exactly this layout (the grammar fixes it), calls separated by one newline. [`CallParser`] turns text
-//! deltas into [`Piece`]s: plain text, the start of a call (its name), and fragments of its arguments, as soon as
-//! each is certain, so a dialect can stream a call's arguments while they are generated.
+//! [`CallParser`] turns text deltas into [`Piece`]s: plain text, the start of a call (its name), and fragments of
+//! its arguments, as soon as each is certain, so a dialect can stream a call's arguments while they are
+//! generated.
 
-/// What a call opens with, up to its name.
-pub const OPEN: &str = "<tool_call>\n{\"name\": \"";
-/// Between the name and the arguments.
-pub const MID: &str = "\", \"arguments\": ";
-/// What closes a call after its arguments.
-pub const CLOSE: &str = "}\n</tool_call>";
-/// Between two calls.
-pub const SEP: &str = "\n";
+/// How a model family writes its calls: `prefix`, then calls (`open` name `mid` arguments `close`) separated by
+/// `sep`, then `suffix`. An answer that starts with `trigger` is a call.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Format {
+    pub name: &'static str,
+    pub prefix: &'static str,
+    pub open: &'static str,
+    pub mid: &'static str,
+    pub close: &'static str,
+    pub sep: &'static str,
+    pub suffix: &'static str,
+    pub trigger: &'static str,
+    /// Whether the family writes several calls in one answer.
+    pub parallel: bool,
+}
+
+/// Hermes, Qwen 2.5/3 and rill's generic rendering: `<tool_call>` blocks, one per line.
+pub const HERMES: Format = Format {
+    name: "hermes",
+    prefix: "",
+    open: "<tool_call>\n{\"name\": \"",
+    mid: "\", \"arguments\": ",
+    close: "}\n</tool_call>",
+    sep: "\n",
+    suffix: "",
+    trigger: "<tool_call>",
+    parallel: true,
+};
+
+/// Llama 3.1–3.3 JSON tool calling: one `{"name": …, "parameters": {…}}` object.
+pub const LLAMA_JSON: Format = Format {
+    name: "llama3-json",
+    prefix: "",
+    open: "{\"name\": \"",
+    mid: "\", \"parameters\": ",
+    close: "}",
+    sep: "",
+    suffix: "",
+    trigger: "{",
+    parallel: false,
+};
+
+/// Mistral: a JSON list of `{"name": …, "arguments": {…}}` after its `[TOOL_CALLS]` control token (a special
+/// token, which never shows in the text).
+pub const MISTRAL: Format = Format {
+    name: "mistral",
+    prefix: "[",
+    open: "{\"name\": \"",
+    mid: "\", \"arguments\": ",
+    close: "}",
+    sep: ", ",
+    suffix: "]",
+    trigger: "[",
+    parallel: true,
+};
+
+impl Format {
+    /// The format a chat template asks for, from what its text says about calls: a template that does not
+    /// take tools gets rill's generic rendering, which uses [`HERMES`].
+    pub fn for_template(source: Option<&str>, takes_tools: bool) -> &'static Format {
+        let Some(src) = source.filter(|_| takes_tools) else {
+            return &HERMES;
+        };
+        if src.contains("<tool_call>") {
+            &HERMES
+        } else if src.contains("[TOOL_CALLS]") {
+            &MISTRAL
+        } else if src.contains("<|python_tag|>") || src.contains("\"parameters\"") {
+            &LLAMA_JSON
+        } else {
+            &HERMES
+        }
+    }
+
+    /// One call, as the grammar writes it.
+    pub fn call(&self, name: &str, arguments: &str) -> String {
+        format!("{}{name}{}{arguments}{}", self.open, self.mid, self.close)
+    }
+}
 
 /// A piece of the answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,11 +118,14 @@ enum State {
     Close,
     /// After a call: another one, or the end.
     Between,
+    /// After the suffix: nothing more.
+    Done,
 }
 
 /// Splits an answer into text and tool calls, incrementally.
 #[derive(Debug)]
 pub struct CallParser {
+    format: &'static Format,
     state: State,
     buf: String,
     index: usize,
@@ -60,9 +135,10 @@ pub struct CallParser {
     escaped: bool,
 }
 
-impl Default for CallParser {
-    fn default() -> Self {
+impl CallParser {
+    pub fn new(format: &'static Format) -> Self {
         Self {
+            format,
             state: State::Undecided,
             buf: String::new(),
             index: 0,
@@ -71,9 +147,11 @@ impl Default for CallParser {
             escaped: false,
         }
     }
-}
 
-impl CallParser {
+    pub fn format(&self) -> &'static Format {
+        self.format
+    }
+
     /// How many calls have started.
     pub fn calls(&self) -> usize {
         self.index
@@ -104,13 +182,14 @@ impl CallParser {
     fn step(&mut self, out: &mut Vec<Piece>) -> bool {
         match self.state {
             State::Undecided => {
+                let head = format!("{}{}", self.format.prefix, self.format.open);
                 let t = self.buf.trim_start();
-                if t.starts_with(OPEN) {
-                    let skip = self.buf.len() - t.len() + OPEN.len();
+                if t.starts_with(&head) {
+                    let skip = self.buf.len() - t.len() + head.len();
                     self.buf.drain(..skip);
                     self.state = State::Name;
                     true
-                } else if OPEN.starts_with(t) {
+                } else if head.starts_with(t) {
                     false
                 } else {
                     self.state = State::Text;
@@ -131,13 +210,13 @@ impl CallParser {
                         index: self.index,
                         name,
                     });
-                    // The name's closing quote was the first character of MID.
+                    // The name's closing quote was the first character of `mid`.
                     self.state = State::Mid;
                     true
                 }
                 None => false,
             },
-            State::Mid => self.expect(&MID[1..], State::Args),
+            State::Mid => self.expect(&self.format.mid[1..], State::Args),
             State::Args => {
                 let end = self.scan_args();
                 if end > 0 {
@@ -153,22 +232,25 @@ impl CallParser {
                 false
             }
             State::Close => {
-                if self.expect(CLOSE, State::Between) {
+                if self.expect(self.format.close, State::Between) {
                     self.index += 1;
                     return true;
                 }
                 false
             }
             State::Between => {
-                let next = format!("{SEP}{OPEN}");
+                let next = format!("{}{}", self.format.sep, self.format.open);
                 if self.buf.starts_with(&next) {
                     self.buf.drain(..next.len());
                     self.state = State::Name;
                     true
+                } else if !self.format.suffix.is_empty() {
+                    self.expect(self.format.suffix, State::Done)
                 } else {
                     false
                 }
             }
+            State::Done => false,
         }
     }
 
@@ -241,10 +323,10 @@ impl Parsed {
     }
 }
 
-/// Splits a whole answer when it may hold calls (`tools`); otherwise it is all text.
-pub fn parse_if(text: &str, tools: bool) -> Parsed {
-    if tools {
-        parse(text)
+/// Splits a whole answer when it may hold calls (written in `format`); otherwise it is all text.
+pub fn parse_if(text: &str, format: Option<&'static Format>) -> Parsed {
+    if let Some(f) = format {
+        parse(text, f)
     } else {
         Parsed {
             text: text.to_string(),
@@ -254,8 +336,8 @@ pub fn parse_if(text: &str, tools: bool) -> Parsed {
 }
 
 /// Splits a whole answer.
-pub fn parse(text: &str) -> Parsed {
-    let mut p = CallParser::default();
+pub fn parse(text: &str, format: &'static Format) -> Parsed {
+    let mut p = CallParser::new(format);
     let mut parsed = Parsed::default();
     parsed.add(p.push(text));
     parsed.add(p.finish());
@@ -270,7 +352,7 @@ mod tests {
 
     #[test]
     fn whole_answers() {
-        let p = parse(TWO);
+        let p = parse(TWO, &HERMES);
         assert_eq!(p.text, "");
         assert_eq!(p.calls.len(), 2);
         assert_eq!(p.calls[0].name, "get_weather");
@@ -284,18 +366,18 @@ mod tests {
             }
         );
         assert_eq!(
-            parse("Hello <tool_call> there").text,
+            parse("Hello <tool_call> there", &HERMES).text,
             "Hello <tool_call> there"
         );
-        assert_eq!(parse("<tool").text, "<tool");
-        assert_eq!(parse("  \n").text, "  \n");
+        assert_eq!(parse("<tool", &HERMES).text, "<tool");
+        assert_eq!(parse("  \n", &HERMES).text, "  \n");
     }
 
     #[test]
     fn any_split_gives_the_same_pieces() {
-        let whole = parse(TWO);
+        let whole = parse(TWO, &HERMES);
         for step in 1..8 {
-            let mut p = CallParser::default();
+            let mut p = CallParser::new(&HERMES);
             let mut parsed = Parsed::default();
             let chars: Vec<char> = TWO.chars().collect();
             for chunk in chars.chunks(step) {
@@ -308,7 +390,7 @@ mod tests {
 
     #[test]
     fn a_call_starts_as_soon_as_its_name_is_known() {
-        let mut p = CallParser::default();
+        let mut p = CallParser::new(&HERMES);
         assert_eq!(p.push("<tool_call>\n{\"name\": \"ad"), vec![]);
         assert_eq!(
             p.push("d\", \"arguments\": {\"a\""),
@@ -324,5 +406,52 @@ mod tests {
             ]
         );
         assert_eq!(p.calls(), 1);
+    }
+
+    #[test]
+    fn other_families_formats() {
+        let llama = "{\"name\": \"add\", \"parameters\": {\"a\": 1}}";
+        let p = parse(llama, &LLAMA_JSON);
+        assert_eq!(
+            p.calls,
+            vec![Call {
+                name: "add".into(),
+                arguments: "{\"a\": 1}".into()
+            }]
+        );
+        assert_eq!(p.text, "");
+        let mistral = "[{\"name\": \"add\", \"arguments\": {\"a\": [1]}}, {\"name\": \"f\", \"arguments\": {}}]";
+        let p = parse(mistral, &MISTRAL);
+        assert_eq!(p.calls.len(), 2);
+        assert_eq!(
+            p.calls[1],
+            Call {
+                name: "f".into(),
+                arguments: "{}".into()
+            }
+        );
+        assert_eq!(parse("[1, 2]", &MISTRAL).text, "[1, 2]");
+        assert_eq!(
+            LLAMA_JSON.call("f", "{}"),
+            "{\"name\": \"f\", \"parameters\": {}}"
+        );
+    }
+
+    #[test]
+    fn templates_choose_their_format() {
+        assert_eq!(Format::for_template(None, false), &HERMES);
+        assert_eq!(
+            Format::for_template(Some("{{ tools }} <tool_call>"), true),
+            &HERMES
+        );
+        assert_eq!(
+            Format::for_template(Some("{{ tools }} [TOOL_CALLS]"), true),
+            &MISTRAL
+        );
+        assert_eq!(
+            Format::for_template(Some("<|python_tag|>{{ tools }}"), true),
+            &LLAMA_JSON
+        );
+        assert_eq!(Format::for_template(Some("[TOOL_CALLS]"), false), &HERMES);
     }
 }

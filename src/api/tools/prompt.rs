@@ -55,14 +55,9 @@ fn describe(spec: &ToolSpec) -> String {
     s
 }
 
-/// A call as the model writes it under the grammar.
+/// A call as rill's generic rendering writes it (the [`parse::HERMES`] format).
 pub fn call_block(name: &str, arguments: &str) -> String {
-    format!(
-        "{}{name}{}{arguments}{}",
-        parse::OPEN,
-        parse::MID,
-        parse::CLOSE
-    )
+    parse::HERMES.call(name, arguments)
 }
 
 /// One message in rill's generic rendering: calls into the assistant's text, results into user messages.
@@ -79,7 +74,7 @@ fn generic_turn(mut m: ChatMessage) -> ChatMessage {
                 call_block(f["name"].as_str().unwrap_or_default(), &args)
             })
             .collect();
-        let calls = blocks.join(parse::SEP);
+        let calls = blocks.join(parse::HERMES.sep);
         m.content = if m.content.is_empty() {
             calls
         } else {
@@ -109,7 +104,10 @@ mod tests {
             "function": {"name": "add", "arguments": {"a": 1}}})]);
         let a = generic_turn(a);
         assert_eq!(a.content, call_block("add", "{\"a\":1}"));
-        assert_eq!(parse::parse(&a.content).calls[0].name, "add");
+        assert_eq!(
+            parse::parse(&a.content, &parse::HERMES).calls[0].name,
+            "add"
+        );
         let mut t = ChatMessage::new("tool", "3");
         t.tool_call_id = Some("c1".into());
         let t = generic_turn(t);
