@@ -318,6 +318,10 @@ async fn listings_describe_the_served_model() {
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], "tiny-gpt2");
     assert_eq!(models["data"][0]["owned_by"], "rill");
+    assert_eq!(
+        models["data"][0]["capabilities"],
+        serde_json::json!(["completion", "tools", "structured_output"])
+    );
     let one: Value = s.get("/v1/models/tiny-gpt2").await.json().await.unwrap();
     assert_eq!(one["object"], "model");
     let tags: Value = s.get("/api/tags").await.json().await.unwrap();

@@ -434,8 +434,11 @@ pub fn text_completion(
 }
 
 /// `GET /v1/models` entry.
+/// The served model as OpenAI lists models, plus what it can do (as some OpenAI-compatible servers add, and
+/// clients that pick models by feature read): every model rill serves takes tools and structured output.
 pub fn model_object(name: &str, created: u64) -> Value {
-    json!({ "id": name, "object": "model", "created": created, "owned_by": "rill" })
+    json!({ "id": name, "object": "model", "created": created, "owned_by": "rill",
+            "capabilities": ["completion", "tools", "structured_output"] })
 }
 
 #[cfg(test)]
