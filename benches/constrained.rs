@@ -35,7 +35,7 @@ fn weather_tool(description: &str) -> Tool {
 fn tool_grammar(description: &str) -> Grammar {
     ToolSpec::new(vec![weather_tool(description)], Choice::Required, false)
         .unwrap()
-        .grammar(&rill::api::tools::parse::HERMES)
+        .grammar(&rill::api::tools::parse::HERMES, None)
         .unwrap()
         .unwrap()
 }

@@ -153,7 +153,7 @@ fn a_forced_tool_call_is_well_formed_in_every_format() {
             (Choice::Required, 3),
         ] {
             let spec = ToolSpec::new(tools(), choice.clone(), true).unwrap();
-            let grammar = spec.grammar(format).unwrap().unwrap();
+            let grammar = spec.grammar(format, None).unwrap().unwrap();
             let (text, done) = run(&e, request(&e, Some(&grammar), seed, 400));
             assert_eq!(done.finish, rill::engine::FinishReason::Eos, "{text:?}");
             let parsed = parse::parse(&text, format);
@@ -175,7 +175,7 @@ fn with_auto_an_answer_is_text_or_whole_calls() {
     let e = engine();
     for format in [&parse::HERMES, &parse::LLAMA_JSON, &parse::MISTRAL] {
         let spec = ToolSpec::new(tools(), Choice::Auto, true).unwrap();
-        let grammar = spec.grammar(format).unwrap().unwrap();
+        let grammar = spec.grammar(format, None).unwrap().unwrap();
         for seed in 0..6 {
             let (text, _) = run(&e, request(&e, Some(&grammar), seed, 200));
             let parsed = parse::parse(&text, format);
@@ -186,6 +186,30 @@ fn with_auto_an_answer_is_text_or_whole_calls() {
                 assert!(parsed.calls.is_empty(), "{text:?}");
                 assert_eq!(parsed.text, text);
             }
+        }
+    }
+}
+
+#[test]
+fn with_auto_and_a_response_format_an_answer_is_that_json_or_calls() {
+    let e = engine();
+    let schema =
+        json!({"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]});
+    let answer = structured::json_grammar(&schema).unwrap();
+    let spec = ToolSpec::new(tools(), Choice::Auto, true).unwrap();
+    let grammar = spec
+        .grammar(&parse::HERMES, Some(&answer))
+        .unwrap()
+        .unwrap();
+    for seed in 0..6 {
+        let (text, _) = run(&e, request(&e, Some(&grammar), seed, 200));
+        let parsed = parse::parse(&text, &parse::HERMES);
+        if parsed.calls.is_empty() {
+            let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+            assert!(v["ok"].is_boolean(), "{text:?}");
+        } else {
+            assert_eq!(parsed.text, "", "{text:?}");
+            check_calls(&parsed, &text);
         }
     }
 }

@@ -340,6 +340,11 @@ async fn silence_gets_keepalives_and_bad_requests_are_refused_before_a_stream() 
             json!({"messages": [{"role": "user", "content": "x"}], "logprobs": true}),
             "logprobs",
         ),
+        (
+            json!({"messages": [{"role": "user", "content": "x"}], "tool_choice": "required",
+                   "tools": [{"type": "function", "function": {"name": "f"}}]}),
+            "tool calls",
+        ),
     ] {
         let resp = s.post("/v1/streams", &body).await;
         assert_eq!(resp.status(), 400, "{body}");
@@ -357,6 +362,17 @@ async fn silence_gets_keepalives_and_bad_requests_are_refused_before_a_stream() 
         .await
         .unwrap();
     assert_eq!(bad_id.status(), 400);
+    // An id past the stream's last event (or at the edge of the integers) is refused, never wrapped around.
+    for past in ["99", "18446744073709551615"] {
+        let resp = s
+            .http
+            .get(s.url(c["events_url"].as_str().unwrap()))
+            .header("last-event-id", past)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{past}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

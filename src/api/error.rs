@@ -33,6 +33,9 @@ pub enum ApiError {
     /// No resumable stream with this id and token (never made, expired, or the token is wrong).
     #[error("no stream `{0}`: it expired, or the token is wrong")]
     StreamNotFound(String),
+    /// The stream exists, but what the client asked to resume from is gone (410).
+    #[error("{0}")]
+    StreamGone(String),
     /// As many resumable streams are held as the server keeps.
     #[error("too many streams are open; retry when one has finished")]
     TooManyStreams,
@@ -64,6 +67,8 @@ pub enum ErrorKind {
     Overloaded,
     /// Not ready (loading) or stopped.
     Unavailable,
+    /// Existed once, and no longer does.
+    Gone,
     Internal,
 }
 
@@ -81,6 +86,7 @@ impl ApiError {
                 ErrorKind::NotFound
             }
             Self::TooManyStreams => ErrorKind::Overloaded,
+            Self::StreamGone(_) => ErrorKind::Gone,
             Self::MethodNotAllowed { .. } => ErrorKind::MethodNotAllowed,
             Self::Loading | Self::LoadFailed(_) => ErrorKind::Unavailable,
             Self::Internal(_) => ErrorKind::Internal,

@@ -41,11 +41,19 @@ pub fn close_objects(schema: &mut Value) {
             if map.contains_key("properties") && !map.contains_key("additionalProperties") {
                 map.insert("additionalProperties".into(), Value::Bool(false));
             }
-            map.values_mut().for_each(close_objects);
+            schemas_inside(map).for_each(close_objects);
         }
         Value::Array(items) => items.iter_mut().for_each(close_objects),
         _ => {}
     }
+}
+
+/// The values of a schema object that may hold schemas: all but the literal values (`const`, `enum`,
+/// `default`, `examples`), which must not be rewritten.
+fn schemas_inside(map: &mut serde_json::Map<String, Value>) -> impl Iterator<Item = &mut Value> {
+    map.iter_mut()
+        .filter(|(k, _)| !matches!(k.as_str(), "const" | "enum" | "default" | "examples"))
+        .map(|(_, v)| v)
 }
 
 /// ±(2^53 − 1): the integers every JSON reader holds exactly.
@@ -69,7 +77,7 @@ pub fn bound_numbers(schema: &mut Value) {
                     map.insert("maximum".into(), json!(SAFE_INTEGER));
                 }
             }
-            map.values_mut().for_each(bound_numbers);
+            schemas_inside(map).for_each(bound_numbers);
         }
         Value::Array(items) => items.iter_mut().for_each(bound_numbers),
         _ => {}

@@ -73,8 +73,8 @@ pub struct GrammarCompiler {
 }
 
 /// Tokens that end an answer or close what is open, in order of preference: EOS (where the grammar is
-/// complete), then tokens of only `"`, `}` and `]` that start with a quote (a string open now ends; an empty
-/// string value is the shortest value), then those that start with a bracket.
+/// complete), then tokens of only `"`, `}` and `]` — those that start with a quote first inside a string (it
+/// ends the string), those that start with a bracket first outside one (a quote there would open a string).
 struct Closers {
     eos: SimpleVob,
     quote_first: SimpleVob,
@@ -109,14 +109,15 @@ impl Closers {
         }
     }
 
-    /// Preference of token `id` (higher is better), or `None` when it closes nothing.
-    fn rank(&self, id: u32) -> Option<u8> {
+    /// Preference of token `id` (higher is better) with a string open or not, or `None` when it closes
+    /// nothing.
+    fn rank(&self, id: u32, in_string: bool) -> Option<u8> {
         if self.eos.is_allowed(id) {
             Some(2)
         } else if self.quote_first.is_allowed(id) {
-            Some(1)
+            Some(u8::from(in_string))
         } else if self.bracket_first.is_allowed(id) {
-            Some(0)
+            Some(u8::from(!in_string))
         } else {
             None
         }
@@ -214,6 +215,9 @@ impl TokenizerEnv for TrieEnv {
 /// One sequence's place in its grammar.
 pub struct Constraint {
     matcher: Matcher,
+    /// Whether the text so far ends inside a JSON string (and just after a backslash there).
+    in_string: bool,
+    escaped: bool,
     /// Tokens that end or close something, when answers under this grammar are steered to close.
     closers: Option<Arc<Closers>>,
 }
@@ -228,13 +232,43 @@ impl std::fmt::Debug for Constraint {
 
 impl Clone for Constraint {
     fn clone(&self) -> Self {
-        Self::new(self.matcher.deep_clone(), self.closers.clone())
+        Self {
+            matcher: self.matcher.deep_clone(),
+            in_string: self.in_string,
+            escaped: self.escaped,
+            closers: self.closers.clone(),
+        }
     }
 }
 
 impl Constraint {
     fn new(matcher: Matcher, closers: Option<Arc<Closers>>) -> Self {
-        Self { matcher, closers }
+        Self {
+            matcher,
+            in_string: false,
+            escaped: false,
+            closers,
+        }
+    }
+
+    /// Follows the quotes and escapes of a token's bytes.
+    fn track_strings(&mut self, token: u32) {
+        let Ok(env) = self.matcher.tok_env() else {
+            return;
+        };
+        let bytes = env.tok_trie().token(token);
+        if bytes.first() == Some(&TokTrie::SPECIAL_TOKEN_MARKER) {
+            return;
+        }
+        for &b in bytes {
+            match (self.in_string, self.escaped, b) {
+                (true, true, _) => self.escaped = false,
+                (true, false, b'\\') => self.escaped = true,
+                (true, false, b'"') => self.in_string = false,
+                (false, _, b'"') => self.in_string = true,
+                _ => {}
+            }
+        }
     }
 
     /// The allowed token that best brings the answer to an end — EOS where the grammar is complete, else a
@@ -245,9 +279,10 @@ impl Constraint {
             return Ok(None);
         };
         let mask = self.mask()?;
+        let in_string = self.in_string;
         let mut best: Option<(u32, u8, f32)> = None;
         mask.iter_set_entries(|i| {
-            if let Some(rank) = closers.rank(i as u32) {
+            if let Some(rank) = closers.rank(i as u32, in_string) {
                 let l = logits.get(i).copied().unwrap_or(f32::NEG_INFINITY);
                 if best.is_none_or(|(_, r, b)| (rank, l) > (r, b)) {
                     best = Some((i as u32, rank, l));
@@ -273,7 +308,9 @@ impl Constraint {
     pub fn consume(&mut self, token: u32) -> Result<(), GrammarError> {
         self.matcher
             .consume_token(token)
-            .map_err(|e| GrammarError::Invalid(e.to_string()))
+            .map_err(|e| GrammarError::Invalid(e.to_string()))?;
+        self.track_strings(token);
+        Ok(())
     }
 
     /// The grammar is complete and nothing more may follow: the sequence should end.

@@ -18,6 +18,7 @@ pub fn classify(e: &ApiError) -> (StatusCode, &'static str) {
         ErrorKind::InvalidRequest => (StatusCode::BAD_REQUEST, "invalid_request_error"),
         ErrorKind::Authentication => (StatusCode::UNAUTHORIZED, "authentication_error"),
         ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found_error"),
+        ErrorKind::Gone => (StatusCode::GONE, "not_found_error"),
         ErrorKind::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error"),
         ErrorKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large"),
         ErrorKind::Timeout => (StatusCode::REQUEST_TIMEOUT, "invalid_request_error"),

@@ -263,7 +263,7 @@ impl MessagesRequest {
         let tools = self.tool_spec()?;
         let format = tools::format_of(shared);
         let constraint = tools
-            .grammar(format)?
+            .grammar(format, None)?
             .map(|g| structured::compile(shared, &g))
             .transpose()?;
         let calls = tools.calls(format);

@@ -9,7 +9,6 @@ use crate::api::error::ApiError;
 use crate::api::frame::Frame;
 use crate::api::stream::{Collected, Encoder};
 use crate::api::tools::parse::{self, CallParser, Format, Piece};
-use crate::api::util;
 use crate::engine::{Completion, EngineError, FinishReason, TokenInfo};
 
 /// `stop_reason` and `stop_sequence` for a finish.
@@ -40,6 +39,8 @@ pub struct AnthropicStream {
     open: Option<usize>,
     blocks: usize,
     called: bool,
+    /// The format calls are written in (it decides their ids).
+    call_format: &'static Format,
 }
 
 impl AnthropicStream {
@@ -52,12 +53,14 @@ impl AnthropicStream {
             open: None,
             blocks: 0,
             called: false,
+            call_format: &parse::HERMES,
         }
     }
 
     /// Streams tool calls as `tool_use` blocks when the answer may hold them.
     pub fn with_tools(mut self, format: Option<&'static Format>) -> Self {
         self.calls = format.map(CallParser::new);
+        self.call_format = format.unwrap_or(&parse::HERMES);
         self
     }
 
@@ -104,7 +107,7 @@ impl AnthropicStream {
                     frames.push(self.text_delta(&t));
                 }
                 Piece::Start { name, .. } => {
-                    let block = json!({ "type": "tool_use", "id": util::new_id("toolu_"), "name": name,
+                    let block = json!({ "type": "tool_use", "id": self.call_format.call_id("toolu_"), "name": name,
                                         "input": {} });
                     frames.extend(self.open_block(block));
                     self.called = true;
@@ -206,7 +209,8 @@ pub fn message(id: &str, model: &str, c: &Collected, tools: Option<&'static Form
     for call in &parsed.calls {
         // A call cut off by max_tokens has no complete input: it is shown empty.
         let input: Value = serde_json::from_str(&call.arguments).unwrap_or_else(|_| json!({}));
-        content.push(json!({ "type": "tool_use", "id": util::new_id("toolu_"), "name": call.name, "input": input }));
+        let id = tools.map_or(&parse::HERMES, |f| f).call_id("toolu_");
+        content.push(json!({ "type": "tool_use", "id": id, "name": call.name, "input": input }));
     }
     let (reason, seq) = if parsed.calls.is_empty() {
         stop_reason(&c.completion.finish)

@@ -18,6 +18,7 @@ pub fn status(e: &ApiError) -> StatusCode {
         ErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
         ErrorKind::Authentication => StatusCode::UNAUTHORIZED,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Gone => StatusCode::GONE,
         ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::Timeout => StatusCode::REQUEST_TIMEOUT,

@@ -10,7 +10,7 @@
 use crate::api::structured;
 use crate::api::tools::parse::Format;
 use crate::api::tools::{self, Choice, ToolSpec};
-use crate::engine::grammar::{Constraint, Grammar};
+use crate::engine::grammar::Constraint;
 use serde::Deserialize;
 use serde_json::{json, Number, Value};
 
@@ -137,11 +137,11 @@ impl Common {
     fn constraint(
         &self,
         shared: &Shared,
-        tools: Option<Grammar>,
+        tools: &ToolSpec,
     ) -> Result<Option<Constraint>, ApiError> {
-        let format = structured::ollama_format(self.format.as_ref())?;
+        let answer = structured::ollama_format(self.format.as_ref())?;
         tools
-            .or(format)
+            .grammar(tools::format_of(shared), answer.as_ref())?
             .map(|g| structured::compile(shared, &g))
             .transpose()
     }
@@ -218,7 +218,7 @@ impl Common {
 
 impl GenerateRequest {
     pub fn plan(self, shared: &Shared) -> Result<Plan, ApiError> {
-        let constraint = self.common.constraint(shared, None)?;
+        let constraint = self.common.constraint(shared, &ToolSpec::none())?;
         if self.images.as_ref().is_some_and(|i| !i.is_empty()) {
             return Err(ApiError::bad_request(
                 "`images` are not supported: the served model reads text only",
@@ -263,7 +263,7 @@ impl ChatRequest {
     pub fn plan(self, shared: &Shared) -> Result<Plan, ApiError> {
         let spec = tool_spec(self.tools.unwrap_or_default())?;
         let format = tools::format_of(shared);
-        let constraint = self.common.constraint(shared, spec.grammar(format)?)?;
+        let constraint = self.common.constraint(shared, &spec)?;
         if self.messages.is_empty() {
             return Ok(Plan::Load);
         }
@@ -447,7 +447,8 @@ mod tests {
         let none = tool_spec(vec![]).unwrap();
         assert!(!none.may_call());
         assert_eq!(
-            none.grammar(&crate::api::tools::parse::HERMES).unwrap(),
+            none.grammar(&crate::api::tools::parse::HERMES, None)
+                .unwrap(),
             None
         );
         let spec = tool_spec(vec![json!({"type": "function", "function": {
@@ -456,7 +457,7 @@ mod tests {
         .unwrap();
         assert_eq!((spec.choice.clone(), spec.parallel), (Choice::Auto, true));
         assert!(
-            spec.grammar(&crate::api::tools::parse::HERMES)
+            spec.grammar(&crate::api::tools::parse::HERMES, None)
                 .unwrap()
                 .is_some(),
             "a started call is held to the grammar"

@@ -155,12 +155,10 @@ impl ChatRequest {
             self.tool_choice.as_ref(),
             self.parallel_tool_calls.unwrap_or(true),
         )?;
-        // A call the model must make is held to the tools' grammar; otherwise the response format applies.
+        // Calls follow the tools' grammar; an answer that is not a call follows the response format.
         let format = tools::format_of(shared);
-        let grammar = match tools.grammar(format)? {
-            Some(g) => Some(g),
-            None => structured::openai_response_format(self.response_format.as_ref())?,
-        };
+        let answer = structured::openai_response_format(self.response_format.as_ref())?;
+        let grammar = tools.grammar(format, answer.as_ref())?;
         let constraint = grammar
             .map(|g| structured::compile(shared, &g))
             .transpose()?;

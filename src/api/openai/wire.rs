@@ -155,6 +155,8 @@ pub struct OpenAiStream {
     calls: Option<CallParser>,
     /// The ids given to the calls so far.
     call_ids: Vec<String>,
+    /// The format calls are written in (it decides their ids).
+    call_format: &'static Format,
 }
 
 impl OpenAiStream {
@@ -169,12 +171,14 @@ impl OpenAiStream {
             pending_legacy: Legacy::default(),
             calls: None,
             call_ids: Vec::new(),
+            call_format: &parse::HERMES,
         }
     }
 
     /// Streams tool calls as OpenAI does when the answer may hold them.
     pub fn with_tools(mut self, format: Option<&'static Format>) -> Self {
         self.calls = format.map(CallParser::new);
+        self.call_format = format.unwrap_or(&parse::HERMES);
         self
     }
 
@@ -189,7 +193,7 @@ impl OpenAiStream {
                     continue;
                 }
                 Piece::Start { index, name } => {
-                    let id = util::new_id("call_");
+                    let id = self.call_format.call_id("call_");
                     self.call_ids.push(id.clone());
                     json!({ "index": index, "id": id, "type": "function",
                             "function": { "name": name, "arguments": "" } })
@@ -378,7 +382,7 @@ pub fn chat_completion(
             .calls
             .iter()
             .map(|call| {
-                json!({ "id": util::new_id("call_"), "type": "function",
+                json!({ "id": tools.map_or(&parse::HERMES, |f| f).call_id("call_"), "type": "function",
                         "function": { "name": call.name, "arguments": call.arguments } })
             })
             .collect();

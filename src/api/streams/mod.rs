@@ -62,6 +62,12 @@ async fn create(
     if p.logprobs {
         return Err(ApiError::bad_request("logprobs are not sent on /v1/streams").into());
     }
+    if p.tools.is_some() {
+        return Err(ApiError::bad_request(
+            "tool calls are not sent on /v1/streams; use /v1/chat/completions",
+        )
+        .into());
+    }
     let streams = state.streams();
     let entry = streams.create().ok_or(ApiError::TooManyStreams)?;
     let log = RequestLog::new(PATH, state.model_name(), p.gen.prompt.len(), true);
@@ -153,9 +159,23 @@ async fn events(
     let query = query.unwrap_or_default();
     let entry = find(&state, &id, &query)?;
     let last = last_event_id(&headers, &query)?;
-    if entry.ended() && last >= entry.last_id() {
+    if last > entry.last_id() {
+        return Err(ApiError::bad_request(format!(
+            "Last-Event-ID {last} is past this stream's last event ({})",
+            entry.last_id()
+        ))
+        .into());
+    }
+    if entry.ended() && last == entry.last_id() {
         // Everything was delivered: 204 tells an EventSource not to reconnect again.
         return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    if let Read::Gap { first_kept } = entry.read_after(last) {
+        // A status other than 200 ends an EventSource for good, instead of a reconnect that meets the gap again.
+        let e = ApiError::StreamGone(format!(
+            "cannot resume after event {last}: events before {first_kept} were dropped to bound memory"
+        ));
+        return Err(e.into());
     }
     let reader = Reader {
         version: entry.subscribe(),

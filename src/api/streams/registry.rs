@@ -196,7 +196,7 @@ impl Entry {
     pub fn read_after(&self, last: u64) -> Read {
         let log = self.log();
         let first_kept = log.frames.front().map_or(log.next_id, |(id, _)| *id);
-        if last + 1 < first_kept {
+        if last.saturating_add(1) < first_kept {
             return Read::Gap { first_kept };
         }
         let mut out = Vec::new();

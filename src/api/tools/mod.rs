@@ -72,6 +72,11 @@ impl Tool {
         }
         let parameters = match parameters {
             None | Some(Value::Null) => json!({ "type": "object", "properties": {} }),
+            Some(p @ Value::Object(_)) if p.get("type").is_some_and(|t| t != "object") => {
+                return Err(ApiError::bad_request(format!(
+                    "the parameters of tool `{name}` must be an object schema (`\"type\": \"object\"`), got {p}"
+                )))
+            }
             Some(p @ Value::Object(_)) => p,
             Some(other) => {
                 return Err(ApiError::bad_request(format!(
@@ -149,6 +154,15 @@ impl ToolSpec {
         })
     }
 
+    /// No tools at all.
+    pub fn none() -> Self {
+        Self {
+            tools: Vec::new(),
+            choice: Choice::None,
+            parallel: false,
+        }
+    }
+
     /// Whether the answer may hold calls (and so must be read for them).
     pub fn may_call(&self) -> bool {
         !self.tools.is_empty() && self.choice != Choice::None
@@ -160,10 +174,15 @@ impl ToolSpec {
     }
 
     /// The grammar for the answer, calls written in `format`, or `None` when the model answers freely (no
-    /// tools, or `none`).
-    pub fn grammar(&self, format: &'static Format) -> Result<Option<Grammar>, ApiError> {
+    /// tools, or `none`). With `auto`, the answer is text or calls; when the request also asked for a response
+    /// format (`answer`, a JSON schema), it is an answer in that schema or calls.
+    pub fn grammar(
+        &self,
+        format: &'static Format,
+        answer: Option<&Grammar>,
+    ) -> Result<Option<Grammar>, ApiError> {
         if !self.may_call() {
-            return Ok(None);
+            return Ok(answer.cloned());
         }
         let offered: Vec<&Tool> = match &self.choice {
             Choice::Named(n) => self.tools.iter().filter(|t| &t.name == n).collect(),
@@ -188,15 +207,32 @@ impl ToolSpec {
             calls = format!("{calls} {}", lit(format.suffix));
         }
         let mut lark = String::new();
-        if self.choice == Choice::Auto {
-            // Text that does not open a call, or calls.
-            lark.push_str(&format!("start: TEXT | {calls}\n"));
-            lark.push_str(&format!(
-                "TEXT: /(.|\\n)*/ & ~/[ \\t\\r\\n]*{}(.|\\n)*/\n",
-                regex_escape(format.trigger)
-            ));
-        } else {
-            lark.push_str(&format!("start: {calls}\n"));
+        let mut free_text = false;
+        match (&self.choice, answer) {
+            (Choice::Auto, Some(Grammar::JsonSchema(schema))) => {
+                lark.push_str(&format!(
+                    "start: answer | {calls}\nanswer: %json {schema}\n"
+                ));
+            }
+            (Choice::Auto, _) if format.after_text => {
+                // Text that never opens a call, then perhaps calls.
+                free_text = true;
+                lark.push_str(&format!("start: TEXT | TEXT? {calls}\n"));
+                lark.push_str(&format!(
+                    "TEXT: /(.|\\n)+/ & ~/(.|\\n)*{}(.|\\n)*/\n",
+                    regex_escape(format.trigger)
+                ));
+            }
+            (Choice::Auto, _) => {
+                // Text that does not open with a call, or calls.
+                free_text = true;
+                lark.push_str(&format!("start: TEXT | {calls}\n"));
+                lark.push_str(&format!(
+                    "TEXT: /(.|\\n)*/ & ~/[ \\t\\r\\n]*{}(.|\\n)*/\n",
+                    regex_escape(format.trigger)
+                ));
+            }
+            _ => lark.push_str(&format!("start: {calls}\n")),
         }
         let bodies: Vec<String> = (0..offered.len()).map(|i| format!("fn_{i}")).collect();
         lark.push_str(&format!("call: {}\n", bodies.join(" | ")));
@@ -212,7 +248,7 @@ impl ToolSpec {
             ));
             lark.push_str(&format!("args_{i}: %json {schema}\n"));
         }
-        Ok(Some(if self.choice == Choice::Auto {
+        Ok(Some(if free_text {
             Grammar::LarkWithText(lark)
         } else {
             Grammar::Lark(lark)
@@ -254,6 +290,7 @@ mod tests {
     fn tools_are_checked() {
         assert!(Tool::new("bad name", None, None).is_err());
         assert!(Tool::new("f", None, Some(json!("x"))).is_err());
+        assert!(Tool::new("f", None, Some(json!({"type": "integer"}))).is_err());
         assert_eq!(
             Tool::new("f", None, None).unwrap().parameters["type"],
             "object"
@@ -270,7 +307,7 @@ mod tests {
     fn grammars_follow_the_choice() {
         let g = |choice, parallel| match ToolSpec::new(vec![weather()], choice, parallel)
             .unwrap()
-            .grammar(&parse::HERMES)
+            .grammar(&parse::HERMES, None)
             .unwrap()
         {
             Some(Grammar::Lark(s) | Grammar::LarkWithText(s)) => s,
@@ -279,11 +316,11 @@ mod tests {
         let required = g(Choice::Required, false);
         assert!(required.starts_with("start: call\n"), "{required}");
         assert!(required.contains("%json {"), "{required}");
-        assert!(g(Choice::Auto, true).contains("start: TEXT | call (\"\\n\" call){0,7}"));
+        assert!(g(Choice::Auto, true).contains("start: TEXT | TEXT? call (\"\\n\" call){0,7}"));
         assert_eq!(
             ToolSpec::new(vec![weather()], Choice::None, true)
                 .unwrap()
-                .grammar(&parse::HERMES)
+                .grammar(&parse::HERMES, None)
                 .unwrap(),
             None
         );

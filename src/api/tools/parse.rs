@@ -23,6 +23,9 @@ pub struct Format {
     pub sep: &'static str,
     pub suffix: &'static str,
     pub trigger: &'static str,
+    /// Whether a call may also follow text (the trigger is distinctive enough to never be text: `<tool_call>`),
+    /// or only open the answer (a bare `{` or `[` may well be text).
+    pub after_text: bool,
     /// Whether the family writes several calls in one answer.
     pub parallel: bool,
 }
@@ -37,6 +40,7 @@ pub const HERMES: Format = Format {
     sep: "\n",
     suffix: "",
     trigger: "<tool_call>",
+    after_text: true,
     parallel: true,
 };
 
@@ -50,6 +54,7 @@ pub const LLAMA_JSON: Format = Format {
     sep: "",
     suffix: "",
     trigger: "{",
+    after_text: false,
     parallel: false,
 };
 
@@ -64,6 +69,7 @@ pub const MISTRAL: Format = Format {
     sep: ", ",
     suffix: "]",
     trigger: "[",
+    after_text: false,
     parallel: true,
 };
 
@@ -82,6 +88,17 @@ impl Format {
             &LLAMA_JSON
         } else {
             &HERMES
+        }
+    }
+
+    /// A fresh id for a call: the dialect's `prefix` and 24 random characters, or exactly 9 alphanumerics for
+    /// Mistral, whose chat templates refuse any other id when the call is sent back.
+    pub fn call_id(&self, prefix: &str) -> String {
+        if *self == MISTRAL {
+            use rand::distr::{Alphanumeric, SampleString};
+            Alphanumeric.sample_string(&mut rand::rng(), 9)
+        } else {
+            crate::api::util::new_id(prefix)
         }
     }
 
@@ -122,11 +139,17 @@ enum State {
     Done,
 }
 
+/// The whitespace a call may follow (what the grammar allows before it).
+const WS: [char; 4] = [' ', '\t', '\r', '\n'];
+
 /// Splits an answer into text and tool calls, incrementally.
 #[derive(Debug)]
 pub struct CallParser {
     format: &'static Format,
     state: State,
+    /// The text of the call being opened, until its name is known (given back as text if the answer ends
+    /// there).
+    opening: String,
     buf: String,
     index: usize,
     /// Inside the arguments: bracket depth, and whether in a string (and after a backslash there).
@@ -140,6 +163,7 @@ impl CallParser {
         Self {
             format,
             state: State::Undecided,
+            opening: String::new(),
             buf: String::new(),
             index: 0,
             depth: 0,
@@ -169,13 +193,26 @@ impl CallParser {
         out
     }
 
-    /// The end of the answer: text still held back comes out as text.
+    /// The end of the answer: text still held back comes out as text, and so does a call cut off before its
+    /// name was complete (a call whose name is known was already reported, with what it has of arguments).
     pub fn finish(&mut self) -> Vec<Piece> {
         let rest = std::mem::take(&mut self.buf);
-        match self.state {
-            State::Undecided | State::Text if !rest.is_empty() => vec![Piece::Text(rest)],
-            _ => Vec::new(),
+        let text = match self.state {
+            State::Undecided | State::Text => rest,
+            State::Name => std::mem::take(&mut self.opening) + &rest,
+            _ => String::new(),
+        };
+        if text.is_empty() {
+            Vec::new()
+        } else {
+            vec![Piece::Text(text)]
         }
+    }
+
+    /// Enters a call whose opening text (`taken`) was just consumed.
+    fn open_call(&mut self, taken: String) {
+        self.opening = taken;
+        self.state = State::Name;
     }
 
     /// Makes one move; false when more text is needed.
@@ -183,11 +220,11 @@ impl CallParser {
         match self.state {
             State::Undecided => {
                 let head = format!("{}{}", self.format.prefix, self.format.open);
-                let t = self.buf.trim_start();
+                let t = self.buf.trim_start_matches(WS);
                 if t.starts_with(&head) {
                     let skip = self.buf.len() - t.len() + head.len();
-                    self.buf.drain(..skip);
-                    self.state = State::Name;
+                    let taken = self.buf.drain(..skip).collect();
+                    self.open_call(taken);
                     true
                 } else if head.starts_with(t) {
                     false
@@ -197,8 +234,40 @@ impl CallParser {
                 }
             }
             State::Text => {
-                if !self.buf.is_empty() {
-                    out.push(Piece::Text(std::mem::take(&mut self.buf)));
+                if !self.format.after_text {
+                    if !self.buf.is_empty() {
+                        out.push(Piece::Text(std::mem::take(&mut self.buf)));
+                    }
+                    return false;
+                }
+                // A call may follow text: text up to the trigger goes out, and what follows is read as a call
+                // when it is (or may still become) one; a trigger that opens no call is text.
+                if let Some(at) = self.buf.find(self.format.trigger) {
+                    let head = format!("{}{}", self.format.prefix, self.format.open);
+                    let rest = &self.buf[at..];
+                    if rest.starts_with(&head) || head.starts_with(rest) {
+                        if at > 0 {
+                            out.push(Piece::Text(self.buf.drain(..at).collect()));
+                        }
+                        self.state = State::Undecided;
+                    } else {
+                        let end = at + self.format.trigger.len();
+                        out.push(Piece::Text(self.buf.drain(..end).collect()));
+                    }
+                    return true;
+                }
+                // Hold back a tail that may be the start of the trigger.
+                let keep = (1..self.format.trigger.len())
+                    .rev()
+                    .find(|&n| {
+                        self.buf.is_char_boundary(self.buf.len().saturating_sub(n))
+                            && self.buf.ends_with(&self.format.trigger[..n])
+                    })
+                    .unwrap_or(0)
+                    .min(self.buf.len());
+                let emit = self.buf.len() - keep;
+                if emit > 0 {
+                    out.push(Piece::Text(self.buf.drain(..emit).collect()));
                 }
                 false
             }
@@ -206,6 +275,7 @@ impl CallParser {
                 Some(end) => {
                     let name = self.buf[..end].to_string();
                     self.buf.drain(..=end);
+                    self.opening.clear();
                     out.push(Piece::Start {
                         index: self.index,
                         name,
@@ -241,8 +311,8 @@ impl CallParser {
             State::Between => {
                 let next = format!("{}{}", self.format.sep, self.format.open);
                 if self.buf.starts_with(&next) {
-                    self.buf.drain(..next.len());
-                    self.state = State::Name;
+                    let taken = self.buf.drain(..next.len()).collect();
+                    self.open_call(taken);
                     true
                 } else if !self.format.suffix.is_empty() {
                     self.expect(self.format.suffix, State::Done)
@@ -453,5 +523,45 @@ mod tests {
             &LLAMA_JSON
         );
         assert_eq!(Format::for_template(Some("[TOOL_CALLS]"), false), &HERMES);
+    }
+
+    #[test]
+    fn a_call_may_follow_text_in_the_hermes_format() {
+        let answer = "Let me check.\n<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 1}}\n</tool_call>";
+        let whole = parse(answer, &HERMES);
+        assert_eq!(whole.text, "Let me check.\n");
+        assert_eq!(whole.calls.len(), 1);
+        for step in 1..6 {
+            let mut p = CallParser::new(&HERMES);
+            let mut parsed = Parsed::default();
+            let chars: Vec<char> = answer.chars().collect();
+            for chunk in chars.chunks(step) {
+                parsed.add(p.push(&chunk.iter().collect::<String>()));
+            }
+            parsed.add(p.finish());
+            assert_eq!(parsed, whole, "split every {step}");
+        }
+        // Text with a `<` that starts no call is given back whole.
+        assert_eq!(parse("a < b and <tool", &HERMES).text, "a < b and <tool");
+        // A bare brace after text is text in the JSON formats.
+        assert_eq!(
+            parse("x {\"name\": \"add\"", &LLAMA_JSON).text,
+            "x {\"name\": \"add\""
+        );
+    }
+
+    #[test]
+    fn a_call_cut_before_its_name_comes_back_as_text() {
+        let cut = "<tool_call>\n{\"name\": \"get_wea";
+        assert_eq!(
+            parse(cut, &HERMES),
+            Parsed {
+                text: cut.into(),
+                calls: vec![]
+            }
+        );
+        // Only the whitespace the grammar allows may precede a call.
+        let odd = "\u{c}<tool_call>\n{\"name\": \"rm\", \"arguments\": {}}\n</tool_call>";
+        assert!(parse(odd, &LLAMA_JSON).calls.is_empty());
     }
 }
