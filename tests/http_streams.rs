@@ -7,6 +7,7 @@
 //! - `DELETE` stops a generation (the `cancelled` event, `/metrics` counts it);
 //! - the API key guards creating and stopping, the stream token guards reading; silence gets keep-alives;
 //! - the page is served with its CSP, and `/` sends browsers to it while API clients keep Ollama's answer.
+//! - forged stream ids, tokens and `Last-Event-ID`s get a 4xx in OpenAI's shape, never a 5xx.
 
 mod http_support;
 
@@ -419,4 +420,67 @@ async fn the_page_is_served_with_its_policy_and_only_browsers_are_sent_to_it() {
     let client = no_redirects.get(s.url("/")).send().await.unwrap();
     assert_eq!(client.status(), 200);
     assert_eq!(client.text().await.unwrap(), "rill is running\n");
+}
+
+/// Refused in OpenAI's error shape: a JSON body with `error.message` and `error.type`.
+fn openai_refusal(status: u16, body: &[u8]) {
+    assert!((400..500).contains(&status), "status {status}");
+    let v: Value = serde_json::from_slice(body).unwrap();
+    assert!(
+        v["error"]["message"].is_string() && v["error"]["type"].is_string(),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_ids_tokens_and_last_event_ids_get_a_4xx_never_a_5xx() {
+    let s = server(FakeLm::cycle(tick()), config(5_000)).await;
+    let real = create(&s, &chat(3)).await;
+    let (id, token) = (
+        real["id"].as_str().unwrap(),
+        real["token"].as_str().unwrap(),
+    );
+    let ids = [id, "strm_x", "%00", "..", &"z".repeat(5000)];
+    let tokens = ["", token, "x", "%ff%fe", &"t".repeat(5000)];
+    let last = [
+        "",
+        "1",
+        "-1",
+        "18446744073709551616",
+        "NaN",
+        "3 4",
+        &"9".repeat(300),
+    ];
+    for (i, (id_, token_)) in ids
+        .iter()
+        .flat_map(|i| tokens.iter().map(move |t| (i, t)))
+        .enumerate()
+    {
+        let mut get = s
+            .http
+            .get(s.url(&format!("/v1/streams/{id_}/events?token={token_}")));
+        if !last[i % last.len()].is_empty() {
+            get = get.header("last-event-id", last[i % last.len()]);
+        }
+        let resp = get.send().await.unwrap();
+        let status = resp.status().as_u16();
+        match status {
+            200 | 204 => assert_eq!(
+                (*id_, *token_),
+                (id, token),
+                "only the real pair opens the feed"
+            ),
+            _ => openai_refusal(status, &resp.bytes().await.unwrap()),
+        }
+        let del = s
+            .http
+            .delete(s.url(&format!("/v1/streams/{id_}?token={token_}")))
+            .send()
+            .await
+            .unwrap();
+        let status = del.status().as_u16();
+        if status != 200 {
+            openai_refusal(status, &del.bytes().await.unwrap());
+        }
+    }
 }
