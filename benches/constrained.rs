@@ -11,12 +11,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::Device;
-use common::{env_usize, median};
+use common::median;
 use rill::api::structured;
 use rill::api::tools::{Choice, Tool, ToolSpec};
 use rill::engine::grammar::Grammar;
-use rill::engine::{EngineConfig, EngineHandle, GenRequest, SamplingParams};
-use rill::load::{self, ModelLocator};
+use rill::engine::{EngineHandle, GenRequest, SamplingParams};
 use serde_json::json;
 
 fn weather_tool(description: &str) -> Tool {
@@ -82,21 +81,8 @@ fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let dir = root.join("models/smollm2");
     assert!(dir.exists(), "run scripts/fetch-models.sh first");
-    let source = ModelLocator::from_env(root.join("models"))
-        .resolve(dir.to_str().unwrap())
-        .unwrap();
-    let e = EngineHandle::start(
-        move || load::load(&source, "smollm2", &Device::Cpu),
-        EngineConfig {
-            prefix_cache_bytes: 0,
-            ..EngineConfig::default()
-        },
-    )
-    .unwrap();
-    let (tokens, rounds) = (
-        env_usize("RILL_BENCH_TOKENS", 64),
-        env_usize("RILL_BENCH_ROUNDS", 3).max(1),
-    );
+    let e = common::engine(&dir, "smollm2", &Device::Cpu);
+    let (tokens, rounds) = common::knobs();
     let shared = e.shared();
 
     // Compile time: cold (a description never seen defeats the cache) and cached.

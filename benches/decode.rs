@@ -13,9 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::Device;
-use common::{env_usize, median};
-use rill::engine::{EngineConfig, EngineHandle, GenRequest, SamplingParams};
-use rill::load::{self, ModelLocator};
+use common::median;
+use rill::engine::{EngineHandle, GenRequest, SamplingParams};
 
 const CONCURRENCY: [usize; 4] = [1, 2, 4, 8];
 const PREFILL_TOKENS: usize = 256;
@@ -107,23 +106,8 @@ fn decode(e: &EngineHandle, prompt: &[u32], n: usize, tokens: usize) -> (f64, f6
 }
 
 fn bench_model(name: &str, dir: &Path, dev_name: &str, dev: &Device, rows: &mut Vec<Row>) {
-    let locator = ModelLocator::from_env(dir.parent().unwrap().to_path_buf());
-    let source = locator.resolve(dir.to_str().unwrap()).unwrap();
-    let (label, device) = (name.to_string(), dev.clone());
-    let e = EngineHandle::start(
-        move || load::load(&source, &label, &device),
-        // Every request computes its whole prompt: the prefix cache would turn the repeated prompts of
-        // these runs into copies.
-        EngineConfig {
-            prefix_cache_bytes: 0,
-            ..EngineConfig::default()
-        },
-    )
-    .unwrap();
-    let (tokens, rounds) = (
-        env_usize("RILL_BENCH_TOKENS", 64),
-        env_usize("RILL_BENCH_ROUNDS", 3).max(1),
-    );
+    let e = common::engine(dir, name, dev);
+    let (tokens, rounds) = common::knobs();
     let prompt = e
         .tokenizer()
         .encode("Once upon a time, in a small village by the sea,")
@@ -205,6 +189,6 @@ fn main() {
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_default();
     println!(
         "(CPU threads: {threads}; medians of {} rounds)",
-        env_usize("RILL_BENCH_ROUNDS", 3).max(1)
+        common::knobs().1
     );
 }
