@@ -57,13 +57,7 @@ fn decode(
             e.submit(req).unwrap()
         })
         .collect();
-    let done: Vec<_> = streams
-        .into_iter()
-        .map(|s| std::thread::spawn(move || s.collect_blocking().unwrap().2))
-        .collect::<Vec<_>>()
-        .into_iter()
-        .map(|h| h.join().unwrap())
-        .collect();
+    let done = common::finish_all(streams);
     let generated: usize = done.iter().map(|c| c.usage.completion_tokens).sum();
     let after_first: usize = done
         .iter()

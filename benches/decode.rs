@@ -88,13 +88,7 @@ fn decode(e: &EngineHandle, prompt: &[u32], n: usize, tokens: usize) -> (f64, f6
     let streams: Vec<_> = (0..n)
         .map(|_| e.submit(request(prompt.to_vec(), tokens)).unwrap())
         .collect();
-    let done: Vec<_> = streams
-        .into_iter()
-        .map(|s| std::thread::spawn(move || s.collect_blocking().unwrap().2))
-        .collect::<Vec<_>>()
-        .into_iter()
-        .map(|h| h.join().unwrap())
-        .collect();
+    let done = common::finish_all(streams);
     let wall = t0.elapsed().as_secs_f64();
     let total: usize = done.iter().map(|c| c.usage.completion_tokens).sum();
     let per_stream = median(

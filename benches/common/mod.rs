@@ -43,3 +43,14 @@ pub fn engine(
     )
     .unwrap()
 }
+
+/// Waits for every stream, each on its own thread, and returns how each ended.
+pub fn finish_all(streams: Vec<rill::engine::EventStream>) -> Vec<rill::engine::Completion> {
+    streams
+        .into_iter()
+        .map(|s| std::thread::spawn(move || s.collect_blocking().unwrap().2))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect()
+}
