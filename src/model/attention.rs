@@ -4,6 +4,9 @@
 
 use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
 
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
 /// How one layer scores keys: the scale of `q·k`, an optional soft cap `c·tanh(s / c)` on the scaled scores
 /// (gemma2), and an optional sliding window (a query at position `p` sees keys `p - window < t <= p`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -131,6 +134,7 @@ pub fn attend_rows(seqs: &[SeqRows<'_>], n_heads: usize, scoring: &Scoring) -> R
         rows.extend((0..new).map(|r| (s, r, total - new + r)));
     }
     let mut out = vec![0f32; rows.len() * width];
+    let simd = simd_rows(hd);
     let out_addr = out.as_mut_ptr() as usize;
     crate::pool::run(rows.len() * n_kv, |items| {
         // Scratch reused by every item of this chunk: the scores, and a row converted from an f16 cache.
@@ -148,7 +152,18 @@ pub fn attend_rows(seqs: &[SeqRows<'_>], n_heads: usize, scoring: &Scoring) -> R
                     group * hd,
                 )
             };
-            attend_one(q, k, v, kv, pos, scoring, &mut scores, &mut row_buf, o);
+            attend_one(
+                q,
+                k,
+                v,
+                kv,
+                pos,
+                scoring,
+                &mut scores,
+                &mut row_buf,
+                o,
+                simd,
+            );
         }
     });
     drop(caches);
@@ -232,7 +247,8 @@ enum CacheData<'a> {
 }
 
 /// Softmax attention of a group of query heads `q` (`[group, hd]`) at position `pos` over the keys of kv head
-/// `kv` it sees, into `out`. Every sum runs in position order, in the same lanes, whatever the caller.
+/// `kv` it sees, into `out`. Every sum runs in position order, in the same lanes, whatever the caller; `simd`
+/// (from [`simd_rows`]) picks the AVX2 loops, which give the same bits.
 #[allow(clippy::too_many_arguments)]
 fn attend_one(
     q: &[f32],
@@ -244,6 +260,7 @@ fn attend_one(
     scores: &mut Vec<f32>,
     row_buf: &mut [f32],
     out: &mut [f32],
+    simd: bool,
 ) {
     let hd = k.hd;
     let group = q.len() / hd;
@@ -251,15 +268,23 @@ fn attend_one(
     let len = pos + 1 - first;
     scores.clear();
     scores.resize(group * len, 0.0);
-    for t in 0..len {
+    // Keys the SIMD kernel scored; the portable loop does the rest (all of them without AVX2).
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd_rows` checked AVX2 and F16C and the head width; `q` is `group` heads and `scores`
+        // `group * len`, and keys `first .. first + len` are in the cache.
+        unsafe { x86::scaled_scores8(q, k, kv, first, len, scoring.scale, scores) };
+        done = len - len % 8;
+    }
+    for t in done..len {
         let krow = k.row(kv, first + t, row_buf);
         for (j, qh) in q.chunks_exact(hd).enumerate() {
-            let s = dot(qh, krow) * scoring.scale;
-            scores[j * len + t] = match scoring.softcap {
-                Some(c) => (s / c).tanh() * c,
-                None => s,
-            };
+            scores[j * len + t] = dot(qh, krow) * scoring.scale;
         }
+    }
+    if let Some(c) = scoring.softcap {
+        scores.iter_mut().for_each(|s| *s = (*s / c).tanh() * c);
     }
     for s in scores.chunks_exact_mut(len) {
         let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -271,6 +296,12 @@ fn attend_one(
         let inv = 1.0 / sum;
         s.iter_mut().for_each(|x| *x *= inv);
     }
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: as above; `out` is `group * hd`.
+        unsafe { x86::weighted_values(scores, v, kv, first, len, out) };
+        return;
+    }
     out.fill(0.0);
     for t in 0..len {
         let vrow = v.row(kv, first + t, row_buf);
@@ -278,6 +309,26 @@ fn attend_one(
             let p = scores[j * len + t];
             o.iter_mut().zip(vrow).for_each(|(o, v)| *o += p * v);
         }
+    }
+}
+
+/// Whether [`x86`]'s kernels run attention rows of width `hd`: AVX2 and F16C present (and allowed by
+/// `RILL_KERNELS`), and `hd` a multiple of eight. They give the portable loops' bits either way.
+fn simd_rows(hd: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let avx2 = *AVX2.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("f16c")
+                && crate::model::kernel_cap() >= 1
+        });
+        avx2 && hd.is_multiple_of(8)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = hd;
+        false
     }
 }
 
@@ -448,6 +499,61 @@ mod tests {
                 chunk[r * 48..(r + 1) * 48],
                 "row {r} in a batch"
             );
+        }
+        Ok(())
+    }
+
+    /// The AVX2 loops give the portable loops' bits: f32 and f16 caches, head widths of 64 and 96 (a
+    /// 64 + 32 column split), key counts on and off multiples of eight, plain and soft-capped with a window.
+    #[test]
+    fn simd_loops_give_the_portable_bits() -> Result<()> {
+        let dev = Device::Cpu;
+        let capped = Scoring {
+            scale: 0.3,
+            softcap: Some(1.5),
+            window: Some(13),
+        };
+        for (hd, dtype) in [
+            (64, DType::F32),
+            (96, DType::F32),
+            (64, DType::F16),
+            (8, DType::F32),
+        ] {
+            if !simd_rows(hd) {
+                return Ok(()); // nothing to compare on this CPU
+            }
+            let k = Tensor::randn(0f32, 1.0, (2, 40, hd), &dev)?.to_dtype(dtype)?;
+            let v = Tensor::randn(0f32, 1.0, (2, 40, hd), &dev)?.to_dtype(dtype)?;
+            let q = Tensor::randn(0f32, 1.0, (3 * hd,), &dev)?.to_vec1::<f32>()?;
+            let ((ks, kl), (vs, vl)) = (k.storage_and_layout(), v.storage_and_layout());
+            let (kc, vc) = (CacheView::new(&ks, kl, hd)?, CacheView::new(&vs, vl, hd)?);
+            for pos in [0, 6, 7, 8, 15, 16, 23, 39] {
+                for scoring in [Scoring::plain(hd), capped] {
+                    let run = |simd| {
+                        let (mut scores, mut buf, mut out) =
+                            (Vec::new(), vec![0f32; hd], vec![0f32; 3 * hd]);
+                        attend_one(
+                            &q,
+                            &kc,
+                            &vc,
+                            1,
+                            pos,
+                            &scoring,
+                            &mut scores,
+                            &mut buf,
+                            &mut out,
+                            simd,
+                        );
+                        out
+                    };
+                    let (fast, portable) = (run(true), run(false));
+                    let same = fast
+                        .iter()
+                        .zip(&portable)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "hd {hd} {dtype:?} pos {pos} {scoring:?}");
+                }
+            }
         }
         Ok(())
     }

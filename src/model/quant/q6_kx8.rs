@@ -138,6 +138,25 @@ impl Format for Q6Kx8 {
     ) {
         dispatch_rows!(kernel, xs, w, dst, stride)
     }
+
+    unsafe fn rows_pair<const R: usize>(
+        kernel: Kernel,
+        xs: [&[ActHalves]; R],
+        w: [&[Q6KGroup]; 2],
+        dst: *mut f32,
+        stride: usize,
+    ) {
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni if super::q4_1x8::has_avx512() => {
+                x86::rows_pair_avx512(xs, w, dst, stride)
+            }
+            _ => {
+                Self::rows(kernel, xs, w[0], dst, stride);
+                Self::rows(kernel, xs, w[1], dst.add(ROWS), stride);
+            }
+        }
+    }
 }
 
 /// Portable kernel for one activation row.
@@ -230,6 +249,81 @@ mod x86 {
     }
 
     unsigned_rows_kernels!(rows_kernel);
+
+    /// Two weight groups at once on 512-bit vectors, lanes 0–7 the first group's rows and 8–15 the
+    /// second's, each lane through exactly the 256-bit kernel's operations (so the same bits).
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+    pub unsafe fn rows_pair_avx512<const R: usize>(
+        xs: [&[ActHalves]; R],
+        w: [&[Q6KGroup]; 2],
+        dst: *mut f32,
+        stride: usize,
+    ) {
+        let wide = |a: *const u8, b: *const u8| {
+            _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(_mm256_loadu_si256(a as *const __m256i)),
+                _mm256_loadu_si256(b as *const __m256i),
+            )
+        };
+        let wide_ps = |a: __m256, b: __m256| {
+            _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                _mm512_castpd256_pd512(_mm256_castps_pd(a)),
+                _mm256_castps_pd(b),
+            ))
+        };
+        let (m4, m2) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x03));
+        let mut acc = [_mm512_setzero_ps(); R];
+        for (b, (p0, p1)) in w[0].iter().zip(w[1]).enumerate() {
+            let half_d =
+                |p: &Q6KGroup| _mm256_cvtph_ps(_mm_loadu_si128(p.d.as_ptr() as *const __m128i));
+            let d = wide_ps(half_d(p0), half_d(p1));
+            for i in 0..8 {
+                let mut isum = [[_mm512_setzero_si512(); R]; 2];
+                let high = [
+                    wide(p0.high[i].as_ptr(), p1.high[i].as_ptr()),
+                    wide(p0.high[i].as_ptr().add(32), p1.high[i].as_ptr().add(32)),
+                ];
+                for u in 0..4 {
+                    let n = wide(
+                        p0.nib[i].as_ptr().add(32 * u),
+                        p1.nib[i].as_ptr().add(32 * u),
+                    );
+                    let shift = _mm_cvtsi32_si128(2 * u as i32);
+                    let lows = [
+                        _mm512_and_si512(n, m4),
+                        _mm512_and_si512(_mm512_srli_epi16(n, 4), m4),
+                    ];
+                    for (h, &low) in lows.iter().enumerate() {
+                        let top = _mm512_and_si512(_mm512_srl_epi16(high[h], shift), m2);
+                        let q = _mm512_or_si512(low, _mm512_slli_epi16(top, 4));
+                        for r in 0..R {
+                            let a = xs[r][8 * b + i].qs.as_ptr() as *const i32;
+                            let a = _mm512_set1_epi32(a.add(4 * h + u).read_unaligned());
+                            isum[h][r] = _mm512_dpbusd_epi32(isum[h][r], q, a);
+                        }
+                    }
+                }
+                for h in 0..2 {
+                    let sc = |p: &Q6KGroup| {
+                        let sc = _mm_loadl_epi64(p.sc[2 * i + h].as_ptr() as *const __m128i);
+                        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc))
+                    };
+                    let dsc = _mm512_mul_ps(d, wide_ps(sc(p0), sc(p1)));
+                    for r in 0..R {
+                        let y = &xs[r][8 * b + i];
+                        let offset = _mm512_set1_epi32(32 * y.sums[h]);
+                        let exact = _mm512_sub_epi32(isum[h][r], offset);
+                        let scale = _mm512_mul_ps(dsc, _mm512_set1_ps(y.d));
+                        acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(exact), acc[r]);
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            _mm512_storeu_ps(dst.add(r * stride), acc[r]);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -264,6 +358,13 @@ mod tests {
 
     /// Every kernel, at several batch sizes, against the dequantized weights dotted in f64 with the quantized
     /// activations; a row alone gives its bits in a batch.
+    /// The two-group pass gives each group's bits.
+    #[test]
+    fn group_pairs_give_single_group_bits() {
+        let (bytes, _, n, k) = weight();
+        testing::check_pairs(&pack(&bytes, n, k).unwrap());
+    }
+
     #[test]
     fn kernels_match_the_dequantized_weights() {
         let (bytes, deq, n, k) = weight();

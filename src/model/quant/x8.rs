@@ -46,6 +46,23 @@ pub trait Format {
         dst: *mut f32,
         stride: usize,
     );
+
+    /// [`Self::rows`] for two consecutive weight groups `w` and `w2` (sixteen output columns from `dst`), with
+    /// each output's bits exactly as [`Self::rows`] gives them; a format may do both in one pass of wider
+    /// vectors.
+    ///
+    /// # Safety
+    /// As [`Self::rows`], for sixteen columns.
+    unsafe fn rows_pair<const R: usize>(
+        kernel: Kernel,
+        xs: [&[Self::Act]; R],
+        w: [&[Self::Block]; 2],
+        dst: *mut f32,
+        stride: usize,
+    ) {
+        Self::rows(kernel, xs, w[0], dst, stride);
+        Self::rows(kernel, xs, w[1], dst.add(ROWS), stride);
+    }
 }
 
 /// The body of [`Format::rows`] for a format module that defines `x86::rows_avx512vnni`, `x86::rows_avxvnni`
@@ -160,10 +177,7 @@ impl<F: Format> Interleaved<F> {
         let (n, k) = (self.n, self.k);
         assert!(x.len() == m * k && dst.len() == m * n);
         let (kb, wb) = (k / QK, k / F::VALUES);
-        let mut xq = vec![F::ZERO_ACT; m * kb];
-        for (row, q) in x.chunks_exact(k).zip(xq.chunks_exact_mut(kb)) {
-            F::quantize_acts(row, q);
-        }
+        let xq = quantize_rows::<F>(x, m, k);
         let dst_addr = dst.as_mut_ptr() as usize;
         let (xq, blocks) = (&xq, &self.blocks);
         crate::pool::run(n.div_ceil(COL_TILE), move |tiles| {
@@ -174,30 +188,64 @@ impl<F: Format> Interleaved<F> {
                 let mut r = 0;
                 while r < m {
                     let rows = row_tile(kernel).min(m - r);
-                    for g in groups.clone() {
-                        let w = &blocks[g * wb..(g + 1) * wb];
+                    let mut g = groups.start;
+                    while g < groups.end {
+                        let pair = g + 1 < groups.end;
+                        let w = |g: usize| &blocks[g * wb..(g + 1) * wb];
                         // SAFETY: `kernel` was detected or listed as available; each (row, group) output
                         // is written by exactly one worker, inside dst's `m * n` elements.
                         unsafe {
                             let d = (dst_addr as *mut f32).add(r * n + g * ROWS);
                             let xs = |i: usize| x(r + i);
+                            macro_rules! go {
+                                ($xs:expr) => {
+                                    if pair {
+                                        F::rows_pair(kernel, $xs, [w(g), w(g + 1)], d, n)
+                                    } else {
+                                        F::rows(kernel, $xs, w(g), d, n)
+                                    }
+                                };
+                            }
                             match rows {
-                                8 => F::rows(kernel, std::array::from_fn::<_, 8, _>(xs), w, d, n),
-                                7 => F::rows(kernel, std::array::from_fn::<_, 7, _>(xs), w, d, n),
-                                6 => F::rows(kernel, std::array::from_fn::<_, 6, _>(xs), w, d, n),
-                                5 => F::rows(kernel, std::array::from_fn::<_, 5, _>(xs), w, d, n),
-                                4 => F::rows(kernel, [x(r), x(r + 1), x(r + 2), x(r + 3)], w, d, n),
-                                3 => F::rows(kernel, [x(r), x(r + 1), x(r + 2)], w, d, n),
-                                2 => F::rows(kernel, [x(r), x(r + 1)], w, d, n),
-                                _ => F::rows(kernel, [x(r)], w, d, n),
+                                8 => go!(std::array::from_fn::<_, 8, _>(xs)),
+                                7 => go!(std::array::from_fn::<_, 7, _>(xs)),
+                                6 => go!(std::array::from_fn::<_, 6, _>(xs)),
+                                5 => go!(std::array::from_fn::<_, 5, _>(xs)),
+                                4 => go!([x(r), x(r + 1), x(r + 2), x(r + 3)]),
+                                3 => go!([x(r), x(r + 1), x(r + 2)]),
+                                2 => go!([x(r), x(r + 1)]),
+                                _ => go!([x(r)]),
                             }
                         }
+                        g += if pair { 2 } else { 1 };
                     }
                     r += rows;
                 }
             }
         });
     }
+}
+
+/// The activation rows `x` (`m` of `k`) quantized for format `F`, row after row; a prompt's many rows are
+/// shared out across the worker pool (each row is quantized whole by one thread, so the bits are the same).
+fn quantize_rows<F: Format>(x: &[f32], m: usize, k: usize) -> Vec<F::Act> {
+    let kb = k / QK;
+    let mut xq = vec![F::ZERO_ACT; m * kb];
+    if m < 8 {
+        for (row, q) in x.chunks_exact(k).zip(xq.chunks_exact_mut(kb)) {
+            F::quantize_acts(row, q);
+        }
+        return xq;
+    }
+    let out = xq.as_mut_ptr() as usize;
+    crate::pool::run(m, |rows| {
+        for r in rows {
+            // SAFETY: row `r`'s `kb` blocks are written by this item alone, inside `xq`.
+            let q = unsafe { std::slice::from_raw_parts_mut((out as *mut F::Act).add(r * kb), kb) };
+            F::quantize_acts(&x[r * k..(r + 1) * k], q);
+        }
+    });
+    xq
 }
 
 /// Values per K-quant super-block.
@@ -289,6 +337,43 @@ pub mod testing {
                 w.matmul_with(kernel, row, 1, &mut one);
                 assert_eq!(one, all[r * n..(r + 1) * n], "{kernel:?} row {r} alone");
             }
+        }
+    }
+
+    /// [`Format::rows_pair`] gives, on every available kernel and for 1 to 8 activation rows, the bits of
+    /// [`Format::rows`] run on each of the two groups.
+    pub fn check_pairs<F: Format>(w: &Interleaved<F>) {
+        let (n, k) = (w.n, w.k);
+        assert!(n >= 2 * ROWS);
+        let (kb, wb) = (k / QK, k / F::VALUES);
+        let x: Vec<f32> = (0..8 * k)
+            .map(|i| ((i * 31 % 89) as f32 - 44.0) / 23.0)
+            .collect();
+        let mut xq = vec![F::ZERO_ACT; 8 * kb];
+        for (row, q) in x.chunks_exact(k).zip(xq.chunks_exact_mut(kb)) {
+            F::quantize_acts(row, q);
+        }
+        let xs = |i: usize| &xq[i * kb..(i + 1) * kb];
+        let groups = [&w.blocks[..wb], &w.blocks[wb..2 * wb]];
+        for kernel in Kernel::available() {
+            macro_rules! compare {
+                ($r:literal) => {{
+                    let (mut pair, mut single) = (vec![0f32; $r * 16], vec![0f32; $r * 16]);
+                    let rows: [&[F::Act]; $r] = std::array::from_fn(xs);
+                    // SAFETY: the kernel is available; both buffers hold `$r` rows of 16 columns.
+                    unsafe {
+                        F::rows_pair(kernel, rows, groups, pair.as_mut_ptr(), 16);
+                        F::rows(kernel, rows, groups[0], single.as_mut_ptr(), 16);
+                        F::rows(kernel, rows, groups[1], single.as_mut_ptr().add(ROWS), 16);
+                    }
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&pair), bits(&single), "{kernel:?}, {} rows", $r);
+                }};
+            }
+            compare!(1);
+            compare!(3);
+            compare!(4);
+            compare!(8);
         }
     }
 }
