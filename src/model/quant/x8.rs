@@ -256,12 +256,12 @@ pub const QK_K: usize = 256;
 /// multiple of eight (a vocabulary of 50 257) is padded with all-zero rows (a zero scale: weights 0), so the
 /// weight has `n.next_multiple_of(8)` rows. `None` unless `k` is a multiple of 256 and `bytes` exactly the
 /// weight's.
-pub fn k_quant_groups<'a, G>(
+pub fn k_quant_groups<'a, G: Send>(
     bytes: &'a [u8],
     n: usize,
     k: usize,
     block_bytes: usize,
-    make: impl Fn(&dyn Fn(usize) -> &'a [u8]) -> G,
+    make: impl Fn(&dyn Fn(usize) -> &'a [u8]) -> G + Sync,
 ) -> Option<Vec<G>> {
     static ZERO: [u8; 256] = [0; 256];
     if !k.is_multiple_of(QK_K)
@@ -271,17 +271,23 @@ pub fn k_quant_groups<'a, G>(
         return None;
     }
     let per_row = k / QK_K;
-    let groups = n.div_ceil(ROWS);
-    let mut out = Vec::with_capacity(groups * per_row);
-    for g in 0..groups {
-        for b in 0..per_row {
+    let total = n.div_ceil(ROWS) * per_row;
+    let mut out = Vec::with_capacity(total);
+    let dst = out.as_mut_ptr() as usize;
+    // Group blocks are independent: the load repacks them across the worker pool.
+    crate::pool::run(total, |items| {
+        for i in items {
+            let (g, b) = (i / per_row, i % per_row);
             let blk = |c: usize| match g * ROWS + c {
                 row if row < n => &bytes[(row * per_row + b) * block_bytes..][..block_bytes],
                 _ => &ZERO[..block_bytes],
             };
-            out.push(make(&blk));
+            // SAFETY: item `i` alone writes slot `i`, inside the `total` reserved.
+            unsafe { (dst as *mut G).add(i).write(make(&blk)) };
         }
-    }
+    });
+    // SAFETY: `pool::run` returned (it re-raises a panic before this point), so every slot was written.
+    unsafe { out.set_len(total) };
     Some(out)
 }
 
