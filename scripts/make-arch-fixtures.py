@@ -34,6 +34,7 @@ window, so the golden prompts cross it; gemma3: per-layer rotary bases and linea
 import argparse
 import importlib.util
 import json
+import math
 import os
 import shutil
 import struct
@@ -62,6 +63,17 @@ HIDDEN, FF, HEADS, KV_HEADS, POSITIONS = 256, 512, 4, 2, 256
 CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>' + '\\n' }}"
           "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
+# The pretrained context of the LongRoPE fixture: golden prompt 1 stays within it (short factors in
+# transformers), prompt 2 goes past it (long factors).
+LONG_ORIGINAL = 16
+
+
+def long_factors(head_dim):
+    """(short, long) LongRoPE factors, rising across the frequencies as real Phi-3 ones do."""
+    half = head_dim // 2
+    return [1.0 + 0.02 * i for i in range(half)], [1.0 + 1.5 * i for i in range(half)]
+
+
 # name: (model_type, layers, head_dim, tied output, extra config)
 FAMILIES = {
     "llama": ("llama", 2, 64, False, {}),
@@ -69,6 +81,8 @@ FAMILIES = {
     "qwen2": ("qwen2", 2, 64, True, {}),
     "qwen3": ("qwen3", 2, 32, True, {}),
     "phi3": ("phi3", 2, 64, False, {}),
+    # Phi-3 / 3.5 long-context (LongRoPE): short factors up to 16 positions, long ones beyond.
+    "phi3-long": ("phi3", 2, 64, False, {"_longrope": LONG_ORIGINAL}),
     "gemma": ("gemma", 2, 32, True, {}),
     "gemma2": ("gemma2", 4, 32, True, {"sliding_window": 8, "query_pre_attn_scalar": 32,
                                        "attn_logit_softcapping": 10.0, "final_logit_softcapping": 5.0}),
@@ -181,6 +195,11 @@ def hf_config(name):
         cfg["layer_types"] = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(layers)]
     else:
         cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0}
+    if "_longrope" in extra:
+        short, long = long_factors(FAMILIES[name][2])
+        cfg["rope_parameters"] = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": short,
+                                  "long_factor": long, "original_max_position_embeddings": extra["_longrope"]}
+        cfg["original_max_position_embeddings"] = extra["_longrope"]
     if model_type == "gemma2":
         cfg["layer_types"] = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
     if model_type == "qwen2":
@@ -303,6 +322,11 @@ def gguf_tensors(name):
         if gemma and g.endswith("norm.weight"):
             w = (w + 1.0).astype(w.dtype)
         out.append((g, w))
+    if "_longrope" in FAMILIES[name][4]:
+        import numpy as np
+        short, long = long_factors(FAMILIES[name][2])
+        out.append(("rope_factors_long.weight", np.asarray(long, dtype=np.float32)))
+        out.append(("rope_factors_short.weight", np.asarray(short, dtype=np.float32)))
     return out
 
 
@@ -336,7 +360,11 @@ def gguf_metadata(name):
         m.append((f"{arch}.rope.scaling.type", "str", "linear"))
         m.append((f"{arch}.rope.scaling.factor", "f32", 2.0))
     if arch == "phi3":
-        m.append((f"{arch}.rope.scaling.original_context_length", "u32", POSITIONS))
+        original = extra.get("_longrope", POSITIONS)
+        m.append((f"{arch}.rope.scaling.original_context_length", "u32", original))
+        if "_longrope" in extra:  # as llama.cpp's converter derives it from the two contexts
+            scale = POSITIONS / original
+            m.append((f"{arch}.rope.scaling.attn_factor", "f32", math.sqrt(1 + math.log(scale) / math.log(original))))
     with open(os.path.join(TOKENIZER_DIR, "vocab.json"), encoding="utf-8") as f:
         vocab = json.load(f)
     tokens = [None] * len(vocab)

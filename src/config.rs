@@ -54,6 +54,10 @@ pub struct ModelArgs {
     /// CPU threads for the model's kernels (default: every available core).
     #[arg(long, short = 't', env = "RILL_THREADS")]
     pub threads: Option<usize>,
+    /// Most tokens per sequence, prompt and answer together (default: the model's own context; for Phi-3 /
+    /// 3.5 long-context models their pretrained 4096, above which they switch to their long rotary factors).
+    #[arg(long, env = "RILL_CTX_SIZE", value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pub ctx_size: Option<u64>,
 }
 
 impl ModelArgs {

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{golden, ids, load};
+use common::{golden, ids, load, load_with};
 use rill::model::{CausalLm, SeqStep};
 use serde_json::Value;
 
@@ -54,11 +54,18 @@ fn argmax(v: &[f32]) -> u32 {
 
 /// `model` (a folder or GGUF under `models/`) against transformers' run of family `family`.
 fn check_against_transformers(model: &str, family: &str) {
+    check_runs_against_transformers(model, family, None, &[0, 1]);
+}
+
+/// `model` loaded for a context of `ctx` positions against transformers' golden runs `runs` of `family`.
+fn check_runs_against_transformers(model: &str, family: &str, ctx: Option<usize>, runs: &[usize]) {
     let g = golden("arch-transformers-golden.json");
     let probes = ids(&g["probe_ids"]);
-    let loaded = load(model);
+    let loaded = load_with(model, ctx);
     let m = loaded.model.as_ref();
-    for run in g["models"][family].as_array().unwrap() {
+    let all = g["models"][family].as_array().unwrap();
+    assert_eq!(all.len(), 2, "{family}: two golden runs");
+    for run in runs.iter().map(|&i| &all[i]) {
         let (prompt, want) = (ids(&run["prompt"]), ids(&run["greedy"]));
         let logits = teacher_forced(m, &prompt, &want[..want.len() - 1]);
         let probe: Vec<f32> = run["probe_logits"]
@@ -92,6 +99,11 @@ fn check_against_transformers(model: &str, family: &str) {
 
 /// `model` against llama.cpp's run of the same GGUF file.
 fn check_against_llama_cpp(file: &str) {
+    check_against_llama_cpp_at(file, None)
+}
+
+/// [`check_against_llama_cpp`] with rill serving a context of `ctx` positions.
+fn check_against_llama_cpp_at(file: &str, ctx: Option<usize>) {
     let g = golden("arch-llamacpp-golden.json");
     let key = file.trim_end_matches(".gguf");
     let path = common::model_path(&format!("arch/{file}"));
@@ -100,7 +112,7 @@ fn check_against_llama_cpp(file: &str) {
         g["models"][key]["sha256"].as_str().unwrap(),
         "{file} is not the file the llama.cpp goldens were made from: rerun scripts/make-arch-fixtures.py"
     );
-    let loaded = load(&format!("arch/{file}"));
+    let loaded = load_with(&format!("arch/{file}"), ctx);
     let m = loaded.model.as_ref();
     let mut near_ties = 0;
     for run in g["models"][key]["runs"].as_array().unwrap() {
@@ -173,6 +185,49 @@ family!(gemma, hf, gguf);
 family!(gemma2, hf, gguf);
 family!(gemma3, hf, gguf);
 
+/// Phi-3's long-context rotary embeddings (LongRoPE) on a fixture pretrained for 16 positions and extended to
+/// 256. rill's default context is the pretrained one, with the short factors, as transformers takes them for
+/// golden prompt 1 (16 positions at most); a 256-position context takes the long factors, as transformers
+/// does for prompt 2 (21 tokens and more) and llama.cpp (a 256-position context) for both.
+mod phi3_long {
+    use super::*;
+
+    const LONG: Option<usize> = Some(256);
+
+    #[test]
+    fn huggingface_folder_matches_transformers() {
+        check_runs_against_transformers("arch/phi3-long", "phi3-long", None, &[0]);
+        check_runs_against_transformers("arch/phi3-long", "phi3-long", LONG, &[1]);
+    }
+
+    #[test]
+    fn gguf_f32_matches_transformers() {
+        check_runs_against_transformers("arch/phi3-long-f32.gguf", "phi3-long", None, &[0]);
+        check_runs_against_transformers("arch/phi3-long-f32.gguf", "phi3-long", LONG, &[1]);
+    }
+
+    #[test]
+    fn gguf_files_match_llama_cpp() {
+        for t in ["f32", "q8_0", "q4_k_m"] {
+            check_against_llama_cpp_at(&format!("phi3-long-{t}.gguf"), LONG);
+        }
+    }
+
+    /// The context served: the pretrained 16 positions unless asked for more.
+    #[test]
+    fn the_default_context_is_the_pretrained_one() {
+        for model in ["arch/phi3-long", "arch/phi3-long-q8_0.gguf"] {
+            assert_eq!(load(model).model.info().context_length, 16, "{model}");
+            assert_eq!(
+                load_with(model, LONG).model.info().context_length,
+                256,
+                "{model}"
+            );
+        }
+        assert_eq!(load("arch/phi3").model.info().context_length, 256);
+    }
+}
+
 mod llama_wide {
     #[test]
     fn huggingface_folder_matches_transformers() {
@@ -212,6 +267,7 @@ fn goldens_cover_every_family() {
         "qwen2",
         "qwen3",
         "phi3",
+        "phi3-long",
         "gemma",
         "gemma2",
         "gemma3",

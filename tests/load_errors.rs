@@ -136,3 +136,39 @@ fn a_missing_tensor_is_named() {
         "{e}"
     );
 }
+
+/// A LongRoPE block without its factors is named; GPT-2 refuses a context past its learned positions.
+#[test]
+fn bad_long_rope_and_context_requests_are_refused() {
+    let dir = copy_fixture("longrope");
+    edit_config(&dir, |c| {
+        c.insert(
+            "rope_scaling".into(),
+            serde_json::json!({"rope_type": "longrope", "short_factor": vec![1.0; 32],
+                               "original_max_position_embeddings": 16}),
+        );
+    });
+    let e = load_error(&dir);
+    assert!(
+        e.contains("config.json") && e.contains("long_factor"),
+        "{e}"
+    );
+
+    let gpt2 = ModelLocator {
+        models_dir: common::model_path("tiny-gpt2")
+            .parent()
+            .unwrap()
+            .to_path_buf(),
+        hub_cache: std::env::temp_dir(),
+        offline: true,
+    }
+    .resolve(common::model_path("tiny-gpt2").to_str().unwrap())
+    .unwrap();
+    let opts = |n| load::LoadOptions { ctx_size: Some(n) };
+    let e = load::load_with(&gpt2, "tiny", &Device::Cpu, &opts(1 << 20))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("learned positions"), "{e}");
+    let ok = load::load_with(&gpt2, "tiny", &Device::Cpu, &opts(8)).unwrap();
+    assert_eq!(ok.model.info().context_length, 8);
+}

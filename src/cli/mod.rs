@@ -30,11 +30,14 @@ pub fn start_engine(args: &ModelArgs, config: EngineConfig) -> Result<EngineHand
     let source = locator.resolve(&args.model)?;
     let name = short_name(&args.model);
     let device_name = args.device.clone();
+    let opts = load::LoadOptions {
+        ctx_size: args.ctx_size.map(|n| n as usize),
+    };
     tracing::info!(model = %args.model, source = ?source, "loading model");
     EngineHandle::start(
         move || {
             let device = load::device(&device_name)?;
-            load::load(&source, &name, &device)
+            load::load_with(&source, &name, &device, &opts)
         },
         config,
     )

@@ -10,8 +10,8 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::QTensor;
 use candle_core::Device;
 
-use super::{invalid, Loaded};
-use crate::model::decoder::{Decoder, DecoderConfig, Label};
+use super::{invalid, LoadOptions, Loaded};
+use crate::model::decoder::{Decoder, DecoderConfig, Label, LongRope};
 use crate::model::linear::Activation;
 use crate::model::weights::{Weight, Weights};
 use crate::model::{CausalLm, ModelError};
@@ -151,6 +151,7 @@ pub fn load(
     tok_json: Option<&Path>,
     name: &str,
     device: &Device,
+    opts: &LoadOptions,
 ) -> Result<Loaded, ModelError> {
     let mut g = GgufFile::open(file, device)?;
     let arch = g.meta_str("general.architecture").unwrap_or("").to_string();
@@ -168,15 +169,12 @@ pub fn load(
     .map_err(|e| invalid(file, e))?;
     let template = g.meta_str("tokenizer.chat_template").map(str::to_string);
     let chat = super::chat_template(template, &tokenizer, file)?;
-    let cfg = decoder_config(&g, &arch)?;
-    // Phi-3's long-context files carry LongRoPE factors that rescale every rotary frequency: running them
-    // without would give wrong answers, so they are refused until rill implements it.
-    if g.has_tensor("rope_factors_long.weight") || g.has_tensor("rope_factors_short.weight") {
-        return Err(ModelError::Unsupported(format!(
-            "{}: LongRoPE rotary factors (Phi-3 128k-context files); the 4k-context files run",
-            file.display()
-        )));
-    }
+    let mut cfg = decoder_config(&g, &arch)?;
+    cfg.long_rope = long_rope(&mut g, &arch, cfg.context)?;
+    let cfg = cfg
+        .serving(opts.ctx_size)
+        .checked()
+        .map_err(|reason| invalid(file, reason))?;
     let label = Label {
         name: name.to_string(),
         quantization: quant_name(&g),
@@ -190,6 +188,39 @@ pub fn load(
         tokenizer,
         chat,
     })
+}
+
+/// Phi-3's LongRoPE as llama.cpp's converter stores it: the `rope_factors_short` / `rope_factors_long`
+/// tensors, `rope.scaling.original_context_length` and `rope.scaling.attn_factor`; `None` without the tensors.
+fn long_rope(g: &mut GgufFile, arch: &str, context: usize) -> Result<Option<LongRope>, ModelError> {
+    let (short, long) = ("rope_factors_short.weight", "rope_factors_long.weight");
+    if !g.has_tensor(short) && !g.has_tensor(long) {
+        return Ok(None);
+    }
+    let device = g.device().clone();
+    let mut factors = |name: &str| -> Result<Vec<f32>, ModelError> {
+        Ok(g.get(name)?.to_f32(&device)?.flatten_all()?.to_vec1()?)
+    };
+    let (short, long) = (factors(short)?, factors(long)?);
+    let original = g
+        .meta_u32(&format!("{arch}.rope.scaling.original_context_length"))
+        .map_err(|_| {
+            invalid(
+                &g.path,
+                "LongRoPE factors without `rope.scaling.original_context_length`",
+            )
+        })? as usize;
+    let attn_factor = g
+        .meta_f32(&format!("{arch}.rope.scaling.attn_factor"))
+        .unwrap_or_else(|_| {
+            LongRope::default_attn_factor(context as f64 / original.max(1) as f64, original)
+        });
+    Ok(Some(LongRope {
+        short,
+        long,
+        original,
+        attn_factor,
+    }))
 }
 
 /// The decoder hyper-parameters of `arch` from metadata, as llama.cpp reads them.
@@ -258,6 +289,8 @@ fn decoder_config(g: &GgufFile, arch: &str) -> Result<DecoderConfig, ModelError>
             Activation::Silu
         },
         rope_freqs: None,
+        long_rope: None,
+        rope_attn_factor: 1.0,
     }
     .checked()
     .map_err(|reason| invalid(&g.path, reason))

@@ -10,8 +10,8 @@ use candle_core::{DType, Device};
 use serde_json::Value;
 
 use super::resolve::read_json;
-use super::{invalid, Loaded};
-use crate::model::decoder::{Decoder, DecoderConfig, Label};
+use super::{invalid, LoadOptions, Loaded};
+use crate::model::decoder::{Decoder, DecoderConfig, Label, LongRope};
 use crate::model::gpt2::Gpt2;
 use crate::model::linear::Activation;
 use crate::model::weights::{Weight, Weights};
@@ -38,6 +38,7 @@ pub fn load(
     weights: &[PathBuf],
     name: &str,
     device: &Device,
+    opts: &LoadOptions,
 ) -> Result<Loaded, ModelError> {
     let config_path = dir.join("config.json");
     let config = read_json(&config_path)?;
@@ -54,7 +55,7 @@ pub fn load(
     }
     let (tokenizer, chat) = tokenizer_and_template(dir, &config)?;
     let model: Box<dyn CausalLm> = if model_type == "gpt2" {
-        Box::new(Gpt2::load(&config_path, weights, name, device)?)
+        Box::new(Gpt2::load(&config_path, weights, name, device)?.serving(opts.ctx_size)?)
     } else {
         // Multimodal checkpoints keep the text model's settings in `text_config`.
         let text = config.get("text_config").unwrap_or(&config);
@@ -64,7 +65,10 @@ pub fn load(
                 path: &config_path,
             },
             model_type,
-        )?;
+        )?
+        .serving(opts.ctx_size)
+        .checked()
+        .map_err(|reason| invalid(&config_path, reason))?;
         let sandwich = matches!(cfg.arch.as_str(), "gemma2" | "gemma3");
         let mut w = SafeWeights::open(weights, device, cfg.arch.starts_with("gemma"), sandwich)?;
         let label = Label {
@@ -195,7 +199,14 @@ fn decoder_config(c: &Json<'_>, model_type: &str) -> Result<DecoderConfig, Model
             c.path.display()
         )));
     }
-    let (rope_base, rope_base_local, rope_linear, rope_freqs) = rope(c, head_dim, gemma)?;
+    let context = c.opt_usize("max_position_embeddings")?.unwrap_or(4096);
+    let RopeSettings {
+        base: rope_base,
+        local_base: rope_base_local,
+        linear: rope_linear,
+        freqs: rope_freqs,
+        long: long_rope,
+    } = rope(c, head_dim, gemma, context)?;
     let sliding_window = c.opt_usize("sliding_window")?;
     let sliding = sliding_layers(c, arch, n_layers, sliding_window.is_some())?;
     let act_name = c
@@ -222,7 +233,7 @@ fn decoder_config(c: &Json<'_>, model_type: &str) -> Result<DecoderConfig, Model
         n_heads,
         n_kv_heads: c.opt_usize("num_key_value_heads")?.unwrap_or(n_heads),
         head_dim,
-        context: c.opt_usize("max_position_embeddings")?.unwrap_or(4096),
+        context,
         rms_eps: c.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
         rope_base,
         rope_base_local,
@@ -236,19 +247,33 @@ fn decoder_config(c: &Json<'_>, model_type: &str) -> Result<DecoderConfig, Model
         embed_scale: gemma.then(|| (hidden as f64).sqrt() as f32),
         act,
         rope_freqs,
+        long_rope,
+        rope_attn_factor: 1.0,
     }
     .checked()
     .map_err(|reason| invalid(c.path, reason))
 }
 
-/// Rotary settings: (base, sliding layers' base, linear factor, per-frequency divisors), from `rope_theta` /
-/// `rope_scaling` or transformers 5's `rope_parameters` (per layer type for gemma3).
-#[allow(clippy::type_complexity)]
+/// A checkpoint's rotary settings.
+struct RopeSettings {
+    base: f32,
+    /// Sliding layers' base, where it differs (gemma3).
+    local_base: Option<f32>,
+    /// Linear position scaling.
+    linear: f32,
+    /// Per-frequency divisors (Llama 3.1).
+    freqs: Option<Vec<f32>>,
+    long: Option<LongRope>,
+}
+
+/// Rotary settings from `rope_theta` / `rope_scaling` or transformers 5's `rope_parameters` (per layer type
+/// for gemma3); `context` is `max_position_embeddings`.
 fn rope(
     c: &Json<'_>,
     head_dim: usize,
     gemma: bool,
-) -> Result<(f32, Option<f32>, f32, Option<Vec<f32>>), ModelError> {
+    context: usize,
+) -> Result<RopeSettings, ModelError> {
     let params = c.sub("rope_parameters");
     let full = params
         .as_ref()
@@ -275,7 +300,7 @@ fn rope(
     };
     // The scaling: `rope_scaling`, else the full-attention `rope_parameters`.
     let scaling = c.sub("rope_scaling").or(full);
-    let (mut linear, mut freqs) = (1.0, None);
+    let (mut linear, mut freqs, mut long) = (1.0, None, None);
     if let Some(s) = scaling {
         let kind = s
             .opt_str("rope_type")
@@ -285,6 +310,7 @@ fn rope(
             "default" => {}
             "linear" => linear = s.opt_f32("factor")?.unwrap_or(1.0),
             "llama3" => freqs = Some(llama3_factors(&s, base, head_dim)?),
+            "longrope" | "su" => long = Some(long_rope(c, &s, context)?),
             other => {
                 return Err(ModelError::Unsupported(format!(
                     "{}: rope scaling `{other}`",
@@ -293,7 +319,52 @@ fn rope(
             }
         }
     }
-    Ok((base, local_base.filter(|_| gemma), linear, freqs))
+    Ok(RopeSettings {
+        base,
+        local_base: local_base.filter(|_| gemma),
+        linear,
+        freqs,
+        long,
+    })
+}
+
+/// Phi-3's LongRoPE from its scaling block: `short_factor`, `long_factor`, the pretrained context
+/// (`original_max_position_embeddings`, in the block or beside it) and `attention_factor` when given, else
+/// the one transformers derives from `factor`, or from `context / original` without one.
+fn long_rope(c: &Json<'_>, s: &Json<'_>, context: usize) -> Result<LongRope, ModelError> {
+    let factors = |k: &str| -> Result<Vec<f32>, ModelError> {
+        s.get(k)
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().map(|v| v.as_f64().map(|x| x as f32)).collect())
+            .ok_or_else(|| {
+                invalid(
+                    s.path,
+                    format!("LongRoPE scaling without a numeric `{k}` list"),
+                )
+            })
+    };
+    let key = "original_max_position_embeddings";
+    let original = match s.opt_usize(key)? {
+        Some(o) => o,
+        None => c
+            .opt_usize(key)?
+            .ok_or_else(|| invalid(c.path, format!("LongRoPE scaling without `{key}`")))?,
+    };
+    Ok(LongRope {
+        short: factors("short_factor")?,
+        long: factors("long_factor")?,
+        original,
+        attn_factor: match s.opt_f32("attention_factor")? {
+            Some(f) => f,
+            None => LongRope::default_attn_factor(
+                match s.opt_f32("factor")? {
+                    Some(f) => f as f64,
+                    None => context as f64 / original.max(1) as f64,
+                },
+                original,
+            ),
+        },
+    })
 }
 
 /// Llama 3.1's rope scaling as per-frequency divisors: long wavelengths slowed by `factor`, short ones kept,

@@ -24,13 +24,32 @@ pub struct Loaded {
     pub chat: ChatTemplate,
 }
 
+/// Choices made when a model is loaded.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Most positions per sequence (prompt and answer). `None`: the model's own context, or for a LongRoPE
+    /// model (Phi-3 / 3.5 128k) its pretrained short one; a larger context switches such a model to its long
+    /// rotary factors.
+    pub ctx_size: Option<usize>,
+}
+
 /// Loads a resolved model with its tokenizer and chat template; `name` labels it in logs and responses.
 pub fn load(source: &ModelSource, name: &str, device: &Device) -> Result<Loaded, ModelError> {
+    load_with(source, name, device, &LoadOptions::default())
+}
+
+/// [`load`] with options.
+pub fn load_with(
+    source: &ModelSource,
+    name: &str,
+    device: &Device,
+    opts: &LoadOptions,
+) -> Result<Loaded, ModelError> {
     match source {
         ModelSource::Gguf { file, tokenizer } => {
-            gguf::load(file, tokenizer.as_deref(), name, device)
+            gguf::load(file, tokenizer.as_deref(), name, device, opts)
         }
-        ModelSource::HfFolder { dir, weights } => hf::load(dir, weights, name, device),
+        ModelSource::HfFolder { dir, weights } => hf::load(dir, weights, name, device, opts),
     }
 }
 

@@ -63,12 +63,60 @@ pub struct DecoderConfig {
     /// Per-frequency divisors of full-attention layers' rotary frequencies (Llama 3.1 rope scaling); a GGUF
     /// file's `rope_freqs.weight` tensor takes their place.
     pub rope_freqs: Option<Vec<f32>>,
+    /// Phi-3's LongRoPE, resolved by [`Self::serving`] into `rope_freqs` and `rope_attn_factor`.
+    pub long_rope: Option<LongRope>,
+    /// Factor on the rotary cos and sin (LongRoPE's attention factor), 1 for none.
+    pub rope_attn_factor: f32,
+}
+
+/// LongRoPE (Phi-3 / 3.5 long-context checkpoints): per-frequency divisors for contexts up to the pretrained
+/// `original` positions (`short`) and for longer ones (`long`), and a factor on cos and sin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LongRope {
+    pub short: Vec<f32>,
+    pub long: Vec<f32>,
+    pub original: usize,
+    pub attn_factor: f32,
+}
+
+impl LongRope {
+    /// The factor on cos and sin a checkpoint implies when it does not state one:
+    /// `√(1 + ln(scale) / ln(original))`, 1 without extension; `scale` is the extension, by default the
+    /// model's context over `original`.
+    pub fn default_attn_factor(scale: f64, original: usize) -> f32 {
+        if scale <= 1.0 || original < 2 {
+            1.0
+        } else {
+            (1.0 + scale.ln() / (original as f64).ln()).sqrt() as f32
+        }
+    }
 }
 
 /// The longest context rill accepts from a model file (its rotary tables are sized by it).
 pub const MAX_CONTEXT: usize = 1 << 20;
 
 impl DecoderConfig {
+    /// The configuration for serving up to `ctx` positions per sequence (`None`: the model's own context, or
+    /// for a LongRoPE model its pretrained `original` one, as llama.cpp's and Ollama's default contexts give).
+    /// A LongRoPE model then takes its short factors when the context fits in `original` positions and its
+    /// long ones beyond, one set for every position, as llama.cpp picks them by its context size.
+    pub fn serving(mut self, ctx: Option<usize>) -> Self {
+        let default = match &self.long_rope {
+            Some(l) => l.original.min(self.context),
+            None => self.context,
+        };
+        self.context = ctx.unwrap_or(default);
+        if let Some(l) = self.long_rope.take() {
+            self.rope_freqs = Some(if self.context > l.original {
+                l.long
+            } else {
+                l.short
+            });
+            self.rope_attn_factor = l.attn_factor;
+        }
+        self
+    }
+
     /// Refuses hyper-parameters no real model has (a corrupt or hostile file) before anything is sized by
     /// them: zero or inconsistent head counts, odd head sizes, absurd depths or contexts.
     pub fn checked(self) -> Result<Self, String> {
@@ -90,7 +138,15 @@ impl DecoderConfig {
             .iter()
             .all(|b| b.is_finite() && *b > 0.0)
             && self.attn_scale.is_finite()
-            && self.sliding_window != Some(0);
+            && self.sliding_window != Some(0)
+            && self.rope_attn_factor.is_finite()
+            && self.long_rope.as_ref().is_none_or(|l| {
+                l.original > 0
+                    && l.attn_factor.is_finite()
+                    && [&l.short, &l.long].iter().all(|f| {
+                        f.len() == self.head_dim / 2 && f.iter().all(|x| x.is_finite() && *x > 0.0)
+                    })
+            });
         if ok {
             Ok(self)
         } else {
@@ -176,7 +232,8 @@ impl Decoder {
             cfg.context,
             cfg.rope_neox,
             &device,
-        )?];
+        )?
+        .with_attn_factor(cfg.rope_attn_factor)?];
         if let Some(local) = cfg.rope_base_local {
             ropes.push(Rope::new(
                 cfg.head_dim,

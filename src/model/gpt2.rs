@@ -180,6 +180,23 @@ fn layer_norm(vb: VarBuilder, d: usize, eps: f64) -> candle_core::Result<LayerNo
 }
 
 impl Gpt2 {
+    /// The model serving up to `ctx` positions per sequence (`None`: all `n_positions`, which it cannot
+    /// exceed: its positions are learned).
+    pub fn serving(mut self, ctx: Option<usize>) -> Result<Self, ModelError> {
+        match ctx {
+            Some(0) => Err(ModelError::Unsupported("a context of 0 positions".into())),
+            Some(n) if n > self.cfg.n_positions => Err(ModelError::Unsupported(format!(
+                "a context of {n} positions: GPT-2 has learned positions for {}",
+                self.cfg.n_positions
+            ))),
+            Some(n) => {
+                self.info.context_length = n;
+                Ok(self)
+            }
+            None => Ok(self),
+        }
+    }
+
     /// Loads from a folder's `config.json` and safetensors files (one file or shards).
     pub fn load(
         config: &Path,

@@ -55,6 +55,22 @@ impl Rope {
         })
     }
 
+    /// The tables with cos and sin multiplied by `f` (LongRoPE's attention factor); unchanged for 1.
+    pub fn with_attn_factor(self, f: f32) -> Result<Self> {
+        if f == 1.0 {
+            return Ok(self);
+        }
+        let scale = |v: Vec<f32>| v.into_iter().map(|x| x * f).collect::<Vec<f32>>();
+        let (cos, sin) = ((&self.cos * f as f64)?, (&self.sin * f as f64)?);
+        Ok(Self {
+            cos,
+            sin,
+            cos_host: scale(self.cos_host),
+            sin_host: scale(self.sin_host),
+            ..self
+        })
+    }
+
     /// Rotates one token's heads (`n * head_dim` values) in place, at `pos`.
     pub fn rotate_host(&self, x: &mut [f32], pos: usize) {
         let h = self.half;

@@ -40,6 +40,12 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
 
 /// Loads the model at `models/<rel>` (or any name the locator resolves) on the CPU, without an engine.
 pub fn load(rel: &str) -> rill::load::Loaded {
+    load_with(rel, None)
+}
+
+/// [`load`] serving a context of `ctx_size` positions (`None`: the model's default).
+#[allow(dead_code)]
+pub fn load_with(rel: &str, ctx_size: Option<usize>) -> rill::load::Loaded {
     let locator = ModelLocator {
         models_dir: root().join("models"),
         hub_cache: root().join("models/hf-cache"),
@@ -48,10 +54,11 @@ pub fn load(rel: &str) -> rill::load::Loaded {
     if !Path::new(rel).exists() && !rel.contains('/') {
         model_path(rel);
     }
-    load::load(
+    load::load_with(
         &locator.resolve(rel).unwrap(),
         rel,
         &candle_core::Device::Cpu,
+        &load::LoadOptions { ctx_size },
     )
     .unwrap()
 }

@@ -23,7 +23,9 @@ RILL = Path(os.environ.get("RILL_BIN", ROOT / "target" / "release" / "rill"))
 ARCH = ROOT / "models" / "arch"
 CASES = [f"{f}" for f in ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3")] + [
     f"{f}-{q}.gguf" for f in ("llama", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3") for q in ("q8_0", "q4_k_m")
-] + ["llama-wide-q6_k.gguf", "llama-wide-q4_k_m.gguf --kv-dtype f16"]
+] + ["llama-wide-q6_k.gguf", "llama-wide-q4_k_m.gguf --kv-dtype f16",
+      # LongRoPE: the fixture's pretrained context (16) is too short for a chat; --ctx-size takes its long factors.
+      "phi3-long --ctx-size 256", "phi3-long-q4_k_m.gguf --ctx-size 256"]
 
 
 class Server:
