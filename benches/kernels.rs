@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use rill::model::dense::DenseF32;
+use rill::model::dense::Dense;
 use rill::model::quant::{matmul, q4_1::BlockQ4_1, q4_1x8, q8_0::BlockQ8_0, q8_0x8, QuantBlock};
 
 /// Deterministic pseudo-random bytes, so every run times the same data.
@@ -85,7 +85,7 @@ fn main() {
         let w = Tensor::from_vec(wv, (n, k), &Device::Cpu).unwrap();
         // [k, n], as GPT-2's Conv1D stores it (the head is used as `x · wteᵀ`, also a strided right operand).
         let wt = w.t().unwrap().contiguous().unwrap();
-        let dense = DenseF32::new(w, None).unwrap();
+        let dense = Dense::new(w, None).unwrap();
         for &m in ms {
             gmacs("f32", m, k, n, |x, d| dense.matmul(x, m, d));
             gmacs("candle", m, k, n, |x, d| {

@@ -164,7 +164,10 @@ fn bad_long_rope_and_context_requests_are_refused() {
     }
     .resolve(common::model_path("tiny-gpt2").to_str().unwrap())
     .unwrap();
-    let opts = |n| load::LoadOptions { ctx_size: Some(n) };
+    let opts = |n| load::LoadOptions {
+        ctx_size: Some(n),
+        ..Default::default()
+    };
     let e = load::load_with(&gpt2, "tiny", &Device::Cpu, &opts(1 << 20))
         .err()
         .unwrap();

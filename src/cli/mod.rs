@@ -30,9 +30,7 @@ pub fn start_engine(args: &ModelArgs, config: EngineConfig) -> Result<EngineHand
     let source = locator.resolve(&args.model)?;
     let name = short_name(&args.model);
     let device_name = args.device.clone();
-    let opts = load::LoadOptions {
-        ctx_size: args.ctx_size.map(|n| n as usize),
-    };
+    let opts = args.load_options();
     tracing::info!(model = %args.model, source = ?source, "loading model");
     EngineHandle::start(
         move || {

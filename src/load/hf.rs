@@ -10,7 +10,7 @@ use candle_core::{DType, Device};
 use serde_json::Value;
 
 use super::resolve::read_json;
-use super::{invalid, LoadOptions, Loaded};
+use super::{invalid, LoadOptions, Loaded, WeightDtype};
 use crate::model::decoder::{Decoder, DecoderConfig, Label, LongRope};
 use crate::model::gpt2::Gpt2;
 use crate::model::linear::Activation;
@@ -70,7 +70,13 @@ pub fn load(
         .checked()
         .map_err(|reason| invalid(&config_path, reason))?;
         let sandwich = matches!(cfg.arch.as_str(), "gemma2" | "gemma3");
-        let mut w = SafeWeights::open(weights, device, cfg.arch.starts_with("gemma"), sandwich)?;
+        let mut w = SafeWeights::open(
+            weights,
+            device,
+            cfg.arch.starts_with("gemma"),
+            sandwich,
+            opts.dtype,
+        )?;
         let label = Label {
             name: name.to_string(),
             quantization: w.dtype_name(),
@@ -436,6 +442,8 @@ fn sliding_layers(
 /// Safetensors tensors served under GGUF names.
 struct SafeWeights {
     st: MmapedSafetensors,
+    /// What matrices become (norms and vectors are always f32).
+    dtype: WeightDtype,
     /// GGUF name → safetensors name.
     names: HashMap<String, String>,
     device: Device,
@@ -450,6 +458,7 @@ impl SafeWeights {
         device: &Device,
         norm_shift: bool,
         sandwich: bool,
+        dtype: WeightDtype,
     ) -> Result<Self, ModelError> {
         // SAFETY: the files are mapped read-only and not modified while the model lives.
         let st = unsafe { MmapedSafetensors::multi(files) }.map_err(|e| ModelError::Invalid {
@@ -467,24 +476,35 @@ impl SafeWeights {
             .collect();
         Ok(Self {
             st,
+            dtype,
             names,
             device: device.clone(),
             norm_shift,
         })
     }
 
-    /// The stored type of the largest tensors, e.g. `BF16`.
+    /// The type the matrices are kept in, e.g. `BF16`: what [`Self::matrix_dtype`] makes of the type most of
+    /// the checkpoint's values are stored in.
     fn dtype_name(&self) -> String {
-        let mut counts: HashMap<String, usize> = HashMap::new();
+        let mut counts: HashMap<DType, usize> = HashMap::new();
         for (_, t) in self.st.tensors() {
-            *counts.entry(format!("{:?}", t.dtype())).or_default() +=
-                t.shape().iter().product::<usize>();
+            let Ok(dtype) = DType::try_from(t.dtype()) else {
+                continue;
+            };
+            *counts.entry(dtype).or_default() += t.shape().iter().product::<usize>();
         }
-        counts
-            .into_iter()
-            .max_by_key(|(_, n)| *n)
-            .map(|(k, _)| k.to_uppercase())
-            .unwrap_or_default()
+        let stored = counts.into_iter().max_by_key(|(_, n)| *n).map(|(k, _)| k);
+        format!("{:?}", self.matrix_dtype(stored.unwrap_or(DType::F32))).to_uppercase()
+    }
+
+    /// What a matrix stored as `stored` is kept as: `--dtype`, where `auto` keeps f16 and bf16 on the CPU.
+    fn matrix_dtype(&self, stored: DType) -> DType {
+        match (self.dtype, stored) {
+            (WeightDtype::Auto, own @ (DType::F16 | DType::BF16)) if self.device.is_cpu() => own,
+            (WeightDtype::F16, _) => DType::F16,
+            (WeightDtype::Bf16, _) => DType::BF16,
+            _ => DType::F32,
+        }
     }
 
     fn n_params(&self) -> usize {
@@ -502,15 +522,17 @@ impl Weights for SafeWeights {
             ModelError::Unsupported(format!("no safetensors tensor maps to `{name}`"))
         })?;
         let t = self.st.load(hf, &self.device)?;
-        // f16 and bf16 checkpoints run in f32 (rill's dense kernels are f32).
-        let t = t.to_dtype(DType::F32)?;
-        Ok(Weight::Dense(
-            if self.norm_shift && name.ends_with("norm.weight") {
-                (t + 1.0)?
-            } else {
-                t
-            },
-        ))
+        if t.rank() != 2 || name.ends_with("norm.weight") {
+            let t = t.to_dtype(DType::F32)?;
+            return Ok(Weight::Dense(
+                if self.norm_shift && name.ends_with("norm.weight") {
+                    (t + 1.0)?
+                } else {
+                    t
+                },
+            ));
+        }
+        Ok(Weight::Dense(t.to_dtype(self.matrix_dtype(t.dtype()))?))
     }
 
     fn has(&self, name: &str) -> bool {

@@ -31,6 +31,20 @@ pub struct LoadOptions {
     /// model (Phi-3 / 3.5 128k) its pretrained short one; a larger context switches such a model to its long
     /// rotary factors.
     pub ctx_size: Option<usize>,
+    /// The type a safetensors checkpoint's matrices are kept and multiplied in.
+    pub dtype: WeightDtype,
+}
+
+/// `--dtype`: the type of a safetensors checkpoint's matrices once loaded (GGUF files keep their own types).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WeightDtype {
+    /// The checkpoint's own f32, f16 or bf16 on the CPU (rill's kernel reads each directly, and half-width
+    /// weights halve the bytes a decode step reads); f32 on a GPU, whose decoder runs in f32.
+    #[default]
+    Auto,
+    F32,
+    F16,
+    Bf16,
 }
 
 /// Loads a resolved model with its tokenizer and chat template; `name` labels it in logs and responses.

@@ -1,4 +1,6 @@
-//! rill's own f32 CPU kernel for small-batch linears: `y = x · Wᵀ (+ b)` with `W` stored `[out, in]`.
+//! rill's own CPU kernel for small-batch float linears: `y = x · Wᵀ (+ b)` with `W` stored `[out, in]` in f32,
+//! f16 or bf16 (half-width weights are widened to f32 as they are loaded, which is exact, so a half weight gives
+//! the bits its f32 copy would, from half the memory traffic), activations and sums in f32.
 //!
 //! candle's f32 matmul goes through the `gemm` crate, which packs its operands for every call and is tuned for
 //! large products; a decode step multiplies a handful of activation rows by weights far bigger than the cache,
@@ -12,7 +14,8 @@
 //! that is not a multiple of the vector width, then the bias. So a sequence's result does not depend on what it
 //! is batched with.
 
-use candle_core::{CpuStorage, Device, Result, Storage, Tensor};
+use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
+use half::{bf16, f16};
 
 use super::qlinear::with_f32_rows;
 
@@ -27,7 +30,7 @@ pub enum Kernel {
     /// AVX-512F: 16 lanes, four weight rows per group.
     #[cfg(target_arch = "x86_64")]
     Avx512,
-    /// AVX2 with FMA: 8 lanes, two weight rows per group.
+    /// AVX2 with FMA (and F16C): 8 lanes, two weight rows per group.
     #[cfg(target_arch = "x86_64")]
     Avx2,
     /// Portable code: 8 lanes emulated, two weight rows per group.
@@ -52,7 +55,7 @@ impl Kernel {
             if has!("avx512f") && cap >= 2 {
                 out.push(Self::Avx512);
             }
-            if has!("avx2") && has!("fma") && cap >= 1 {
+            if has!("avx2") && has!("fma") && has!("f16c") && cap >= 1 {
                 out.push(Self::Avx2);
             }
         }
@@ -72,30 +75,73 @@ impl Kernel {
     }
 }
 
-/// An f32 linear layer on the CPU: weight `[n, k]` (out, in), optional bias `[n]`.
+/// A weight element type the kernels read: f32, or f16 / bf16 widened exactly as loaded.
+pub trait WeightElem: Copy + Send + Sync + 'static {
+    const KIND: Elem;
+    fn to_f32(self) -> f32;
+}
+
+/// Which [`WeightElem`] (a constant the kernels branch on at compile time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Elem {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl WeightElem for f32 {
+    const KIND: Elem = Elem::F32;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl WeightElem for f16 {
+    const KIND: Elem = Elem::F16;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+
+impl WeightElem for bf16 {
+    const KIND: Elem = Elem::Bf16;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+}
+
+/// A float linear layer on the CPU: weight `[n, k]` (out, in) in f32, f16 or bf16, optional bias `[n]`.
 ///
 /// The weight is kept as a tensor, so a weight shared with something else (GPT-2's output head is its token
 /// embedding table) is not copied.
-pub struct DenseF32 {
+pub struct Dense {
     w: Tensor,
     b: Option<Vec<f32>>,
     n: usize,
     k: usize,
 }
 
-impl DenseF32 {
-    /// `w`: `[out, in]` f32 on the CPU (made contiguous if it is not); `b`: `[out]`.
+impl Dense {
+    /// `w`: `[out, in]` on the CPU, kept in its own type when that is f32, f16 or bf16 (any other becomes f32),
+    /// made contiguous if it is not; `b`: `[out]`.
     pub fn new(w: Tensor, b: Option<&Tensor>) -> Result<Self> {
         if !matches!(w.device(), Device::Cpu) {
-            candle_core::bail!("DenseF32: the weight must be on the CPU");
+            candle_core::bail!("Dense: the weight must be on the CPU");
         }
         let (n, k) = w.dims2()?;
-        let w = w.to_dtype(candle_core::DType::F32)?.contiguous()?;
+        let w = match w.dtype() {
+            DType::F32 | DType::F16 | DType::BF16 => w,
+            _ => w.to_dtype(DType::F32)?,
+        }
+        .contiguous()?;
         let b = match b {
             Some(b) => {
                 let b = b.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
                 if b.len() != n {
-                    candle_core::bail!("DenseF32: bias of {} for {n} outputs", b.len());
+                    candle_core::bail!("Dense: bias of {} for {n} outputs", b.len());
                 }
                 Some(b)
             }
@@ -117,6 +163,11 @@ impl DenseF32 {
     /// Input width.
     pub fn in_dim(&self) -> usize {
         self.k
+    }
+
+    /// The weight's element type.
+    pub fn dtype(&self) -> DType {
+        self.w.dtype()
     }
 
     /// `x`: `[rows, in]` → `[rows, out]`.
@@ -160,21 +211,16 @@ impl DenseF32 {
         post: Option<&Post>,
     ) {
         let (storage, layout) = self.w.storage_and_layout();
-        let w = match (&*storage, layout.contiguous_offsets()) {
-            (Storage::Cpu(CpuStorage::F32(v)), Some((s, e))) => &v[s..e],
-            _ => unreachable!("made contiguous f32 on the CPU in new"),
+        let Some((s, e)) = layout.contiguous_offsets() else {
+            unreachable!("made contiguous in new")
         };
-        matmul(
-            kernel,
-            x,
-            m,
-            self.k,
-            w,
-            self.n,
-            self.b.as_deref(),
-            dst,
-            post,
-        );
+        let (b, k, n) = (self.b.as_deref(), self.k, self.n);
+        match &*storage {
+            Storage::Cpu(CpuStorage::F32(v)) => matmul(kernel, x, m, k, &v[s..e], n, b, dst, post),
+            Storage::Cpu(CpuStorage::F16(v)) => matmul(kernel, x, m, k, &v[s..e], n, b, dst, post),
+            Storage::Cpu(CpuStorage::BF16(v)) => matmul(kernel, x, m, k, &v[s..e], n, b, dst, post),
+            _ => unreachable!("an f32, f16 or bf16 CPU weight, as made in new"),
+        }
     }
 }
 
@@ -185,12 +231,12 @@ pub type Post = dyn Fn(&mut [f32]) + Sync;
 /// split across rill's CPU worker pool by tiles of output columns; then `post`, if any, over each row's part
 /// of a finished tile.
 #[allow(clippy::too_many_arguments)]
-pub fn matmul(
+pub fn matmul<W: WeightElem>(
     kernel: Kernel,
     x: &[f32],
     m: usize,
     k: usize,
-    w: &[f32],
+    w: &[W],
     n: usize,
     b: Option<&[f32]>,
     dst: &mut [f32],
@@ -236,12 +282,12 @@ pub fn matmul(
 /// One micro-kernel call: `rows` activation rows from `r`, `width` weight rows from `c`.
 #[allow(clippy::too_many_arguments)]
 #[inline]
-unsafe fn block(
+unsafe fn block<W: WeightElem>(
     kernel: Kernel,
     rows: usize,
     width: usize,
     x: &[f32],
-    w: &[f32],
+    w: &[W],
     k: usize,
     b: Option<&[f32]>,
     r: usize,
@@ -257,10 +303,10 @@ unsafe fn block(
         ($f:ident, $($cw:literal),*) => {
             match (rows, width) {
                 $(
-                    (4, $cw) => $f::<4, $cw>(xp, wp, k, bp, d, n),
-                    (3, $cw) => $f::<3, $cw>(xp, wp, k, bp, d, n),
-                    (2, $cw) => $f::<2, $cw>(xp, wp, k, bp, d, n),
-                    (1, $cw) => $f::<1, $cw>(xp, wp, k, bp, d, n),
+                    (4, $cw) => $f::<W, 4, $cw>(xp, wp, k, bp, d, n),
+                    (3, $cw) => $f::<W, 3, $cw>(xp, wp, k, bp, d, n),
+                    (2, $cw) => $f::<W, 2, $cw>(xp, wp, k, bp, d, n),
+                    (1, $cw) => $f::<W, 1, $cw>(xp, wp, k, bp, d, n),
                 )*
                 _ => unreachable!(),
             }
@@ -280,9 +326,9 @@ const SCALAR_LANES: usize = 8;
 
 /// Portable micro-kernel: `R` activation rows (stride `k` from `x`) against `C` weight rows (stride `k` from
 /// `w`), writing `dst[r * stride + c]`. Lane-wise sums over chunks of eight, a pairwise tree, the tail, the bias.
-unsafe fn rows_scalar<const R: usize, const C: usize>(
+unsafe fn rows_scalar<W: WeightElem, const R: usize, const C: usize>(
     x: *const f32,
-    w: *const f32,
+    w: *const W,
     k: usize,
     b: *const f32,
     dst: *mut f32,
@@ -297,7 +343,7 @@ unsafe fn rows_scalar<const R: usize, const C: usize>(
             for (c, acc) in acc.iter_mut().enumerate() {
                 let wv = std::slice::from_raw_parts(w.add(c * k + i), SCALAR_LANES);
                 for l in 0..SCALAR_LANES {
-                    acc[l] += xv[l] * wv[l];
+                    acc[l] += xv[l] * wv[l].to_f32();
                 }
             }
         }
@@ -307,7 +353,7 @@ unsafe fn rows_scalar<const R: usize, const C: usize>(
         for (c, a) in acc.iter().enumerate() {
             let mut s = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
             for j in main..k {
-                s += *x.add(r * k + j) * *w.add(c * k + j);
+                s += *x.add(r * k + j) * (*w.add(c * k + j)).to_f32();
             }
             if !b.is_null() {
                 s += *b.add(c);
@@ -322,20 +368,47 @@ use x86::{rows_avx2, rows_avx512};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::{Elem, WeightElem};
     use std::arch::x86_64::*;
+
+    /// Sixteen weights from `p` as f32 lanes (f16 and bf16 widened exactly).
+    macro_rules! load16 {
+        ($w:ty, $p:expr) => {
+            match <$w as WeightElem>::KIND {
+                Elem::F32 => _mm512_loadu_ps($p as *const f32),
+                Elem::F16 => _mm512_cvtph_ps(_mm256_loadu_si256($p as *const __m256i)),
+                Elem::Bf16 => _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
+                    _mm256_loadu_si256($p as *const __m256i),
+                ))),
+            }
+        };
+    }
+
+    /// Eight weights from `p` as f32 lanes.
+    macro_rules! load8 {
+        ($w:ty, $p:expr) => {
+            match <$w as WeightElem>::KIND {
+                Elem::F32 => _mm256_loadu_ps($p as *const f32),
+                Elem::F16 => _mm256_cvtph_ps(_mm_loadu_si128($p as *const __m128i)),
+                Elem::Bf16 => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
+                    _mm_loadu_si128($p as *const __m128i),
+                ))),
+            }
+        };
+    }
 
     /// Scalar tail and bias after a row's horizontal sum; shared so every kernel finishes the same way.
     #[inline(always)]
-    unsafe fn finish(
+    unsafe fn finish<W: WeightElem>(
         mut s: f32,
         x: *const f32,
-        w: *const f32,
+        w: *const W,
         from: usize,
         k: usize,
         b: *const f32,
     ) -> f32 {
         for j in from..k {
-            s += *x.add(j) * *w.add(j);
+            s += *x.add(j) * (*w.add(j)).to_f32();
         }
         if !b.is_null() {
             s += *b;
@@ -345,9 +418,9 @@ mod x86 {
 
     /// AVX-512F micro-kernel; see [`super::rows_scalar`] for the arguments.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn rows_avx512<const R: usize, const C: usize>(
+    pub unsafe fn rows_avx512<W: WeightElem, const R: usize, const C: usize>(
         x: *const f32,
-        w: *const f32,
+        w: *const W,
         k: usize,
         b: *const f32,
         dst: *mut f32,
@@ -359,7 +432,7 @@ mod x86 {
         while i < main {
             let mut wv = [_mm512_setzero_ps(); C];
             for (c, v) in wv.iter_mut().enumerate() {
-                *v = _mm512_loadu_ps(w.add(c * k + i));
+                *v = load16!(W, w.add(c * k + i));
                 // The same line of the next group's rows, so memory streams while this group computes (a
                 // hint: it never faults, and past the end of the weight it is wasted, not wrong).
                 _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((C + c) * k + i) as *const i8);
@@ -396,10 +469,10 @@ mod x86 {
     }
 
     /// AVX2 + FMA micro-kernel; see [`super::rows_scalar`] for the arguments.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn rows_avx2<const R: usize, const C: usize>(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn rows_avx2<W: WeightElem, const R: usize, const C: usize>(
         x: *const f32,
-        w: *const f32,
+        w: *const W,
         k: usize,
         b: *const f32,
         dst: *mut f32,
@@ -411,7 +484,7 @@ mod x86 {
         while i < main {
             let mut wv = [_mm256_setzero_ps(); C];
             for (c, v) in wv.iter_mut().enumerate() {
-                *v = _mm256_loadu_ps(w.add(c * k + i));
+                *v = load8!(W, w.add(c * k + i));
                 // The same line of the next group's rows, so memory streams while this group computes (a
                 // hint: it never faults, and past the end of the weight it is wasted, not wrong).
                 _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((C + c) * k + i) as *const i8);
@@ -452,7 +525,7 @@ mod tests {
             let w = Tensor::from_vec(data(n * k, 1), (n, k), &Device::Cpu)?;
             let bias = Tensor::from_vec(data(n, 2), n, &Device::Cpu)?;
             for with_bias in [false, true] {
-                let dense = DenseF32::new(w.clone(), with_bias.then_some(&bias))?;
+                let dense = Dense::new(w.clone(), with_bias.then_some(&bias))?;
                 let (wv, bv) = (data(n * k, 1), data(n, 2));
                 let m = 9;
                 let x = data(m * k, 3);
@@ -498,6 +571,38 @@ mod tests {
         Ok(())
     }
 
+    /// f16 and bf16 weights give, on every kernel and at every batch size, exactly the bits of the f32 kernel
+    /// over the same weights widened to f32.
+    #[test]
+    fn half_weights_give_the_bits_of_their_f32_widening() -> Result<()> {
+        for (n, k) in [(37, 64), (21, 83), (16, 768)] {
+            let w32 = Tensor::from_vec(data(n * k, 5), (n, k), &Device::Cpu)?;
+            let bias = Tensor::from_vec(data(n, 2), n, &Device::Cpu)?;
+            for dtype in [DType::F16, DType::BF16] {
+                let half = w32.to_dtype(dtype)?;
+                let wide = Dense::new(half.to_dtype(DType::F32)?, Some(&bias))?;
+                let dense = Dense::new(half, Some(&bias))?;
+                assert_eq!(dense.dtype(), dtype);
+                let m = 6;
+                let x = data(m * k, 3);
+                for kernel in Kernel::available() {
+                    for rows in 1..=m {
+                        let (mut got, mut want) = (vec![0f32; rows * n], vec![0f32; rows * n]);
+                        dense.matmul_with(kernel, &x[..rows * k], rows, &mut got);
+                        wide.matmul_with(kernel, &x[..rows * k], rows, &mut want);
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(
+                            bits(&got),
+                            bits(&want),
+                            "{kernel:?} {dtype:?} {rows} rows (n={n}, k={k})"
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The tensor entry point, with a `[in, out]` weight transposed at load and a non-contiguous input.
     #[test]
     fn forward_matches_candle_matmul() -> Result<()> {
@@ -505,7 +610,7 @@ mod tests {
         let w = Tensor::randn(0f32, 1.0, (48, 40), &dev)?; // [in, out]
         let b = Tensor::randn(0f32, 1.0, 40, &dev)?;
         let x = Tensor::randn(0f32, 1.0, (48, 5), &dev)?.t()?; // [5, 48], not contiguous
-        let dense = DenseF32::from_in_out(&w, Some(&b))?;
+        let dense = Dense::from_in_out(&w, Some(&b))?;
         assert_eq!((dense.in_dim(), dense.out_dim()), (48, 40));
         let got = dense.forward(&x)?;
         let want = x.matmul(&w)?.broadcast_add(&b)?;

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
-use super::dense::DenseF32;
+use super::dense::Dense;
 use super::norm::LayerNorm;
 use super::qlinear::with_f32_rows;
 use super::{
@@ -43,7 +43,7 @@ fn default_act() -> String {
 /// `x · W + b` with a Conv1D weight `[in, out]`: rill's f32 kernel on the CPU (the weight transposed once to
 /// `[out, in]`), candle's matmul on a GPU or with `RILL_CANDLE_F32=1` (for comparisons).
 enum Conv1D {
-    Own(DenseF32),
+    Own(Dense),
     Candle { w: Tensor, b: Tensor },
 }
 
@@ -52,7 +52,7 @@ impl Conv1D {
         let w = vb.get((inp, out), "weight")?;
         let b = vb.get(out, "bias")?;
         Ok(if own_kernels(w.device()) {
-            Self::Own(DenseF32::from_in_out(&w, Some(&b))?)
+            Self::Own(Dense::from_in_out(&w, Some(&b))?)
         } else {
             Self::Candle { w, b }
         })
@@ -141,7 +141,7 @@ fn own_kernels(device: &Device) -> bool {
 
 /// The output head `x · Wᵀ` for a `[vocab, d]` weight (usually the token embeddings themselves, shared).
 enum Head {
-    Own(DenseF32),
+    Own(Dense),
     Candle(Tensor),
 }
 
@@ -241,7 +241,7 @@ impl Gpt2 {
             wte.clone()
         };
         let lm_head = if own_kernels(device) {
-            Head::Own(DenseF32::new(lm_head, None)?)
+            Head::Own(Dense::new(lm_head, None)?)
         } else {
             Head::Candle(lm_head)
         };

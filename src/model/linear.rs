@@ -1,10 +1,10 @@
 //! A linear layer over whatever weights a model came with: quantized GGUF tensors through [`QLinear`], dense
-//! f32 through rill's [`DenseF32`] kernel on the CPU (candle's matmul elsewhere), with an optional bias. Parts
+//! f32, f16 or bf16 through rill's [`Dense`] kernel on the CPU (candle's matmul elsewhere), with an optional bias. Parts
 //! that read the same input (Q, K and V; gate and up) are stacked into one matrix at load.
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::dense::DenseF32;
+use super::dense::Dense;
 use super::qlinear::{glu_rows, swiglu_rows, with_f32_rows, QLinear};
 use super::weights::Weight;
 
@@ -27,7 +27,7 @@ pub struct Linear {
 
 enum Kind {
     Quant(QLinear),
-    Dense(DenseF32),
+    Dense(Dense),
     /// Dense weights on a GPU: candle's matmul.
     Device(Tensor),
 }
@@ -69,17 +69,28 @@ impl Linear {
                 out,
             });
         }
-        let dense: Vec<Tensor> = parts
+        // On the CPU the dense kernel reads f16 and bf16 weights as they are; parts of mixed types, and
+        // weights on other devices, become f32.
+        let mut dense: Vec<Tensor> = parts
             .iter()
-            .map(|p| p.to_f32(&device_of(p)))
+            .map(|p| match device_of(p).is_cpu() {
+                true => p.to_float(&device_of(p)),
+                false => p.to_f32(&device_of(p)),
+            })
             .collect::<Result<_>>()?;
+        if dense.iter().any(|t| t.dtype() != dense[0].dtype()) {
+            dense = dense
+                .iter()
+                .map(|t| t.to_dtype(DType::F32))
+                .collect::<Result<_>>()?;
+        }
         let w = if dense.len() == 1 {
             dense.into_iter().next().expect("one part")
         } else {
             Tensor::cat(&dense, 0)?
         };
         if w.device().is_cpu() && std::env::var_os("RILL_CANDLE_F32").is_none() {
-            let kind = Kind::Dense(DenseF32::new(w, bias.as_ref())?);
+            let kind = Kind::Dense(Dense::new(w, bias.as_ref())?);
             return Ok(Self {
                 kind,
                 bias: None,

@@ -23,6 +23,23 @@ impl Weight {
         }
     }
 
+    /// The tensor as a float matrix for the dense kernel: f16 and bf16 kept as they are (exactly, from a GGUF
+    /// file's F16 and BF16 tensors too), anything else as f32.
+    pub fn to_float(&self, device: &Device) -> Result<Tensor> {
+        use candle_core::quantized::GgmlDType as G;
+        match self {
+            Self::Quant(q) if q.dtype() == G::F16 => q.dequantize_f16(device),
+            Self::Quant(q) if q.dtype() == G::BF16 => {
+                let bytes = q.data()?;
+                Tensor::from_raw_buffer(&bytes, DType::BF16, q.shape().dims(), device)
+            }
+            Self::Dense(t) if matches!(t.dtype(), DType::F16 | DType::BF16 | DType::F32) => {
+                Ok(t.clone())
+            }
+            other => other.to_f32(device),
+        }
+    }
+
     /// `[rows, cols]` of a matrix.
     pub fn dims2(&self) -> Result<(usize, usize)> {
         match self {

@@ -58,7 +58,10 @@ pub fn load_with(rel: &str, ctx_size: Option<usize>) -> rill::load::Loaded {
         &locator.resolve(rel).unwrap(),
         rel,
         &candle_core::Device::Cpu,
-        &load::LoadOptions { ctx_size },
+        &load::LoadOptions {
+            ctx_size,
+            ..Default::default()
+        },
     )
     .unwrap()
 }
