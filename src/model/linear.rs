@@ -48,7 +48,7 @@ impl Linear {
             Some(b) => Some(Tensor::cat(&b, 0)?.to_dtype(DType::F32)?),
             None => None,
         };
-        // Float "quantized" tensors of a GGUF file (F32, F16, BF16) run through the dense f32 kernel on the
+        // Float "quantized" tensors of a GGUF file (F32, F16, BF16) run through the dense float kernel on the
         // CPU like safetensors weights: candle's quantized matmul takes a different summation path for one row
         // than for several, which would make a position's bits depend on the batch.
         let float = |q: &candle_core::quantized::QTensor| {

@@ -85,6 +85,25 @@ impl Format for Q8_0x8 {
     ) {
         dispatch_rows!(kernel, xs, w, dst, stride)
     }
+
+    unsafe fn rows_pair<const R: usize>(
+        kernel: Kernel,
+        xs: [&[ActQ8_0Sum]; R],
+        w: [&[Q8_0x8Block]; 2],
+        dst: *mut f32,
+        stride: usize,
+    ) {
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni if super::q4_1x8::has_avx512() => {
+                x86::rows_pair_avx512(xs, w, dst, stride)
+            }
+            _ => {
+                Self::rows(kernel, xs, w[0], dst, stride);
+                Self::rows(kernel, xs, w[1], dst.add(ROWS), stride);
+            }
+        }
+    }
 }
 
 /// Portable kernel for one activation row.
@@ -166,6 +185,53 @@ mod x86 {
     );
     rows_kernel!(rows_avxvnni, "avx2,fma,f16c,avxvnni", dot_avxvnni, 128);
     rows_kernel!(rows_avx2, "avx2,fma,f16c", dot_avx2_signed, 0);
+
+    /// Two weight groups at once on 512-bit vectors, lanes 0–7 the first group's rows and 8–15 the
+    /// second's, each lane through exactly the 256-bit VNNI kernel's operations (so the same bits).
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+    pub unsafe fn rows_pair_avx512<const R: usize>(
+        xs: [&[ActQ8_0Sum]; R],
+        w: [&[Q8_0x8Block]; 2],
+        dst: *mut f32,
+        stride: usize,
+    ) {
+        let half_d =
+            |p: &Q8_0x8Block| _mm256_cvtph_ps(_mm_loadu_si128(p.d.as_ptr() as *const __m128i));
+        let mut acc = [_mm512_setzero_ps(); R];
+        for (b, (p0, p1)) in w[0].iter().zip(w[1]).enumerate() {
+            let dw = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                _mm512_castpd256_pd512(_mm256_castps_pd(half_d(p0))),
+                _mm256_castps_pd(half_d(p1)),
+            ));
+            let mut isum = [_mm512_setzero_si512(); R];
+            for t in 0..8 {
+                let q = _mm512_inserti64x4::<1>(
+                    _mm512_castsi256_si512(_mm256_loadu_si256(
+                        p0.qs.as_ptr().add(32 * t) as *const __m256i
+                    )),
+                    _mm256_loadu_si256(p1.qs.as_ptr().add(32 * t) as *const __m256i),
+                );
+                for r in 0..R {
+                    let a = xs[r][b].qs.as_ptr() as *const i32;
+                    isum[r] = _mm512_dpbusd_epi32(
+                        isum[r],
+                        q,
+                        _mm512_set1_epi32(a.add(t).read_unaligned()),
+                    );
+                }
+            }
+            for r in 0..R {
+                let y = &xs[r][b];
+                let exact = _mm512_sub_epi32(isum[r], _mm512_set1_epi32(128 * y.sum));
+                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(y.d));
+                acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(exact), acc[r]);
+            }
+        }
+        for r in 0..R {
+            _mm512_storeu_ps(dst.add(r * stride), acc[r]);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -174,12 +240,9 @@ mod tests {
     use crate::model::quant::q8_0::vec_dot_scalar;
     use crate::model::quant::x8::testing;
 
-    /// Every kernel the CPU has, against the plain layout's scalar dot product, with weights at both
-    /// extremes (-128 and 127) so an overflowing pair sum would show.
-    #[test]
-    fn interleaved_matmul_matches_plain_dot_products() {
-        let (n, k) = (24, 96);
-        let w: Vec<BlockQ8_0> = (0..n * k / QK)
+    /// Weights at both extremes (-128 and 127), so an overflowing pair sum would show.
+    fn extreme_weight(n: usize, k: usize) -> Vec<BlockQ8_0> {
+        (0..n * k / QK)
             .map(|b| BlockQ8_0 {
                 d: f16::from_f32(0.01 + (b % 7) as f32 * 1e-3),
                 qs: std::array::from_fn(|i| match (i + b) % 5 {
@@ -188,7 +251,21 @@ mod tests {
                     _ => ((i * 7 + b * 13) % 255) as i32 as i8,
                 }),
             })
-            .collect();
+            .collect()
+    }
+
+    /// The two-group pass gives each group's bits.
+    #[test]
+    fn group_pairs_give_single_group_bits() {
+        let (n, k) = (16, 1024);
+        testing::check_pairs(&pack(&extreme_weight(n, k), n, k).unwrap());
+    }
+
+    /// Every kernel the CPU has, against the plain layout's scalar dot product.
+    #[test]
+    fn interleaved_matmul_matches_plain_dot_products() {
+        let (n, k) = (24, 96);
+        let w = extreme_weight(n, k);
         let kb = k / QK;
         testing::check(&pack(&w, n, k).unwrap(), |x, c| {
             let mut xq = vec![BlockQ8_0::ZERO_ACT; kb];
