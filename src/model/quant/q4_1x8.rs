@@ -9,7 +9,7 @@
 use half::f16;
 
 use super::q4_1::{quantize_row_q8_1, BlockQ4_1, BlockQ8_1};
-use super::x8::{dispatch_rows, k_quant_groups, Format, Interleaved, Kernel, ROWS};
+use super::x8::{dispatch_pair, dispatch_rows, k_quant_groups, Format, Interleaved, Kernel, ROWS};
 use super::QK;
 
 /// Interleaved nibbles of one 32-value block of eight rows: bytes `32t + 4c .. 32t + 4c + 4` are bytes
@@ -212,23 +212,8 @@ impl<G: Q4Group> Format for Q4x8<G> {
         dst: *mut f32,
         stride: usize,
     ) {
-        match kernel {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni if has_avx512() => x86::rows_pair_avx512(xs, w, dst, stride),
-            _ => {
-                Self::rows(kernel, xs, w[0], dst, stride);
-                Self::rows(kernel, xs, w[1], dst.add(ROWS), stride);
-            }
-        }
+        dispatch_pair!(kernel, xs, w, dst, stride)
     }
-}
-
-/// Whether the CPU has the 512-bit instructions the two-group kernels need (AVX-512 F and BW besides the
-/// VNNI that picked [`Kernel::Avx512Vnni`]).
-#[cfg(target_arch = "x86_64")]
-pub(super) fn has_avx512() -> bool {
-    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw"))
 }
 
 /// Portable kernel for one activation row.
@@ -258,7 +243,7 @@ unsafe fn rows_scalar<G: Q4Group>(x: &[BlockQ8_1], w: &[G], dst: *mut f32) {
 mod x86 {
     use super::{BlockQ8_1, Q4Group};
     use crate::model::quant::x86::{
-        dot_avx2_u8, dot_avx512vnni, dot_avxvnni, unsigned_rows_kernels,
+        dot_avx2_u8, dot_avx512vnni, dot_avxvnni, pair_bytes, pair_ps, unsigned_rows_kernels,
     };
     use std::arch::x86_64::*;
 
@@ -325,27 +310,16 @@ mod x86 {
         stride: usize,
     ) {
         let mask = _mm512_set1_epi8(0x0F);
-        let wide_ps = |a: __m256, b: __m256| {
-            _mm512_castpd_ps(_mm512_insertf64x4::<1>(
-                _mm512_castpd256_pd512(_mm256_castps_pd(a)),
-                _mm256_castps_pd(b),
-            ))
-        };
         let mut acc = [_mm512_setzero_ps(); R];
         for (b, (p0, p1)) in w[0].iter().zip(w[1]).enumerate() {
             for s in 0..G::SUBS {
                 let ((d0, m0), (d1, m1)) = (p0.scales8(s), p1.scales8(s));
-                let (dw, mw) = (wide_ps(d0, d1), wide_ps(m0, m1));
+                let (dw, mw) = (pair_ps(d0, d1), pair_ps(m0, m1));
                 let (q0, q1) = (p0.nibbles(s), p1.nibbles(s));
                 let blk = b * G::SUBS + s;
                 let mut isum = [_mm512_setzero_si512(); R];
                 for t in 0..4 {
-                    let q = _mm512_inserti64x4::<1>(
-                        _mm512_castsi256_si512(_mm256_loadu_si256(
-                            q0.as_ptr().add(32 * t) as *const __m256i
-                        )),
-                        _mm256_loadu_si256(q1.as_ptr().add(32 * t) as *const __m256i),
-                    );
+                    let q = pair_bytes(q0.as_ptr().add(32 * t), q1.as_ptr().add(32 * t));
                     let lo = _mm512_and_si512(q, mask);
                     let hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), mask);
                     for r in 0..R {

@@ -10,7 +10,9 @@
 
 use half::f16;
 
-use super::x8::{dispatch_rows, k_quant_groups, Format, Interleaved, Kernel, QK_K, ROWS};
+use super::x8::{
+    dispatch_pair, dispatch_rows, k_quant_groups, Format, Interleaved, Kernel, QK_K, ROWS,
+};
 use super::QK;
 
 /// The size of a Q6_K super-block in a GGUF file.
@@ -146,16 +148,7 @@ impl Format for Q6Kx8 {
         dst: *mut f32,
         stride: usize,
     ) {
-        match kernel {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni if super::q4_1x8::has_avx512() => {
-                x86::rows_pair_avx512(xs, w, dst, stride)
-            }
-            _ => {
-                Self::rows(kernel, xs, w[0], dst, stride);
-                Self::rows(kernel, xs, w[1], dst.add(ROWS), stride);
-            }
-        }
+        dispatch_pair!(kernel, xs, w, dst, stride)
     }
 }
 
@@ -184,7 +177,7 @@ unsafe fn rows_scalar(x: &[ActHalves], w: &[Q6KGroup], dst: *mut f32) {
 mod x86 {
     use super::{ActHalves, Q6KGroup};
     use crate::model::quant::x86::{
-        dot_avx2_u8, dot_avx512vnni, dot_avxvnni, unsigned_rows_kernels,
+        dot_avx2_u8, dot_avx512vnni, dot_avxvnni, pair_bytes, pair_ps, unsigned_rows_kernels,
     };
     use std::arch::x86_64::*;
 
@@ -260,32 +253,20 @@ mod x86 {
         dst: *mut f32,
         stride: usize,
     ) {
-        let wide = |a: *const u8, b: *const u8| {
-            _mm512_inserti64x4::<1>(
-                _mm512_castsi256_si512(_mm256_loadu_si256(a as *const __m256i)),
-                _mm256_loadu_si256(b as *const __m256i),
-            )
-        };
-        let wide_ps = |a: __m256, b: __m256| {
-            _mm512_castpd_ps(_mm512_insertf64x4::<1>(
-                _mm512_castpd256_pd512(_mm256_castps_pd(a)),
-                _mm256_castps_pd(b),
-            ))
-        };
         let (m4, m2) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x03));
         let mut acc = [_mm512_setzero_ps(); R];
         for (b, (p0, p1)) in w[0].iter().zip(w[1]).enumerate() {
             let half_d =
                 |p: &Q6KGroup| _mm256_cvtph_ps(_mm_loadu_si128(p.d.as_ptr() as *const __m128i));
-            let d = wide_ps(half_d(p0), half_d(p1));
+            let d = pair_ps(half_d(p0), half_d(p1));
             for i in 0..8 {
                 let mut isum = [[_mm512_setzero_si512(); R]; 2];
                 let high = [
-                    wide(p0.high[i].as_ptr(), p1.high[i].as_ptr()),
-                    wide(p0.high[i].as_ptr().add(32), p1.high[i].as_ptr().add(32)),
+                    pair_bytes(p0.high[i].as_ptr(), p1.high[i].as_ptr()),
+                    pair_bytes(p0.high[i].as_ptr().add(32), p1.high[i].as_ptr().add(32)),
                 ];
                 for u in 0..4 {
-                    let n = wide(
+                    let n = pair_bytes(
                         p0.nib[i].as_ptr().add(32 * u),
                         p1.nib[i].as_ptr().add(32 * u),
                     );
@@ -309,7 +290,7 @@ mod x86 {
                         let sc = _mm_loadl_epi64(p.sc[2 * i + h].as_ptr() as *const __m128i);
                         _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc))
                     };
-                    let dsc = _mm512_mul_ps(d, wide_ps(sc(p0), sc(p1)));
+                    let dsc = _mm512_mul_ps(d, pair_ps(sc(p0), sc(p1)));
                     for r in 0..R {
                         let y = &xs[r][8 * b + i];
                         let offset = _mm512_set1_epi32(32 * y.sums[h]);

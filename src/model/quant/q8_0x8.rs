@@ -7,7 +7,7 @@
 use half::f16;
 
 use super::q8_0::{quantize_row, ActQ8_0, BlockQ8_0};
-use super::x8::{dispatch_rows, Format, Interleaved, Kernel, ROWS};
+use super::x8::{dispatch_pair, dispatch_rows, Format, Interleaved, Kernel, ROWS};
 use super::{QuantBlock, QK};
 
 /// Block `b` of eight consecutive Q8_0 weight rows.
@@ -93,16 +93,7 @@ impl Format for Q8_0x8 {
         dst: *mut f32,
         stride: usize,
     ) {
-        match kernel {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni if super::q4_1x8::has_avx512() => {
-                x86::rows_pair_avx512(xs, w, dst, stride)
-            }
-            _ => {
-                Self::rows(kernel, xs, w[0], dst, stride);
-                Self::rows(kernel, xs, w[1], dst.add(ROWS), stride);
-            }
-        }
+        dispatch_pair!(kernel, xs, w, dst, stride)
     }
 }
 
@@ -127,7 +118,7 @@ unsafe fn rows_scalar(x: &[ActQ8_0Sum], w: &[Q8_0x8Block], dst: *mut f32) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{ActQ8_0Sum, Q8_0x8Block};
-    use crate::model::quant::x86::{dot_avx512vnni, dot_avxvnni};
+    use crate::model::quant::x86::{dot_avx512vnni, dot_avxvnni, pair_bytes, pair_ps};
     use std::arch::x86_64::*;
 
     /// Generates the kernel for `R` activation rows against one weight group. `$dot(acc, w, y)` adds
@@ -200,18 +191,10 @@ mod x86 {
             |p: &Q8_0x8Block| _mm256_cvtph_ps(_mm_loadu_si128(p.d.as_ptr() as *const __m128i));
         let mut acc = [_mm512_setzero_ps(); R];
         for (b, (p0, p1)) in w[0].iter().zip(w[1]).enumerate() {
-            let dw = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
-                _mm512_castpd256_pd512(_mm256_castps_pd(half_d(p0))),
-                _mm256_castps_pd(half_d(p1)),
-            ));
+            let dw = pair_ps(half_d(p0), half_d(p1));
             let mut isum = [_mm512_setzero_si512(); R];
             for t in 0..8 {
-                let q = _mm512_inserti64x4::<1>(
-                    _mm512_castsi256_si512(_mm256_loadu_si256(
-                        p0.qs.as_ptr().add(32 * t) as *const __m256i
-                    )),
-                    _mm256_loadu_si256(p1.qs.as_ptr().add(32 * t) as *const __m256i),
-                );
+                let q = pair_bytes(p0.qs.as_ptr().add(32 * t), p1.qs.as_ptr().add(32 * t));
                 for r in 0..R {
                     let a = xs[r][b].qs.as_ptr() as *const i32;
                     isum[r] = _mm512_dpbusd_epi32(

@@ -86,6 +86,32 @@ macro_rules! dispatch_rows {
 }
 pub(crate) use dispatch_rows;
 
+/// The body of [`Format::rows_pair`] for a format module that defines `x86::rows_pair_avx512` (two groups on
+/// 512-bit vectors): that kernel where the CPU has it, else [`Format::rows`] on each group.
+macro_rules! dispatch_pair {
+    ($kernel:expr, $xs:expr, $w:expr, $dst:expr, $stride:expr) => {
+        match $kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni if super::x8::has_avx512() => {
+                x86::rows_pair_avx512($xs, $w, $dst, $stride)
+            }
+            _ => {
+                Self::rows($kernel, $xs, $w[0], $dst, $stride);
+                Self::rows($kernel, $xs, $w[1], $dst.add(ROWS), $stride);
+            }
+        }
+    };
+}
+pub(crate) use dispatch_pair;
+
+/// Whether the CPU has the 512-bit instructions the two-group kernels need (AVX-512 F and BW besides the
+/// VNNI that picked [`Kernel::Avx512Vnni`]).
+#[cfg(target_arch = "x86_64")]
+pub fn has_avx512() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw"))
+}
+
 /// The instruction set used for the integer multiply-adds.
 #[derive(Clone, Copy, Debug)]
 pub enum Kernel {

@@ -26,6 +26,27 @@ pub unsafe fn dot_avx2_u8(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
     _mm256_add_epi32(acc, p)
 }
 
+/// Two 256-bit float vectors as one 512-bit vector (`lo` in lanes 0–7): the two weight groups' per-row
+/// values side by side in the two-group kernels.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub unsafe fn pair_ps(lo: __m256, hi: __m256) -> __m512 {
+    _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+        _mm512_castpd256_pd512(_mm256_castps_pd(lo)),
+        _mm256_castps_pd(hi),
+    ))
+}
+
+/// 32 bytes from `lo` and 32 from `hi` as one 512-bit vector.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub unsafe fn pair_bytes(lo: *const u8, hi: *const u8) -> __m512i {
+    _mm512_inserti64x4::<1>(
+        _mm512_castsi256_si512(_mm256_loadu_si256(lo as *const __m256i)),
+        _mm256_loadu_si256(hi as *const __m256i),
+    )
+}
+
 /// Instantiates a format's `rows_kernel!` (name, target features, byte multiply-add) as `rows_avx512vnni`,
 /// `rows_avxvnni` and `rows_avx2`, for weights that are unsigned bytes below 128.
 macro_rules! unsigned_rows_kernels {
