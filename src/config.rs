@@ -88,9 +88,7 @@ impl ModelArgs {
             },
         }
     }
-}
 
-impl ModelArgs {
     pub fn models_dir(&self) -> PathBuf {
         if let Some(d) = &self.models_dir {
             return d.clone();

@@ -14,7 +14,7 @@
 //! spins. So the caller keeps score over windows of sections: if any section waited long for a claimed chunk
 //! (a stall), or the workers did much less than their share of the items, it runs the following sections alone
 //! for a while (solo: no hand-off, no waiting; the workers park), doubling that while the contention lasts and
-//! going back to the team after a window that went well.
+//! going back to the team after it (a window that went well halves the next solo period).
 //!
 //! Results never depend on which thread ran a chunk or on the thread count: a chunk is a range of items, and
 //! callers make each output value the work of exactly one item.
@@ -225,7 +225,10 @@ impl Score {
             self.next_solo = (self.next_solo * 2).clamp(SOLO_MIN, SOLO_MAX);
             self.solo_until = Some(Instant::now() + self.next_solo);
         } else {
-            self.next_solo = Duration::ZERO;
+            // A good window halves the next solo period rather than forgetting it: under lasting
+            // contention windows go well now and then by luck, and each return to short solo periods
+            // would mean more team sections, each one a chance to stall.
+            self.next_solo /= 2;
         }
         *self = Self {
             solo_until: self.solo_until,
@@ -372,7 +375,7 @@ mod tests {
     }
 
     #[test]
-    fn stalls_and_idle_workers_start_solo_periods_that_grow_and_end_after_a_good_window() {
+    fn stalls_and_idle_workers_start_solo_periods_that_grow_and_shrink_after_good_windows() {
         let mut s = Score::default();
         let now = Instant::now();
         // Equal shares: the team stays.
@@ -395,13 +398,23 @@ mod tests {
             s.observe(STALL * 2, 0, 100, 1);
         }
         assert_eq!(s.next_solo, SOLO_MAX);
-        // A good window ends the backoff.
+        // A good window goes back to the team and halves the next solo period; a stall then doubles it
+        // back, so lasting contention keeps long solo periods.
         s.solo_until = None;
         for _ in 0..WINDOW {
             s.observe(Duration::ZERO, 40, 100, 1);
         }
         assert!(!s.solo(Instant::now()));
-        assert_eq!(s.next_solo, Duration::ZERO);
+        assert_eq!(s.next_solo, SOLO_MAX / 2);
+        s.observe(STALL * 2, 50, 100, 1);
+        assert_eq!(s.next_solo, SOLO_MAX);
+        // Good windows in a row wear it down to nothing.
+        for _ in 0..12 * WINDOW {
+            s.solo_until = None;
+            s.observe(Duration::ZERO, 40, 100, 1);
+        }
+        assert_eq!(s.next_solo, SOLO_MAX / 4096);
+        assert!(s.next_solo < SOLO_MIN / 8);
     }
 
     #[test]
