@@ -10,10 +10,13 @@ use candle_core::{DType, Device, Tensor};
 use rill::load::{self, LoadOptions, ModelLocator, WeightDtype};
 use rill::model::{CausalLm, SeqStep};
 
-/// `models/arch/llama` with its weights stored as `dtype`, in a fresh temporary folder.
-fn converted_copy(dtype: DType) -> PathBuf {
-    let src = common::model_path("arch/llama");
-    let dir = std::env::temp_dir().join(format!("rill-dtype-{}-{dtype:?}", std::process::id()));
+/// `models/arch/<family>` with its weights stored as `dtype`, in a fresh temporary folder.
+fn converted_copy(family: &str, dtype: DType) -> PathBuf {
+    let src = common::model_path(&format!("arch/{family}"));
+    let dir = std::env::temp_dir().join(format!(
+        "rill-dtype-{}-{family}-{dtype:?}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     for f in std::fs::read_dir(&src).unwrap() {
@@ -63,10 +66,15 @@ fn bits(v: &[Vec<f32>]) -> Vec<u32> {
     v.iter().flatten().map(|x| x.to_bits()).collect()
 }
 
+/// Untied (llama) and tied (qwen2: the output head is the embedding table, kept once in its own type).
 #[test]
 fn half_checkpoints_kept_half_give_the_bits_of_f32() {
-    for dtype in [DType::BF16, DType::F16] {
-        let dir = converted_copy(dtype);
+    for (family, dtype) in [
+        ("llama", DType::BF16),
+        ("llama", DType::F16),
+        ("qwen2", DType::BF16),
+    ] {
+        let dir = converted_copy(family, dtype);
         let kept = load_as(&dir, WeightDtype::Auto);
         let wide = load_as(&dir, WeightDtype::F32);
         let label = format!("{dtype:?}").to_uppercase();
@@ -75,7 +83,7 @@ fn half_checkpoints_kept_half_give_the_bits_of_f32() {
         assert_eq!(
             bits(&logits(kept.model.as_ref())),
             bits(&logits(wide.model.as_ref())),
-            "{dtype:?}"
+            "{family} {dtype:?}"
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

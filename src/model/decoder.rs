@@ -264,7 +264,8 @@ impl Decoder {
         let output = Linear::new(output_w, None)?;
         let embed = match embed {
             Weight::Quant(q) => Embedding::Quant(q),
-            Weight::Dense(t) => Embedding::Dense(t.to_dtype(DType::F32)?),
+            // Kept in its own type (a tied output head shares it); looked-up rows are widened to f32.
+            Weight::Dense(t) => Embedding::Dense(t),
         };
         let info = ModelInfo {
             name: label.name,
@@ -301,7 +302,7 @@ impl Decoder {
         let ids = Tensor::new(ids, &self.device)?;
         let xs = match &self.embed {
             Embedding::Quant(q) => q.embedding(&ids)?,
-            Embedding::Dense(t) => t.index_select(&ids, 0)?,
+            Embedding::Dense(t) => t.index_select(&ids, 0)?.to_dtype(DType::F32)?,
         };
         match self.cfg.embed_scale {
             Some(s) => xs * s as f64,
