@@ -245,10 +245,11 @@ mod x86 {
     use crate::model::quant::x86::{dot_avx512vnni, dot_avxvnni, pair_bytes, pair_ps};
     use std::arch::x86_64::*;
 
-    /// Generates the kernel for `R` activation rows against one weight group, `$dot` being the
-    /// `acc += Σ₄ u8·i8` step per 32-bit lane.
+    /// Generates the kernel for `R` activation rows against one weight group: `$step(part, u8, i8)` adds a
+    /// step's byte products to a block's partial sums, and `$widen(part)` turns those into the block's
+    /// 32-bit sums, four bytes a lane.
     macro_rules! rows_kernel {
-        ($name:ident, $features:literal, $dot:ident) => {
+        ($name:ident, $features:literal, $step:ident, $widen:ident) => {
             #[target_feature(enable = $features)]
             pub unsafe fn $name<G: Q4Group, const R: usize>(
                 xs: [&[BlockQ8_1]; R],
@@ -270,9 +271,12 @@ mod x86 {
                             let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), mask);
                             for r in 0..R {
                                 let a = xs[r][blk].qs.as_ptr() as *const i32;
-                                isum[r] =
-                                    $dot(isum[r], lo, _mm256_set1_epi32(a.add(t).read_unaligned()));
-                                isum[r] = $dot(
+                                isum[r] = $step(
+                                    isum[r],
+                                    lo,
+                                    _mm256_set1_epi32(a.add(t).read_unaligned()),
+                                );
+                                isum[r] = $step(
                                     isum[r],
                                     hi,
                                     _mm256_set1_epi32(a.add(t + 4).read_unaligned()),
@@ -282,7 +286,8 @@ mod x86 {
                         for r in 0..R {
                             let y = &xs[r][blk];
                             let scale = _mm256_mul_ps(dw, _mm256_set1_ps(y.d));
-                            acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isum[r]), acc[r]);
+                            let isum = $widen(isum[r]);
+                            acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isum), acc[r]);
                             acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(y.s), acc[r]);
                         }
                     }
@@ -294,60 +299,36 @@ mod x86 {
         };
     }
 
+    /// The VNNI kernels sum in 32 bits from the start.
+    #[inline(always)]
+    fn same(sums: __m256i) -> __m256i {
+        sums
+    }
+
+    /// AVX2 without VNNI: `vpmaddubsw` gives each 16-bit lane a pair's sum (at most 2·15·128 = 3 840 in
+    /// magnitude for 4-bit weights), so a block's eight steps add up in 16 bits without overflow (30 720)...
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn pairs_avx2(part: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        _mm256_add_epi16(part, _mm256_maddubs_epi16(u, s))
+    }
+
+    /// ...and one `vpmaddwd` per block and row widens them: the integer sums are exactly the VNNI kernels',
+    /// for a quarter of the widening multiplies of doing it step by step.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn widen_pairs(part: __m256i) -> __m256i {
+        _mm256_madd_epi16(part, _mm256_set1_epi16(1))
+    }
+
     rows_kernel!(
         rows_avx512vnni,
         "avx2,fma,f16c,avx512vnni,avx512vl",
-        dot_avx512vnni
+        dot_avx512vnni,
+        same
     );
-    rows_kernel!(rows_avxvnni, "avx2,fma,f16c,avxvnni", dot_avxvnni);
-
-    /// AVX2 without VNNI. `vpmaddubsw` gives each 16-bit lane a pair's sum (at most 2·15·128 = 3 840 in
-    /// magnitude for 4-bit weights), so a block's eight of them add up in 16 bits without overflow (30 720),
-    /// and one `vpmaddwd` per block and row widens them: the integer sums are exactly the VNNI kernels', for
-    /// a quarter of the widening multiplies of doing it step by step.
-    #[allow(clippy::needless_range_loop)]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn rows_avx2<G: Q4Group, const R: usize>(
-        xs: [&[BlockQ8_1]; R],
-        w: &[G],
-        dst: *mut f32,
-        stride: usize,
-    ) {
-        let (mask, ones) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi16(1));
-        let mut acc = [_mm256_setzero_ps(); R];
-        for (b, p) in w.iter().enumerate() {
-            for s in 0..G::SUBS {
-                let (dw, mw) = p.scales8(s);
-                let qs = p.nibbles(s);
-                let blk = b * G::SUBS + s;
-                let mut pairs = [_mm256_setzero_si256(); R];
-                for t in 0..4 {
-                    let q = _mm256_loadu_si256(qs.as_ptr().add(32 * t) as *const __m256i);
-                    let lo = _mm256_and_si256(q, mask);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), mask);
-                    for r in 0..R {
-                        let a = xs[r][blk].qs.as_ptr() as *const i32;
-                        let (al, ah) = (
-                            _mm256_set1_epi32(a.add(t).read_unaligned()),
-                            _mm256_set1_epi32(a.add(t + 4).read_unaligned()),
-                        );
-                        pairs[r] = _mm256_add_epi16(pairs[r], _mm256_maddubs_epi16(lo, al));
-                        pairs[r] = _mm256_add_epi16(pairs[r], _mm256_maddubs_epi16(hi, ah));
-                    }
-                }
-                for r in 0..R {
-                    let y = &xs[r][blk];
-                    let isum = _mm256_madd_epi16(pairs[r], ones);
-                    let scale = _mm256_mul_ps(dw, _mm256_set1_ps(y.d));
-                    acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isum), acc[r]);
-                    acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(y.s), acc[r]);
-                }
-            }
-        }
-        for r in 0..R {
-            _mm256_storeu_ps(dst.add(r * stride), acc[r]);
-        }
-    }
+    rows_kernel!(rows_avxvnni, "avx2,fma,f16c,avxvnni", dot_avxvnni, same);
+    rows_kernel!(rows_avx2, "avx2,fma,f16c", pairs_avx2, widen_pairs);
 
     /// Two weight groups at once on 512-bit vectors: lanes 0–7 are the first group's eight rows, lanes 8–15
     /// the second's, and every lane goes through exactly the 256-bit kernel's operations, so each output has
