@@ -175,3 +175,26 @@ fn bad_long_rope_and_context_requests_are_refused() {
     let ok = load::load_with(&gpt2, "tiny", &Device::Cpu, &opts(8)).unwrap();
     assert_eq!(ok.model.info().context_length, 8);
 }
+
+/// A GGUF file whose LongRoPE factors are not positive numbers is refused with the file named, not run
+/// with NaN rotary tables.
+#[test]
+fn gguf_long_rope_factors_that_are_not_positive_are_refused() {
+    use candle_core::quantized::gguf_file::Content;
+    let src = common::model_path("arch/phi3-long-f32.gguf");
+    let mut bytes = std::fs::read(&src).unwrap();
+    let content = Content::read(&mut std::fs::File::open(&src).unwrap()).unwrap();
+    let info = &content.tensor_infos["rope_factors_short.weight"];
+    let at = (content.tensor_data_offset + info.offset) as usize;
+    bytes[at..at + 4].copy_from_slice(&(-1f32).to_le_bytes());
+    let dir = std::env::temp_dir().join(format!("rill-load-errors-{}-rope", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad-rope.gguf");
+    std::fs::write(&file, bytes).unwrap();
+    let e = load_error(&file);
+    assert!(
+        e.contains("bad-rope.gguf") && e.contains("implausible"),
+        "{e}"
+    );
+}

@@ -171,9 +171,11 @@ pub fn load(
     let chat = super::chat_template(template, &tokenizer, file)?;
     let mut cfg = decoder_config(&g, &arch)?;
     cfg.long_rope = long_rope(&mut g, &arch, cfg.context)?;
+    // Checked with the LongRoPE factors (finite, positive, one per frequency), then as served.
     let cfg = cfg
-        .serving(opts.ctx_size)
         .checked()
+        .map(|c| c.serving(opts.ctx_size))
+        .and_then(DecoderConfig::checked)
         .map_err(|reason| invalid(file, reason))?;
     let label = Label {
         name: name.to_string(),

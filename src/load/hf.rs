@@ -335,8 +335,9 @@ fn rope(
 }
 
 /// Phi-3's LongRoPE from its scaling block: `short_factor`, `long_factor`, the pretrained context
-/// (`original_max_position_embeddings`, in the block or beside it) and `attention_factor` when given, else
-/// the one transformers derives from `factor`, or from `context / original` without one.
+/// (`original_max_position_embeddings`, in the block or beside it; the whole context without one) and
+/// `attention_factor` when given, else the one transformers derives from `factor`, or from
+/// `context / original` without one.
 fn long_rope(c: &Json<'_>, s: &Json<'_>, context: usize) -> Result<LongRope, ModelError> {
     let factors = |k: &str| -> Result<Vec<f32>, ModelError> {
         s.get(k)
@@ -349,12 +350,12 @@ fn long_rope(c: &Json<'_>, s: &Json<'_>, context: usize) -> Result<LongRope, Mod
                 )
             })
     };
+    // As transformers reads it: in the block, else beside it, else the model's whole context (then the
+    // short factors always apply).
     let key = "original_max_position_embeddings";
     let original = match s.opt_usize(key)? {
         Some(o) => o,
-        None => c
-            .opt_usize(key)?
-            .ok_or_else(|| invalid(c.path, format!("LongRoPE scaling without `{key}`")))?,
+        None => c.opt_usize(key)?.unwrap_or(context),
     };
     Ok(LongRope {
         short: factors("short_factor")?,
@@ -474,6 +475,16 @@ impl SafeWeights {
             .into_iter()
             .filter_map(|(hf, _)| gguf_name(&hf, sandwich).map(|g| (g, hf)))
             .collect();
+        if dtype == WeightDtype::F16
+            && st
+                .tensors()
+                .iter()
+                .any(|(_, t)| matches!(DType::try_from(t.dtype()), Ok(DType::BF16 | DType::F32)))
+        {
+            tracing::warn!(
+                "--dtype f16 narrows a checkpoint stored wider: weights beyond f16's range become infinite"
+            );
+        }
         Ok(Self {
             st,
             dtype,
@@ -497,10 +508,14 @@ impl SafeWeights {
         format!("{:?}", self.matrix_dtype(stored.unwrap_or(DType::F32))).to_uppercase()
     }
 
-    /// What a matrix stored as `stored` is kept as: `--dtype`, where `auto` keeps f16 and bf16 on the CPU.
+    /// What a matrix stored as `stored` is kept as: `--dtype` on the CPU, where `auto` keeps f16 and bf16;
+    /// f32 on other devices, whose decoder runs in f32 (a narrower copy would only lose precision).
     fn matrix_dtype(&self, stored: DType) -> DType {
+        if !self.device.is_cpu() {
+            return DType::F32;
+        }
         match (self.dtype, stored) {
-            (WeightDtype::Auto, own @ (DType::F16 | DType::BF16)) if self.device.is_cpu() => own,
+            (WeightDtype::Auto, own @ (DType::F16 | DType::BF16)) => own,
             (WeightDtype::F16, _) => DType::F16,
             (WeightDtype::Bf16, _) => DType::BF16,
             _ => DType::F32,

@@ -9,7 +9,7 @@
 use half::f16;
 
 use super::q4_1::{quantize_row_q8_1, BlockQ4_1, BlockQ8_1};
-use super::x8::{dispatch_pair, dispatch_rows, k_quant_groups, Format, Interleaved, Kernel, ROWS};
+use super::x8::{dispatch_rows, k_quant_groups, Format, Interleaved, Kernel, ROWS};
 use super::QK;
 
 /// Interleaved nibbles of one 32-value block of eight rows: bytes `32t + 4c .. 32t + 4c + 4` are bytes
@@ -205,14 +205,15 @@ impl<G: Q4Group> Format for Q4x8<G> {
         dispatch_rows!(kernel, xs, w, dst, stride)
     }
 
-    unsafe fn rows_pair<const R: usize>(
-        kernel: Kernel,
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn rows_pair_avx512<const R: usize>(
         xs: [&[BlockQ8_1]; R],
         w: [&[G]; 2],
         dst: *mut f32,
         stride: usize,
-    ) {
-        dispatch_pair!(kernel, xs, w, dst, stride)
+    ) -> bool {
+        x86::rows_pair_avx512(xs, w, dst, stride);
+        true
     }
 }
 
@@ -411,32 +412,44 @@ mod tests {
         testing::check_pairs(&pack_q4_k(&bytes, n, k).unwrap());
     }
 
-    /// The SIMD kernels sum the same integers and do the same float steps, so they agree bit for bit, also at
-    /// the largest sums (every nibble 15 against activations of full magnitude, where a 16-bit accumulation
-    /// would overflow if it held more than a block).
+    /// At the largest sums (every nibble 15 against activations of full magnitude, where a 16-bit
+    /// accumulation would overflow if it held more than a block), every kernel's result is the block formula's
+    /// with exact integer sums, and the SIMD kernels, which sum the same integers and do the same float steps,
+    /// agree bit for bit.
     #[test]
-    fn simd_kernels_agree_bit_for_bit() {
+    fn extreme_sums_are_exact_and_simd_kernels_agree_bit_for_bit() {
         let (n, k) = (16, 512);
         let mut w = random_blocks(n * k / QK, 9);
         for b in w.iter_mut().step_by(2) {
             b.qs = [0xFF; QK / 2];
         }
         let packed = pack(&w, n, k).unwrap();
-        let m = 5;
+        let (m, kb) = (5, k / QK);
         let x: Vec<f32> = (0..m * k)
             .map(|i| if (i / 7) % 3 == 0 { -1.0 } else { 1.0 })
             .collect();
-        let outputs: Vec<(Kernel, Vec<u32>)> = Kernel::available()
-            .into_iter()
-            .filter(|k| !matches!(k, Kernel::Scalar))
-            .map(|kernel| {
-                let mut out = vec![0f32; m * n];
-                packed.matmul_with(kernel, &x, m, &mut out);
-                (kernel, out.iter().map(|v| v.to_bits()).collect())
-            })
-            .collect();
-        for (kernel, bits) in &outputs[1..] {
-            assert_eq!(bits, &outputs[0].1, "{kernel:?} against {:?}", outputs[0].0);
+        let mut simd: Vec<(Kernel, Vec<u32>)> = Vec::new();
+        for kernel in Kernel::available() {
+            let mut out = vec![0f32; m * n];
+            packed.matmul_with(kernel, &x, m, &mut out);
+            for r in 0..m {
+                let mut xq = vec![BlockQ8_1::ZERO; kb];
+                quantize_row_q8_1(&x[r * k..(r + 1) * k], &mut xq);
+                for c in 0..n {
+                    let want = vec_dot_scalar(&w[c * kb..(c + 1) * kb], &xq);
+                    let got = out[r * n + c];
+                    assert!(
+                        (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                        "{kernel:?} ({r},{c}): {got} vs {want}"
+                    );
+                }
+            }
+            if !matches!(kernel, Kernel::Scalar) {
+                simd.push((kernel, out.iter().map(|v| v.to_bits()).collect()));
+            }
+        }
+        for (kernel, bits) in simd.iter().skip(1) {
+            assert_eq!(bits, &simd[0].1, "{kernel:?} against {:?}", simd[0].0);
         }
     }
 

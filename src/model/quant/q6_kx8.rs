@@ -10,9 +10,7 @@
 
 use half::f16;
 
-use super::x8::{
-    dispatch_pair, dispatch_rows, k_quant_groups, Format, Interleaved, Kernel, QK_K, ROWS,
-};
+use super::x8::{dispatch_rows, k_quant_groups, Format, Interleaved, Kernel, QK_K, ROWS};
 use super::QK;
 
 /// The size of a Q6_K super-block in a GGUF file.
@@ -141,14 +139,15 @@ impl Format for Q6Kx8 {
         dispatch_rows!(kernel, xs, w, dst, stride)
     }
 
-    unsafe fn rows_pair<const R: usize>(
-        kernel: Kernel,
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn rows_pair_avx512<const R: usize>(
         xs: [&[ActHalves]; R],
         w: [&[Q6KGroup]; 2],
         dst: *mut f32,
         stride: usize,
-    ) {
-        dispatch_pair!(kernel, xs, w, dst, stride)
+    ) -> bool {
+        x86::rows_pair_avx512(xs, w, dst, stride);
+        true
     }
 }
 

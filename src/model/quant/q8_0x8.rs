@@ -7,7 +7,7 @@
 use half::f16;
 
 use super::q8_0::{quantize_row, ActQ8_0, BlockQ8_0};
-use super::x8::{dispatch_pair, dispatch_rows, Format, Interleaved, Kernel, ROWS};
+use super::x8::{dispatch_rows, Format, Interleaved, Kernel, ROWS};
 use super::{QuantBlock, QK};
 
 /// Block `b` of eight consecutive Q8_0 weight rows.
@@ -86,14 +86,15 @@ impl Format for Q8_0x8 {
         dispatch_rows!(kernel, xs, w, dst, stride)
     }
 
-    unsafe fn rows_pair<const R: usize>(
-        kernel: Kernel,
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn rows_pair_avx512<const R: usize>(
         xs: [&[ActQ8_0Sum]; R],
         w: [&[Q8_0x8Block]; 2],
         dst: *mut f32,
         stride: usize,
-    ) {
-        dispatch_pair!(kernel, xs, w, dst, stride)
+    ) -> bool {
+        x86::rows_pair_avx512(xs, w, dst, stride);
+        true
     }
 }
 

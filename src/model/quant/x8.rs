@@ -47,9 +47,9 @@ pub trait Format {
         stride: usize,
     );
 
-    /// [`Self::rows`] for two consecutive weight groups `w` and `w2` (sixteen output columns from `dst`), with
-    /// each output's bits exactly as [`Self::rows`] gives them; a format may do both in one pass of wider
-    /// vectors.
+    /// [`Self::rows`] for two consecutive weight groups `w[0]` and `w[1]` (sixteen output columns from
+    /// `dst`), with each output's bits exactly as [`Self::rows`] gives them: in one pass of 512-bit vectors
+    /// where the format has such a kernel and the CPU runs it, else group by group.
     ///
     /// # Safety
     /// As [`Self::rows`], for sixteen columns.
@@ -60,8 +60,30 @@ pub trait Format {
         dst: *mut f32,
         stride: usize,
     ) {
+        #[cfg(target_arch = "x86_64")]
+        if matches!(kernel, Kernel::Avx512Vnni)
+            && has_avx512()
+            && Self::rows_pair_avx512(xs, w, dst, stride)
+        {
+            return;
+        }
         Self::rows(kernel, xs, w[0], dst, stride);
         Self::rows(kernel, xs, w[1], dst.add(ROWS), stride);
+    }
+
+    /// The format's two-group kernel on 512-bit vectors, if it has one: writes what [`Self::rows_pair`]
+    /// writes and returns true; the default has none and returns false.
+    ///
+    /// # Safety
+    /// As [`Self::rows_pair`], on a CPU with AVX-512 F, BW, VL and VNNI.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn rows_pair_avx512<const R: usize>(
+        _xs: [&[Self::Act]; R],
+        _w: [&[Self::Block]; 2],
+        _dst: *mut f32,
+        _stride: usize,
+    ) -> bool {
+        false
     }
 }
 
@@ -85,24 +107,6 @@ macro_rules! dispatch_rows {
     };
 }
 pub(crate) use dispatch_rows;
-
-/// The body of [`Format::rows_pair`] for a format module that defines `x86::rows_pair_avx512` (two groups on
-/// 512-bit vectors): that kernel where the CPU has it, else [`Format::rows`] on each group.
-macro_rules! dispatch_pair {
-    ($kernel:expr, $xs:expr, $w:expr, $dst:expr, $stride:expr) => {
-        match $kernel {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni if super::x8::has_avx512() => {
-                x86::rows_pair_avx512($xs, $w, $dst, $stride)
-            }
-            _ => {
-                Self::rows($kernel, $xs, $w[0], $dst, $stride);
-                Self::rows($kernel, $xs, $w[1], $dst.add(ROWS), $stride);
-            }
-        }
-    };
-}
-pub(crate) use dispatch_pair;
 
 /// Whether the CPU has the 512-bit instructions the two-group kernels need (AVX-512 F and BW besides the
 /// VNNI that picked [`Kernel::Avx512Vnni`]).
