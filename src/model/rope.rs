@@ -3,10 +3,12 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-/// Rotary tables `[positions, head_dim / 2]`, on the device and on the host.
+/// Rotary tables `[positions, head_dim / 2]` on the host, and on the device when that is not the CPU (where
+/// the host tables serve both paths: a model with a 128k context would otherwise keep 64 MB of them twice).
 pub struct Rope {
-    cos: Tensor,
-    sin: Tensor,
+    /// Device copies of cos and sin (`None` on the CPU).
+    device_tables: Option<(Tensor, Tensor)>,
+    dev: Device,
     cos_host: Vec<f32>,
     sin_host: Vec<f32>,
     half: usize,
@@ -46,8 +48,8 @@ impl Rope {
         let (cos, sin) = (freqs.cos()?, freqs.sin()?);
         let (cos_host, sin_host) = (cos.flatten_all()?.to_vec1()?, sin.flatten_all()?.to_vec1()?);
         Ok(Self {
-            cos,
-            sin,
+            device_tables: (!dev.is_cpu()).then_some((cos, sin)),
+            dev: dev.clone(),
             cos_host,
             sin_host,
             half: head_dim / 2,
@@ -61,10 +63,12 @@ impl Rope {
             return Ok(self);
         }
         let scale = |v: Vec<f32>| v.into_iter().map(|x| x * f).collect::<Vec<f32>>();
-        let (cos, sin) = ((&self.cos * f as f64)?, (&self.sin * f as f64)?);
+        let device_tables = match self.device_tables {
+            Some((cos, sin)) => Some(((cos * f as f64)?, (sin * f as f64)?)),
+            None => None,
+        };
         Ok(Self {
-            cos,
-            sin,
+            device_tables,
             cos_host: scale(self.cos_host),
             sin_host: scale(self.sin_host),
             ..self
@@ -84,7 +88,22 @@ impl Rope {
     /// Rotates `x` (`[heads, len, head_dim]`) whose first row is at absolute position `pos`.
     pub fn rotate(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
         let len = x.dim(1)?;
-        let (cos, sin) = (self.cos.narrow(0, pos, len)?, self.sin.narrow(0, pos, len)?);
+        let (cos, sin) = match &self.device_tables {
+            Some((cos, sin)) => (cos.narrow(0, pos, len)?, sin.narrow(0, pos, len)?),
+            None => {
+                let rows = |t: &[f32]| {
+                    let h = self.half;
+                    let part = t.get(pos * h..(pos + len) * h).ok_or_else(|| {
+                        candle_core::Error::Msg(format!(
+                            "rope: positions {pos}..{} past the table",
+                            pos + len
+                        ))
+                    })?;
+                    Tensor::from_slice(part, (len, h), &self.dev)
+                };
+                (rows(&self.cos_host)?, rows(&self.sin_host)?)
+            }
+        };
         let x = x.unsqueeze(0)?.contiguous()?;
         let y = if self.neox {
             candle_nn::rotary_emb::rope(&x, &cos, &sin)?
