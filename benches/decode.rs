@@ -38,6 +38,17 @@ fn devices() -> Vec<(String, Device)> {
     out
 }
 
+/// The checkout the bench models live in: the current folder when it is one (a binary carried to another
+/// machine), else the one this bench was built from.
+fn repo_root() -> PathBuf {
+    let here = PathBuf::from(".");
+    if here.join("scripts/make-fixtures.py").is_file() {
+        here
+    } else {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+}
+
 /// The bench models that are (or can be made) present.
 fn models(root: &Path) -> Vec<(String, PathBuf)> {
     let wanted = std::env::var("RILL_BENCH_MODELS").unwrap_or_else(|_| "gpt2-124m,smollm2".into());
@@ -158,7 +169,7 @@ fn bench_model(name: &str, dir: &Path, dev_name: &str, dev: &Device, rows: &mut 
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument is not supported, use RILL_BENCH_MODELS.
     rill::cli::set_cpu_threads(None);
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = repo_root();
     let mut rows = Vec::new();
     for (name, dir) in models(&root) {
         for (dev_name, dev) in devices() {

@@ -48,7 +48,8 @@ pub struct ModelArgs {
     /// Folder of short-named models; defaults to `./models`, else the `models` folder of rill's source tree.
     #[arg(long, env = "RILL_MODELS_DIR")]
     pub models_dir: Option<PathBuf>,
-    /// Compute device: cpu, cuda, metal or auto (cuda and metal need the matching cargo feature).
+    /// Compute device: cpu, cuda, metal or auto (the first GPU of this build that works, else the CPU). cuda and
+    /// metal need the matching cargo feature.
     #[arg(long, env = "RILL_DEVICE", default_value = "cpu")]
     pub device: String,
     /// CPU threads for the model's kernels (default: every available core).

@@ -198,3 +198,19 @@ fn gguf_long_rope_factors_that_are_not_positive_are_refused() {
         "{e}"
     );
 }
+
+/// `--device cuda` on a build without CUDA says so and how to get it; `auto` runs on the CPU; an unknown name is
+/// refused.
+#[cfg(not(any(feature = "cuda", feature = "metal")))]
+#[test]
+fn device_names_without_a_gpu_build() {
+    let e = load::device("cuda").unwrap_err().to_string();
+    assert!(e.contains("--device cuda") && e.contains("built without cuda support"), "{e}");
+    assert!(e.contains("--features cuda"), "{e}");
+    let e = load::device("metal").unwrap_err().to_string();
+    assert!(e.contains("built without metal support"), "{e}");
+    assert!(load::device("auto").unwrap().is_cpu());
+    assert!(load::device("cpu").unwrap().is_cpu());
+    let e = load::device("tpu").unwrap_err().to_string();
+    assert!(e.contains("use cpu, cuda, metal or auto"), "{e}");
+}

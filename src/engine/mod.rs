@@ -4,6 +4,7 @@
 //! [`Event`]s: text deltas with their token ids, then exactly one `Done` or `Error`. Dropping the stream cancels
 //! the request: the thread notices before the sequence's next step and frees its cache.
 
+mod device_memory;
 pub mod grammar;
 pub mod histogram;
 pub mod logprobs;
@@ -308,6 +309,20 @@ pub(crate) struct Submission {
     submitted: Instant,
 }
 
+/// Readies a loaded model for its first request: warms it up (so that request pays no kernel compilation) and,
+/// on a GPU, fits the KV budget to the memory left.
+fn prepare(loaded: &Loaded, config: &mut EngineConfig) -> Result<(), ModelError> {
+    let t0 = Instant::now();
+    loaded.model.warm_up(config.kv_dtype)?;
+    tracing::info!(ms = t0.elapsed().as_millis() as u64, "model warmed up");
+    if let Some((free, total)) = crate::model::device_memory(&loaded.model.device()) {
+        if let Some(line) = device_memory::fit(config, free, total) {
+            tracing::warn!("{line}");
+        }
+    }
+    Ok(())
+}
+
 /// The cheap, cloneable front of the engine.
 #[derive(Clone)]
 pub struct EngineHandle {
@@ -331,6 +346,10 @@ impl EngineHandle {
                     Ok(l) => l,
                     Err(e) => return drop(ready_tx.send(Err(e))),
                 };
+                let mut config = config;
+                if let Err(e) = prepare(&loaded, &mut config) {
+                    return drop(ready_tx.send(Err(e)));
+                }
                 let shared = Arc::new(Shared {
                     info: loaded.model.info().clone(),
                     tokenizer: loaded.tokenizer.clone(),

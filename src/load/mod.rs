@@ -67,22 +67,88 @@ pub fn load_with(
     }
 }
 
-/// The compute device: CUDA or Metal when built with that feature and asked for, else the CPU.
+/// The compute device `--device` names. `cuda` and `metal` must open and run a first operation, or the error
+/// says why not; `auto` takes the first GPU of this build that does, and otherwise the CPU, saying so in the log.
 pub fn device(name: &str) -> Result<Device, ModelError> {
     match name {
         "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::new_cuda(0)?),
-        "metal" => Ok(Device::new_metal(0)?),
-        "auto" => Ok(if candle_core::utils::cuda_is_available() {
-            Device::new_cuda(0)?
-        } else if candle_core::utils::metal_is_available() {
-            Device::new_metal(0)?
-        } else {
-            Device::Cpu
-        }),
+        "cuda" => open_gpu(Gpu::Cuda).map_err(|e| ModelError::Device(format!("--device cuda: {e}"))),
+        "metal" => open_gpu(Gpu::Metal).map_err(|e| ModelError::Device(format!("--device metal: {e}"))),
+        "auto" => Ok(auto_device()),
         other => Err(ModelError::Unsupported(format!(
             "device `{other}` (use cpu, cuda, metal or auto)"
         ))),
+    }
+}
+
+/// The GPU kinds rill can be built for.
+#[derive(Debug, Clone, Copy)]
+enum Gpu {
+    Cuda,
+    Metal,
+}
+
+impl Gpu {
+    fn name(self) -> &'static str {
+        match self {
+            Gpu::Cuda => "cuda",
+            Gpu::Metal => "metal",
+        }
+    }
+
+    /// Whether this binary was built with the cargo feature for it.
+    fn built_in(self) -> bool {
+        match self {
+            Gpu::Cuda => candle_core::utils::cuda_is_available(),
+            Gpu::Metal => candle_core::utils::metal_is_available(),
+        }
+    }
+}
+
+/// `--device auto`: the first GPU that opens, else the CPU.
+fn auto_device() -> Device {
+    for gpu in [Gpu::Cuda, Gpu::Metal].into_iter().filter(|g| g.built_in()) {
+        match open_gpu(gpu) {
+            Ok(d) => {
+                tracing::info!("--device auto: running on {}", gpu.name());
+                return d;
+            }
+            Err(e) => tracing::warn!("--device auto: no usable {} GPU ({e})", gpu.name()),
+        }
+    }
+    tracing::info!("--device auto: running on the CPU");
+    Device::Cpu
+}
+
+/// Opens GPU 0 of a kind and runs one small operation on it: a driver can hand out a context and still fail at
+/// the first use (a machine whose driver sees no usable GPU), and that should fail here, not in a request.
+fn open_gpu(gpu: Gpu) -> Result<Device, String> {
+    if !gpu.built_in() {
+        return Err(format!(
+            "this rill was built without {0} support (build it with `cargo build --release --features {0}`)",
+            gpu.name()
+        ));
+    }
+    let open = move || -> candle_core::Result<Device> {
+        let d = match gpu {
+            Gpu::Cuda => Device::new_cuda(0)?,
+            Gpu::Metal => Device::new_metal(0)?,
+        };
+        candle_core::Tensor::ones(4, candle_core::DType::F32, &d)?
+            .sum_all()?
+            .to_scalar::<f32>()?;
+        Ok(d)
+    };
+    match std::panic::catch_unwind(open) {
+        Ok(Ok(d)) => Ok(d),
+        Ok(Err(e)) => Err(format!("no usable GPU: {e}")),
+        Err(p) => Err(format!(
+            "no usable GPU: {}",
+            p.downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| p.downcast_ref::<&str>().copied())
+                .unwrap_or("the driver panicked")
+        )),
     }
 }
 

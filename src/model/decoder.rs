@@ -559,4 +559,12 @@ impl CausalLm for Decoder {
     fn info(&self) -> &ModelInfo {
         &self.info
     }
+
+    fn device(&self) -> Device {
+        self.device.clone()
+    }
+
+    fn warm_up(&self, kv_dtype: DType) -> Result<(), ModelError> {
+        super::warm_up_by_forward(self, kv_dtype)
+    }
 }

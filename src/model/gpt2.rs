@@ -372,6 +372,14 @@ impl CausalLm for Gpt2 {
     fn info(&self) -> &ModelInfo {
         &self.info
     }
+
+    fn device(&self) -> Device {
+        self.wte.device().clone()
+    }
+
+    fn warm_up(&self, kv_dtype: DType) -> Result<(), ModelError> {
+        super::warm_up_by_forward(self, kv_dtype)
+    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ pub mod quant;
 pub mod rope;
 pub mod weights;
 
-use candle_core::Tensor;
+use candle_core::{DType, Device, Tensor};
 
 pub use kv_cache::SeqCache;
 
@@ -50,6 +50,9 @@ pub enum ModelError {
     Hub(String),
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),
+    /// The compute device asked for cannot be used.
+    #[error("{0}")]
+    Device(String),
     #[error("sequence of {needed} positions exceeds the model context of {context}")]
     ContextOverflow { needed: usize, context: usize },
 }
@@ -109,6 +112,40 @@ pub trait CausalLm: Send {
     /// A fresh, empty cache for a new sequence.
     fn new_cache(&self) -> SeqCache;
     fn info(&self) -> &ModelInfo;
+    /// The device the weights and caches live on.
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+    /// Runs once through every path a request takes, so that the first request pays no one-time cost (a GPU
+    /// compiling its kernels, the first touch of a mapped weight file). The default does nothing.
+    fn warm_up(&self, _kv_dtype: DType) -> Result<(), ModelError> {
+        Ok(())
+    }
+}
+
+/// [`CausalLm::warm_up`] by forward passes on throwaway caches: a two-token prefill, a one-token prefill, then
+/// one batched decode step of both sequences (the paths a server's first requests take).
+pub(crate) fn warm_up_by_forward(model: &dyn CausalLm, kv_dtype: DType) -> Result<(), ModelError> {
+    if model.info().context_length < 4 || model.info().vocab_size < 3 {
+        return Ok(());
+    }
+    let mut a = model.new_cache().stored_as(kv_dtype);
+    let mut b = model.new_cache().stored_as(kv_dtype);
+    model.forward(&mut [SeqStep::new(&[0, 1], &mut a)])?.to_vec2::<f32>()?;
+    model.forward(&mut [SeqStep::new(&[0], &mut b)])?.to_vec2::<f32>()?;
+    model
+        .forward(&mut [SeqStep::new(&[2], &mut a), SeqStep::new(&[1], &mut b)])?
+        .to_vec2::<f32>()?;
+    Ok(())
+}
+
+/// Free and total bytes of a GPU's memory; `None` on the CPU (and on GPUs rill cannot ask).
+pub fn device_memory(device: &Device) -> Option<(usize, usize)> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => d.cuda_stream().context().mem_get_info().ok(),
+        _ => None,
+    }
 }
 
 /// Checks that every sequence in a batch still fits in the context after its new tokens.
@@ -156,4 +193,57 @@ pub(crate) fn output_rows(
         .collect();
     let idx = Tensor::new(idx.as_slice(), xs.device())?;
     xs.index_select(&idx, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Records the token counts of every forward pass.
+    struct Recorder {
+        info: ModelInfo,
+        calls: Mutex<Vec<Vec<usize>>>,
+    }
+
+    impl CausalLm for Recorder {
+        fn forward(&self, batch: &mut [SeqStep<'_>]) -> Result<Tensor, ModelError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(batch.iter().map(|s| s.tokens.len()).collect());
+            for s in batch.iter_mut() {
+                s.cache.advance(s.tokens.len());
+            }
+            Ok(Tensor::zeros(
+                (batch.len(), self.info.vocab_size),
+                DType::F32,
+                &Device::Cpu,
+            )?)
+        }
+        fn new_cache(&self) -> SeqCache {
+            SeqCache::new(1)
+        }
+        fn info(&self) -> &ModelInfo {
+            &self.info
+        }
+    }
+
+    #[test]
+    fn warm_up_runs_a_prefill_and_a_batched_decode_step() {
+        let m = Recorder {
+            info: ModelInfo {
+                name: "r".into(),
+                arch: "r".into(),
+                quantization: "F32".into(),
+                vocab_size: 8,
+                context_length: 16,
+                n_params: 0,
+                kv_bytes_per_token: 0,
+            },
+            calls: Mutex::new(Vec::new()),
+        };
+        warm_up_by_forward(&m, DType::F32).unwrap();
+        assert_eq!(*m.calls.lock().unwrap(), vec![vec![2], vec![1], vec![1, 1]]);
+    }
 }

@@ -1,0 +1,234 @@
+#!/usr/bin/env bash
+# The GPU check: run on a GPU machine (no network, no Rust; python3 with numpy, torch and transformers) from the
+# repository root, with gpu-dist/ (from scripts/gpu-build.sh) and models/gpt2-tokenizer/ carried beside it.
+#
+#   scripts/gpu-check.sh              # everything below, about 5 minutes; one log: $OUT/gpu-check.log
+#   GPU_CHECK_ONLY=parity,bench scripts/gpu-check.sh
+#
+# Steps (each bounded by `timeout`; a failing step is logged and the others still run):
+#   facts     nvidia-smi, CPU, library paths, ldd of the binaries
+#   fixtures  GPT-2 124M-shaped checkpoint, every architecture's tiny checkpoint (HF f32 + GGUF q8_0), and a
+#             SmolLM2-135M-shaped Q4_1 GGUF with random weights (from gpu-dist/smollm2-skeleton.gguf.xz)
+#   parity    CPU against the GPU for every architecture: greedy ids (identical required for f32 checkpoints)
+#             and teacher-forced agreement (scripts/gpu_parity.py)
+#   ttft      first-request TTFT of a fresh server with the kernel cache off, against a warm request
+#   bench     `cargo bench`'s decode bench (CPU and GPU side by side), `rill bench` at 1/8/64 clients against
+#             `rill serve --device cuda`, and HF transformers `generate` on the same checkpoint
+# The summary lines start with PARITY, TTFT, BENCH and HF; FAILED lines name the steps that failed.
+#
+# Knobs: GPU_CHECK_DEVICE (cuda; `cpu` rehearses the script on a machine without a GPU), GPU_CHECK_BIN (a
+# folder with `rill` and `decode-bench` instead of gpu-dist/), GPU_CHECK_ONLY (comma-separated steps),
+# GPU_CHECK_TOKENS (tokens per stream for `rill bench` and transformers, 128).
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+OUT="${OUT:-$ROOT/gpu-check-out}"
+mkdir -p "$OUT"
+LOG="$OUT/gpu-check.log"
+exec > >(tee "$LOG") 2>&1
+DEVICE="${GPU_CHECK_DEVICE:-cuda}"
+ONLY="${GPU_CHECK_ONLY:-facts,fixtures,parity,ttft,bench}"
+TOKENS="${GPU_CHECK_TOKENS:-128}"
+WORK="$(mktemp -d -t rill-gpu-check.XXXXXX)"
+PIDS=()
+FAILED=()
+T0=$SECONDS
+
+say() { printf '[gpu-check %4ss] %s\n' "$((SECONDS - T0))" "$*"; }
+wants() { [[ ",$ONLY," == *",$1,"* ]]; }
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+  wait 2>/dev/null
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+# step NAME SECONDS CMD...: runs CMD under a time limit, its output lines prefixed with $PREFIX when set; a
+# failure is logged and remembered.
+step() {
+  local name="$1" limit="$2"
+  shift 2
+  say "--- $name"
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | sed "s/^/${PREFIX:-}/"
+  local rc=${PIPESTATUS[0]}
+  [[ $rc -eq 0 ]] || { say "FAILED $name (exit $rc)"; FAILED+=("$name"); }
+  return $rc
+}
+
+# --- binaries and libraries ----------------------------------------------------------------------------------
+BIN="${GPU_CHECK_BIN:-}"
+if [[ -z "$BIN" ]]; then
+  BIN="$WORK/bin"
+  mkdir -p "$BIN"
+  for b in rill decode-bench; do
+    xz -dc "gpu-dist/$b.xz" >"$BIN/$b" || { say "gpu-dist/$b.xz missing: run scripts/gpu-build.sh first"; exit 1; }
+    chmod +x "$BIN/$b"
+  done
+fi
+RILL="$BIN/rill"
+# The CUDA runtime libraries the binaries link (libcudart.so.13, libcublas.so.13, libcurand.so.10, libnvrtc.so.13)
+# come with the torch there: every folder of python's nvidia packages that holds one.
+LIBS="$(python3 - <<'EOF'
+import glob, os, site
+roots = site.getsitepackages() + [site.getusersitepackages()]
+want = ("libcudart.so.13", "libcublas.so.13", "libcurand.so.10", "libnvrtc.so.13", "libcublasLt.so.13")
+dirs = []
+for r in roots:
+    for w in want:
+        for f in glob.glob(os.path.join(r, "nvidia", "**", w), recursive=True):
+            d = os.path.dirname(f)
+            if d not in dirs:
+                dirs.append(d)
+print(":".join(dirs))
+EOF
+)"
+export LD_LIBRARY_PATH="${LIBS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+# serve NAME MODEL DEVICE [FLAGS...]: starts `rill serve` on 127.0.0.1, waits for /health 200, sets URL.
+serve() {
+  local name="$1" model="$2" device="$3"
+  shift 3
+  local log="$OUT/serve-$name-$device.log"
+  RILL_LOG=info "$RILL" serve --model "$model" --device "$device" --host 127.0.0.1 --port 0 "$@" >"$log" 2>&1 &
+  PIDS+=($!)
+  SERVER_PID=$!
+  URL="$(python3 - "$log" "$SERVER_PID" <<'EOF'
+import os, re, sys, time, urllib.request
+log, pid = sys.argv[1], int(sys.argv[2])
+for _ in range(1800):
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        sys.exit("exited early")
+    m = re.search(r"^rill listening on (http:\S+)$", open(log).read(), re.M)
+    if m:
+        try:
+            if urllib.request.urlopen(m.group(1) + "/health", timeout=2).status == 200:
+                print(m.group(1)); sys.exit(0)
+        except Exception:
+            pass
+    time.sleep(0.1)
+sys.exit("not ready in 180 s")
+EOF
+)" || { say "rill serve $name on $device did not start:"; tail -n 20 "$log"; return 1; }
+}
+stop() { kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null; }
+
+# --- facts -----------------------------------------------------------------------------------------------------
+if wants facts; then
+  say "--- facts"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv 2>&1 || true
+  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2) x $(nproc)"
+  python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)' || true
+  echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+  cat gpu-dist/BUILD 2>/dev/null || true
+  ldd "$RILL" | grep -E "cuda|cublas|curand|nvrtc|not found" || true
+fi
+
+# --- fixtures --------------------------------------------------------------------------------------------------
+if wants fixtures; then
+  step fixtures-gpt2 120 python3 scripts/make-fixtures.py --bench-model
+  step fixtures-arch 240 python3 scripts/make-arch-fixtures.py --quantize "$RILL"
+  if [[ ! -f models/smollm2/SmolLM2-135M-Instruct-Q4_1.gguf ]]; then
+    step fixtures-smollm2 60 python3 scripts/gguf-random.py fill gpu-dist/smollm2-skeleton.gguf.xz \
+      models/smollm2/SmolLM2-135M-Instruct-Q4_1.gguf
+  fi
+fi
+
+# --- parity ----------------------------------------------------------------------------------------------------
+# parity NAME MODEL EXACT [FLAGS...]: the same model on the CPU and on the device, compared; EXACT is --exact
+# (greedy ids must be identical) or -.
+parity() {
+  local name="$1" model="$2" exact="$3"
+  shift 3
+  serve "$name" "$model" cpu "$@" || { FAILED+=("parity-$name"); return; }
+  local ref="$URL" ref_pid="$SERVER_PID"
+  serve "$name" "$model" "$DEVICE" "$@" || { FAILED+=("parity-$name"); kill "$ref_pid"; return; }
+  local flags=()
+  [[ "$exact" == --exact ]] && flags=(--exact)
+  step "parity-$name" 120 python3 scripts/gpu_parity.py --name "$name" --ref "$ref" --test "$URL" "${flags[@]}"
+  stop
+  kill "$ref_pid" 2>/dev/null; wait "$ref_pid" 2>/dev/null
+}
+if wants parity; then
+  say "--- parity: CPU against $DEVICE"
+  parity gpt2-124m models/gpt2-124m-shape --exact
+  parity tiny-gpt2 models/tiny-gpt2 --exact
+  parity smollm2-q4_1 models/smollm2/SmolLM2-135M-Instruct-Q4_1.gguf -
+  for dir in models/arch/*/; do
+    fam="$(basename "$dir")"
+    [[ -f "$dir/config.json" ]] || continue
+    extra=()
+    [[ "$fam" == phi3-long ]] && extra=(--ctx-size 256)
+    parity "$fam" "$dir" --exact "${extra[@]}"
+    [[ -f "models/arch/$fam-q8_0.gguf" ]] && parity "$fam-q8_0" "models/arch/$fam-q8_0.gguf" - "${extra[@]}"
+  done
+  # Every weight type rill quantizes to, on one model.
+  for f in models/arch/llama-wide-*.gguf; do
+    parity "$(basename "$f" .gguf)" "$f" -
+  done
+fi
+
+# --- ttft ------------------------------------------------------------------------------------------------------
+# First request of a fresh process (the kernel cache off, so every kernel compiles as on a new machine) against
+# a warm one; the load time includes the warm-up.
+ttft() {
+  local name="$1" model="$2" t0=$SECONDS
+  CUDA_CACHE_DISABLE=1 serve "ttft-$name" "$model" "$DEVICE" || { FAILED+=("ttft-$name"); return; }
+  local ready=$((SECONDS - t0))
+  python3 - "$URL" "$name" "$ready" <<'EOF'
+import json, sys, time, urllib.request
+url, name, ready = sys.argv[1], sys.argv[2], sys.argv[3]
+def first_token():
+    body = {"prompt": "The quick brown fox jumps over the lazy dog", "max_tokens": 8, "temperature": 0,
+            "stream": True}
+    req = urllib.request.Request(url + "/v1/completions", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(req, timeout=120) as r:
+        for line in r:
+            if line.startswith(b"data: ") and b'"text"' in line:
+                t = time.perf_counter() - t0
+                for _ in r:
+                    pass
+                return t
+first = first_token()
+warm = sorted(first_token() for _ in range(5))[2]
+print(f"TTFT {name}: ready after {ready} s; first request {first * 1e3:.1f} ms, warm {warm * 1e3:.1f} ms "
+      f"({first / warm:.2f}x)")
+EOF
+  [[ $? -eq 0 ]] || FAILED+=("ttft-$name")
+  stop
+}
+if wants ttft; then
+  say "--- ttft on $DEVICE"
+  ttft gpt2-124m models/gpt2-124m-shape
+  ttft smollm2-q4_1 models/smollm2/SmolLM2-135M-Instruct-Q4_1.gguf
+fi
+
+# --- bench -----------------------------------------------------------------------------------------------------
+# http NAME MODEL: `rill bench` at 1, 8 and 64 clients against `rill serve --device $DEVICE`.
+http() {
+  local name="$1" model="$2"
+  serve "bench-$name" "$model" "$DEVICE" --max-running 64 --queue-size 256 || { FAILED+=("http-$name"); return; }
+  PREFIX="BENCH $name " step "http-$name" 120 "$RILL" bench --url "$URL" --concurrency 1,8,64 --rounds 1 \
+    --max-tokens "$TOKENS" --ignore-eos
+  stop
+}
+if wants bench; then
+  say "--- decode bench (CPU and $DEVICE side by side)"
+  RILL_BENCH_ROUNDS=2 PREFIX="BENCH decode " step decode-bench 240 "$BIN/decode-bench" --bench
+  say "--- rill bench over HTTP on $DEVICE"
+  http gpt2-124m models/gpt2-124m-shape
+  http smollm2-q4_1 models/smollm2/SmolLM2-135M-Instruct-Q4_1.gguf
+  say "--- HF transformers generate on $DEVICE, same checkpoint"
+  PREFIX="HF " step hf-generate 180 python3 scripts/hf-generate-bench.py models/gpt2-124m-shape --device "$DEVICE" \
+    --batch 1,64 --dtype f32,bf16 --tokens "$TOKENS"
+fi
+
+say "done in $((SECONDS - T0)) s; log: $LOG"
+if [[ ${#FAILED[@]} -gt 0 ]]; then
+  say "FAILED steps: ${FAILED[*]}"
+  exit 1
+fi
