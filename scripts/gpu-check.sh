@@ -40,7 +40,8 @@ wants() { [[ ",$ONLY," == *",$1,"* ]]; }
 cleanup() {
   local p
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-  wait 2>/dev/null
+  # Only the servers: a bare `wait` would also wait for the `tee` of the log, which waits for this script.
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT

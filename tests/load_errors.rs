@@ -205,7 +205,10 @@ fn gguf_long_rope_factors_that_are_not_positive_are_refused() {
 #[test]
 fn device_names_without_a_gpu_build() {
     let e = load::device("cuda").unwrap_err().to_string();
-    assert!(e.contains("--device cuda") && e.contains("built without cuda support"), "{e}");
+    assert!(
+        e.contains("--device cuda") && e.contains("built without cuda support"),
+        "{e}"
+    );
     assert!(e.contains("--features cuda"), "{e}");
     let e = load::device("metal").unwrap_err().to_string();
     assert!(e.contains("built without metal support"), "{e}");

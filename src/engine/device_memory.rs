@@ -51,7 +51,10 @@ mod tests {
     fn a_budget_that_fits_is_kept() {
         let mut c = config(4 * GIB, GIB / 2);
         assert_eq!(fit(&mut c, 100 * GIB, 141 * GIB), None);
-        assert_eq!((c.kv_budget_bytes, c.prefix_cache_bytes), (4 * GIB, GIB / 2));
+        assert_eq!(
+            (c.kv_budget_bytes, c.prefix_cache_bytes),
+            (4 * GIB, GIB / 2)
+        );
     }
 
     #[test]

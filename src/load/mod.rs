@@ -72,8 +72,12 @@ pub fn load_with(
 pub fn device(name: &str) -> Result<Device, ModelError> {
     match name {
         "cpu" => Ok(Device::Cpu),
-        "cuda" => open_gpu(Gpu::Cuda).map_err(|e| ModelError::Device(format!("--device cuda: {e}"))),
-        "metal" => open_gpu(Gpu::Metal).map_err(|e| ModelError::Device(format!("--device metal: {e}"))),
+        "cuda" => {
+            open_gpu(Gpu::Cuda).map_err(|e| ModelError::Device(format!("--device cuda: {e}")))
+        }
+        "metal" => {
+            open_gpu(Gpu::Metal).map_err(|e| ModelError::Device(format!("--device metal: {e}")))
+        }
         "auto" => Ok(auto_device()),
         other => Err(ModelError::Unsupported(format!(
             "device `{other}` (use cpu, cuda, metal or auto)"

@@ -131,8 +131,12 @@ pub(crate) fn warm_up_by_forward(model: &dyn CausalLm, kv_dtype: DType) -> Resul
     }
     let mut a = model.new_cache().stored_as(kv_dtype);
     let mut b = model.new_cache().stored_as(kv_dtype);
-    model.forward(&mut [SeqStep::new(&[0, 1], &mut a)])?.to_vec2::<f32>()?;
-    model.forward(&mut [SeqStep::new(&[0], &mut b)])?.to_vec2::<f32>()?;
+    model
+        .forward(&mut [SeqStep::new(&[0, 1], &mut a)])?
+        .to_vec2::<f32>()?;
+    model
+        .forward(&mut [SeqStep::new(&[0], &mut b)])?
+        .to_vec2::<f32>()?;
     model
         .forward(&mut [SeqStep::new(&[2], &mut a), SeqStep::new(&[1], &mut b)])?
         .to_vec2::<f32>()?;
