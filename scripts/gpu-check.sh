@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: run on a GPU machine (no network, no Rust; python3 with numpy, torch and transformers) from the
-# repository root, with gpu-dist/ (from scripts/gpu-build.sh) and models/gpt2-tokenizer/ carried beside it.
+# repository root, with gpu-dist/ (from scripts/gpu-build.sh) and models/gpt2-tokenizer/ carried beside it (both
+# are ignored by git: name them in the device tool's `carry`; together about 22 MB).
 #
 #   scripts/gpu-check.sh              # everything below, about 5 minutes; one log: $OUT/gpu-check.log
 #   GPU_CHECK_ONLY=parity,bench scripts/gpu-check.sh
@@ -63,7 +64,9 @@ if [[ -z "$BIN" ]]; then
   BIN="$WORK/bin"
   mkdir -p "$BIN"
   for b in rill decode-bench; do
-    xz -dc "gpu-dist/$b.xz" >"$BIN/$b" || { say "gpu-dist/$b.xz missing: run scripts/gpu-build.sh first"; exit 1; }
+    # python's lzma rather than xz, which a GPU machine may lack
+    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+      "gpu-dist/$b.xz" "$BIN/$b" || { say "gpu-dist/$b.xz missing: run scripts/gpu-build.sh first"; exit 1; }
     chmod +x "$BIN/$b"
   done
 fi
