@@ -309,7 +309,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::quant::x8::testing;
+    use crate::model::quant::x8::{testing, Kernel, ROWS};
 
     fn weight() -> (Vec<u8>, Vec<f32>, usize, usize) {
         testing::candle_weight(candle_core::quantized::GgmlDType::Q6K)
@@ -359,6 +359,52 @@ mod tests {
             }
             sum as f32
         });
+    }
+
+    /// At the largest sums (every weight 63 against activations of full magnitude, where a 16-bit
+    /// accumulation of more than two steps would overflow), every kernel is within rounding of the f64 sum, and
+    /// the SIMD kernels, which sum the same integers with the same float steps, agree bit for bit.
+    #[test]
+    fn extreme_sums_are_exact_and_simd_kernels_agree_bit_for_bit() {
+        let (mut bytes, _, n, k) = weight();
+        for blk in bytes.chunks_exact_mut(Q6_K_BYTES) {
+            blk[..192].fill(0xFF); // the low nibbles and the high bits: every weight 63
+        }
+        let packed = pack(&bytes, n, k).unwrap();
+        let groups = packed.blocks_for_test();
+        let weight_at = |row: usize, col: usize| {
+            let g = &groups[row / ROWS * (k / QK_K) + col / QK_K];
+            let (c, v) = (row % ROWS, col % QK_K);
+            let q = g.q(v / QK, c, v % QK) as i32;
+            g.d[c].to_f32() * g.sc[q6_k_scale_index(v)][c] as f32 * (q - 32) as f32
+        };
+        testing::check(&packed, |x, c| {
+            let mut xq = vec![ActHalves::ZERO; k / QK];
+            quantize(x, &mut xq);
+            let mut sum = 0f64;
+            for (b, y) in xq.iter().enumerate() {
+                for j in 0..QK {
+                    sum += weight_at(c, b * QK + j) as f64 * (y.d * y.qs[j] as f32) as f64;
+                }
+            }
+            sum as f32
+        });
+        let m = 3;
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| if (i / 5) % 3 == 0 { -1.0 } else { 1.0 })
+            .collect();
+        let simd: Vec<(Kernel, Vec<u32>)> = Kernel::available()
+            .into_iter()
+            .filter(|kernel| !matches!(kernel, Kernel::Scalar))
+            .map(|kernel| {
+                let mut out = vec![0f32; m * n];
+                packed.matmul_with(kernel, &x, m, &mut out);
+                (kernel, out.iter().map(|v| v.to_bits()).collect())
+            })
+            .collect();
+        for (kernel, bits) in simd.iter().skip(1) {
+            assert_eq!(bits, &simd[0].1, "{kernel:?} against {:?}", simd[0].0);
+        }
     }
 
     #[test]
