@@ -146,6 +146,7 @@ fi
 parity() {
   local name="$1" model="$2" exact="$3"
   shift 3
+  [[ -e "$model" ]] || { say "parity-$name: skipped, $model is missing"; return; }
   serve "$name" "$model" cpu "$@" || { FAILED+=("parity-$name"); return; }
   local ref="$URL" ref_pid="$SERVER_PID"
   serve "$name" "$model" "$DEVICE" "$@" || { FAILED+=("parity-$name"); kill "$ref_pid"; return; }
@@ -179,6 +180,7 @@ fi
 # a warm one; the load time includes the warm-up.
 ttft() {
   local name="$1" model="$2" t0=$SECONDS
+  [[ -e "$model" ]] || { say "ttft-$name: skipped, $model is missing"; return; }
   CUDA_CACHE_DISABLE=1 serve "ttft-$name" "$model" "$DEVICE" || { FAILED+=("ttft-$name"); return; }
   local ready=$((SECONDS - t0))
   python3 - "$URL" "$name" "$ready" <<'EOF'
