@@ -13,6 +13,7 @@ pub mod config;
 pub mod engine;
 pub mod load;
 pub mod model;
+pub mod panic;
 pub mod pool;
 pub mod time;
 pub mod tokenizer;

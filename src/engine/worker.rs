@@ -269,8 +269,7 @@ impl Worker {
 }
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic in model step".into())
+    crate::panic::message(p.as_ref())
+        .unwrap_or("panic in model step")
+        .to_string()
 }

@@ -148,10 +148,7 @@ fn open_gpu(gpu: Gpu) -> Result<Device, String> {
         Ok(Err(e)) => Err(format!("no usable GPU: {e}")),
         Err(p) => Err(format!(
             "no usable GPU: {}",
-            p.downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| p.downcast_ref::<&str>().copied())
-                .unwrap_or("the driver panicked")
+            crate::panic::message(p.as_ref()).unwrap_or("the driver panicked")
         )),
     }
 }
