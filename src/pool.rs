@@ -27,6 +27,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod team;
+use team::{Joinable, Program, Shape, Step, TeamJob};
+
 /// How long an idle worker spins before it parks.
 const SPIN: Duration = Duration::from_micros(200);
 /// A wait for other threads' chunks longer than this is a stall (a descheduled worker).
@@ -104,7 +107,7 @@ pub fn run<F: Fn(Range<usize>) + Sync>(n_items: usize, f: F) {
         done_by_workers: Padded(AtomicUsize::new(0)),
         panic: Mutex::new(None),
     });
-    pool.publish(job.clone());
+    pool.publish(Work::Section(job.clone()));
     INSIDE.with(|c| c.set(true));
     let t0 = Instant::now();
     let mine = job.work(false);
@@ -125,6 +128,47 @@ pub fn run<F: Fn(Range<usize>) + Sync>(n_items: usize, f: F) {
     if let Some(p) = payload {
         resume_unwind(p);
     }
+}
+
+/// Runs one step of `program` as a team (see [`team`]): the calling thread and every worker that wakes in
+/// time each run the whole program, sharing its sections' chunks. Returns the step, every section finished,
+/// when the calling thread is through; a panic in the calling thread's run is re-raised here. Without
+/// workers, or while another caller holds the pool, the calling thread runs it alone, with the same bits.
+pub fn team<P: Program>(program: Arc<P>, shapes: &[Shape]) -> Arc<Step> {
+    let step = Arc::new(Step::new(shapes));
+    let pool = POOL.get_or_init(|| Pool::new(threads() - 1));
+    let lock = match pool.calling.try_lock() {
+        _ if pool.workers == 0 || INSIDE.with(Cell::get) => None,
+        Ok(g) => Some(g),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    };
+    if lock.is_some() {
+        pool.publish(Work::Team(Arc::new(TeamJob {
+            program: program.clone(),
+            step: step.clone(),
+        })));
+    }
+    let was_inside = INSIDE.with(|c| c.replace(true));
+    let result = team::lead(&*program, &step);
+    INSIDE.with(|c| c.set(was_inside));
+    if lock.is_some() {
+        pool.retire();
+    }
+    drop(lock);
+    if let Err(p) = result {
+        resume_unwind(p);
+    }
+    step
+}
+
+/// What the workers are asked to help with.
+#[derive(Clone)]
+enum Work {
+    /// One fork-join section.
+    Section(Arc<Job>),
+    /// A whole step, as members of a team.
+    Team(Arc<dyn Joinable>),
 }
 
 /// An atomic on a cache line of its own, so that claiming and finishing do not contend.
@@ -246,8 +290,8 @@ struct Pool {
 }
 
 struct Shared {
-    /// The section being run, if any.
-    job: Mutex<Option<Arc<Job>>>,
+    /// The section or team step being run, if any.
+    job: Mutex<Option<Work>>,
     /// Bumped for every new section.
     epoch: AtomicU64,
     /// Workers parked (or about to park) on `wake`.
@@ -281,7 +325,7 @@ impl Pool {
         }
     }
 
-    fn publish(&self, job: Arc<Job>) {
+    fn publish(&self, job: Work) {
         let s = &self.shared;
         *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
         s.epoch.fetch_add(1, Ordering::SeqCst);
@@ -333,8 +377,12 @@ fn worker(s: &Shared) {
         }
         seen = s.epoch.load(Ordering::Acquire);
         let job = s.job.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(job) = job {
-            job.work(true);
+        match job {
+            Some(Work::Section(job)) => {
+                job.work(true);
+            }
+            Some(Work::Team(step)) => step.join(),
+            None => {}
         }
     }
 }

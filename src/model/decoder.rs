@@ -193,12 +193,18 @@ pub struct Decoder {
     cfg: DecoderConfig,
     info: ModelInfo,
     embed: Embedding,
+    /// Shared with team steps, which may outlive a call (a member that lost its CPU finishes its chunk).
+    stack: Arc<Stack>,
+    device: Device,
+}
+
+/// The weights after the embedding.
+struct Stack {
     layers: Vec<Layer>,
     norm: RmsNorm,
     output: Linear,
     /// Rotary tables: full-attention layers', then sliding layers' when their base differs.
     ropes: Vec<Rope>,
-    device: Device,
 }
 
 /// What the loading layer knows about the model beyond its math, for [`ModelInfo`].
@@ -290,10 +296,12 @@ impl Decoder {
             cfg,
             info,
             embed,
-            layers,
-            norm,
-            output,
-            ropes,
+            stack: Arc::new(Stack {
+                layers,
+                norm,
+                output,
+                ropes,
+            }),
             device,
         })
     }
@@ -318,7 +326,7 @@ impl Decoder {
         batch: &mut [SeqStep<'_>],
         spans: &[(usize, usize)],
     ) -> candle_core::Result<Tensor> {
-        let l = &self.layers[layer];
+        let l = &self.stack.layers[layer];
         let qkv = l.wqkv.forward(xs)?;
         let y = if self.device.is_cpu() {
             self.attention_host(layer, &qkv, batch, spans)?
@@ -337,8 +345,8 @@ impl Decoder {
         batch: &mut [SeqStep<'_>],
         spans: &[(usize, usize)],
     ) -> candle_core::Result<Tensor> {
-        let l = &self.layers[layer];
-        let rope = &self.ropes[l.rope];
+        let l = &self.stack.layers[layer];
+        let rope = &self.stack.ropes[l.rope];
         let (hd, nh, nkv) = (self.cfg.head_dim, self.cfg.n_heads, self.cfg.n_kv_heads);
         let width = (nh + 2 * nkv) * hd;
         let mut rows = Vec::new();
@@ -383,8 +391,8 @@ impl Decoder {
         batch: &mut [SeqStep<'_>],
         spans: &[(usize, usize)],
     ) -> candle_core::Result<Tensor> {
-        let l = &self.layers[layer];
-        let rope = &self.ropes[l.rope];
+        let l = &self.stack.layers[layer];
+        let rope = &self.stack.ropes[l.rope];
         let (hd, nh, nkv) = (self.cfg.head_dim, self.cfg.n_heads, self.cfg.n_kv_heads);
         let (q, k, v) = (
             qkv.narrow(1, 0, nh * hd)?,
@@ -420,7 +428,7 @@ impl Decoder {
     }
 
     fn mlp(&self, layer: usize, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let l = &self.layers[layer];
+        let l = &self.stack.layers[layer];
         l.down.forward(&l.gate_up.forward_glu(xs, self.cfg.act)?)
     }
 
@@ -432,7 +440,7 @@ impl Decoder {
         batch: &mut [SeqStep<'_>],
         spans: &[(usize, usize)],
     ) -> candle_core::Result<Tensor> {
-        let l = &self.layers[i];
+        let l = &self.stack.layers[i];
         let post = |t: Tensor, n: &Option<RmsNorm>| match n {
             Some(n) => n.forward(&t),
             None => Ok(t),
@@ -529,23 +537,28 @@ fn load_layer(
     })
 }
 
+mod team;
+
 impl CausalLm for Decoder {
     fn forward(&self, batch: &mut [SeqStep<'_>]) -> Result<Tensor, ModelError> {
         check_context(batch, self.cfg.context)?;
         let spans = row_spans(batch);
+        if let Some(logits) = team::forward(self, batch, &spans)? {
+            return Ok(logits);
+        }
         let ids: Vec<u32> = batch
             .iter()
             .flat_map(|s| s.tokens.iter().copied())
             .collect();
         let mut xs = self.embed(&ids)?;
-        for i in 0..self.layers.len() {
+        for i in 0..self.stack.layers.len() {
             xs = self.block(i, xs, batch, &spans)?;
         }
         for (seq, &(_, len)) in batch.iter_mut().zip(&spans) {
             seq.cache.advance(len);
         }
-        let last = self.norm.forward(&output_rows(&xs, batch, &spans)?)?;
-        let logits = self.output.forward(&last)?.to_dtype(DType::F32)?;
+        let last = self.stack.norm.forward(&output_rows(&xs, batch, &spans)?)?;
+        let logits = self.stack.output.forward(&last)?.to_dtype(DType::F32)?;
         Ok(match self.cfg.final_softcap {
             Some(c) => ((logits / c as f64)?.tanh()? * c as f64)?,
             None => logits,

@@ -16,6 +16,7 @@
 
 use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
 use half::{bf16, f16};
+use std::ops::Range;
 
 use super::qlinear::with_f32_rows;
 
@@ -202,6 +203,44 @@ impl Dense {
         self.matmul_post(kernel, x, m, dst, None)
     }
 
+    /// Units of parallel work: tiles of output columns.
+    pub fn tiles(&self) -> usize {
+        self.n.div_ceil(COL_TILE)
+    }
+
+    /// [`tiles_into`] for this weight and its bias with the detected kernel: the columns of `tiles`
+    /// ([`tile_cols`]) for `m` activation rows `x`, row `r` at `dst[r * ld ..]`.
+    ///
+    /// # Safety
+    /// `dst` must be valid for those writes by this thread alone.
+    pub unsafe fn tiles_into(
+        &self,
+        x: &[f32],
+        m: usize,
+        tiles: Range<usize>,
+        dst: *mut f32,
+        ld: usize,
+    ) {
+        assert!(x.len() == m * self.k && tiles.end <= self.tiles());
+        let (storage, layout) = self.w.storage_and_layout();
+        let Some((s, e)) = layout.contiguous_offsets() else {
+            unreachable!("made contiguous in new")
+        };
+        let (b, k, n, kernel) = (self.b.as_deref(), self.k, self.n, Kernel::detect());
+        match &*storage {
+            Storage::Cpu(CpuStorage::F32(v)) => {
+                tiles_into(kernel, x, m, k, &v[s..e], n, b, tiles, dst, ld)
+            }
+            Storage::Cpu(CpuStorage::F16(v)) => {
+                tiles_into(kernel, x, m, k, &v[s..e], n, b, tiles, dst, ld)
+            }
+            Storage::Cpu(CpuStorage::BF16(v)) => {
+                tiles_into(kernel, x, m, k, &v[s..e], n, b, tiles, dst, ld)
+            }
+            _ => unreachable!("an f32, f16 or bf16 CPU weight, as made in new"),
+        }
+    }
+
     fn matmul_post(
         &self,
         kernel: Kernel,
@@ -248,25 +287,12 @@ pub fn matmul<W: WeightElem>(
         return;
     }
     let dst_addr = dst.as_mut_ptr() as usize;
-    let group = kernel.cols();
     crate::pool::run(n.div_ceil(COL_TILE), move |tiles| {
         let dst = dst_addr as *mut f32;
-        let cols = tiles.start * COL_TILE..(tiles.end * COL_TILE).min(n);
-        // Group by group of weight rows, every activation row passes over the group while it is in cache.
-        let mut c = cols.start;
-        while c < cols.end {
-            let width = if c + group <= cols.end { group } else { 1 };
-            let mut r = 0;
-            while r < m {
-                let rows = ROW_TILE.min(m - r);
-                // SAFETY: `kernel` is available on this CPU (the caller's contract for `matmul_with`, checked
-                // by detection otherwise); rows r..r+rows and columns c..c+width are inside x, w and dst, and
-                // each (row, column) output is written by exactly one worker.
-                unsafe { block(kernel, rows, width, x, w, k, b, r, c, dst, n) };
-                r += rows;
-            }
-            c += width;
-        }
+        let cols = tile_cols(tiles.clone(), n);
+        // SAFETY: `kernel` is available on this CPU (the caller's contract for `matmul_with`, checked by
+        // detection otherwise); `dst` has `m * n` values and each tile's are written by one thread.
+        unsafe { tiles_into(kernel, x, m, k, w, n, b, tiles, dst.add(cols.start), n) };
         if let Some(post) = post {
             for r in 0..m {
                 // SAFETY: this worker alone wrote (and now owns) these outputs.
@@ -279,7 +305,61 @@ pub fn matmul<W: WeightElem>(
     });
 }
 
-/// One micro-kernel call: `rows` activation rows from `r`, `width` weight rows from `c`.
+/// The output columns of `tiles` (units of parallel work) of an `n`-column output.
+pub fn tile_cols(tiles: Range<usize>, n: usize) -> Range<usize> {
+    tiles.start * COL_TILE..(tiles.end * COL_TILE).min(n)
+}
+
+/// [`matmul`]'s work for the columns of `tiles` ([`tile_cols`]): row `r`, column `cols.start + j` at
+/// `dst[r * ld + j]`, each with the bits [`matmul`] gives it.
+///
+/// # Safety
+/// `kernel` must be available on this CPU and `dst` valid for those writes by this thread alone; `x` is `m`
+/// rows of `k`, `w` `n` rows of `k`, `b` (if any) `n` values.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn tiles_into<W: WeightElem>(
+    kernel: Kernel,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[W],
+    n: usize,
+    b: Option<&[f32]>,
+    tiles: Range<usize>,
+    dst: *mut f32,
+    ld: usize,
+) {
+    let group = kernel.cols();
+    let cols = tile_cols(tiles, n);
+    // Group by group of weight rows, every activation row passes over the group while it is in cache.
+    let mut c = cols.start;
+    while c < cols.end {
+        let width = if c + group <= cols.end { group } else { 1 };
+        let mut r = 0;
+        while r < m {
+            let rows = ROW_TILE.min(m - r);
+            // SAFETY: the caller's contract; rows r..r+rows and columns c..c+width are inside x, w and dst.
+            block(
+                kernel,
+                rows,
+                width,
+                x,
+                w,
+                k,
+                b,
+                r,
+                c,
+                dst.add(c - cols.start),
+                ld,
+            );
+            r += rows;
+        }
+        c += width;
+    }
+}
+
+/// One micro-kernel call: `rows` activation rows from `r`, `width` weight rows from `c`; `dst` points at
+/// column `c` of row 0, rows `n` apart.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 unsafe fn block<W: WeightElem>(
@@ -298,7 +378,7 @@ unsafe fn block<W: WeightElem>(
     let xp = x.as_ptr().add(r * k);
     let wp = w.as_ptr().add(c * k);
     let bp = b.map_or(std::ptr::null(), |b| b.as_ptr().add(c));
-    let d = dst.add(r * n + c);
+    let d = dst.add(r * n);
     macro_rules! dispatch {
         ($f:ident, $($cw:literal),*) => {
             match (rows, width) {

@@ -53,6 +53,35 @@ impl SeqCache {
         self.layers[layer].append(&k.to_dtype(self.dtype)?, &v.to_dtype(self.dtype)?)
     }
 
+    /// Appends `n` zero positions (`kv_heads` heads of `head_dim`) to every layer, room that a team step then
+    /// fills, and returns each layer's whole key and value buffers (`[kv_heads, allocated, head_dim]`).
+    pub fn reserve(
+        &mut self,
+        n: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<Vec<(Tensor, Tensor)>> {
+        let zeros = Tensor::zeros(
+            (kv_heads, n, head_dim),
+            self.dtype,
+            &candle_core::Device::Cpu,
+        )?;
+        let mut all = Vec::with_capacity(self.layers.len());
+        for l in &mut self.layers {
+            l.append(&zeros, &zeros)?;
+            match (l.k_cache().all_data(), l.v_cache().all_data()) {
+                (Some(k), Some(v)) => all.push((k.clone(), v.clone())),
+                _ => candle_core::bail!("a cache layer without a buffer after an append"),
+            }
+        }
+        Ok(all)
+    }
+
+    /// The type keys and values are stored in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     /// Keys and values of `layer` so far, if any were appended.
     pub fn layer(&self, layer: usize) -> Option<(Tensor, Tensor)> {
         let l = &self.layers[layer];

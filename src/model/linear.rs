@@ -6,6 +6,7 @@ use candle_core::{DType, Device, Result, Tensor};
 
 use super::dense::Dense;
 use super::qlinear::{glu_rows, swiglu_rows, with_f32_rows, QLinear};
+use super::team::{Part, Parts};
 use super::weights::Weight;
 
 /// The nonlinearity of a gated MLP: `act(gate) * up`.
@@ -22,6 +23,8 @@ pub struct Linear {
     kind: Kind,
     /// Added after the product when the weights are quantized (the dense kernel adds its own).
     bias: Option<Tensor>,
+    /// The same on the host, for team steps.
+    bias_host: Option<Vec<f32>>,
     out: usize,
 }
 
@@ -63,9 +66,14 @@ impl Linear {
             })
             .collect();
         if quant.len() == parts.len() {
+            let bias_host = match &bias {
+                Some(b) if b.device().is_cpu() => Some(b.to_vec1()?),
+                _ => None,
+            };
             return Ok(Self {
                 kind: Kind::Quant(QLinear::fused(quant)?),
                 bias,
+                bias_host,
                 out,
             });
         }
@@ -94,12 +102,14 @@ impl Linear {
             return Ok(Self {
                 kind,
                 bias: None,
+                bias_host: None,
                 out,
             });
         }
         Ok(Self {
             kind: Kind::Device(w),
             bias,
+            bias_host: None,
             out,
         })
     }
@@ -139,6 +149,21 @@ impl Linear {
             Activation::GeluTanh => glu_rows(y, &mut h, half, gelu_tanh),
         })?;
         Tensor::from_vec(h, (rows, half), y.device())
+    }
+
+    /// The weight's parts as a team step computes them (see [`super::team`]), with their output widths, and
+    /// the bias to add to the product; `None` for weights only candle runs.
+    pub(crate) fn team_parts(&self) -> Option<Parts<'_>> {
+        match &self.kind {
+            Kind::Quant(q) => {
+                if self.bias.is_some() && self.bias_host.is_none() {
+                    return None;
+                }
+                Some((q.team_parts()?, self.bias_host.as_deref()))
+            }
+            Kind::Dense(d) => Some((vec![(Part::Dense(d), self.out)], None)),
+            Kind::Device(_) => None,
+        }
     }
 
     /// Output width.

@@ -15,6 +15,7 @@ pub mod norm;
 pub mod qlinear;
 pub mod quant;
 pub mod rope;
+pub mod team;
 pub mod weights;
 
 use candle_core::{DType, Device, Tensor};

@@ -33,6 +33,11 @@ impl RmsNorm {
         })
     }
 
+    /// One row `x` into `dst`, with the bits [`Self::forward`] gives it on the CPU.
+    pub fn row(&self, x: &[f32], dst: &mut [f32]) {
+        rms_row(x, &self.w, self.eps, dst)
+    }
+
     /// Normalizes each run of `width` values of `x` in place (one head at a time for per-head q/k norms).
     pub fn forward_host(&self, x: &mut [f32]) {
         let d = self.w.len();

@@ -11,6 +11,7 @@ use super::quant::q4_1x8::{self, Q4Kx8, Q4_1x8};
 use super::quant::q6_kx8::{self, Q6Kx8};
 use super::quant::q8_0x8::{self, Q8_0x8};
 use super::quant::{self, q4_1::BlockQ4_1, q8_0::BlockQ8_0, x8::Interleaved, QuantBlock};
+use super::team::Part;
 
 /// `y = x · Wᵀ` for one weight, or several stacked along the output, stored `[out, in]` in a GGUF file.
 pub struct QLinear {
@@ -104,6 +105,26 @@ impl QLinear {
             out,
             pad_single_row,
         })
+    }
+
+    /// The weight's parts as a team step computes them, with their output widths; `None` when a part runs on
+    /// candle's or the row-at-a-time kernels.
+    pub(crate) fn team_parts(&self) -> Option<Vec<(Part<'_>, usize)>> {
+        let one = match &self.kind {
+            Kind::Q4_1x8(p) => Part::Q4_1(p),
+            Kind::Q8_0x8(p) => Part::Q8_0(p),
+            Kind::Q4Kx8(p) => Part::Q4K(p),
+            Kind::Q6Kx8(p) => Part::Q6K(p),
+            Kind::Split(parts) => {
+                let mut all = Vec::new();
+                for p in parts {
+                    all.extend(p.team_parts()?);
+                }
+                return Some(all);
+            }
+            Kind::Q4_1(_) | Kind::Q8_0(_) | Kind::Candle(_) => return None,
+        };
+        Some(vec![(one, self.out)])
     }
 
     /// `x`: `[rows, in]` → `[rows, out]`.

@@ -8,6 +8,8 @@
 //! goes through the same instructions whatever the batch size, so a sequence's result does not depend on what
 //! it is batched with.
 
+use std::ops::Range;
+
 use super::QK;
 
 /// Output rows per interleaved group.
@@ -204,55 +206,91 @@ impl<F: Format> Interleaved<F> {
 
     /// [`Self::matmul`] with a given kernel (tests compare them all).
     pub fn matmul_with(&self, kernel: Kernel, x: &[f32], m: usize, dst: &mut [f32]) {
-        let (n, k) = (self.n, self.k);
-        assert!(x.len() == m * k && dst.len() == m * n);
-        let (kb, wb) = (k / QK, k / F::VALUES);
-        let xq = quantize_rows::<F>(x, m, k);
+        let n = self.n;
+        assert!(x.len() == m * self.k && dst.len() == m * n);
+        let xq = quantize_rows::<F>(x, m, self.k);
         let dst_addr = dst.as_mut_ptr() as usize;
-        let (xq, blocks) = (&xq, &self.blocks);
-        crate::pool::run(n.div_ceil(COL_TILE), move |tiles| {
-            let x = |r: usize| &xq[r * kb..(r + 1) * kb];
-            // Tile by tile, every activation row passes over the tile while its weights are in L1.
-            for tile in tiles {
-                let groups = tile * COL_TILE / ROWS..((tile + 1) * COL_TILE).min(n) / ROWS;
-                let mut r = 0;
-                while r < m {
-                    let rows = row_tile(kernel).min(m - r);
-                    let mut g = groups.start;
-                    while g < groups.end {
-                        let pair = g + 1 < groups.end;
-                        let w = |g: usize| &blocks[g * wb..(g + 1) * wb];
-                        // SAFETY: `kernel` was detected or listed as available; each (row, group) output
-                        // is written by exactly one worker, inside dst's `m * n` elements.
-                        unsafe {
-                            let d = (dst_addr as *mut f32).add(r * n + g * ROWS);
-                            let xs = |i: usize| x(r + i);
-                            macro_rules! go {
-                                ($xs:expr) => {
-                                    if pair {
-                                        F::rows_pair(kernel, $xs, [w(g), w(g + 1)], d, n)
-                                    } else {
-                                        F::rows(kernel, $xs, w(g), d, n)
-                                    }
-                                };
-                            }
-                            match rows {
-                                8 => go!(std::array::from_fn::<_, 8, _>(xs)),
-                                7 => go!(std::array::from_fn::<_, 7, _>(xs)),
-                                6 => go!(std::array::from_fn::<_, 6, _>(xs)),
-                                5 => go!(std::array::from_fn::<_, 5, _>(xs)),
-                                4 => go!([x(r), x(r + 1), x(r + 2), x(r + 3)]),
-                                3 => go!([x(r), x(r + 1), x(r + 2)]),
-                                2 => go!([x(r), x(r + 1)]),
-                                _ => go!([x(r)]),
-                            }
-                        }
-                        g += if pair { 2 } else { 1 };
-                    }
-                    r += rows;
-                }
-            }
+        let xq = &xq;
+        crate::pool::run(self.tiles(), move |tiles| {
+            let col0 = self.tile_cols(tiles.clone()).start;
+            // SAFETY: `dst` has `m * n` values; each tile's columns are written by the one thread running it.
+            unsafe { self.tiles_into(kernel, xq, m, tiles, (dst_addr as *mut f32).add(col0), n) }
         });
+    }
+
+    /// Units of parallel work: tiles of sixteen output columns (the last may have eight).
+    pub fn tiles(&self) -> usize {
+        self.n.div_ceil(COL_TILE)
+    }
+
+    /// The output columns of `tiles`.
+    pub fn tile_cols(&self, tiles: Range<usize>) -> Range<usize> {
+        tiles.start * COL_TILE..(tiles.end * COL_TILE).min(self.n)
+    }
+
+    /// The activation rows `x` (`m` of `k`) as the kernels read them, for [`Self::tiles_into`].
+    pub fn prepare(&self, x: &[f32], m: usize) -> Vec<F::Act> {
+        assert_eq!(x.len(), m * self.k);
+        quantize_rows::<F>(x, m, self.k)
+    }
+
+    /// The outputs of the columns of `tiles` ([`Self::tile_cols`]) for the `m` prepared activation rows `xq`:
+    /// row `r`, column `tile_cols.start + j` at `dst[r * ld + j]`. Each output has the bits
+    /// [`Self::matmul`] gives it, whatever the tiles.
+    ///
+    /// # Safety
+    /// `kernel` must be one of [`Kernel::available`], and `dst` valid for those writes by this thread alone.
+    pub unsafe fn tiles_into(
+        &self,
+        kernel: Kernel,
+        xq: &[F::Act],
+        m: usize,
+        tiles: Range<usize>,
+        dst: *mut f32,
+        ld: usize,
+    ) {
+        let (n, kb, wb) = (self.n, self.k / QK, self.k / F::VALUES);
+        assert!(xq.len() == m * kb && tiles.end <= self.tiles());
+        let col0 = tiles.start * COL_TILE;
+        let x = |r: usize| &xq[r * kb..(r + 1) * kb];
+        let blocks = &self.blocks;
+        // Tile by tile, every activation row passes over the tile while its weights are in L1.
+        for tile in tiles {
+            let groups = tile * COL_TILE / ROWS..((tile + 1) * COL_TILE).min(n) / ROWS;
+            let mut r = 0;
+            while r < m {
+                let rows = row_tile(kernel).min(m - r);
+                let mut g = groups.start;
+                while g < groups.end {
+                    let pair = g + 1 < groups.end;
+                    let w = |g: usize| &blocks[g * wb..(g + 1) * wb];
+                    // SAFETY: the caller's contract; rows r.. and the group's columns are inside `dst`.
+                    let d = dst.add(r * ld + g * ROWS - col0);
+                    let xs = |i: usize| x(r + i);
+                    macro_rules! go {
+                        ($xs:expr) => {
+                            if pair {
+                                F::rows_pair(kernel, $xs, [w(g), w(g + 1)], d, ld)
+                            } else {
+                                F::rows(kernel, $xs, w(g), d, ld)
+                            }
+                        };
+                    }
+                    match rows {
+                        8 => go!(std::array::from_fn::<_, 8, _>(xs)),
+                        7 => go!(std::array::from_fn::<_, 7, _>(xs)),
+                        6 => go!(std::array::from_fn::<_, 6, _>(xs)),
+                        5 => go!(std::array::from_fn::<_, 5, _>(xs)),
+                        4 => go!([x(r), x(r + 1), x(r + 2), x(r + 3)]),
+                        3 => go!([x(r), x(r + 1), x(r + 2)]),
+                        2 => go!([x(r), x(r + 1)]),
+                        _ => go!([x(r)]),
+                    }
+                    g += if pair { 2 } else { 1 };
+                }
+                r += rows;
+            }
+        }
     }
 }
 
@@ -410,6 +448,46 @@ pub mod testing {
             compare!(3);
             compare!(4);
             compare!(8);
+        }
+        check_tiles(w);
+    }
+
+    /// Any range of tiles computed on its own ([`Interleaved::tiles_into`], as team steps do) gives the
+    /// columns [`Interleaved::matmul_with`] gives, bit for bit.
+    pub fn check_tiles<F: Format>(w: &Interleaved<F>) {
+        let (n, k, t) = (w.n, w.k, w.tiles());
+        for m in [1, 5] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 37 % 97) as f32 - 48.0) / 29.0)
+                .collect();
+            let xq = w.prepare(&x, m);
+            for kernel in Kernel::available() {
+                let mut full = vec![0f32; m * n];
+                w.matmul_with(kernel, &x, m, &mut full);
+                let splits: Vec<Vec<Range<usize>>> =
+                    vec![(0..t).map(|i| i..i + 1).collect(), vec![0..t / 2, t / 2..t]];
+                for split in splits {
+                    for tiles in split.into_iter().filter(|r| !r.is_empty()) {
+                        let cols = w.tile_cols(tiles.clone());
+                        let mut part = vec![0f32; m * cols.len()];
+                        // SAFETY: the kernel is available; `part` holds `m` rows of the tiles' columns.
+                        unsafe {
+                            w.tiles_into(kernel, &xq, m, tiles, part.as_mut_ptr(), cols.len())
+                        };
+                        for r in 0..m {
+                            let want = &full[r * n + cols.start..r * n + cols.end];
+                            let got = &part[r * cols.len()..(r + 1) * cols.len()];
+                            let bits =
+                                |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                            assert_eq!(
+                                bits(got),
+                                bits(want),
+                                "{kernel:?}, {m} rows, columns {cols:?}"
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -1,0 +1,491 @@
+//! The team: every pool thread runs the same step program, and no thread is the others' driver.
+//!
+//! A fork-join section needs its calling thread twice: to hand the section out and to go on after it. On a
+//! machine shared with busy processes that thread is often off its CPU, and then the others wait for it, or
+//! for a chunk it holds, a time slice at a time. A team step removes that dependency:
+//!
+//! - Every member (the caller and each worker that wakes in time) runs the whole [`Program`]: the cheap serial
+//!   work between sections (norms, residual adds, rotations) on its own private copies, and every section
+//!   together with the others. Private values are computed by the same code from the same inputs, so every
+//!   member holds the same bits.
+//! - A section's chunks are claimed from one counter. A chunk is computed into the member's own scratch and
+//!   committed into the step's shared output by whoever gets there first (compare-and-swap), so a chunk
+//!   claimed by a member that lost its CPU is simply computed again by one that waited long enough for it
+//!   (twice its own chunk time). Nobody ever waits on a thread that is not running, except for the copy of a
+//!   commit (microseconds).
+//! - Whoever finishes a section goes on to the next: a member that fell behind catches up through finished
+//!   sections (reading their outputs, redoing only its private serial work) or is dropped when the caller
+//!   ends the step.
+//!
+//! Memory: each section has its own output in one step buffer, written once and never reused within the step,
+//! and the step (buffer, counters, the program and everything it holds) lives as long as any member holds it.
+//! So a member that wakes up late only ever reads memory that is alive and no longer written, and its late
+//! commits fail. The buffer goes back to a small spare list when the step is dropped.
+
+use std::any::Any;
+use std::ops::Range;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The least a member waits for a claimed chunk before computing it itself.
+const PATIENCE_MIN: Duration = Duration::from_micros(20);
+/// Step buffers kept for reuse.
+const SPARE_BUFFERS: usize = 4;
+
+/// Chunk states.
+const OPEN: u8 = 0;
+const WRITING: u8 = 1;
+const DONE: u8 = 2;
+
+/// One section of a step: `out` floats of shared output, made by `chunks` pieces of work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub out: usize,
+    pub chunks: usize,
+}
+
+static ENABLED: std::sync::OnceLock<AtomicBool> = std::sync::OnceLock::new();
+
+fn enabled_flag() -> &'static AtomicBool {
+    ENABLED.get_or_init(|| AtomicBool::new(std::env::var_os("RILL_TEAM").is_none_or(|v| v != "0")))
+}
+
+/// Whether models run their steps as team steps where they can (default on; `RILL_TEAM=0` turns it off).
+/// Either way gives the same bits.
+pub fn enabled() -> bool {
+    enabled_flag().load(Ordering::Relaxed)
+}
+
+static STEPS: AtomicUsize = AtomicUsize::new(0);
+
+/// Team steps run so far in this process.
+pub fn steps_run() -> usize {
+    STEPS.load(Ordering::Relaxed)
+}
+
+/// Turns team steps on or off (comparisons and tests).
+pub fn set_enabled(on: bool) {
+    enabled_flag().store(on, Ordering::Relaxed)
+}
+
+/// A step as every member runs it.
+pub trait Program: Send + Sync + 'static {
+    /// Runs the step as member `m`: [`Member::section`] once for each of the step's shapes, in order, and the
+    /// serial work between them. Returns `Err` only when `m` gave up (the step ended without it).
+    fn run(&self, m: &mut Member<'_>) -> Result<(), Abandoned>;
+}
+
+/// A member left a step that ended without it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Abandoned;
+
+struct Section {
+    shape: Shape,
+    /// Where its output starts in the step buffer.
+    offset: usize,
+    /// The next chunk to claim.
+    next: AtomicUsize,
+    /// Chunks committed.
+    done: AtomicUsize,
+    state: Box<[AtomicU8]>,
+}
+
+/// The shared part of one step: every section's counters and output.
+pub struct Step {
+    sections: Vec<Section>,
+    /// The outputs, section after section; written only by commits, through `out`.
+    buffer: Vec<f32>,
+    out: *mut f32,
+    /// Set when the caller has finished: members still in the step leave it.
+    over: AtomicBool,
+}
+
+// SAFETY: `out` points into `buffer`, which lives and stays put as long as the step. Each output value is
+// written by exactly one commit (the compare-and-swap of its chunk) and read only after that chunk is seen
+// done with acquire ordering.
+unsafe impl Send for Step {}
+unsafe impl Sync for Step {}
+
+static SPARE: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+
+impl Step {
+    /// A step of sections of `shapes`.
+    pub fn new(shapes: &[Shape]) -> Self {
+        STEPS.fetch_add(1, Ordering::Relaxed);
+        let mut offset = 0;
+        let sections: Vec<Section> = shapes
+            .iter()
+            .map(|&shape| {
+                let s = Section {
+                    shape,
+                    offset,
+                    next: AtomicUsize::new(0),
+                    done: AtomicUsize::new(0),
+                    state: (0..shape.chunks).map(|_| AtomicU8::new(OPEN)).collect(),
+                };
+                offset += shape.out;
+                s
+            })
+            .collect();
+        let mut buffer = SPARE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default();
+        if buffer.len() < offset {
+            buffer.resize(offset, 0.0);
+        }
+        let out = buffer.as_mut_ptr();
+        Self {
+            sections,
+            buffer,
+            out,
+            over: AtomicBool::new(false),
+        }
+    }
+
+    /// The output of section `i`, once the step is over (every section done by the member that finished it).
+    pub fn output(&self, i: usize) -> &[f32] {
+        let s = &self.sections[i];
+        assert_eq!(
+            s.done.load(Ordering::Acquire),
+            s.shape.chunks,
+            "section {i} is not finished"
+        );
+        // SAFETY: every chunk of the section is committed (acquire above), so nothing writes these any more.
+        unsafe { std::slice::from_raw_parts(self.out.add(s.offset), s.shape.out) }
+    }
+
+    /// Sections in the step.
+    pub fn len(&self) -> usize {
+        self.sections.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sections.is_empty()
+    }
+}
+
+impl Drop for Step {
+    fn drop(&mut self) {
+        let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.len() < SPARE_BUFFERS {
+            spare.push(std::mem::take(&mut self.buffer));
+        }
+    }
+}
+
+/// The output of one section, for a commit to write its chunk's values into.
+pub struct Out {
+    ptr: *mut f32,
+    len: usize,
+}
+
+impl Out {
+    /// The values at `range` of the section's output.
+    ///
+    /// # Safety
+    /// Only the commit of the chunk that owns `range` may call this (each output value belongs to exactly
+    /// one chunk of its section), and `range` must lie inside the section's output.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice(&self, range: Range<usize>) -> &mut [f32] {
+        debug_assert!(range.start <= range.end && range.end <= self.len);
+        std::slice::from_raw_parts_mut(self.ptr.add(range.start), range.len())
+    }
+
+    /// Length of the section's output.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// One thread's part in a step: where it is, and its scratch for chunks.
+pub struct Member<'a> {
+    step: &'a Step,
+    /// A worker leaves a step that is over; the caller finishes it.
+    worker: bool,
+    next: usize,
+    scratch: Vec<f32>,
+    /// Chunks this member computed, and of those the ones someone else committed first (for tests).
+    pub computed: usize,
+    pub lost: usize,
+}
+
+impl<'a> Member<'a> {
+    pub fn new(step: &'a Step, worker: bool) -> Self {
+        Self {
+            step,
+            worker,
+            next: 0,
+            scratch: Vec::new(),
+            computed: 0,
+            lost: 0,
+        }
+    }
+
+    /// Runs the next section: chunks claimed in turn, each computed by `work(chunk, scratch)` into this
+    /// member's scratch and, if no one committed that chunk first, handed to `commit(chunk, scratch, out)`,
+    /// which must write exactly that chunk's values of the section's output (and may write elsewhere what
+    /// belongs to the chunk alone, once). Returns the section's output once every chunk is committed.
+    pub fn section(
+        &mut self,
+        work: impl Fn(usize, &mut Vec<f32>),
+        commit: impl Fn(usize, &[f32], &Out),
+    ) -> Result<&'a [f32], Abandoned> {
+        let step = self.step;
+        let s = step
+            .sections
+            .get(self.next)
+            .expect("more sections than the step's shapes");
+        self.next += 1;
+        if self.worker && step.over.load(Ordering::Relaxed) {
+            return Err(Abandoned);
+        }
+        let n = s.shape.chunks;
+        // SAFETY: the section's output lies inside the step buffer (offsets from the shapes).
+        let out = Out {
+            ptr: unsafe { step.out.add(s.offset) },
+            len: s.shape.out,
+        };
+        if s.done.load(Ordering::Acquire) < n {
+            let (mut ran, t0) = (0u32, Instant::now());
+            loop {
+                let c = s.next.fetch_add(1, Ordering::Relaxed);
+                if c >= n {
+                    break;
+                }
+                if s.state[c].load(Ordering::Relaxed) == OPEN {
+                    self.chunk(s, c, &work, &commit, &out);
+                    ran += 1;
+                }
+            }
+            // Wait for the chunks others claimed, and compute any still open after twice this member's own
+            // chunk time: its owner is late (off its CPU, or gone).
+            let patience = match ran {
+                0 => PATIENCE_MIN,
+                _ => (t0.elapsed() / ran * 2).max(PATIENCE_MIN),
+            };
+            let (wait, mut spins) = (Instant::now(), 0u32);
+            while s.done.load(Ordering::Acquire) < n {
+                if self.worker && step.over.load(Ordering::Relaxed) {
+                    return Err(Abandoned);
+                }
+                if wait.elapsed() >= patience {
+                    for c in 0..n {
+                        if s.state[c].load(Ordering::Relaxed) == OPEN {
+                            self.chunk(s, c, &work, &commit, &out);
+                        }
+                    }
+                }
+                spins += 1;
+                if spins < 512 {
+                    std::hint::spin_loop();
+                } else {
+                    // Only commits in progress are left: let their writer run.
+                    std::thread::yield_now();
+                }
+            }
+        }
+        // SAFETY: every chunk is committed (acquire above): these values are final.
+        Ok(unsafe { std::slice::from_raw_parts(out.ptr, out.len) })
+    }
+
+    /// Computes chunk `c` and commits it unless someone else did first.
+    fn chunk(
+        &mut self,
+        s: &Section,
+        c: usize,
+        work: &impl Fn(usize, &mut Vec<f32>),
+        commit: &impl Fn(usize, &[f32], &Out),
+        out: &Out,
+    ) {
+        self.scratch.clear();
+        work(c, &mut self.scratch);
+        self.computed += 1;
+        if s.state[c]
+            .compare_exchange(OPEN, WRITING, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            commit(c, &self.scratch, out);
+            s.state[c].store(DONE, Ordering::Release);
+            s.done.fetch_add(1, Ordering::Release);
+        } else {
+            self.lost += 1;
+        }
+    }
+}
+
+/// A step published to the workers.
+pub(super) trait Joinable: Send + Sync {
+    /// Runs the step as a worker, until it ends or the step is over; a panic only ends this worker's part.
+    fn join(&self);
+}
+
+pub(super) struct TeamJob<P: Program> {
+    pub program: Arc<P>,
+    pub step: Arc<Step>,
+}
+
+impl<P: Program> Joinable for TeamJob<P> {
+    fn join(&self) {
+        let mut m = Member::new(&self.step, true);
+        // A worker's panic leaves its chunks open: the caller computes them (and meets the panic itself if
+        // it is not a fluke of this thread).
+        let _ = catch_unwind(AssertUnwindSafe(|| self.program.run(&mut m)));
+    }
+}
+
+/// Marks the step over when the caller leaves it, by return or by panic.
+pub(super) struct OverOnDrop<'a>(pub &'a Step);
+
+impl Drop for OverOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.over.store(true, Ordering::Release);
+    }
+}
+
+/// The caller's run of `program` over `step`.
+pub(super) fn lead<P: Program>(program: &P, step: &Step) -> Result<(), Box<dyn Any + Send>> {
+    let _over = OverOnDrop(step);
+    let mut m = Member::new(step, false);
+    catch_unwind(AssertUnwindSafe(|| {
+        program
+            .run(&mut m)
+            .expect("the calling member never abandons its step")
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A chain of sections, each value a float sum over the whole previous output (so a wrong or missing
+    /// value anywhere spreads to everything after it). With `stall`, the caller stops inside every chunk it
+    /// computes until someone else has committed that chunk, as if it had lost its CPU there.
+    struct Chain {
+        sections: usize,
+        stall: Option<Arc<Step>>,
+    }
+
+    const WIDTH: usize = 64;
+    const CHUNKS: usize = 8;
+
+    fn value(prev: &[f32], section: usize, i: usize) -> f32 {
+        let mut acc = (section * 31 + i) as f32 * 0.001;
+        for (j, p) in prev.iter().enumerate() {
+            acc += p * ((i * 7 + j) % 13) as f32 * 0.01;
+        }
+        acc.sin()
+    }
+
+    impl Program for Chain {
+        fn run(&self, m: &mut Member<'_>) -> Result<(), Abandoned> {
+            let mut prev = vec![0.5f32; WIDTH];
+            for s in 0..self.sections {
+                let caller = !m.worker;
+                let per = WIDTH / CHUNKS;
+                let out = m.section(
+                    |c, scratch| {
+                        if let (Some(step), true) = (&self.stall, caller) {
+                            let t0 = Instant::now();
+                            while step.sections[s].state[c].load(Ordering::Acquire) != DONE {
+                                assert!(t0.elapsed() < Duration::from_secs(20), "no one took over");
+                                std::thread::yield_now();
+                            }
+                        }
+                        scratch.extend((c * per..(c + 1) * per).map(|i| value(&prev, s, i)));
+                    },
+                    // SAFETY: chunk `c` owns values `c * per ..`.
+                    |c, scratch, out| {
+                        unsafe { out.slice(c * per..(c + 1) * per) }.copy_from_slice(scratch)
+                    },
+                )?;
+                prev = out.to_vec();
+            }
+            Ok(())
+        }
+    }
+
+    fn serial(sections: usize) -> Vec<f32> {
+        let mut prev = vec![0.5f32; WIDTH];
+        for s in 0..sections {
+            prev = (0..WIDTH).map(|i| value(&prev, s, i)).collect();
+        }
+        prev
+    }
+
+    fn shapes(n: usize) -> Vec<Shape> {
+        vec![
+            Shape {
+                out: WIDTH,
+                chunks: CHUNKS
+            };
+            n
+        ]
+    }
+
+    #[test]
+    fn a_team_step_gives_the_serial_bits() {
+        for _ in 0..50 {
+            let step = crate::pool::team(
+                Arc::new(Chain {
+                    sections: 30,
+                    stall: None,
+                }),
+                &shapes(30),
+            );
+            assert_eq!(step.output(29), serial(30));
+        }
+    }
+
+    /// The caller stalls in every chunk it claims: the worker computes and commits those chunks after its
+    /// patience runs out, the caller's own commits of them fail, and the bits are the serial ones.
+    #[test]
+    fn a_stalled_member_is_overtaken_and_its_late_commits_fail() {
+        let step = Arc::new(Step::new(&shapes(3)));
+        let program = Chain {
+            sections: 3,
+            stall: Some(step.clone()),
+        };
+        std::thread::scope(|s| {
+            let worker = s.spawn(|| {
+                let mut m = Member::new(&step, true);
+                let r = program.run(&mut m);
+                (r, m.computed)
+            });
+            let mut m = Member::new(&step, false);
+            program.run(&mut m).unwrap();
+            let (r, worker_computed) = worker.join().unwrap();
+            assert_eq!(r, Ok(()));
+            assert!(
+                m.computed >= 1 && m.lost == m.computed,
+                "{} {}",
+                m.computed,
+                m.lost
+            );
+            assert_eq!(worker_computed, 3 * CHUNKS);
+        });
+        assert_eq!(step.output(2), serial(3));
+    }
+
+    /// A member that arrives after the caller finished leaves at its first section.
+    #[test]
+    fn a_late_worker_leaves_a_finished_step() {
+        let step = Step::new(&shapes(4));
+        let program = Chain {
+            sections: 4,
+            stall: None,
+        };
+        lead(&program, &step).unwrap();
+        let mut late = Member::new(&step, true);
+        assert_eq!(program.run(&mut late), Err(Abandoned));
+        assert_eq!(late.computed, 0);
+        assert_eq!(step.output(3), serial(4));
+    }
+}
