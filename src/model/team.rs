@@ -7,7 +7,8 @@ use std::ops::Range;
 use crate::pool::team::{Abandoned, Member, Out, Shape};
 
 use super::dense::{self, Dense};
-use super::linear::Linear;
+use super::linear::{gelu_tanh, Activation, Linear};
+use super::qlinear::silu;
 use super::quant::q4_1::BlockQ8_1;
 use super::quant::q4_1x8::{Q4Kx8, Q4_1x8};
 use super::quant::q6_kx8::{ActHalves, Q6Kx8};
@@ -101,6 +102,9 @@ pub struct Tiled<'a> {
     /// (part, tiles) of each chunk.
     chunks: Vec<(usize, Range<usize>)>,
     out: usize,
+    /// A gated layer (`[gate; up]`) whose chunks each compute matching gate and up columns and commit
+    /// `act(gate) * up`: the up columns' part, and how many tiles they are past the gate's.
+    gated: Option<(usize, usize, Activation)>,
 }
 
 impl<'a> Tiled<'a> {
@@ -121,6 +125,40 @@ impl<'a> Tiled<'a> {
             bias,
             chunks,
             out: offset,
+            gated: None,
+        })
+    }
+
+    /// A stacked `[gate; up]` layer whose section outputs `act(x·gateᵀ) * (x·upᵀ)` (`[m, out / 2]`), the
+    /// gate and up columns of a chunk computed together; `None` unless the halves fall on tile boundaries
+    /// (one part of even width in whole tiles, or two parts of equal width).
+    pub fn gated(l: &'a Linear, target: usize, act: Activation) -> Option<Self> {
+        let (found, bias) = l.team_parts()?;
+        let whole = |p: &Part<'_>, w: usize| p.tile_cols(0..p.tiles()).end == w;
+        let (gate_tiles, up, shift) = match found.as_slice() {
+            [(p, w)] if whole(p, *w) && w % 32 == 0 => (p.tiles() / 2, 0, p.tiles() / 2),
+            [(p, w), (q, v)] if w == v && whole(p, *w) && whole(q, *v) => (p.tiles(), 1, 0),
+            _ => return None,
+        };
+        let half = found.iter().map(|(_, w)| w).sum::<usize>() / 2;
+        let n = target.clamp(1, gate_tiles.max(1));
+        let chunks = (0..n)
+            .map(|c| (0, c * gate_tiles / n..(c + 1) * gate_tiles / n))
+            .collect();
+        let mut offset = 0;
+        let parts = found
+            .into_iter()
+            .map(|(p, w)| {
+                offset += w;
+                (p, offset - w, w)
+            })
+            .collect();
+        Some(Self {
+            parts,
+            bias,
+            chunks,
+            out: half,
+            gated: Some((up, shift, act)),
         })
     }
 
@@ -135,6 +173,11 @@ impl<'a> Tiled<'a> {
     /// Output width.
     pub fn out(&self) -> usize {
         self.out
+    }
+
+    /// Whether the section outputs the gated activation (see [`Self::gated`]).
+    pub fn is_gated(&self) -> bool {
+        self.gated.is_some()
     }
 
     /// One section: `x` (`m` rows) through the layer; returns `[m, out]`, every value with the bits of
@@ -152,15 +195,51 @@ impl<'a> Tiled<'a> {
         )
     }
 
-    /// Chunk `c` into `scratch`: `m` rows of its tiles' columns, the bias added.
+    /// Chunk `c` into `scratch`: `m` rows of its tiles' columns, the bias added (and for a gated layer,
+    /// the gated activation of its gate and up columns).
     fn work(&self, acts: &[Acts], x: &[f32], m: usize, c: usize, scratch: &mut Vec<f32>) {
+        if let Some((up, shift, act)) = self.gated {
+            let (_, tiles) = &self.chunks[c];
+            let w = self.parts[0].0.tile_cols(tiles.clone()).len();
+            let mut g = std::mem::take(scratch);
+            self.columns(acts, x, m, 0, tiles.clone(), &mut g);
+            let mut u = Vec::with_capacity(m * w);
+            self.columns(
+                acts,
+                x,
+                m,
+                up,
+                tiles.start + shift..tiles.end + shift,
+                &mut u,
+            );
+            let f = match act {
+                Activation::Silu => silu,
+                Activation::GeluTanh => gelu_tanh,
+            };
+            g.iter_mut().zip(&u).for_each(|(g, &u)| *g = f(*g) * u);
+            *scratch = g;
+            return;
+        }
         let (p, tiles) = &self.chunks[c];
-        let (part, offset, width) = &self.parts[*p];
+        self.columns(acts, x, m, *p, tiles.clone(), scratch);
+    }
+
+    /// Part `p`'s columns of `tiles` for `m` rows into `scratch`, the bias added.
+    fn columns(
+        &self,
+        acts: &[Acts],
+        x: &[f32],
+        m: usize,
+        p: usize,
+        tiles: Range<usize>,
+        scratch: &mut Vec<f32>,
+    ) {
+        let (part, offset, width) = &self.parts[p];
         let cols = part.tile_cols(tiles.clone());
         let w = cols.len();
         scratch.resize(m * w, 0.0);
         // SAFETY: `scratch` holds `m` rows of `w` values, this member's own.
-        unsafe { part.compute(&acts[*p], x, m, tiles.clone(), scratch.as_mut_ptr(), w) };
+        unsafe { part.compute(&acts[p], x, m, tiles, scratch.as_mut_ptr(), w) };
         if let Some(b) = self.bias {
             let valid = cols.end.min(*width).saturating_sub(cols.start);
             for row in scratch.chunks_exact_mut(w) {
@@ -174,6 +253,16 @@ impl<'a> Tiled<'a> {
     /// Writes chunk `c`'s columns (padding columns of K-quant weights left out) of every row.
     fn commit(&self, m: usize, c: usize, scratch: &[f32], out: &Out) {
         let (p, tiles) = &self.chunks[c];
+        if self.gated.is_some() {
+            let cols = self.parts[0].0.tile_cols(tiles.clone());
+            for r in 0..m {
+                let at = r * self.out + cols.start;
+                // SAFETY: these columns of row `r` belong to chunk `c` alone.
+                unsafe { out.slice(at..at + cols.len()) }
+                    .copy_from_slice(&scratch[r * cols.len()..][..cols.len()]);
+            }
+            return;
+        }
         let (part, offset, width) = &self.parts[*p];
         let cols = part.tile_cols(tiles.clone());
         let valid = cols.end.min(*width).saturating_sub(cols.start);

@@ -149,11 +149,16 @@ impl Plan {
                 chunks: self.attention_chunks(m),
             });
             shapes.push(Tiled::new(&l.wo, self.target)?.shape(m));
-            shapes.push(Tiled::new(&l.gate_up, self.target)?.shape(m));
+            shapes.push(self.gate_up(&l.gate_up)?.shape(m));
             shapes.push(Tiled::new(&l.down, self.target)?.shape(m));
         }
         shapes.push(Tiled::new(&self.stack.output, self.target)?.shape(self.logit_rows.len()));
         Some(shapes)
+    }
+
+    /// The gated layer as one section of `act(gate) * up` where its halves allow, else of its product.
+    fn gate_up<'a>(&self, l: &'a crate::model::linear::Linear) -> Option<Tiled<'a>> {
+        Tiled::gated(l, self.target, self.act).or_else(|| Tiled::new(l, self.target))
     }
 
     fn attention_chunks(&self, m: usize) -> usize {
@@ -265,11 +270,15 @@ impl Program for Plan {
             let o = tiled(&l.wo).run(mm, att, m)?;
             residual(&mut p.x, o, l.post_attn_norm.as_ref(), d);
             norm_rows(&l.ffn_norm, &p.x, &mut p.h, d);
-            let gate_up = tiled(&l.gate_up);
+            let gate_up = self.gate_up(&l.gate_up).expect("checked by shapes");
             let gu = gate_up.run(mm, &p.h, m)?;
-            let half = gate_up.out() / 2;
-            glu(gu, &mut p.g, half, self.act);
-            let down = tiled(&l.down).run(mm, &p.g, m)?;
+            let g = if gate_up.is_gated() {
+                gu
+            } else {
+                glu(gu, &mut p.g, gate_up.out() / 2, self.act);
+                &p.g
+            };
+            let down = tiled(&l.down).run(mm, g, m)?;
             residual(&mut p.x, down, l.post_ffn_norm.as_ref(), d);
         }
         let last: Vec<f32> = self
