@@ -18,6 +18,10 @@
 //!
 //! Results never depend on which thread ran a chunk or on the thread count: a chunk is a range of items, and
 //! callers make each output value the work of exactly one item.
+//!
+//! Those fork-join sections keep the calling thread on every section's critical path. A whole step written as a
+//! [`team::Program`] runs instead with [`team()`]: every thread runs the step, and none waits for another that
+//! lost its CPU (see [`team`]). The workers serve both kinds of work.
 
 use std::any::Any;
 use std::cell::Cell;
