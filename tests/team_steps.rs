@@ -1,7 +1,8 @@
 //! Team steps (`rill::pool::team`: every thread runs the whole step, sections shared, no thread waiting on
 //! another that lost its CPU) give exactly the logits of fork-join steps, on every family's special parts:
 //! biases (qwen2), q/k norms (qwen3), fused QKV and gate/up (phi3), soft caps, post-norms and GeGLU (gemma2),
-//! dense float weights, K-quants with padded parts, an f16 cache, prompt chunks and several sequences at once.
+//! dense float weights, K-quants with padded parts, GPT-2, an f16 cache, prompt chunks and several sequences at
+//! once.
 
 mod common;
 
@@ -43,6 +44,8 @@ fn team_steps_give_the_bits_of_fork_join_steps() {
         ("arch/gemma3-f32.gguf", DType::F32),
         ("arch/llama-q4_k_m.gguf", DType::F16),
         ("smollm2", DType::F32),
+        ("tiny-gpt2", DType::F32),
+        ("tiny-gpt2", DType::F16),
     ] {
         let loaded = common::load(model);
         let m = loaded.model.as_ref();

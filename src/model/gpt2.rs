@@ -3,6 +3,7 @@
 //! `transformer.`-prefixed names that `save_pretrained` writes.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::op::{GeluErf, UnaryOpT};
 use candle_core::{DType, Device, Tensor};
@@ -169,10 +170,16 @@ pub struct Gpt2 {
     info: ModelInfo,
     wte: Tensor,
     wpe: Tensor,
+    /// Shared with team steps, which may outlive a call (a member that lost its CPU finishes its chunk).
+    stack: Arc<Stack>,
+    exact_gelu: bool,
+}
+
+/// The weights after the embeddings.
+struct Stack {
     blocks: Vec<Block>,
     ln_f: LayerNorm,
     lm_head: Head,
-    exact_gelu: bool,
 }
 
 fn layer_norm(vb: VarBuilder, d: usize, eps: f64) -> candle_core::Result<LayerNorm> {
@@ -260,9 +267,11 @@ impl Gpt2 {
             info,
             wte,
             wpe,
-            blocks,
-            ln_f,
-            lm_head,
+            stack: Arc::new(Stack {
+                blocks,
+                ln_f,
+                lm_head,
+            }),
             exact_gelu,
         })
     }
@@ -295,7 +304,7 @@ impl Gpt2 {
     ) -> candle_core::Result<Tensor> {
         let (d, nh) = (self.cfg.n_embd, self.cfg.n_head);
         let hd = d / nh;
-        let qkv = self.blocks[i].c_attn.forward(xs)?;
+        let qkv = self.stack.blocks[i].c_attn.forward(xs)?;
         let mut outs = Vec::with_capacity(batch.len());
         let mut kvs = Vec::with_capacity(batch.len());
         for (seq, &(start, len)) in batch.iter_mut().zip(spans) {
@@ -330,11 +339,11 @@ impl Gpt2 {
         } else {
             Tensor::cat(&outs, 0)?
         };
-        self.blocks[i].attn_proj.forward(&y)
+        self.stack.blocks[i].attn_proj.forward(&y)
     }
 
     fn mlp(&self, i: usize, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let h = match &self.blocks[i].c_fc {
+        let h = match &self.stack.blocks[i].c_fc {
             // The activation is applied by the kernel's workers as each tile finishes.
             Conv1D::Own(fc) if self.exact_gelu => {
                 fc.forward_with(xs, Some(&|v: &mut [f32]| map(v, GeluErf::f32)))?
@@ -343,26 +352,31 @@ impl Gpt2 {
             fc if self.exact_gelu => fc.forward(xs)?.gelu_erf()?,
             fc => fc.forward(xs)?.gelu()?,
         };
-        self.blocks[i].mlp_proj.forward(&h)
+        self.stack.blocks[i].mlp_proj.forward(&h)
     }
 }
+
+mod team;
 
 impl CausalLm for Gpt2 {
     fn forward(&self, batch: &mut [SeqStep<'_>]) -> Result<Tensor, ModelError> {
         check_context(batch, self.cfg.n_positions)?;
         let spans = row_spans(batch);
+        if let Some(logits) = team::forward(self, batch, &spans)? {
+            return Ok(logits);
+        }
         let mut xs = self.embed(batch)?;
-        for i in 0..self.blocks.len() {
-            let h = self.blocks[i].ln_1.forward(&xs)?;
+        for i in 0..self.stack.blocks.len() {
+            let h = self.stack.blocks[i].ln_1.forward(&xs)?;
             xs = (&xs + self.attention(i, &h, batch, &spans)?)?;
-            let h = self.blocks[i].ln_2.forward(&xs)?;
+            let h = self.stack.blocks[i].ln_2.forward(&xs)?;
             xs = (&xs + self.mlp(i, &h)?)?;
         }
         for (seq, &(_, len)) in batch.iter_mut().zip(&spans) {
             seq.cache.advance(len);
         }
-        let last = self.ln_f.forward(&output_rows(&xs, batch, &spans)?)?;
-        Ok(self.lm_head.forward(&last)?)
+        let last = self.stack.ln_f.forward(&output_rows(&xs, batch, &spans)?)?;
+        Ok(self.stack.lm_head.forward(&last)?)
     }
 
     fn new_cache(&self) -> SeqCache {

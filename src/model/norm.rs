@@ -76,6 +76,11 @@ impl LayerNorm {
         })
     }
 
+    /// One row `x` into `dst`, with the bits [`Self::forward`] gives it on the CPU.
+    pub fn row(&self, x: &[f32], dst: &mut [f32]) {
+        layer_row(x, &self.w, &self.b, self.eps, dst)
+    }
+
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         if !xs.device().is_cpu() {
             return candle_nn::ops::layer_norm(

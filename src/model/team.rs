@@ -2,11 +2,17 @@
 //! computed by rill's kernels into a member's scratch with exactly the bits the layer's own forward gives,
 //! and committed into the section's output.
 
+use std::cell::RefCell;
 use std::ops::Range;
 
-use crate::pool::team::{Abandoned, Member, Out, Shape};
+use candle_core::{DType, Device, Tensor};
 
-use super::dense::{self, Dense};
+use crate::pool::team::{Abandoned, Member, Out, Shape, Step};
+
+use super::attention::{attend_item, ItemScratch, RawCache, Scoring};
+use super::{ModelError, SeqStep};
+
+use super::dense::{self, Dense, Post};
 use super::linear::{gelu_tanh, Activation, Linear};
 use super::qlinear::silu;
 use super::quant::q4_1::BlockQ8_1;
@@ -105,6 +111,8 @@ pub struct Tiled<'a> {
     /// A gated layer (`[gate; up]`) whose chunks each compute matching gate and up columns and commit
     /// `act(gate) * up`: the up columns' part, and how many tiles they are past the gate's.
     gated: Option<(usize, usize, Activation)>,
+    /// An element-wise activation on the outputs (GPT-2's GELU), as the dense kernel's `post` applies it.
+    post: Option<&'a Post>,
 }
 
 impl<'a> Tiled<'a> {
@@ -126,7 +134,24 @@ impl<'a> Tiled<'a> {
             chunks,
             out: offset,
             gated: None,
+            post: None,
         })
+    }
+
+    /// A dense weight (with its bias), then `post` on the outputs, in about `target` chunks.
+    pub fn dense(d: &'a Dense, target: usize, post: Option<&'a Post>) -> Self {
+        let tiles = d.tiles();
+        let n = target.clamp(1, tiles.max(1));
+        Self {
+            parts: vec![(Part::Dense(d), 0, d.out_dim())],
+            bias: None,
+            chunks: (0..n)
+                .map(|c| (0, c * tiles / n..(c + 1) * tiles / n))
+                .collect(),
+            out: d.out_dim(),
+            gated: None,
+            post,
+        }
     }
 
     /// A stacked `[gate; up]` layer whose section outputs `act(x·gateᵀ) * (x·upᵀ)` (`[m, out / 2]`), the
@@ -159,6 +184,7 @@ impl<'a> Tiled<'a> {
             chunks,
             out: half,
             gated: Some((up, shift, act)),
+            post: None,
         })
     }
 
@@ -248,6 +274,9 @@ impl<'a> Tiled<'a> {
                 }
             }
         }
+        if let Some(post) = self.post {
+            scratch.chunks_exact_mut(w).for_each(post);
+        }
     }
 
     /// Writes chunk `c`'s columns (padding columns of K-quant weights left out) of every row.
@@ -273,4 +302,178 @@ impl<'a> Tiled<'a> {
                 .copy_from_slice(&scratch[r * cols.len()..][..valid]);
         }
     }
+}
+
+/// The sequences of a team step and their caches: each row's sequence and position, each sequence's rows, and
+/// its keys and values layer by layer with this step's positions reserved.
+pub struct Caches {
+    pub rows: Vec<(usize, usize)>,
+    spans: Vec<(usize, usize)>,
+    kv: Vec<Vec<(RawCache, RawCache)>>,
+    dtype: DType,
+    kv_heads: usize,
+    head_dim: usize,
+    /// Chunks of an attention section.
+    target: usize,
+}
+
+impl Caches {
+    /// Whether every cache in `batch` can take a team step (f32 or f16, all alike).
+    pub fn fit(batch: &[SeqStep<'_>]) -> bool {
+        let dtype = batch.first().map(|s| s.cache.dtype());
+        matches!(dtype, Some(DType::F32 | DType::F16))
+            && batch.iter().all(|s| Some(s.cache.dtype()) == dtype)
+    }
+
+    /// Reserves the new positions of every sequence in its cache (see [`crate::model::SeqCache::reserve`]).
+    pub fn reserve(
+        batch: &mut [SeqStep<'_>],
+        spans: &[(usize, usize)],
+        kv_heads: usize,
+        head_dim: usize,
+        target: usize,
+    ) -> Result<Self, ModelError> {
+        let mut c = Self {
+            rows: Vec::new(),
+            spans: spans.to_vec(),
+            kv: Vec::with_capacity(batch.len()),
+            dtype: batch[0].cache.dtype(),
+            kv_heads,
+            head_dim,
+            target,
+        };
+        for (s, (seq, &(_, len))) in batch.iter_mut().zip(spans).enumerate() {
+            let pos = seq.cache.len();
+            c.rows.extend((0..len).map(|r| (s, pos + r)));
+            let layers = seq
+                .cache
+                .reserve(len, kv_heads, head_dim)?
+                .iter()
+                .map(|(k, v)| Ok((RawCache::new(k, head_dim)?, RawCache::new(v, head_dim)?)))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            c.kv.push(layers);
+        }
+        Ok(c)
+    }
+
+    /// The two sections of one layer's attention for `m` rows and `heads` query heads: the cache write,
+    /// then attention.
+    pub fn shapes(
+        m: usize,
+        spans: usize,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        target: usize,
+    ) -> [Shape; 2] {
+        [
+            Shape {
+                out: 0,
+                chunks: spans,
+            },
+            Shape {
+                out: m * heads * head_dim,
+                chunks: (m * kv_heads).min(target),
+            },
+        ]
+    }
+
+    /// Writes every sequence's new keys and values of `layer` (`k`, `v`: `[rows, kv_heads * head_dim]`,
+    /// rotated) into the reserved positions, one chunk per sequence, laid out and converted as
+    /// [`crate::model::SeqCache::append`] stores them; then attends every row's query heads `q`
+    /// (`[rows, heads * head_dim]`) over its cache. Returns `[rows, heads * head_dim]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend<'s>(
+        &self,
+        mm: &mut Member<'s>,
+        layer: usize,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        heads: usize,
+        scoring: &Scoring,
+    ) -> Result<&'s [f32], Abandoned> {
+        mm.section(|_, _| {}, |s, _, _| self.write(layer, s, k, v))?;
+        let (nkv, hd) = (self.kv_heads, self.head_dim);
+        let (group, qw) = (heads / nkv, heads * hd);
+        let n_items = self.rows.len() * nkv;
+        let chunks = n_items.min(self.target);
+        let span = |c: usize| c * n_items / chunks..(c + 1) * n_items / chunks;
+        let scratch_items = RefCell::new(ItemScratch::default());
+        mm.section(
+            |c, scratch| {
+                let its = span(c);
+                scratch.resize(its.len() * group * hd, 0.0);
+                let mut sc = scratch_items.borrow_mut();
+                for (j, item) in its.enumerate() {
+                    let (row, kvh) = (item / nkv, item % nkv);
+                    let (seq, pos) = self.rows[row];
+                    let (kc, vc) = &self.kv[seq][layer];
+                    let qh = &q[row * qw + kvh * group * hd..][..group * hd];
+                    let out = &mut scratch[j * group * hd..][..group * hd];
+                    attend_item(qh, kc, vc, kvh, pos, scoring, &mut sc, out);
+                }
+            },
+            |c, scratch, out| {
+                let its = span(c);
+                // SAFETY: items `its` own these outputs (item (row, kv head) is `group` heads of a row).
+                unsafe { out.slice(its.start * group * hd..its.end * group * hd) }
+                    .copy_from_slice(scratch)
+            },
+        )
+    }
+
+    fn write(&self, layer: usize, s: usize, k: &[f32], v: &[f32]) {
+        let (start, len) = self.spans[s];
+        let (nkv, hd) = (self.kv_heads, self.head_dim);
+        let pos = self.rows[start].1;
+        let scatter = |src: &[f32]| {
+            let mut t = vec![0f32; len * nkv * hd];
+            for r in 0..len {
+                let row = &src[(start + r) * nkv * hd..][..nkv * hd];
+                for h in 0..nkv {
+                    t[(h * len + r) * hd..][..hd].copy_from_slice(&row[h * hd..][..hd]);
+                }
+            }
+            t
+        };
+        let (kc, vc) = &self.kv[s][layer];
+        for (src, cache) in [(k, kc), (v, vc)] {
+            Tensor::from_vec(scatter(src), (nkv, len, hd), &Device::Cpu)
+                .and_then(|t| t.to_dtype(self.dtype))
+                .and_then(|t| cache.tensor().slice_set(&t, 1, pos))
+                .expect("writing into positions reserved in the cache");
+        }
+    }
+}
+
+/// The rows of a batch whose logits a step returns ([`SeqStep::logit_rows`] of each sequence's last rows).
+pub fn logit_rows(batch: &[SeqStep<'_>], spans: &[(usize, usize)]) -> Vec<usize> {
+    batch
+        .iter()
+        .zip(spans)
+        .flat_map(|(b, &(s, l))| s + l - b.logit_rows()..s + l)
+        .collect()
+}
+
+/// Ends a team step: the caches advance past the new positions, and the last section's output (`rows`
+/// logit rows) becomes the logits tensor.
+pub fn finish(
+    step: &Step,
+    batch: &mut [SeqStep<'_>],
+    spans: &[(usize, usize)],
+    rows: usize,
+) -> Result<Tensor, ModelError> {
+    let logits = step.output(step.len() - 1).to_vec();
+    for (seq, &(_, len)) in batch.iter_mut().zip(spans) {
+        seq.cache.advance(len);
+    }
+    let vocab = logits.len() / rows.max(1);
+    Ok(Tensor::from_vec(logits, (rows, vocab), &Device::Cpu)?)
+}
+
+/// Whether team steps may run a batch of `m` rows now: team steps on, a pool with workers, at most
+/// `max_rows` rows.
+pub fn wanted(m: usize, max_rows: usize) -> bool {
+    crate::pool::team::enabled() && crate::pool::threads() > 1 && (1..=max_rows).contains(&m)
 }

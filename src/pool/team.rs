@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 /// The least a member waits for a claimed chunk before computing it itself.
 const PATIENCE_MIN: Duration = Duration::from_micros(20);
 /// Step buffers kept for reuse.
-const SPARE_BUFFERS: usize = 4;
+const SPARE_BUFFERS: usize = 2;
 
 /// Chunk states.
 const OPEN: u8 = 0;
