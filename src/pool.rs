@@ -20,8 +20,8 @@
 //! callers make each output value the work of exactly one item.
 //!
 //! Those fork-join sections keep the calling thread on every section's critical path. A whole step written as a
-//! [`team::Program`] runs instead with [`team()`]: every thread runs the step, and none waits for another that
-//! lost its CPU (see [`team`]). The workers serve both kinds of work.
+//! [`team::Program`] runs instead with [`team()`](fn@team): every thread runs the step, and none waits for another that
+//! lost its CPU (see [`team`](mod@team)). The workers serve both kinds of work.
 
 use std::any::Any;
 use std::cell::Cell;
@@ -134,7 +134,7 @@ pub fn run<F: Fn(Range<usize>) + Sync>(n_items: usize, f: F) {
     }
 }
 
-/// Runs one step of `program` as a team (see [`team`]): the calling thread and every worker that wakes in
+/// Runs one step of `program` as a team (see [`team`](mod@team)): the calling thread and every worker that wakes in
 /// time each run the whole program, sharing its sections' chunks. Returns the step, every section finished,
 /// when the calling thread is through; a panic in the calling thread's run is re-raised here. Without
 /// workers, or while another caller holds the pool, the calling thread runs it alone, with the same bits.

@@ -1,4 +1,4 @@
-//! The model side of a team step (see [`crate::pool::team`]): linear layers cut into column chunks, each
+//! The model side of a team step (see [`crate::pool::team`](mod@crate::pool::team)): linear layers cut into column chunks, each
 //! computed by rill's kernels into a member's scratch with exactly the bits the layer's own forward gives,
 //! and committed into the section's output.
 
@@ -472,8 +472,44 @@ pub fn finish(
     Ok(Tensor::from_vec(logits, (rows, vocab), &Device::Cpu)?)
 }
 
+/// Most rows a team step takes: its section outputs grow with the rows, and big batches keep every thread
+/// busy in fork-join sections anyway.
+pub const MAX_ROWS: usize = 16;
+/// Most values of section outputs one team step may hold (64 MB).
+const MAX_BUFFER: usize = 16 << 20;
+
 /// Whether team steps may run a batch of `m` rows now: team steps on, a pool with workers, at most
-/// `max_rows` rows.
-pub fn wanted(m: usize, max_rows: usize) -> bool {
-    crate::pool::team::enabled() && crate::pool::threads() > 1 && (1..=max_rows).contains(&m)
+/// [`MAX_ROWS`] rows.
+pub fn wanted(m: usize) -> bool {
+    crate::pool::team::enabled() && crate::pool::threads() > 1 && (1..=MAX_ROWS).contains(&m)
+}
+
+/// Whether a step of `shapes` stays within the buffer a team step may hold.
+pub fn fits(shapes: &[Shape]) -> bool {
+    shapes.iter().map(|s| s.out).sum::<usize>() <= MAX_BUFFER
+}
+
+/// What every member of a team step reads besides the weights.
+pub struct Input {
+    /// The new rows' embeddings, `[rows, hidden]`.
+    pub x0: Vec<f32>,
+    pub caches: Caches,
+    /// Rows whose logits the step returns.
+    pub logit_rows: Vec<usize>,
+    /// Chunks per section.
+    pub target: usize,
+}
+
+/// `f(row, out)` for each `d`-value row of `x` and the matching row of `out` (a norm, on a member's copies).
+pub fn each_row(x: &[f32], out: &mut [f32], d: usize, f: impl Fn(&[f32], &mut [f32])) {
+    for (x, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        f(x, o);
+    }
+}
+
+/// The `d`-value rows `rows` of `x`, one after the other (the rows a step returns logits for).
+pub fn gather(x: &[f32], rows: &[usize], d: usize) -> Vec<f32> {
+    rows.iter()
+        .flat_map(|&r| x[r * d..(r + 1) * d].iter().copied())
+        .collect()
 }

@@ -1,9 +1,9 @@
-//! The decoder's forward pass as a team step (see [`crate::pool::team`]): every member runs the layers'
+//! The decoder's forward pass as a team step (see [`crate::pool::team`](mod@crate::pool::team)): every member runs the layers'
 //! serial work (norms, rotations, residual adds, the gated activation) on its own copies, and the matmuls,
 //! the cache writes and attention as shared sections. Each value comes out of the same kernels as in
 //! [`super::Decoder`]'s forward pass, so a step's logits have the same bits either way.
 //!
-//! Used on the CPU for steps of up to [`MAX_ROWS`] rows (decoding, and short prompts), when every weight runs
+//! Used on the CPU for steps of up to [`crate::model::team::MAX_ROWS`] rows (decoding, and short prompts), when every weight runs
 //! on rill's kernels; `RILL_TEAM=0` turns it off.
 
 use std::sync::Arc;
@@ -13,31 +13,21 @@ use candle_core::Tensor;
 use super::{Decoder, DecoderConfig, Stack};
 use crate::model::linear::{gelu_tanh, Activation, Linear};
 use crate::model::qlinear::silu;
-use crate::model::team::{finish, logit_rows, wanted, Caches, Tiled};
+use crate::model::team::{
+    each_row, finish, fits, gather, logit_rows, wanted, Caches, Input, Tiled,
+};
 use crate::model::{ModelError, SeqStep};
 use crate::pool::team::{Abandoned, Member, Program, Shape};
-
-/// Most rows a team step takes: its section outputs grow with the rows, and big batches keep every thread
-/// busy in fork-join sections anyway.
-pub const MAX_ROWS: usize = 16;
-/// Most values of section outputs one team step may hold (64 MB).
-const MAX_BUFFER: usize = 16 << 20;
 
 /// One step: what every member reads.
 struct Plan {
     stack: Arc<Stack>,
-    /// The new tokens' embeddings, `[rows, hidden]`.
-    x0: Vec<f32>,
-    caches: Caches,
-    /// Rows whose logits the step returns.
-    logit_rows: Vec<usize>,
+    input: Input,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
     hidden: usize,
     act: Activation,
-    /// Chunks per section.
-    target: usize,
 }
 
 /// Runs `batch` as a team step if it qualifies; `Ok(None)` leaves it to the fork-join path.
@@ -47,7 +37,7 @@ pub(super) fn forward(
     spans: &[(usize, usize)],
 ) -> Result<Option<Tensor>, ModelError> {
     let m: usize = spans.iter().map(|s| s.1).sum();
-    if !dec.device.is_cpu() || !wanted(m, MAX_ROWS) || !Caches::fit(batch) {
+    if !dec.device.is_cpu() || !wanted(m) || !Caches::fit(batch) {
         return Ok(None);
     }
     let cfg = &dec.cfg;
@@ -56,7 +46,7 @@ pub(super) fn forward(
     let Some(shapes) = shapes(&dec.stack, cfg, m, spans.len(), logit_rows.len(), target) else {
         return Ok(None);
     };
-    if shapes.iter().map(|s| s.out).sum::<usize>() > MAX_BUFFER {
+    if !fits(&shapes) {
         return Ok(None);
     }
     let ids: Vec<u32> = batch
@@ -67,16 +57,18 @@ pub(super) fn forward(
     let plan = Plan {
         stack: dec.stack.clone(),
         hidden: x0.dim(1)?,
-        x0: x0.flatten_all()?.to_vec1()?,
-        caches: Caches::reserve(batch, spans, cfg.n_kv_heads, cfg.head_dim, target)?,
+        input: Input {
+            x0: x0.flatten_all()?.to_vec1()?,
+            caches: Caches::reserve(batch, spans, cfg.n_kv_heads, cfg.head_dim, target)?,
+            logit_rows,
+            target,
+        },
         heads: cfg.n_heads,
         kv_heads: cfg.n_kv_heads,
         head_dim: cfg.head_dim,
         act: cfg.act,
-        target,
-        logit_rows,
     };
-    let rows = plan.logit_rows.len();
+    let rows = plan.input.logit_rows.len();
     let step = crate::pool::team(Arc::new(plan), &shapes);
     let logits = finish(&step, batch, spans, rows)?;
     Ok(Some(match cfg.final_softcap {
@@ -125,12 +117,12 @@ struct Rows {
 
 impl Program for Plan {
     fn run(&self, mm: &mut Member<'_>) -> Result<(), Abandoned> {
-        let m = self.caches.rows.len();
+        let m = self.input.caches.rows.len();
         let (nh, nkv, hd, d) = (self.heads, self.kv_heads, self.head_dim, self.hidden);
         let (qw, kvw) = (nh * hd, nkv * hd);
-        let tiled = |l| Tiled::new(l, self.target).expect("checked by shapes");
+        let tiled = |l| Tiled::new(l, self.input.target).expect("checked by shapes");
         let mut p = Rows {
-            x: self.x0.clone(),
+            x: self.input.x0.clone(),
             h: vec![0f32; m * d],
             q: vec![0f32; m * qw],
             k: vec![0f32; m * kvw],
@@ -138,7 +130,7 @@ impl Program for Plan {
             g: Vec::new(),
         };
         for (i, l) in self.stack.layers.iter().enumerate() {
-            norm_rows(&l.attn_norm, &p.x, &mut p.h, d);
+            each_row(&p.x, &mut p.h, d, |x, o| l.attn_norm.row(x, o));
             let wqkv = tiled(&l.wqkv);
             let qkv = wqkv.run(mm, &p.h, m)?;
             let rope = &self.stack.ropes[l.rope];
@@ -155,17 +147,19 @@ impl Program for Plan {
                     qn.forward_host(qr);
                     kn.forward_host(kr);
                 }
-                let pos = self.caches.rows[r].1;
+                let pos = self.input.caches.rows[r].1;
                 rope.rotate_host(qr, pos);
                 rope.rotate_host(kr, pos);
             }
             let att = self
+                .input
                 .caches
                 .attend(mm, i, &p.q, &p.k, &p.v, nh, &l.scoring)?;
             let o = tiled(&l.wo).run(mm, att, m)?;
             residual(&mut p.x, o, l.post_attn_norm.as_ref(), d);
-            norm_rows(&l.ffn_norm, &p.x, &mut p.h, d);
-            let gate_up = gate_up(&l.gate_up, self.target, self.act).expect("checked by shapes");
+            each_row(&p.x, &mut p.h, d, |x, o| l.ffn_norm.row(x, o));
+            let gate_up =
+                gate_up(&l.gate_up, self.input.target, self.act).expect("checked by shapes");
             let gu = gate_up.run(mm, &p.h, m)?;
             let g = if gate_up.is_gated() {
                 gu
@@ -176,21 +170,11 @@ impl Program for Plan {
             let down = tiled(&l.down).run(mm, g, m)?;
             residual(&mut p.x, down, l.post_ffn_norm.as_ref(), d);
         }
-        let last: Vec<f32> = self
-            .logit_rows
-            .iter()
-            .flat_map(|&r| p.x[r * d..(r + 1) * d].iter().copied())
-            .collect();
+        let last = gather(&p.x, &self.input.logit_rows, d);
         let mut normed = vec![0f32; last.len()];
-        norm_rows(&self.stack.norm, &last, &mut normed, d);
-        tiled(&self.stack.output).run(mm, &normed, self.logit_rows.len())?;
+        each_row(&last, &mut normed, d, |x, o| self.stack.norm.row(x, o));
+        tiled(&self.stack.output).run(mm, &normed, self.input.logit_rows.len())?;
         Ok(())
-    }
-}
-
-fn norm_rows(norm: &crate::model::norm::RmsNorm, x: &[f32], out: &mut [f32], d: usize) {
-    for (x, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        norm.row(x, o);
     }
 }
 

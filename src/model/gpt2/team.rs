@@ -1,7 +1,8 @@
-//! GPT-2's forward pass as a team step (see [`crate::pool::team`] and the decoder's): every member runs the
+//! GPT-2's forward pass as a team step (see [`crate::pool::team`](mod@crate::pool::team) and the decoder's): every member runs the
 //! layer norms and residual adds on its own copies; the matmuls (GELU applied inside the MLP's first), the
 //! cache writes and attention are shared sections. The same kernels as [`super::Gpt2`]'s forward pass, so the
-//! same bits. On the CPU with rill's own kernels, for steps of up to [`MAX_ROWS`] rows.
+//! same bits. On the CPU with rill's own kernels, for steps of up to
+//! [`crate::model::team::MAX_ROWS`] rows.
 
 use std::sync::Arc;
 
@@ -11,25 +12,20 @@ use candle_core::Tensor;
 use super::{gelu_new, map, Conv1D, Gpt2, Head, Stack};
 use crate::model::attention::Scoring;
 use crate::model::dense::{Dense, Post};
-use crate::model::norm::LayerNorm;
-use crate::model::team::{finish, logit_rows, wanted, Caches, Tiled};
+use crate::model::team::{
+    each_row, finish, fits, gather, logit_rows, wanted, Caches, Input, Tiled,
+};
 use crate::model::{ModelError, SeqStep};
 use crate::pool::team::{Abandoned, Member, Program};
-
-/// Most rows a team step takes.
-pub const MAX_ROWS: usize = 16;
 
 /// One step: what every member reads.
 struct Plan {
     stack: Arc<Stack>,
-    /// Token and position embeddings of the new tokens, `[rows, d]`.
-    x0: Vec<f32>,
-    caches: Caches,
-    logit_rows: Vec<usize>,
+    /// `x0`: token and position embeddings.
+    input: Input,
     heads: usize,
     d: usize,
     post: &'static Post,
-    target: usize,
 }
 
 fn gelu_erf(v: &mut [f32]) {
@@ -68,7 +64,7 @@ pub(super) fn forward(
     spans: &[(usize, usize)],
 ) -> Result<Option<Tensor>, ModelError> {
     let m: usize = spans.iter().map(|s| s.1).sum();
-    if !g.wte.device().is_cpu() || !wanted(m, MAX_ROWS) || !Caches::fit(batch) {
+    if !g.wte.device().is_cpu() || !wanted(m) || !Caches::fit(batch) {
         return Ok(None);
     }
     let (d, heads) = (g.cfg.n_embd, g.cfg.n_head);
@@ -96,61 +92,60 @@ pub(super) fn forward(
         return Ok(None);
     };
     shapes.push(Tiled::dense(lm_head, target, None).shape(logit_rows.len()));
+    if !fits(&shapes) {
+        return Ok(None);
+    }
     let x0 = g.embed(batch)?.flatten_all()?.to_vec1()?;
     let plan = Plan {
         stack: g.stack.clone(),
-        x0,
-        caches: Caches::reserve(batch, spans, heads, d / heads, target)?,
-        logit_rows,
+        input: Input {
+            x0,
+            caches: Caches::reserve(batch, spans, heads, d / heads, target)?,
+            logit_rows,
+            target,
+        },
         heads,
         d,
         post: if g.exact_gelu { &gelu_erf } else { &gelu_new },
-        target,
     };
-    let rows = plan.logit_rows.len();
+    let rows = plan.input.logit_rows.len();
     let step = crate::pool::team(Arc::new(plan), &shapes);
     Ok(Some(finish(&step, batch, spans, rows)?))
 }
 
 impl Program for Plan {
     fn run(&self, mm: &mut Member<'_>) -> Result<(), Abandoned> {
-        let (m, d, nh) = (self.caches.rows.len(), self.d, self.heads);
+        let (m, d, nh) = (self.input.caches.rows.len(), self.d, self.heads);
         let scoring = Scoring::plain(d / nh);
-        let mut x = self.x0.clone();
+        let mut x = self.input.x0.clone();
         let mut h = vec![0f32; m * d];
         let (mut q, mut k, mut v) = (vec![0f32; m * d], vec![0f32; m * d], vec![0f32; m * d]);
         for (i, b) in self.stack.blocks.iter().enumerate() {
             let [c_attn, attn_proj, c_fc, mlp_proj] = weights(&self.stack, i).expect("checked");
-            norm_rows(&b.ln_1, &x, &mut h, d);
-            let qkv = Tiled::dense(c_attn, self.target, None).run(mm, &h, m)?;
+            each_row(&x, &mut h, d, |x, o| b.ln_1.row(x, o));
+            let qkv = Tiled::dense(c_attn, self.input.target, None).run(mm, &h, m)?;
             for (r, row) in qkv.chunks_exact(3 * d).enumerate() {
                 q[r * d..][..d].copy_from_slice(&row[..d]);
                 k[r * d..][..d].copy_from_slice(&row[d..2 * d]);
                 v[r * d..][..d].copy_from_slice(&row[2 * d..]);
             }
-            let att = self.caches.attend(mm, i, &q, &k, &v, nh, &scoring)?;
-            let o = Tiled::dense(attn_proj, self.target, None).run(mm, att, m)?;
+            let att = self.input.caches.attend(mm, i, &q, &k, &v, nh, &scoring)?;
+            let o = Tiled::dense(attn_proj, self.input.target, None).run(mm, att, m)?;
             x.iter_mut().zip(o).for_each(|(x, o)| *x += o);
-            norm_rows(&b.ln_2, &x, &mut h, d);
-            let f = Tiled::dense(c_fc, self.target, Some(self.post)).run(mm, &h, m)?;
-            let o = Tiled::dense(mlp_proj, self.target, None).run(mm, f, m)?;
+            each_row(&x, &mut h, d, |x, o| b.ln_2.row(x, o));
+            let f = Tiled::dense(c_fc, self.input.target, Some(self.post)).run(mm, &h, m)?;
+            let o = Tiled::dense(mlp_proj, self.input.target, None).run(mm, f, m)?;
             x.iter_mut().zip(o).for_each(|(x, o)| *x += o);
         }
-        let last: Vec<f32> = self
-            .logit_rows
-            .iter()
-            .flat_map(|&r| x[r * d..(r + 1) * d].iter().copied())
-            .collect();
+        let last = gather(&x, &self.input.logit_rows, d);
         let mut normed = vec![0f32; last.len()];
-        norm_rows(&self.stack.ln_f, &last, &mut normed, d);
+        each_row(&last, &mut normed, d, |x, o| self.stack.ln_f.row(x, o));
         let lm_head = head(&self.stack).expect("checked");
-        Tiled::dense(lm_head, self.target, None).run(mm, &normed, self.logit_rows.len())?;
+        Tiled::dense(lm_head, self.input.target, None).run(
+            mm,
+            &normed,
+            self.input.logit_rows.len(),
+        )?;
         Ok(())
-    }
-}
-
-fn norm_rows(norm: &LayerNorm, x: &[f32], out: &mut [f32], d: usize) {
-    for (x, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        norm.row(x, o);
     }
 }
