@@ -31,6 +31,8 @@ use std::time::{Duration, Instant};
 
 /// The least a member waits for a claimed chunk before computing it itself.
 const PATIENCE_MIN: Duration = Duration::from_micros(20);
+/// How long a member spins for commits in progress before it yields its CPU to let their writer run.
+const YIELD_AFTER: Duration = Duration::from_micros(200);
 /// Step buffers kept for reuse.
 const SPARE_BUFFERS: usize = 2;
 
@@ -271,7 +273,7 @@ impl<'a> Member<'a> {
                 0 => PATIENCE_MIN,
                 _ => (t0.elapsed() / ran * 2).max(PATIENCE_MIN),
             };
-            let (wait, mut spins) = (Instant::now(), 0u32);
+            let wait = Instant::now();
             while s.done.load(Ordering::Acquire) < n {
                 if self.worker && step.over.load(Ordering::Relaxed) {
                     return Err(Abandoned);
@@ -283,11 +285,12 @@ impl<'a> Member<'a> {
                         }
                     }
                 }
-                spins += 1;
-                if spins < 512 {
+                if wait.elapsed() < patience.max(YIELD_AFTER) {
                     std::hint::spin_loop();
                 } else {
-                    // Only commits in progress are left: let their writer run.
+                    // Only commits in progress are left, and their writer is not running: let it run.
+                    // Yielding sooner would hand the CPU to another process for a whole time slice while
+                    // the other member is about to finish its chunk.
                     std::thread::yield_now();
                 }
             }
