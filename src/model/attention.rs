@@ -247,19 +247,33 @@ impl RawCache {
         &self.keep
     }
 
-    fn view(&self) -> CacheView<'_> {
-        // SAFETY: see the type's `Send` / `Sync`: the buffer is alive for `&self` and has `len` values.
+    /// Head `head`'s first `positions` positions, as a view of one head (index it with head 0). Only those
+    /// values are borrowed: later positions of the buffer may be written while this view is read.
+    fn view(&self, head: usize, positions: usize) -> CacheView<'_> {
+        let (at, len) = (
+            head * self.head_stride,
+            (positions - 1) * self.pos_stride + self.hd,
+        );
+        // SAFETY: see the type's `Send` / `Sync`: the buffer is alive for `&self`, `at + len` is inside it
+        // (head and positions within the cache's shape), and these positions are written before this step
+        // reads them and not again.
         let data = unsafe {
             match self.data {
-                RawData::F32(p, len) => CacheData::F32(std::slice::from_raw_parts(p, len)),
-                RawData::F16(p, len) => CacheData::F16(std::slice::from_raw_parts(p, len)),
+                RawData::F32(p, total) => {
+                    assert!(at + len <= total);
+                    CacheData::F32(std::slice::from_raw_parts(p.add(at), len))
+                }
+                RawData::F16(p, total) => {
+                    assert!(at + len <= total);
+                    CacheData::F16(std::slice::from_raw_parts(p.add(at), len))
+                }
             }
         };
         CacheView {
             data,
-            len: 0,
+            len: positions,
             hd: self.hd,
-            head_stride: self.head_stride,
+            head_stride: 0,
             pos_stride: self.pos_stride,
         }
     }
@@ -288,9 +302,9 @@ pub(crate) fn attend_item(
     scratch.row.resize(k.hd, 0.0);
     attend_one(
         q,
-        &k.view(),
-        &v.view(),
-        kv,
+        &k.view(kv, pos + 1),
+        &v.view(kv, pos + 1),
+        0,
         pos,
         scoring,
         &mut scratch.scores,

@@ -214,7 +214,11 @@ impl<'a> Tiled<'a> {
         x: &[f32],
         m: usize,
     ) -> Result<&'s [f32], Abandoned> {
-        let acts: Vec<Acts> = self.parts.iter().map(|(p, _, _)| p.prepare(x, m)).collect();
+        // A member catching up finds the section finished and prepares nothing.
+        let acts: Vec<Acts> = match member.next_is_done() {
+            true => Vec::new(),
+            false => self.parts.iter().map(|(p, _, _)| p.prepare(x, m)).collect(),
+        };
         member.section(
             |c, scratch| self.work(&acts, x, m, c, scratch),
             |c, scratch, out| self.commit(m, c, scratch, out),
@@ -393,7 +397,18 @@ impl Caches {
         heads: usize,
         scoring: &Scoring,
     ) -> Result<&'s [f32], Abandoned> {
-        mm.section(|_, _| {}, |s, _, _| self.write(layer, s, k, v))?;
+        // The rows are laid out and converted in `work`; the commit is only the copy into the cache.
+        let built = RefCell::new(None);
+        mm.section(
+            |s, _| *built.borrow_mut() = Some((s, self.rows_of(s, k), self.rows_of(s, v))),
+            |s, _, _| {
+                let built = built.borrow();
+                let Some((b, k, v)) = built.as_ref().filter(|b| b.0 == s) else {
+                    unreachable!("a commit follows its own chunk's work")
+                };
+                self.write(layer, *b, k, v)
+            },
+        )?;
         let (nkv, hd) = (self.kv_heads, self.head_dim);
         let (group, qw) = (heads / nkv, heads * hd);
         let n_items = self.rows.len() * nkv;
@@ -423,25 +438,32 @@ impl Caches {
         )
     }
 
-    fn write(&self, layer: usize, s: usize, k: &[f32], v: &[f32]) {
+    /// Sequence `s`'s new rows of `src` (`[rows, kv_heads * head_dim]`) as its cache stores them:
+    /// `[kv_heads, len, head_dim]` in the cache's type.
+    fn rows_of(&self, s: usize, src: &[f32]) -> Tensor {
         let (start, len) = self.spans[s];
         let (nkv, hd) = (self.kv_heads, self.head_dim);
-        let pos = self.rows[start].1;
-        let scatter = |src: &[f32]| {
-            let mut t = vec![0f32; len * nkv * hd];
-            for r in 0..len {
-                let row = &src[(start + r) * nkv * hd..][..nkv * hd];
-                for h in 0..nkv {
-                    t[(h * len + r) * hd..][..hd].copy_from_slice(&row[h * hd..][..hd]);
-                }
+        let mut t = vec![0f32; len * nkv * hd];
+        for r in 0..len {
+            let row = &src[(start + r) * nkv * hd..][..nkv * hd];
+            for h in 0..nkv {
+                t[(h * len + r) * hd..][..hd].copy_from_slice(&row[h * hd..][..hd]);
             }
-            t
-        };
+        }
+        Tensor::from_vec(t, (nkv, len, hd), &Device::Cpu)
+            .and_then(|t| t.to_dtype(self.dtype))
+            .expect("a host tensor of the cache's shape")
+    }
+
+    /// Writes sequence `s`'s new keys and values of `layer` (from [`Self::rows_of`]) into its reserved
+    /// positions.
+    fn write(&self, layer: usize, s: usize, k: &Tensor, v: &Tensor) {
+        let pos = self.rows[self.spans[s].0].1;
         let (kc, vc) = &self.kv[s][layer];
-        for (src, cache) in [(k, kc), (v, vc)] {
-            Tensor::from_vec(scatter(src), (nkv, len, hd), &Device::Cpu)
-                .and_then(|t| t.to_dtype(self.dtype))
-                .and_then(|t| cache.tensor().slice_set(&t, 1, pos))
+        for (t, cache) in [(k, kc), (v, vc)] {
+            cache
+                .tensor()
+                .slice_set(t, 1, pos)
                 .expect("writing into positions reserved in the cache");
         }
     }

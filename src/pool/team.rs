@@ -11,8 +11,9 @@
 //! - A section's chunks are claimed from one counter. A chunk is computed into the member's own scratch and
 //!   committed into the step's shared output by whoever gets there first (compare-and-swap), so a chunk
 //!   claimed by a member that lost its CPU is simply computed again by one that waited long enough for it
-//!   (twice its own chunk time). Nobody ever waits on a thread that is not running, except for the copy of a
-//!   commit (microseconds).
+//!   (twice its own chunk time). Nobody ever waits on a thread that is not running, except for a commit in
+//!   progress (a copy of a few values, or one cache write of a sequence's rows). A commit that panics hands its
+//!   chunk back.
 //! - Whoever finishes a section goes on to the next: a member that fell behind catches up through finished
 //!   sections (reading their outputs, redoing only its private serial work) or is dropped when the caller
 //!   ends the step.
@@ -315,12 +316,33 @@ impl<'a> Member<'a> {
             .compare_exchange(OPEN, WRITING, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
         {
+            // A commit that panics (a worker's panic is caught in `join`) hands its chunk back, so the others
+            // compute it again rather than wait for it for ever; a caller's panic is re-raised by `team()`.
+            let reopen = Reopen(&s.state[c]);
             commit(c, &self.scratch, out);
+            std::mem::forget(reopen);
             s.state[c].store(DONE, Ordering::Release);
             s.done.fetch_add(1, Ordering::Release);
         } else {
             self.lost += 1;
         }
+    }
+
+    /// Whether the next section is already finished (a member catching up can skip preparing its input).
+    pub fn next_is_done(&self) -> bool {
+        self.step
+            .sections
+            .get(self.next)
+            .is_some_and(|s| s.done.load(Ordering::Acquire) == s.shape.chunks)
+    }
+}
+
+/// Puts a chunk being committed back to open if its commit unwinds.
+struct Reopen<'a>(&'a AtomicU8);
+
+impl Drop for Reopen<'_> {
+    fn drop(&mut self) {
+        self.0.store(OPEN, Ordering::Release);
     }
 }
 
@@ -473,6 +495,53 @@ mod tests {
                 m.lost
             );
             assert_eq!(worker_computed, 3 * CHUNKS);
+        });
+        assert_eq!(step.output(2), serial(3));
+    }
+
+    /// A worker whose commit panics hands its chunk back: the caller computes it, and the step finishes
+    /// with the serial bits instead of waiting for ever on a chunk left half-written.
+    #[test]
+    fn a_commit_that_panics_reopens_its_chunk() {
+        struct PanicInCommit(Arc<AtomicBool>);
+        impl Program for PanicInCommit {
+            fn run(&self, m: &mut Member<'_>) -> Result<(), Abandoned> {
+                let (worker, per) = (m.worker, WIDTH / CHUNKS);
+                let mut prev = vec![0.5f32; WIDTH];
+                for s in 0..3 {
+                    let out = m.section(
+                        |c, scratch| {
+                            // The caller starts only once the worker has failed.
+                            let t0 = Instant::now();
+                            while !worker && !self.0.load(Ordering::Acquire) {
+                                assert!(t0.elapsed() < Duration::from_secs(20), "no panic");
+                                std::thread::yield_now();
+                            }
+                            scratch.extend((c * per..(c + 1) * per).map(|i| value(&prev, s, i)));
+                        },
+                        |c, scratch, out| {
+                            assert!(!worker, "a worker's commit fails");
+                            // SAFETY: chunk `c` owns values `c * per ..`.
+                            unsafe { out.slice(c * per..(c + 1) * per) }.copy_from_slice(scratch)
+                        },
+                    )?;
+                    prev = out.to_vec();
+                }
+                Ok(())
+            }
+        }
+        let step = Step::new(&shapes(3));
+        let failed = Arc::new(AtomicBool::new(false));
+        let program = PanicInCommit(failed.clone());
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut m = Member::new(&step, true);
+                let r = catch_unwind(AssertUnwindSafe(|| program.run(&mut m)));
+                assert!(r.is_err());
+                failed.store(true, Ordering::Release);
+            });
+            let mut m = Member::new(&step, false);
+            program.run(&mut m).unwrap();
         });
         assert_eq!(step.output(2), serial(3));
     }
