@@ -230,31 +230,25 @@ impl<'a> Tiled<'a> {
     fn work(&self, acts: &[Acts], x: &[f32], m: usize, c: usize, scratch: &mut Vec<f32>) {
         if let Some((up, shift, act)) = self.gated {
             let (_, tiles) = &self.chunks[c];
-            let w = self.parts[0].0.tile_cols(tiles.clone()).len();
-            let mut g = std::mem::take(scratch);
-            self.columns(acts, x, m, 0, tiles.clone(), &mut g);
-            let mut u = Vec::with_capacity(m * w);
-            self.columns(
-                acts,
-                x,
-                m,
-                up,
-                tiles.start + shift..tiles.end + shift,
-                &mut u,
-            );
+            let n = m * self.parts[0].0.tile_cols(tiles.clone()).len();
+            // Gate columns, then the matching up columns after them in the same scratch.
+            self.columns(acts, x, m, 0, tiles.clone(), scratch);
+            let ups = tiles.start + shift..tiles.end + shift;
+            self.columns(acts, x, m, up, ups, scratch);
             let f = match act {
                 Activation::Silu => silu,
                 Activation::GeluTanh => gelu_tanh,
             };
-            g.iter_mut().zip(&u).for_each(|(g, &u)| *g = f(*g) * u);
-            *scratch = g;
+            let (g, u) = scratch.split_at_mut(n);
+            g.iter_mut().zip(&*u).for_each(|(g, &u)| *g = f(*g) * u);
+            scratch.truncate(n);
             return;
         }
         let (p, tiles) = &self.chunks[c];
         self.columns(acts, x, m, *p, tiles.clone(), scratch);
     }
 
-    /// Part `p`'s columns of `tiles` for `m` rows into `scratch`, the bias added.
+    /// Part `p`'s columns of `tiles` for `m` rows appended to `scratch`, the bias added.
     fn columns(
         &self,
         acts: &[Acts],
@@ -266,20 +260,21 @@ impl<'a> Tiled<'a> {
     ) {
         let (part, offset, width) = &self.parts[p];
         let cols = part.tile_cols(tiles.clone());
-        let w = cols.len();
-        scratch.resize(m * w, 0.0);
-        // SAFETY: `scratch` holds `m` rows of `w` values, this member's own.
-        unsafe { part.compute(&acts[p], x, m, tiles, scratch.as_mut_ptr(), w) };
+        let (w, at) = (cols.len(), scratch.len());
+        scratch.resize(at + m * w, 0.0);
+        let ours = &mut scratch[at..];
+        // SAFETY: `ours` holds `m` rows of `w` values, this member's own.
+        unsafe { part.compute(&acts[p], x, m, tiles, ours.as_mut_ptr(), w) };
         if let Some(b) = self.bias {
             let valid = cols.end.min(*width).saturating_sub(cols.start);
-            for row in scratch.chunks_exact_mut(w) {
+            for row in ours.chunks_exact_mut(w) {
                 for (y, b) in row[..valid].iter_mut().zip(&b[offset + cols.start..]) {
                     *y += b;
                 }
             }
         }
         if let Some(post) = self.post {
-            scratch.chunks_exact_mut(w).for_each(post);
+            ours.chunks_exact_mut(w).for_each(post);
         }
     }
 
