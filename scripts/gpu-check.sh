@@ -13,11 +13,17 @@
 #   parity    CPU against the GPU for every architecture: greedy ids (identical required for f32 checkpoints)
 #             and teacher-forced agreement (scripts/gpu_parity.py)
 #   ttft      first-request TTFT of a fresh server with the kernel cache off, against a warm request
-#   bench     `cargo bench`'s decode bench (CPU and GPU side by side), `rill bench` at 1/8/64 clients against
-#             `rill serve --device cuda`, and HF transformers `generate` on the same checkpoint
-# The summary lines start with PARITY, TTFT, BENCH and HF; FAILED lines name the steps that failed.
+#   bench     `rill bench` at 1/8/64 clients against `rill serve --device cuda`; the same with CUDA graphs
+#             (`RILL_GPU_GRAPHS=1`, opt-in), with candle's per-sequence attention (`RILL_GPU_ATTENTION=0`, only when
+#             GPU_CHECK_CANDLE_ATTENTION is set) and, for SmolLM2, with its weights kept quantized
+#             (`RILL_GPU_WEIGHTS=quant`), each followed by the server's time per step (/metrics); HF
+#             transformers `generate` on the same checkpoint
+#   decode    `cargo bench`'s decode bench (CPU and GPU side by side)
+#   http      (only when named) the two HTTP benches of `bench` at the defaults
+# The summary lines start with PARITY, TTFT, BENCH, STEPS and HF; FAILED lines name the steps that failed.
 #
-# Knobs: GPU_CHECK_DEVICE (cuda; `cpu` rehearses the script on a machine without a GPU), GPU_CHECK_BIN (a
+# Knobs: GPU_CHECK_DEVICE (cuda; `cpu` rehearses the script on a machine without a GPU), GPU_CHECK_PARITY (a
+# regular expression: only the parity checks whose names match), GPU_CHECK_BIN (a
 # folder with `rill` and `decode-bench` instead of gpu-dist/), GPU_CHECK_ONLY (comma-separated steps),
 # GPU_CHECK_TOKENS (tokens per stream for `rill bench` and transformers, 128).
 set -uo pipefail
@@ -29,7 +35,7 @@ mkdir -p "$OUT"
 LOG="$OUT/gpu-check.log"
 exec > >(tee "$LOG") 2>&1
 DEVICE="${GPU_CHECK_DEVICE:-cuda}"
-ONLY="${GPU_CHECK_ONLY:-facts,fixtures,parity,ttft,bench}"
+ONLY="${GPU_CHECK_ONLY:-facts,fixtures,parity,ttft,bench,decode}"
 TOKENS="${GPU_CHECK_TOKENS:-128}"
 WORK="$(mktemp -d -t rill-gpu-check.XXXXXX)"
 PIDS=()
@@ -147,6 +153,7 @@ parity() {
   local name="$1" model="$2" exact="$3"
   shift 3
   [[ -e "$model" ]] || { say "parity-$name: skipped, $model is missing"; return; }
+  [[ -z "${GPU_CHECK_PARITY:-}" || "$name" =~ ${GPU_CHECK_PARITY:-} ]] || return 0
   serve "$name" "$model" cpu "$@" || { FAILED+=("parity-$name"); return; }
   local ref="$URL" ref_pid="$SERVER_PID"
   serve "$name" "$model" "$DEVICE" "$@" || { FAILED+=("parity-$name"); kill "$ref_pid"; return; }
@@ -220,17 +227,57 @@ http() {
   serve "bench-$name" "$model" "$DEVICE" --max-running 64 --queue-size 256 || { FAILED+=("http-$name"); return; }
   PREFIX="BENCH $name " step "http-$name" 120 "$RILL" bench --url "$URL" --concurrency 1,8,64 --rounds 1 \
     --max-tokens "$TOKENS" --ignore-eos
+  step_times "$name"
   stop
 }
+# step_times NAME: the server's step counters (/metrics) over everything it ran: time per step in the forward
+# pass (logits to the host included) and in the whole step (sampling and emission too).
+step_times() {
+  python3 - "$URL" "$1" <<'EOF'
+import re, sys, urllib.request
+url, name = sys.argv[1], sys.argv[2]
+text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+def value(metric):
+    m = re.search(r"^" + metric + r"(?:\{[^}]*\})? (\S+)$", text, re.M)
+    return float(m.group(1)) if m else float("nan")
+steps = value("rill_steps_total")
+fwd, whole = value("rill_step_forward_microseconds_total"), value("rill_step_microseconds_total")
+rows = value("rill_batch_size_sum")
+print(f"STEPS {name}: {steps:.0f} steps, {rows / steps:.1f} sequences per step, forward {fwd / steps / 1e3:.2f} ms "
+      f"and whole step {whole / steps / 1e3:.2f} ms per step")
+EOF
+}
+
 if wants bench; then
-  say "--- decode bench (CPU and $DEVICE side by side)"
-  RILL_BENCH_ROUNDS=2 PREFIX="BENCH decode " step decode-bench 240 "$BIN/decode-bench" --bench
   say "--- rill bench over HTTP on $DEVICE"
   http gpt2-124m models/gpt2-124m-shape
   http smollm2-q4_1 models/smollm2/SmolLM2-135M-Instruct-Q4_1.gguf
+  say "--- the same with CUDA graphs, with candle's per-sequence attention, and with SmolLM2's weights quantized"
+  export RILL_GPU_GRAPHS=1
+  http gpt2-124m-graphs models/gpt2-124m-shape
+  http smollm2-q4_1-graphs models/smollm2/SmolLM2-135M-Instruct-Q4_1.gguf
+  unset RILL_GPU_GRAPHS
+  if [[ -n "${GPU_CHECK_CANDLE_ATTENTION:-}" ]]; then
+    export RILL_GPU_ATTENTION=0
+    http gpt2-124m-candle-attention models/gpt2-124m-shape
+    http smollm2-q4_1-candle-attention models/smollm2/SmolLM2-135M-Instruct-Q4_1.gguf
+    unset RILL_GPU_ATTENTION
+  fi
+  export RILL_GPU_WEIGHTS=quant
+  http smollm2-q4_1-quantized-weights models/smollm2/SmolLM2-135M-Instruct-Q4_1.gguf
+  unset RILL_GPU_WEIGHTS
   say "--- HF transformers generate on $DEVICE, same checkpoint"
   PREFIX="HF " step hf-generate 180 python3 scripts/hf-generate-bench.py models/gpt2-124m-shape --device "$DEVICE" \
     --batch 1,64 --dtype f32,bf16 --tokens "$TOKENS"
+fi
+# Only the two HTTP benches at the defaults (not in the default steps).
+if wants http; then
+  http gpt2-124m models/gpt2-124m-shape
+  http smollm2-q4_1 models/smollm2/SmolLM2-135M-Instruct-Q4_1.gguf
+fi
+if wants decode; then
+  say "--- decode bench (CPU and $DEVICE side by side)"
+  RILL_BENCH_ROUNDS=1 PREFIX="BENCH decode " step decode-bench 240 "$BIN/decode-bench" --bench
 fi
 
 say "done in $((SECONDS - T0)) s; log: $LOG"

@@ -175,7 +175,8 @@ pub struct EngineArgs {
     /// Requests allowed to wait for a slot; beyond it requests are refused (429/503).
     #[arg(long, env = "RILL_QUEUE_SIZE", default_value_t = 64)]
     pub queue_size: usize,
-    /// Prompt tokens per prefill step; long prompts are processed in chunks between decode steps.
+    /// Prompt tokens per step, shared by the prompts being prefilled in arrival order; long prompts are
+    /// processed in chunks between decode steps.
     #[arg(long, env = "RILL_PREFILL_CHUNK", default_value_t = 256)]
     pub prefill_chunk: usize,
     /// KV-cache memory the running requests may reserve together, in MiB (each counted at its worst case:

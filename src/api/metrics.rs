@@ -77,6 +77,18 @@ pub fn render(stats: &EngineStats, queued: usize, model: &str) -> String {
         stats.steps.load(Relaxed),
     );
     scalar(
+        "rill_step_forward_microseconds_total",
+        "counter",
+        "Time in forward passes, the logits' way to the host included.",
+        stats.forward_micros.load(Relaxed),
+    );
+    scalar(
+        "rill_step_microseconds_total",
+        "counter",
+        "Time in whole steps: forward passes, then sampling and emitting text.",
+        stats.step_micros.load(Relaxed),
+    );
+    scalar(
         "rill_generated_tokens_total",
         "counter",
         "Tokens generated, all requests.",

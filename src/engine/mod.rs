@@ -7,6 +7,7 @@
 mod device_memory;
 pub mod grammar;
 pub mod histogram;
+mod logits;
 pub mod logprobs;
 pub mod prefix;
 pub mod sampler;
@@ -174,7 +175,8 @@ pub struct EngineConfig {
     pub max_running: usize,
     /// Requests that may wait for a free slot; more are refused with `QueueFull`.
     pub queue_capacity: usize,
-    /// Prompt tokens per prefill step; long prompts are split so running streams keep moving.
+    /// Prompt tokens per step, shared by the prompts being prefilled in arrival order; long prompts are split
+    /// so running streams keep moving.
     pub prefill_chunk: usize,
     /// Events buffered per request before deltas are merged.
     pub event_capacity: usize,
@@ -232,6 +234,10 @@ pub struct EngineStats {
     pub cancelled: AtomicU64,
     /// Requests failed by a model error or panic.
     pub failed: AtomicU64,
+    /// Microseconds in forward passes, the logits' way to the host included.
+    pub forward_micros: AtomicU64,
+    /// Microseconds in whole steps: the forward pass, then sampling and emitting text.
+    pub step_micros: AtomicU64,
     /// Sequences in each forward pass.
     pub batch_size: histogram::Histogram,
     /// Time to first token of each request, in seconds.
@@ -253,6 +259,8 @@ impl Default for EngineStats {
             kv_reserved_bytes: AtomicUsize::new(0),
             cancelled: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            forward_micros: AtomicU64::new(0),
+            step_micros: AtomicU64::new(0),
             batch_size: histogram::Histogram::new(BATCH_BUCKETS),
             ttft: histogram::Histogram::new(TTFT_BUCKETS),
             prefix_hits: AtomicU64::new(0),

@@ -74,6 +74,16 @@ impl Sampler {
 
     /// Picks the next token from `logits`; `context` is every token so far and `generated` how many of its
     /// last entries the model produced.
+    /// Whether [`Self::sample`] is the plain argmax of the logits: temperature 0, no penalty and no bias.
+    pub fn is_plain_argmax(&self) -> bool {
+        let p = &self.params;
+        p.temperature <= 0.0
+            && p.logit_bias.is_empty()
+            && (p.repetition_penalty == 1.0 || p.repeat_last_n == 0)
+            && p.presence_penalty == 0.0
+            && p.frequency_penalty == 0.0
+    }
+
     pub fn sample(&mut self, logits: &mut [f32], context: &[u32], generated: usize) -> u32 {
         self.apply_penalties(logits, context, generated);
         self.pick(logits)

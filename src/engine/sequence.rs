@@ -185,6 +185,26 @@ impl Sequence {
                 }
             }
         };
+        self.take_token(id, raw, tok)
+    }
+
+    /// Whether the next token is the plain argmax of the model's logits: greedy, no penalty or bias, no
+    /// grammar and no log probabilities. The engine then may pick it where the logits are (on a GPU) and hand
+    /// over only the id ([`Self::accept_argmax`]).
+    pub fn greedy_only(&self) -> bool {
+        self.constraint.is_none() && self.logprobs.is_none() && self.sampler.is_plain_argmax()
+    }
+
+    /// Takes `id`, the argmax of this sequence's logits, picked by the caller (see [`Self::greedy_only`]),
+    /// then emits text and finishes as [`Self::accept_logits`] does.
+    pub fn accept_argmax(&mut self, id: u32, tok: &TextTokenizer) {
+        debug_assert!(self.greedy_only());
+        self.take_token(id, None, tok)
+    }
+
+    /// Appends the picked `id` (with the raw logits when log probabilities are wanted), emits its text, and
+    /// finishes on EOS, a stop sequence, a finished grammar or the token limit.
+    fn take_token(&mut self, id: u32, raw: Option<(usize, Vec<f32>)>, tok: &TextTokenizer) {
         self.first_token.get_or_insert_with(Instant::now);
         self.tokens.push(id);
         let ends = !self.ignore_eos && tok.eos_ids.contains(&id);

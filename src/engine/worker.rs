@@ -1,13 +1,15 @@
 //! The generation loop: admit requests, build one batched forward from every running sequence (decode tokens
-//! plus at most one prefill chunk), sample, emit, and retire finished or cancelled sequences.
+//! plus prompt chunks, up to `prefill_chunk` prompt tokens a step), sample, emit, and retire finished or
+//! cancelled sequences.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use super::logits::{self, HostLogits, Want};
 use super::prefix::PrefixCache;
 use super::sequence::Sequence;
 use super::{EngineError, Shared, Submission};
@@ -145,23 +147,37 @@ impl Worker {
 
     /// One forward pass over every running sequence.
     fn step(&mut self) {
+        let began = Instant::now();
+        self.run_step();
+        let micros = |d: Duration| d.as_micros() as u64;
+        self.shared
+            .stats
+            .step_micros
+            .fetch_add(micros(began.elapsed()), Ordering::Relaxed);
+    }
+
+    /// One forward pass over the selected sequences, then sampling and emission.
+    fn run_step(&mut self) {
+        let began = Instant::now();
+        // Decoding sequences take one token each. Sequences still in prefill share `prefill_chunk` prompt tokens,
+        // in arrival order: a long prompt delays the others by one chunk per step at most, and many short
+        // prompts arriving together start in one step.
         let chunk = self.shared.config.prefill_chunk;
-        // Decoding sequences take one token each; only the first sequence still in prefill takes a chunk, so a
-        // long prompt delays the others by one chunk per step at most.
-        let mut prefill_taken = false;
-        let selected: Vec<usize> = (0..self.running.len())
-            .filter(|&i| {
-                let s = &self.running[i];
-                if !s.in_prefill() {
-                    return true;
-                }
-                !std::mem::replace(&mut prefill_taken, true)
-            })
-            .collect();
-        let inputs: Vec<Vec<u32>> = selected
-            .iter()
-            .map(|&i| self.running[i].pending_input(chunk).to_vec())
-            .collect();
+        let mut budget = chunk;
+        let mut selected = Vec::with_capacity(self.running.len());
+        let mut inputs: Vec<Vec<u32>> = Vec::with_capacity(self.running.len());
+        for (i, s) in self.running.iter().enumerate() {
+            let input = match s.in_prefill() {
+                false => s.pending_input(chunk),
+                true if budget > 0 => s.pending_input(budget),
+                true => continue,
+            };
+            if s.in_prefill() {
+                budget -= input.len();
+            }
+            selected.push(i);
+            inputs.push(input.to_vec());
+        }
         // Per selected sequence: where its input starts, and whether it wants logits for every input token.
         let starts: Vec<usize> = selected.iter().map(|&i| self.running[i].fed()).collect();
         let all_logits: Vec<bool> = selected
@@ -188,30 +204,51 @@ impl Worker {
         let expected: usize = (0..selected.len())
             .map(|k| if all_logits[k] { inputs[k].len() } else { 1 })
             .sum();
+        let wants: Vec<(usize, Want)> = selected
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| {
+                let seq = &self.running[i];
+                match (all_logits[k], seq.ready_to_sample(), seq.greedy_only()) {
+                    (true, _, _) => (inputs[k].len(), Want::All),
+                    (false, false, _) => (1, Want::Nothing),
+                    (false, true, true) => (1, Want::LastArgmax),
+                    (false, true, false) => (1, Want::Last),
+                }
+            })
+            .collect();
         let logits = match result {
-            Ok(Ok(l)) => l.to_vec2::<f32>().map_err(|e| e.to_string()),
+            Ok(Ok(l)) => match l.dim(0) {
+                Ok(n) if n == expected => logits::fetch(&l, &wants).map_err(|e| e.to_string()),
+                Ok(n) => Err(format!(
+                    "the model returned {n} rows of logits, {expected} were asked for"
+                )),
+                Err(e) => Err(e.to_string()),
+            },
             Ok(Err(e)) => Err(e.to_string()),
             Err(panic) => Err(panic_message(panic)),
-        }
-        .and_then(|rows| match rows.len() {
-            n if n == expected => Ok(rows),
-            n => Err(format!(
-                "the model returned {n} rows of logits, {expected} were asked for"
-            )),
-        });
+        };
+        self.shared
+            .stats
+            .forward_micros
+            .fetch_add(began.elapsed().as_micros() as u64, Ordering::Relaxed);
         match logits {
-            Ok(mut rows) => {
+            Ok(HostLogits { mut rows, ids }) => {
                 let mut next_row = 0;
                 for (k, &i) in selected.iter().enumerate() {
                     let seq = &mut self.running[i];
-                    let n_rows = if all_logits[k] { inputs[k].len() } else { 1 };
+                    let n_rows = wants[k].0;
+                    let last = next_row + n_rows - 1;
                     let mine = &mut rows[next_row..next_row + n_rows];
                     next_row += n_rows;
                     if all_logits[k] {
                         seq.accept_prompt_logits(mine, starts[k], &self.tokenizer);
                     }
                     if seq.ready_to_sample() {
-                        seq.accept_logits(&mut mine[n_rows - 1], &self.tokenizer);
+                        match ids[last] {
+                            Some(id) => seq.accept_argmax(id, &self.tokenizer),
+                            None => seq.accept_logits(&mut mine[n_rows - 1], &self.tokenizer),
+                        }
                         if seq.generated() == 1 {
                             let ttft = seq.ttft().unwrap_or_default().as_secs_f64();
                             self.shared.stats.ttft.observe(ttft);

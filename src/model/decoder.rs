@@ -17,6 +17,7 @@ use candle_core::{DType, Device, Tensor};
 use std::sync::Arc;
 
 use super::attention::{self, Scoring};
+use super::gpu;
 use super::linear::{Activation, Linear};
 use super::norm::RmsNorm;
 use super::qlinear::with_f32_rows;
@@ -196,6 +197,8 @@ pub struct Decoder {
     /// Shared with team steps, which may outlive a call (a member that lost its CPU finishes its chunk).
     stack: Arc<Stack>,
     device: Device,
+    /// Batched attention kernels, on a CUDA device.
+    gpu: Option<Arc<gpu::Kernels>>,
 }
 
 /// The weights after the embedding.
@@ -302,15 +305,16 @@ impl Decoder {
                 output,
                 ropes,
             }),
+            gpu: gpu::Kernels::load(&device),
             device,
         })
     }
 
-    fn embed(&self, ids: &[u32]) -> candle_core::Result<Tensor> {
-        let ids = Tensor::new(ids, &self.device)?;
+    /// The embeddings of `ids` (a u32 tensor on the model's device), scaled where the family scales them.
+    fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let xs = match &self.embed {
-            Embedding::Quant(q) => q.embedding(&ids)?,
-            Embedding::Dense(t) => t.index_select(&ids, 0)?.to_dtype(DType::F32)?,
+            Embedding::Quant(q) => q.embedding(ids)?,
+            Embedding::Dense(t) => t.index_select(ids, 0)?.to_dtype(DType::F32)?,
         };
         match self.cfg.embed_scale {
             Some(s) => xs * s as f64,
@@ -325,13 +329,14 @@ impl Decoder {
         xs: &Tensor,
         batch: &mut [SeqStep<'_>],
         spans: &[(usize, usize)],
+        gpu: Option<&gpu::Step>,
     ) -> candle_core::Result<Tensor> {
         let l = &self.stack.layers[layer];
         let qkv = l.wqkv.forward(xs)?;
         let y = if self.device.is_cpu() {
             self.attention_host(layer, &qkv, batch, spans)?
         } else {
-            self.attention_tensors(layer, &qkv, batch, spans)?
+            self.attention_tensors(layer, &qkv, batch, spans, gpu)?
         };
         l.wo.forward(&y)
     }
@@ -383,13 +388,15 @@ impl Decoder {
         attention::attend_rows_tensor(&queries, &kvs, nh, &l.scoring)
     }
 
-    /// On other devices: candle's tensor ops, one sequence at a time.
+    /// On other devices: the batched kernels of [`gpu`] when the step has them, else candle's tensor ops, one
+    /// sequence at a time.
     fn attention_tensors(
         &self,
         layer: usize,
         qkv: &Tensor,
         batch: &mut [SeqStep<'_>],
         spans: &[(usize, usize)],
+        gpu: Option<&gpu::Step>,
     ) -> candle_core::Result<Tensor> {
         let l = &self.stack.layers[layer];
         let rope = &self.stack.ropes[l.rope];
@@ -410,6 +417,9 @@ impl Decoder {
             }
         };
         let (q, k) = (normed(q, &l.q_norm, nh)?, normed(k, &l.k_norm, nkv)?);
+        if let Some(step) = gpu {
+            return step.attend(layer, (&q, &k, &v), Some(rope), &l.scoring);
+        }
         let mut parts = Vec::with_capacity(spans.len());
         for (seq, &(start, len)) in batch.iter_mut().zip(spans) {
             let pos = seq.cache.len();
@@ -432,6 +442,26 @@ impl Decoder {
         l.down.forward(&l.gate_up.forward_glu(xs, self.cfg.act)?)
     }
 
+    /// The logits after the embeddings `xs` of every new token: every layer, the final norm and the output
+    /// head, over the rows that want logits.
+    fn layers(
+        &self,
+        mut xs: Tensor,
+        batch: &mut [SeqStep<'_>],
+        spans: &[(usize, usize)],
+        gpu: Option<&gpu::Step>,
+    ) -> candle_core::Result<Tensor> {
+        for i in 0..self.stack.layers.len() {
+            xs = self.block(i, xs, batch, spans, gpu)?;
+        }
+        let last = self.stack.norm.forward(&output_rows(&xs, batch, spans)?)?;
+        let logits = self.stack.output.forward(&last)?.to_dtype(DType::F32)?;
+        match self.cfg.final_softcap {
+            Some(c) => (logits / c as f64)?.tanh()? * c as f64,
+            None => Ok(logits),
+        }
+    }
+
     /// The residual stream after layer `i`.
     fn block(
         &self,
@@ -439,6 +469,7 @@ impl Decoder {
         xs: Tensor,
         batch: &mut [SeqStep<'_>],
         spans: &[(usize, usize)],
+        gpu: Option<&gpu::Step>,
     ) -> candle_core::Result<Tensor> {
         let l = &self.stack.layers[i];
         let post = |t: Tensor, n: &Option<RmsNorm>| match n {
@@ -446,7 +477,7 @@ impl Decoder {
             None => Ok(t),
         };
         let h = l.attn_norm.forward(&xs)?;
-        let h = post(self.attention(i, &h, batch, spans)?, &l.post_attn_norm)?;
+        let h = post(self.attention(i, &h, batch, spans, gpu)?, &l.post_attn_norm)?;
         let xs = (xs + h)?;
         let h = l.ffn_norm.forward(&xs)?;
         let h = post(self.mlp(i, &h)?, &l.post_ffn_norm)?;
@@ -550,19 +581,38 @@ impl CausalLm for Decoder {
             .iter()
             .flat_map(|s| s.tokens.iter().copied())
             .collect();
-        let mut xs = self.embed(&ids)?;
-        for i in 0..self.stack.layers.len() {
-            xs = self.block(i, xs, batch, &spans)?;
-        }
+        let (nkv, hd) = (self.cfg.n_kv_heads, self.cfg.head_dim);
+        let logits = match &self.gpu {
+            Some(k) => {
+                let replayed = k.replay(
+                    batch,
+                    &spans,
+                    nkv,
+                    hd,
+                    &[&ids],
+                    &mut |batch, inputs, step| {
+                        let xs = self.embed(&inputs[0])?;
+                        self.layers(xs, batch, &spans, Some(step))
+                    },
+                )?;
+                match replayed {
+                    Some(logits) => logits,
+                    None => {
+                        let step = k.begin(batch, &spans, nkv, hd)?;
+                        let xs = self.embed(&Tensor::new(ids.as_slice(), &self.device)?)?;
+                        self.layers(xs, batch, &spans, step.as_ref())?
+                    }
+                }
+            }
+            None => {
+                let xs = self.embed(&Tensor::new(ids.as_slice(), &self.device)?)?;
+                self.layers(xs, batch, &spans, None)?
+            }
+        };
         for (seq, &(_, len)) in batch.iter_mut().zip(&spans) {
             seq.cache.advance(len);
         }
-        let last = self.stack.norm.forward(&output_rows(&xs, batch, &spans)?)?;
-        let logits = self.stack.output.forward(&last)?.to_dtype(DType::F32)?;
-        Ok(match self.cfg.final_softcap {
-            Some(c) => ((logits / c as f64)?.tanh()? * c as f64)?,
-            None => logits,
-        })
+        Ok(logits)
     }
 
     fn new_cache(&self) -> SeqCache {

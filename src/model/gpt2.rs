@@ -11,6 +11,7 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use super::dense::Dense;
+use super::gpu;
 use super::norm::LayerNorm;
 use super::qlinear::with_f32_rows;
 use super::{
@@ -173,6 +174,8 @@ pub struct Gpt2 {
     /// Shared with team steps, which may outlive a call (a member that lost its CPU finishes its chunk).
     stack: Arc<Stack>,
     exact_gelu: bool,
+    /// Batched attention kernels, on a CUDA device.
+    gpu: Option<Arc<gpu::Kernels>>,
 }
 
 /// The weights after the embeddings.
@@ -262,6 +265,7 @@ impl Gpt2 {
             kv_bytes_per_token: 2 * cfg.n_layer * d * 4,
         };
         let exact_gelu = cfg.activation_function == "gelu";
+        let gpu = gpu::Kernels::load(wte.device());
         Ok(Self {
             cfg,
             info,
@@ -273,6 +277,7 @@ impl Gpt2 {
                 lm_head,
             }),
             exact_gelu,
+            gpu,
         })
     }
 
@@ -281,18 +286,25 @@ impl Gpt2 {
             .iter()
             .flat_map(|s| s.tokens.iter().copied())
             .collect();
-        let pos: Vec<u32> = batch
+        let pos = Self::positions(batch);
+        let dev = self.wte.device();
+        self.embed_tensors(
+            &Tensor::new(ids.as_slice(), dev)?,
+            &Tensor::new(pos.as_slice(), dev)?,
+        )
+    }
+
+    /// Token plus position embeddings of `ids` at `pos` (u32 tensors on the model's device).
+    fn embed_tensors(&self, ids: &Tensor, pos: &Tensor) -> candle_core::Result<Tensor> {
+        self.wte.index_select(ids, 0)? + self.wpe.index_select(pos, 0)?
+    }
+
+    /// The positions of every new token, in batch order.
+    fn positions(batch: &[SeqStep<'_>]) -> Vec<u32> {
+        batch
             .iter()
             .flat_map(|s| (s.cache.len()..s.cache.len() + s.tokens.len()).map(|p| p as u32))
-            .collect();
-        let dev = self.wte.device();
-        let tok = self
-            .wte
-            .index_select(&Tensor::new(ids.as_slice(), dev)?, 0)?;
-        let pos = self
-            .wpe
-            .index_select(&Tensor::new(pos.as_slice(), dev)?, 0)?;
-        tok + pos
+            .collect()
     }
 
     fn attention(
@@ -301,10 +313,21 @@ impl Gpt2 {
         xs: &Tensor,
         batch: &mut [SeqStep<'_>],
         spans: &[(usize, usize)],
+        gpu: Option<&gpu::Step>,
     ) -> candle_core::Result<Tensor> {
         let (d, nh) = (self.cfg.n_embd, self.cfg.n_head);
         let hd = d / nh;
         let qkv = self.stack.blocks[i].c_attn.forward(xs)?;
+        if let Some(step) = gpu {
+            let part = |j: usize| qkv.narrow(1, j * d, d);
+            let y = step.attend(
+                i,
+                (&part(0)?, &part(1)?, &part(2)?),
+                None,
+                &attention::Scoring::plain(hd),
+            )?;
+            return self.stack.blocks[i].attn_proj.forward(&y);
+        }
         let mut outs = Vec::with_capacity(batch.len());
         let mut kvs = Vec::with_capacity(batch.len());
         for (seq, &(start, len)) in batch.iter_mut().zip(spans) {
@@ -342,6 +365,25 @@ impl Gpt2 {
         self.stack.blocks[i].attn_proj.forward(&y)
     }
 
+    /// The logits after the embeddings `xs` of every new token: every block, the final norm and the head, over
+    /// the rows that want logits.
+    fn layers(
+        &self,
+        mut xs: Tensor,
+        batch: &mut [SeqStep<'_>],
+        spans: &[(usize, usize)],
+        gpu: Option<&gpu::Step>,
+    ) -> candle_core::Result<Tensor> {
+        for i in 0..self.stack.blocks.len() {
+            let h = self.stack.blocks[i].ln_1.forward(&xs)?;
+            xs = (&xs + self.attention(i, &h, batch, spans, gpu)?)?;
+            let h = self.stack.blocks[i].ln_2.forward(&xs)?;
+            xs = (&xs + self.mlp(i, &h)?)?;
+        }
+        let last = self.stack.ln_f.forward(&output_rows(&xs, batch, spans)?)?;
+        self.stack.lm_head.forward(&last)
+    }
+
     fn mlp(&self, i: usize, xs: &Tensor) -> candle_core::Result<Tensor> {
         let h = match &self.stack.blocks[i].c_fc {
             // The activation is applied by the kernel's workers as each tile finishes.
@@ -365,18 +407,43 @@ impl CausalLm for Gpt2 {
         if let Some(logits) = team::forward(self, batch, &spans)? {
             return Ok(logits);
         }
-        let mut xs = self.embed(batch)?;
-        for i in 0..self.stack.blocks.len() {
-            let h = self.stack.blocks[i].ln_1.forward(&xs)?;
-            xs = (&xs + self.attention(i, &h, batch, &spans)?)?;
-            let h = self.stack.blocks[i].ln_2.forward(&xs)?;
-            xs = (&xs + self.mlp(i, &h)?)?;
-        }
+        let (d, nh) = (self.cfg.n_embd, self.cfg.n_head);
+        let logits = match &self.gpu {
+            Some(k) => {
+                let ids: Vec<u32> = batch
+                    .iter()
+                    .flat_map(|s| s.tokens.iter().copied())
+                    .collect();
+                let pos = Self::positions(batch);
+                let replayed = k.replay(
+                    batch,
+                    &spans,
+                    nh,
+                    d / nh,
+                    &[&ids, &pos],
+                    &mut |batch, inputs, step| {
+                        let xs = self.embed_tensors(&inputs[0], &inputs[1])?;
+                        self.layers(xs, batch, &spans, Some(step))
+                    },
+                )?;
+                match replayed {
+                    Some(logits) => logits,
+                    None => {
+                        let step = k.begin(batch, &spans, nh, d / nh)?;
+                        let xs = self.embed(batch)?;
+                        self.layers(xs, batch, &spans, step.as_ref())?
+                    }
+                }
+            }
+            None => {
+                let xs = self.embed(batch)?;
+                self.layers(xs, batch, &spans, None)?
+            }
+        };
         for (seq, &(_, len)) in batch.iter_mut().zip(&spans) {
             seq.cache.advance(len);
         }
-        let last = self.stack.ln_f.forward(&output_rows(&xs, batch, &spans)?)?;
-        Ok(self.stack.lm_head.forward(&last)?)
+        Ok(logits)
     }
 
     fn new_cache(&self) -> SeqCache {

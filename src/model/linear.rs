@@ -56,7 +56,10 @@ impl Linear {
         // than for several, which would make a position's bits depend on the batch.
         let float = |q: &candle_core::quantized::QTensor| {
             use candle_core::quantized::GgmlDType as T;
-            q.device().is_cpu() && matches!(q.dtype(), T::F32 | T::F16 | T::BF16)
+            match q.device().is_cpu() {
+                true => matches!(q.dtype(), T::F32 | T::F16 | T::BF16),
+                false => gpu_dequantizes(q.shape().elem_count()),
+            }
         };
         let quant: Vec<_> = parts
             .iter()
@@ -169,6 +172,20 @@ impl Linear {
     /// Output width.
     pub fn out_dim(&self) -> usize {
         self.out
+    }
+}
+
+/// Whether a quantized weight of `params` values on a GPU becomes an f32 matrix at load (`RILL_GPU_WEIGHTS`:
+/// `f32` always, `quant` never, unset or `auto` up to 16M values, 64 MB). A small model's decode step on a GPU is
+/// bound by kernel launches, not by reading weights: one matrix product instead of candle's quantize-the-input
+/// and quantized-product launches (and its concatenation of stacked parts) is the faster form. A large
+/// model's matrices stay quantized, and so read a quarter of the bytes or less.
+fn gpu_dequantizes(params: usize) -> bool {
+    const AUTO_MAX_PARAMS: usize = 16 << 20;
+    match std::env::var("RILL_GPU_WEIGHTS").as_deref() {
+        Ok("f32") => true,
+        Ok("quant") => false,
+        _ => params <= AUTO_MAX_PARAMS,
     }
 }
 

@@ -9,6 +9,7 @@ pub mod attention;
 pub mod decoder;
 pub mod dense;
 pub mod gpt2;
+pub mod gpu;
 pub mod kv_cache;
 pub mod linear;
 pub mod norm;

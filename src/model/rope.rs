@@ -75,6 +75,16 @@ impl Rope {
         })
     }
 
+    /// The device copies of the cos and sin tables (`[positions, head_dim / 2]`), off the CPU.
+    pub fn device_tables(&self) -> Option<(&Tensor, &Tensor)> {
+        self.device_tables.as_ref().map(|(c, s)| (c, s))
+    }
+
+    /// Whether pairs are `(i, i + d/2)` (GPT-NeoX) rather than `(2i, 2i + 1)`.
+    pub fn neox(&self) -> bool {
+        self.neox
+    }
+
     /// Rotates one token's heads (`n * head_dim` values) in place, at `pos`.
     pub fn rotate_host(&self, x: &mut [f32], pos: usize) {
         let h = self.half;

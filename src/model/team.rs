@@ -346,7 +346,7 @@ impl Caches {
             c.rows.extend((0..len).map(|r| (s, pos + r)));
             let layers = seq
                 .cache
-                .reserve(len, kv_heads, head_dim)?
+                .reserve(len, kv_heads, head_dim, &candle_core::Device::Cpu)?
                 .iter()
                 .map(|(k, v)| Ok((RawCache::new(k, head_dim)?, RawCache::new(v, head_dim)?)))
                 .collect::<candle_core::Result<Vec<_>>>()?;

@@ -53,7 +53,7 @@ pub(super) fn forward(
         .iter()
         .flat_map(|s| s.tokens.iter().copied())
         .collect();
-    let x0 = dec.embed(&ids)?;
+    let x0 = dec.embed(&Tensor::new(ids.as_slice(), &dec.device)?)?;
     let plan = Plan {
         stack: dec.stack.clone(),
         hidden: x0.dim(1)?,
