@@ -4,7 +4,9 @@
 //! may pick another than the host's first): 64 sequences of a 50k vocabulary would otherwise copy and scan
 //! 13 MB per step on the host.
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{DType, Result, Tensor, D};
+
+use crate::model::{CausalLm, ModelError, SeqStep};
 
 /// What one sequence reads of its logit rows in a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,10 +79,52 @@ fn selected(logits: &Tensor, wants: &[(usize, Want)]) -> Result<HostLogits> {
     Ok(HostLogits { rows, ids })
 }
 
+/// Runs this module's device paths once on throwaway caches, so that a GPU server's first request loads no
+/// kernel module of its own (row selection, argmax, index uploads): the model's own warm-up covers the forward
+/// pass, not what the engine does with its logits. One step of a three-token prompt reading every row, a
+/// sampled and a greedy sequence; then a longer prompt chunk nobody reads, as a first chat prompt is. Returns
+/// the rows and ids fetched (tests compare them with a plain fetch).
+pub(crate) fn warm_up(model: &dyn CausalLm, kv_dtype: DType) -> std::result::Result<HostLogits, ModelError> {
+    let (vocab, context) = (model.info().vocab_size, model.info().context_length);
+    let long = context.min(32);
+    if vocab < 3 || long < 4 {
+        return Ok(HostLogits {
+            rows: Vec::new(),
+            ids: Vec::new(),
+        });
+    }
+    let mut caches: Vec<_> = (0..3)
+        .map(|_| model.new_cache().stored_as(kv_dtype))
+        .collect();
+    let prompt: Vec<u32> = (0..long as u32).map(|i| i % vocab as u32).collect();
+    let got = {
+        let [a, b, c] = caches.as_mut_slice() else {
+            unreachable!("three caches")
+        };
+        let mut batch = [
+            SeqStep::new(&prompt[..3], a),
+            SeqStep::new(&prompt[1..2], b),
+            SeqStep::new(&prompt[2..3], c),
+        ];
+        batch[0].all_logits = true;
+        let logits = model.forward(&mut batch)?;
+        selected(
+            &logits,
+            &[(3, Want::All), (1, Want::Last), (1, Want::LastArgmax)],
+        )?
+    };
+    let mut fresh = model.new_cache().stored_as(kv_dtype);
+    let logits = model.forward(&mut [SeqStep::new(&prompt, &mut fresh)])?;
+    selected(&logits, &[(1, Want::Nothing)])?;
+    Ok(got)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{ModelInfo, SeqCache};
     use candle_core::Device;
+    use std::sync::Mutex;
 
     /// On the CPU every row comes back, whatever the sequences want, and no id is picked for them.
     #[test]
@@ -132,5 +176,70 @@ mod tests {
         let got = selected(&l, &[(5, Want::All)])?;
         assert_eq!(got.rows, all);
         Ok(())
+    }
+
+    /// Gives each row the logits `[t, 2t, ..]` shifted so that token `(t + 1) % vocab` wins, and records the
+    /// token counts (and whether all rows were asked for) of every pass.
+    struct Scripted {
+        info: ModelInfo,
+        calls: Mutex<Vec<Vec<(usize, bool)>>>,
+    }
+
+    impl CausalLm for Scripted {
+        fn forward(
+            &self,
+            batch: &mut [SeqStep<'_>],
+        ) -> std::result::Result<Tensor, ModelError> {
+            let v = self.info.vocab_size;
+            let mut rows = Vec::new();
+            for s in batch.iter_mut() {
+                let skip = s.tokens.len() - s.logit_rows();
+                for &t in &s.tokens[skip..] {
+                    let win = (t as usize + 1) % v;
+                    rows.extend((0..v).map(|j| if j == win { 9.0 } else { j as f32 * 0.01 }));
+                }
+                s.cache.advance(s.tokens.len());
+            }
+            self.calls.lock().unwrap().push(
+                batch
+                    .iter()
+                    .map(|s| (s.tokens.len(), s.all_logits))
+                    .collect(),
+            );
+            let n = rows.len() / v;
+            Ok(Tensor::from_vec(rows, (n, v), &Device::Cpu)?)
+        }
+        fn new_cache(&self) -> SeqCache {
+            SeqCache::new(1)
+        }
+        fn info(&self) -> &ModelInfo {
+            &self.info
+        }
+    }
+
+    /// The warm-up goes through every fetch path: rows of a prompt read whole, a sampled row, a device argmax,
+    /// and a longer prompt chunk nobody reads.
+    #[test]
+    fn warm_up_takes_every_fetch_path() {
+        let m = Scripted {
+            info: ModelInfo {
+                name: "s".into(),
+                arch: "s".into(),
+                quantization: "F32".into(),
+                vocab_size: 8,
+                context_length: 64,
+                n_params: 0,
+                kv_bytes_per_token: 0,
+            },
+            calls: Mutex::new(Vec::new()),
+        };
+        let got = warm_up(&m, DType::F32).unwrap();
+        assert_eq!(
+            *m.calls.lock().unwrap(),
+            vec![vec![(3, true), (1, false), (1, false)], vec![(32, false)]]
+        );
+        assert_eq!(got.rows.iter().filter(|r| r.len() == 8).count(), 4);
+        assert!(got.rows[4].is_empty());
+        assert_eq!(got.ids, vec![None, None, None, None, Some(3)]);
     }
 }

@@ -322,6 +322,9 @@ pub(crate) struct Submission {
 fn prepare(loaded: &Loaded, config: &mut EngineConfig) -> Result<(), ModelError> {
     let t0 = Instant::now();
     loaded.model.warm_up(config.kv_dtype)?;
+    if !loaded.model.device().is_cpu() {
+        logits::warm_up(loaded.model.as_ref(), config.kv_dtype)?;
+    }
     tracing::info!(ms = t0.elapsed().as_millis() as u64, "model warmed up");
     if let Some((free, total)) = crate::model::device_memory(&loaded.model.device()) {
         if let Some(line) = device_memory::fit(config, free, total) {
