@@ -16,7 +16,8 @@
 #   bench     `rill bench` at 1/8/64 clients against `rill serve --device cuda`; the same with CUDA graphs
 #             (`RILL_GPU_GRAPHS=1`, opt-in), with candle's per-sequence attention (`RILL_GPU_ATTENTION=0`, only when
 #             GPU_CHECK_CANDLE_ATTENTION is set) and, for SmolLM2, with its weights kept quantized
-#             (`RILL_GPU_WEIGHTS=quant`), each followed by the server's time per step (/metrics); HF
+#             (`RILL_GPU_WEIGHTS=quant`), and GPT-2 with bf16 weights (`--dtype bf16`), each followed by the
+#             server's time per step (/metrics); HF
 #             transformers `generate` on the same checkpoint
 #   decode    `cargo bench`'s decode bench (CPU and GPU side by side)
 #   http      (only when named) the two HTTP benches of `bench` at the defaults
@@ -221,10 +222,12 @@ if wants ttft; then
 fi
 
 # --- bench -----------------------------------------------------------------------------------------------------
-# http NAME MODEL: `rill bench` at 1, 8 and 64 clients against `rill serve --device $DEVICE`.
+# http NAME MODEL [FLAGS...]: `rill bench` at 1, 8 and 64 clients against `rill serve --device $DEVICE FLAGS`.
 http() {
   local name="$1" model="$2"
-  serve "bench-$name" "$model" "$DEVICE" --max-running 64 --queue-size 256 || { FAILED+=("http-$name"); return; }
+  shift 2
+  serve "bench-$name" "$model" "$DEVICE" --max-running 64 --queue-size 256 "$@" ||
+    { FAILED+=("http-$name"); return; }
   PREFIX="BENCH $name " step "http-$name" 120 "$RILL" bench --url "$URL" --concurrency 1,8,64 --rounds 1 \
     --max-tokens "$TOKENS" --ignore-eos
   step_times "$name"
@@ -266,6 +269,7 @@ if wants bench; then
   export RILL_GPU_WEIGHTS=quant
   http smollm2-q4_1-quantized-weights models/smollm2/SmolLM2-135M-Instruct-Q4_1.gguf
   unset RILL_GPU_WEIGHTS
+  http gpt2-124m-bf16-weights models/gpt2-124m-shape --dtype bf16
   say "--- HF transformers generate on $DEVICE, same checkpoint"
   PREFIX="HF " step hf-generate 180 python3 scripts/hf-generate-bench.py models/gpt2-124m-shape --device "$DEVICE" \
     --batch 1,64 --dtype f32,bf16 --tokens "$TOKENS"

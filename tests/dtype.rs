@@ -10,12 +10,13 @@ use candle_core::{DType, Device, Tensor};
 use rill::load::{self, LoadOptions, ModelLocator, WeightDtype};
 use rill::model::{CausalLm, SeqStep};
 
-/// `models/arch/<family>` with its weights stored as `dtype`, in a fresh temporary folder.
-fn converted_copy(family: &str, dtype: DType) -> PathBuf {
-    let src = common::model_path(&format!("arch/{family}"));
+/// `models/<model>` with its weights stored as `dtype`, in a fresh temporary folder.
+fn converted_copy(model: &str, dtype: DType) -> PathBuf {
+    let src = common::model_path(model);
     let dir = std::env::temp_dir().join(format!(
-        "rill-dtype-{}-{family}-{dtype:?}",
-        std::process::id()
+        "rill-dtype-{}-{}-{dtype:?}",
+        std::process::id(),
+        model.replace('/', "-")
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -70,9 +71,11 @@ fn bits(v: &[Vec<f32>]) -> Vec<u32> {
 #[test]
 fn half_checkpoints_kept_half_give_the_bits_of_f32() {
     for (family, dtype) in [
-        ("llama", DType::BF16),
-        ("llama", DType::F16),
-        ("qwen2", DType::BF16),
+        ("arch/llama", DType::BF16),
+        ("arch/llama", DType::F16),
+        ("arch/qwen2", DType::BF16),
+        ("tiny-gpt2", DType::BF16),
+        ("tiny-gpt2", DType::F16),
     ] {
         let dir = converted_copy(family, dtype);
         let kept = load_as(&dir, WeightDtype::Auto);
@@ -89,28 +92,77 @@ fn half_checkpoints_kept_half_give_the_bits_of_f32() {
     }
 }
 
+/// The largest difference between two runs' logits, as a fraction of the largest logit of `want`.
+fn worst(got: &[Vec<f32>], want: &[Vec<f32>]) -> f32 {
+    let scale = want.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
+    got.iter()
+        .flatten()
+        .zip(want.iter().flatten())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
+        / scale
+}
+
+/// Tolerances of [`worst`]: a few units in the last place of each half type (f16 keeps 11 significant bits,
+/// bf16 8).
+const HALF_TOLERANCES: [(WeightDtype, &str, f32); 2] = [
+    (WeightDtype::F16, "F16", 0.01),
+    (WeightDtype::Bf16, "BF16", 0.04),
+];
+
 #[test]
 fn converting_an_f32_checkpoint_stays_close() {
-    let f32_model = common::load("arch/llama");
-    let want = logits(f32_model.model.as_ref());
-    let dir = common::model_path("arch/llama");
-    for (dtype, label, tol) in [
-        (WeightDtype::F16, "F16", 0.02),
-        (WeightDtype::Bf16, "BF16", 0.2),
-    ] {
-        let m = load_as(&dir, dtype);
-        assert_eq!(m.model.info().quantization, label);
-        let got = logits(m.model.as_ref());
-        let worst = got
-            .iter()
-            .flatten()
-            .zip(want.iter().flatten())
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(
-            worst > 0.0 && worst < tol,
-            "{label}: largest logit change {worst}"
-        );
-        eprintln!("{label}: largest logit change {worst}");
+    for model in ["arch/llama", "tiny-gpt2"] {
+        let dir = common::model_path(model);
+        let want = logits(load_as(&dir, WeightDtype::Auto).model.as_ref());
+        for (dtype, label, tol) in HALF_TOLERANCES {
+            let m = load_as(&dir, dtype);
+            assert_eq!(m.model.info().quantization, label);
+            let worst = worst(&logits(m.model.as_ref()), &want);
+            assert!(
+                worst > 0.0 && worst < tol,
+                "{model} {label}: largest logit change {worst} of the largest logit"
+            );
+            eprintln!("{model} {label}: largest logit change {worst} of the largest logit");
+        }
+    }
+}
+
+/// candle's matrix product (the GPU's path) with weights kept in f16 or bf16: the activations are rounded to
+/// the weight's type and the product comes back as f32, close to the f32 weights' logits. It runs in a child
+/// process (`RILL_CANDLE_F32=1` is read at load and would change the other tests of this binary).
+#[test]
+fn candle_products_of_half_weights_stay_close() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "candle_products_in_this_process",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("RILL_CANDLE_F32", "1")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "{text}");
+}
+
+#[test]
+#[ignore = "run by candle_products_of_half_weights_stay_close with RILL_CANDLE_F32=1"]
+fn candle_products_in_this_process() {
+    assert!(std::env::var_os("RILL_CANDLE_F32").is_some());
+    for model in ["arch/llama", "tiny-gpt2"] {
+        let dir = common::model_path(model);
+        let want = logits(load_as(&dir, WeightDtype::F32).model.as_ref());
+        for (dtype, label, tol) in HALF_TOLERANCES {
+            let worst = worst(&logits(load_as(&dir, dtype).model.as_ref()), &want);
+            assert!(
+                worst > 0.0 && worst < tol,
+                "{model} {label}: largest logit change {worst} of the largest logit"
+            );
+            eprintln!("candle {model} {label}: largest logit change {worst} of the largest logit");
+        }
     }
 }

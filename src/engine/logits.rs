@@ -84,7 +84,10 @@ fn selected(logits: &Tensor, wants: &[(usize, Want)]) -> Result<HostLogits> {
 /// pass, not what the engine does with its logits. One step of a three-token prompt reading every row, a
 /// sampled and a greedy sequence; then a longer prompt chunk nobody reads, as a first chat prompt is. Returns
 /// the rows and ids fetched (tests compare them with a plain fetch).
-pub(crate) fn warm_up(model: &dyn CausalLm, kv_dtype: DType) -> std::result::Result<HostLogits, ModelError> {
+pub(crate) fn warm_up(
+    model: &dyn CausalLm,
+    kv_dtype: DType,
+) -> std::result::Result<HostLogits, ModelError> {
     let (vocab, context) = (model.info().vocab_size, model.info().context_length);
     let long = context.min(32);
     if vocab < 3 || long < 4 {
@@ -186,10 +189,7 @@ mod tests {
     }
 
     impl CausalLm for Scripted {
-        fn forward(
-            &self,
-            batch: &mut [SeqStep<'_>],
-        ) -> std::result::Result<Tensor, ModelError> {
+        fn forward(&self, batch: &mut [SeqStep<'_>]) -> std::result::Result<Tensor, ModelError> {
             let v = self.info.vocab_size;
             let mut rows = Vec::new();
             for s in batch.iter_mut() {

@@ -13,9 +13,9 @@ use super::resolve::read_json;
 use super::{invalid, LoadOptions, Loaded, WeightDtype};
 use crate::model::decoder::{Decoder, DecoderConfig, Label};
 use crate::model::gpt2::Gpt2;
-use crate::model::linear::Activation;
+use crate::model::linear::{Activation, GPU_F32_MAX_PARAMS};
 use crate::model::weights::{Weight, Weights};
-use crate::model::{CausalLm, ModelError};
+use crate::model::{dtype_label, CausalLm, ModelError};
 use crate::tokenizer::{ChatTemplate, TextTokenizer};
 
 mod rope;
@@ -58,7 +58,9 @@ pub fn load(
     }
     let (tokenizer, chat) = tokenizer_and_template(dir, &config)?;
     let model: Box<dyn CausalLm> = if model_type == "gpt2" {
-        Box::new(Gpt2::load(&config_path, weights, name, device)?.serving(opts.ctx_size)?)
+        let stored = stored_dtype(weights)?;
+        let keep = |values| matrix_dtype(opts.dtype, device.is_cpu(), stored, values);
+        Box::new(Gpt2::load(&config_path, weights, name, device, &keep)?.serving(opts.ctx_size)?)
     } else {
         // Multimodal checkpoints keep the text model's settings in `text_config`.
         let text = config.get("text_config").unwrap_or(&config);
@@ -301,6 +303,58 @@ fn sliding_layers(
         .collect())
 }
 
+/// What a matrix stored as `stored`, of `values` values, is kept as under `--dtype`, on the CPU or a GPU. `f32`, `f16`
+/// and `bf16` convert. `auto` keeps a checkpoint's f16 and bf16 on the CPU, whose kernels read them as they
+/// are; on a GPU it keeps them for matrices above [`GPU_F32_MAX_PARAMS`] (the bytes read decide a large model's
+/// speed, and half of them fit where f32 would not) and widens smaller ones to f32 (a small model's step is
+/// bound by launches, and f32 saves converting activations).
+fn matrix_dtype(choice: WeightDtype, on_cpu: bool, stored: DType, values: usize) -> DType {
+    match (choice, stored) {
+        (WeightDtype::F16, _) => DType::F16,
+        (WeightDtype::Bf16, _) => DType::BF16,
+        (WeightDtype::Auto, own @ (DType::F16 | DType::BF16))
+            if on_cpu || values > GPU_F32_MAX_PARAMS =>
+        {
+            own
+        }
+        _ => DType::F32,
+    }
+}
+
+/// Maps a checkpoint's safetensors files.
+fn open_safetensors(files: &[PathBuf]) -> Result<MmapedSafetensors, ModelError> {
+    // SAFETY: the files are mapped read-only and not modified while they are mapped.
+    unsafe { MmapedSafetensors::multi(files) }.map_err(|e| ModelError::Invalid {
+        path: files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        reason: e.to_string(),
+    })
+}
+
+/// The type that most values have, of `(type, values)` pairs (f32 when there are none).
+fn dominant(pairs: impl Iterator<Item = (DType, usize)>) -> DType {
+    let mut counts: HashMap<DType, usize> = HashMap::new();
+    for (dtype, n) in pairs {
+        *counts.entry(dtype).or_default() += n;
+    }
+    counts
+        .into_iter()
+        .max_by_key(|&(_, n)| n)
+        .map_or(DType::F32, |(k, _)| k)
+}
+
+/// The type most of a checkpoint's values are stored in.
+fn stored_dtype(files: &[PathBuf]) -> Result<DType, ModelError> {
+    let st = open_safetensors(files)?;
+    Ok(dominant(st.tensors().into_iter().filter_map(|(_, t)| {
+        let values = t.shape().iter().product::<usize>();
+        DType::try_from(t.dtype()).ok().map(|d| (d, values))
+    })))
+}
+
 /// Safetensors tensors served under GGUF names.
 struct SafeWeights {
     st: MmapedSafetensors,
@@ -322,15 +376,7 @@ impl SafeWeights {
         sandwich: bool,
         dtype: WeightDtype,
     ) -> Result<Self, ModelError> {
-        // SAFETY: the files are mapped read-only and not modified while the model lives.
-        let st = unsafe { MmapedSafetensors::multi(files) }.map_err(|e| ModelError::Invalid {
-            path: files
-                .iter()
-                .map(|f| f.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            reason: e.to_string(),
-        })?;
+        let st = open_safetensors(files)?;
         let names = st
             .tensors()
             .into_iter()
@@ -355,32 +401,17 @@ impl SafeWeights {
         })
     }
 
-    /// The type the matrices are kept in, e.g. `BF16`: what [`Self::matrix_dtype`] makes of the type most of
-    /// the checkpoint's values are stored in.
+    /// The type most of the matrices' values are kept in, e.g. `BF16`.
     fn dtype_name(&self) -> String {
-        let mut counts: HashMap<DType, usize> = HashMap::new();
-        for (_, t) in self.st.tensors() {
-            let Ok(dtype) = DType::try_from(t.dtype()) else {
-                continue;
+        let kept = self.st.tensors().into_iter().filter_map(|(_, t)| {
+            let (Ok(stored), [_, _]) = (DType::try_from(t.dtype()), t.shape()) else {
+                return None;
             };
-            *counts.entry(dtype).or_default() += t.shape().iter().product::<usize>();
-        }
-        let stored = counts.into_iter().max_by_key(|(_, n)| *n).map(|(k, _)| k);
-        format!("{:?}", self.matrix_dtype(stored.unwrap_or(DType::F32))).to_uppercase()
-    }
-
-    /// What a matrix stored as `stored` is kept as: `--dtype` on the CPU, where `auto` keeps f16 and bf16;
-    /// f32 on other devices, whose decoder runs in f32 (a narrower copy would only lose precision).
-    fn matrix_dtype(&self, stored: DType) -> DType {
-        if !self.device.is_cpu() {
-            return DType::F32;
-        }
-        match (self.dtype, stored) {
-            (WeightDtype::Auto, own @ (DType::F16 | DType::BF16)) => own,
-            (WeightDtype::F16, _) => DType::F16,
-            (WeightDtype::Bf16, _) => DType::BF16,
-            _ => DType::F32,
-        }
+            let values = t.shape().iter().product::<usize>();
+            let on_cpu = self.device.is_cpu();
+            Some((matrix_dtype(self.dtype, on_cpu, stored, values), values))
+        });
+        dtype_label(dominant(kept))
     }
 
     fn n_params(&self) -> usize {
@@ -408,7 +439,8 @@ impl Weights for SafeWeights {
                 },
             ));
         }
-        Ok(Weight::Dense(t.to_dtype(self.matrix_dtype(t.dtype()))?))
+        let kept = matrix_dtype(self.dtype, self.device.is_cpu(), t.dtype(), t.elem_count());
+        Ok(Weight::Dense(t.to_dtype(kept)?))
     }
 
     fn has(&self, name: &str) -> bool {
@@ -462,6 +494,34 @@ fn gguf_name(hf: &str, sandwich: bool) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--dtype auto` keeps half types on the CPU and for large matrices on a GPU; small GPU matrices, f32
+    /// checkpoints and explicit choices behave as the choice says.
+    #[test]
+    fn matrices_are_kept_as_the_choice_device_and_size_say() {
+        use WeightDtype as W;
+        let (small, large) = (GPU_F32_MAX_PARAMS, GPU_F32_MAX_PARAMS + 1);
+        let cases = [
+            (W::Auto, true, DType::BF16, small, DType::BF16),
+            (W::Auto, true, DType::F16, large, DType::F16),
+            (W::Auto, true, DType::F32, large, DType::F32),
+            (W::Auto, false, DType::BF16, small, DType::F32),
+            (W::Auto, false, DType::BF16, large, DType::BF16),
+            (W::Auto, false, DType::F16, large, DType::F16),
+            (W::Auto, false, DType::F32, large, DType::F32),
+            (W::F32, false, DType::BF16, large, DType::F32),
+            (W::F32, true, DType::F16, small, DType::F32),
+            (W::Bf16, false, DType::F32, small, DType::BF16),
+            (W::F16, true, DType::BF16, small, DType::F16),
+        ];
+        for (choice, on_cpu, stored, values, want) in cases {
+            assert_eq!(
+                matrix_dtype(choice, on_cpu, stored, values),
+                want,
+                "{choice:?} on_cpu={on_cpu} {stored:?} {values}"
+            );
+        }
+    }
 
     #[test]
     fn maps_huggingface_names_onto_gguf_names() {

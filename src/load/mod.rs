@@ -39,7 +39,8 @@ pub struct LoadOptions {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum WeightDtype {
     /// The checkpoint's own f32, f16 or bf16 on the CPU (rill's kernel reads each directly, and half-width
-    /// weights halve the bytes a decode step reads); f32 on a GPU, whose decoder runs in f32.
+    /// weights halve the bytes a decode step reads); on a GPU the same for large matrices, f32 for small ones
+    /// (see `hf::matrix_dtype`).
     #[default]
     Auto,
     F32,

@@ -12,11 +12,12 @@ use serde::Deserialize;
 
 use super::dense::Dense;
 use super::gpu;
+use super::linear::float_matmul;
 use super::norm::LayerNorm;
 use super::qlinear::with_f32_rows;
 use super::{
-    attention, check_context, output_rows, row_spans, CausalLm, ModelError, ModelInfo, SeqCache,
-    SeqStep,
+    attention, check_context, dtype_label, output_rows, row_spans, CausalLm, KeepAs, ModelError,
+    ModelInfo, SeqCache, SeqStep,
 };
 
 /// The fields of a GPT-2 `config.json` that the forward pass needs.
@@ -50,8 +51,9 @@ enum Conv1D {
 }
 
 impl Conv1D {
-    fn load(vb: VarBuilder, inp: usize, out: usize) -> candle_core::Result<Self> {
-        let w = vb.get((inp, out), "weight")?;
+    /// The weight kept as `keep` says for its number of values.
+    fn load(vb: VarBuilder, inp: usize, out: usize, keep: KeepAs) -> candle_core::Result<Self> {
+        let w = vb.get((inp, out), "weight")?.to_dtype(keep(inp * out))?;
         let b = vb.get(out, "bias")?;
         Ok(if own_kernels(w.device()) {
             Self::Own(Dense::from_in_out(&w, Some(&b))?)
@@ -63,7 +65,7 @@ impl Conv1D {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Self::Own(d) => d.forward(x),
-            Self::Candle { w, b } => x.matmul(w)?.broadcast_add(b),
+            Self::Candle { w, b } => float_matmul(x, &w.t()?)?.broadcast_add(b),
         }
     }
 }
@@ -151,7 +153,7 @@ impl Head {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Self::Own(d) => d.forward(x),
-            Self::Candle(w) => x.matmul(&w.t()?),
+            Self::Candle(w) => float_matmul(x, w),
         }
     }
 }
@@ -207,12 +209,14 @@ impl Gpt2 {
         }
     }
 
-    /// Loads from a folder's `config.json` and safetensors files (one file or shards).
+    /// Loads from a folder's `config.json` and safetensors files (one file or shards), keeping each matrix in
+    /// the type `keep` gives for its number of values (norms, biases and positions stay f32).
     pub fn load(
         config: &Path,
         weights: &[PathBuf],
         name: &str,
         device: &Device,
+        keep: KeepAs,
     ) -> Result<Self, ModelError> {
         let text = std::fs::read_to_string(config).map_err(|source| ModelError::Io {
             path: config.display().to_string(),
@@ -230,23 +234,27 @@ impl Gpt2 {
             root.clone()
         };
         let d = cfg.n_embd;
-        let wte = vb.get((cfg.vocab_size, d), "wte.weight")?;
+        let head_dtype = keep(cfg.vocab_size * d);
+        let wte = vb
+            .get((cfg.vocab_size, d), "wte.weight")?
+            .to_dtype(head_dtype)?;
         let wpe = vb.get((cfg.n_positions, d), "wpe.weight")?;
         let mut blocks = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let b = vb.pp(format!("h.{i}"));
             blocks.push(Block {
                 ln_1: layer_norm(b.pp("ln_1"), d, cfg.layer_norm_epsilon)?,
-                c_attn: Conv1D::load(b.pp("attn.c_attn"), d, 3 * d)?,
-                attn_proj: Conv1D::load(b.pp("attn.c_proj"), d, d)?,
+                c_attn: Conv1D::load(b.pp("attn.c_attn"), d, 3 * d, keep)?,
+                attn_proj: Conv1D::load(b.pp("attn.c_proj"), d, d, keep)?,
                 ln_2: layer_norm(b.pp("ln_2"), d, cfg.layer_norm_epsilon)?,
-                c_fc: Conv1D::load(b.pp("mlp.c_fc"), d, 4 * d)?,
-                mlp_proj: Conv1D::load(b.pp("mlp.c_proj"), 4 * d, d)?,
+                c_fc: Conv1D::load(b.pp("mlp.c_fc"), d, 4 * d, keep)?,
+                mlp_proj: Conv1D::load(b.pp("mlp.c_proj"), 4 * d, d, keep)?,
             });
         }
         let ln_f = layer_norm(vb.pp("ln_f"), d, cfg.layer_norm_epsilon)?;
         let lm_head = if root.contains_tensor("lm_head.weight") {
             root.get((cfg.vocab_size, d), "lm_head.weight")?
+                .to_dtype(head_dtype)?
         } else {
             wte.clone()
         };
@@ -258,7 +266,7 @@ impl Gpt2 {
         let info = ModelInfo {
             name: name.to_string(),
             arch: "gpt2".into(),
-            quantization: "F32".into(),
+            quantization: dtype_label(keep(d * 4 * d)),
             vocab_size: cfg.vocab_size,
             context_length: cfg.n_positions,
             n_params: cfg.vocab_size * d + cfg.n_positions * d + cfg.n_layer * 12 * d * d,
@@ -296,7 +304,7 @@ impl Gpt2 {
 
     /// Token plus position embeddings of `ids` at `pos` (u32 tensors on the model's device).
     fn embed_tensors(&self, ids: &Tensor, pos: &Tensor) -> candle_core::Result<Tensor> {
-        self.wte.index_select(ids, 0)? + self.wpe.index_select(pos, 0)?
+        self.wte.index_select(ids, 0)?.to_dtype(DType::F32)? + self.wpe.index_select(pos, 0)?
     }
 
     /// The positions of every new token, in batch order.

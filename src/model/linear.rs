@@ -80,13 +80,14 @@ impl Linear {
                 out,
             });
         }
-        // On the CPU the dense kernel reads f16 and bf16 weights as they are; parts of mixed types, and
-        // weights on other devices, become f32.
+        // The dense kernel on the CPU reads f16 and bf16 weights as they are, and so does candle's matmul on a
+        // GPU (where the loader keeps them half only for large matrices or when asked); a GGUF file's quantized
+        // weights on a GPU, and parts of mixed types, become f32.
         let mut dense: Vec<Tensor> = parts
             .iter()
-            .map(|p| match device_of(p).is_cpu() {
-                true => p.to_float(&device_of(p)),
-                false => p.to_f32(&device_of(p)),
+            .map(|p| match (device_of(p).is_cpu(), p) {
+                (true, _) | (false, Weight::Dense(_)) => p.to_float(&device_of(p)),
+                (false, Weight::Quant(_)) => p.to_f32(&device_of(p)),
             })
             .collect::<Result<_>>()?;
         if dense.iter().any(|t| t.dtype() != dense[0].dtype()) {
@@ -122,7 +123,7 @@ impl Linear {
         let y = match &self.kind {
             Kind::Quant(q) => q.forward(x)?,
             Kind::Dense(d) => d.forward(x)?,
-            Kind::Device(w) => x.matmul(&w.t()?)?,
+            Kind::Device(w) => float_matmul(x, w)?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
@@ -175,17 +176,28 @@ impl Linear {
     }
 }
 
+/// `x · wᵀ` in f32 for a weight `w` (`[out, in]`) of any float type: an f16 or bf16 weight multiplies `x`
+/// rounded to its type (as a half-precision model runs), accumulating in f32, and the product comes back as
+/// f32.
+pub(crate) fn float_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(DType::F32)
+}
+
+/// The most values a matrix on a GPU may have and still be kept (or made) f32 when nothing else is asked for.
+/// A small model's decode step on a GPU is bound by kernel launches, not by reading weights, and f32 needs no
+/// conversion of the activations; a large matrix is read faster in fewer bytes.
+pub(crate) const GPU_F32_MAX_PARAMS: usize = 16 << 20;
+
 /// Whether a quantized weight of `params` values on a GPU becomes an f32 matrix at load (`RILL_GPU_WEIGHTS`:
 /// `f32` always, `quant` never, unset or `auto` up to 16M values, 64 MB). A small model's decode step on a GPU is
 /// bound by kernel launches, not by reading weights: one matrix product instead of candle's quantize-the-input
 /// and quantized-product launches (and its concatenation of stacked parts) is the faster form. A large
 /// model's matrices stay quantized, and so read a quarter of the bytes or less.
 fn gpu_dequantizes(params: usize) -> bool {
-    const AUTO_MAX_PARAMS: usize = 16 << 20;
     match std::env::var("RILL_GPU_WEIGHTS").as_deref() {
         Ok("f32") => true,
         Ok("quant") => false,
-        _ => params <= AUTO_MAX_PARAMS,
+        _ => params <= GPU_F32_MAX_PARAMS,
     }
 }
 

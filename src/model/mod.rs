@@ -145,6 +145,14 @@ pub(crate) fn warm_up_by_forward(model: &dyn CausalLm, kv_dtype: DType) -> Resul
     Ok(())
 }
 
+/// The type a loader keeps a matrix of so many values in (from `--dtype`, the checkpoint and the device).
+pub type KeepAs<'a> = &'a dyn Fn(usize) -> DType;
+
+/// `BF16`, `F16`, `F32`: a weight type as model listings name it.
+pub fn dtype_label(dtype: DType) -> String {
+    format!("{dtype:?}").to_uppercase()
+}
+
 /// Free and total bytes of a GPU's memory; `None` on the CPU (and on GPUs rill cannot ask).
 pub fn device_memory(device: &Device) -> Option<(usize, usize)> {
     match device {
