@@ -16,12 +16,15 @@ use super::QK;
 pub const ROWS: usize = 8;
 /// Output columns per unit of parallel work (two groups).
 const COL_TILE: usize = 16;
-/// Activation rows that share one pass over a weight group: eight where AVX-512 gives 32 vector registers
-/// (the accumulators of eight rows fit), four elsewhere.
+/// Activation rows that share one pass over a weight group: eight with AVX-512 (32 vector registers hold
+/// eight rows' accumulators) and with plain AVX2, where the accumulators of eight rows spill but one pass over
+/// a tile's weights instead of two still wins (decode bench, SmolLM2 Q4_1 capped at AVX2, alternating: eight
+/// streams 449–473 → 487–501 tokens/s, a 256-token prefill 896–997 → 1005–1023; a Q4_K_M llama's eight streams
+/// over HTTP 179–182 → 180–185); four on AVX-VNNI (not measured) and the portable path.
 fn row_tile(kernel: Kernel) -> usize {
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512Vnni => 8,
+        Kernel::Avx512Vnni | Kernel::Avx2 => 8,
         _ => 4,
     }
 }
