@@ -268,11 +268,12 @@ impl<F: Format> Interleaved<F> {
                     let pair = g + 1 < groups.end;
                     let w = |g: usize| &blocks[g * wb..(g + 1) * wb];
                     if prefetch_on() && r + rows >= m {
-                        // The last pass over this tile reads it from L1; meanwhile fetch the same group of
+                        // The last pass over this tile reads it from L1; meanwhile fetch the same groups of
                         // the next tile, which the first pass over it would otherwise wait for (a hardware
                         // prefetcher follows only the demand misses, and this pass makes none).
-                        let next = g + COL_TILE / ROWS;
-                        prefetch(blocks.get(next * wb..(next + 1) * wb));
+                        let (next, count) = (g + COL_TILE / ROWS, if pair { 2 } else { 1 });
+                        let end = ((next + count) * wb).min(blocks.len());
+                        prefetch(blocks.get(next * wb..end));
                     }
                     // SAFETY: the caller's contract; rows r.. and the group's columns are inside `dst`.
                     let d = dst.add(r * ld + g * ROWS - col0);
@@ -306,9 +307,11 @@ impl<F: Format> Interleaved<F> {
 
 /// Whether the last pass over a tile prefetches the next tile's weights (`RILL_PREFETCH=0` turns it off, for
 /// comparisons; the results are the same bits either way). Side by side in the decode bench on a 2-vCPU Xeon,
-/// SmolLM2 Q4_1: one stream 169–186 → 184–198 tokens/s, eight 530–539 → 574–575; with the kernels capped at
-/// AVX2, 132–138 → 158–178 and 401–414 → 438–456 (three alternations each). Two and four tiles ahead, or a
-/// prefetch every other cache line, were no better.
+/// SmolLM2 Q4_1, three alternations each: prefetching the next tile's first group took one stream from 169–186
+/// to 184–198 tokens/s and eight from 530–539 to 574–575 (capped at AVX2: 132–138 → 158–178 and 401–414 →
+/// 438–456); prefetching the whole tile then took one stream from 192–209 to 207–227 and eight from 569–609 to
+/// 614–636 (capped at AVX2: 156–188 → 209–225 and 460–473 → 470–483). Two and four tiles ahead, or a prefetch
+/// every other cache line, were no better.
 fn prefetch_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("RILL_PREFETCH").as_deref() != Ok("0"))
