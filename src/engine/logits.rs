@@ -83,7 +83,7 @@ fn selected(logits: &Tensor, wants: &[(usize, Want)]) -> Result<HostLogits> {
 /// kernel module of its own (row selection, argmax, index uploads): the model's own warm-up covers the forward
 /// pass, not what the engine does with its logits. One step of a three-token prompt reading every row, a
 /// sampled and a greedy sequence; then a longer prompt chunk nobody reads, as a first chat prompt is. Returns
-/// the rows and ids fetched (tests compare them with a plain fetch).
+/// the first step's rows and ids (for tests).
 pub(crate) fn warm_up(
     model: &dyn CausalLm,
     kv_dtype: DType,

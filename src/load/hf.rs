@@ -303,8 +303,8 @@ fn sliding_layers(
         .collect())
 }
 
-/// What a matrix stored as `stored`, of `values` values, is kept as under `--dtype`, on the CPU or a GPU. `f32`, `f16`
-/// and `bf16` convert. `auto` keeps a checkpoint's f16 and bf16 on the CPU, whose kernels read them as they
+/// What a matrix stored as `stored`, of `values` values, is kept as under `--dtype`, on the CPU or a GPU.
+/// `f32`, `f16` and `bf16` convert. `auto` keeps a checkpoint's f16 and bf16 on the CPU, whose kernels read them as they
 /// are; on a GPU it keeps them for matrices above [`GPU_F32_MAX_PARAMS`] (the bytes read decide a large model's
 /// speed, and half of them fit where f32 would not) and widens smaller ones to f32 (a small model's step is
 /// bound by launches, and f32 saves converting activations).
