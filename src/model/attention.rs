@@ -4,6 +4,7 @@
 
 use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
 
+mod softmax;
 mod team;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -103,7 +104,7 @@ pub struct SeqRows<'a> {
 ///
 /// **One arithmetic path.** A row's result is computed by one work item (row, kv head), by the same code,
 /// whether the row is a lone decoding token or the 200th row of a prompt chunk, whatever else is in the
-/// batch and whichever thread runs it: the scores in key order, one max, one sum of exponentials in key order,
+/// batch and whichever thread runs it: the scores in key order, one max, one sum of exponentials in a fixed order (eight lanes, [`softmax`]),
 /// one weighted sum of values in key order. So a position's attention output, and with it its keys and values
 /// in the next layer, have the same bits whether the position was computed in a prefill chunk, alone, after a
 /// prefix-cache copy or beside other sequences (the idea of batch-invariant kernels: the reduction order of
@@ -290,14 +291,7 @@ fn attend_one(
         scores.iter_mut().for_each(|s| *s = (*s / c).tanh() * c);
     }
     for s in scores.chunks_exact_mut(len) {
-        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
-        for x in s.iter_mut() {
-            *x = (*x - max).exp();
-            sum += *x;
-        }
-        let inv = 1.0 / sum;
-        s.iter_mut().for_each(|x| *x *= inv);
+        softmax::softmax(s, simd);
     }
     #[cfg(target_arch = "x86_64")]
     if simd {

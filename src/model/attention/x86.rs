@@ -15,6 +15,18 @@ trait Load8: Copy {
     /// # Safety
     /// AVX2 and F16C; the eight values exist.
     unsafe fn load8(self, at: usize) -> __m256;
+
+    /// Asks for the cache lines of the `n` values from `at` (a hint: addresses past the data are not read).
+    #[inline(always)]
+    unsafe fn prefetch(self, at: usize, n: usize) {
+        let (p, size) = self.addr(at);
+        for line in (0..n * size).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line) as *const i8);
+        }
+    }
+
+    /// The address of value `at` and the bytes a value takes.
+    fn addr(self, at: usize) -> (*const u8, usize);
 }
 
 impl Load8 for &[f32] {
@@ -22,12 +34,20 @@ impl Load8 for &[f32] {
     unsafe fn load8(self, at: usize) -> __m256 {
         _mm256_loadu_ps(self.as_ptr().add(at))
     }
+
+    fn addr(self, at: usize) -> (*const u8, usize) {
+        (self.as_ptr().wrapping_add(at) as *const u8, 4)
+    }
 }
 
 impl Load8 for &[half::f16] {
     #[inline(always)]
     unsafe fn load8(self, at: usize) -> __m256 {
         _mm256_cvtph_ps(_mm_loadu_si128(self.as_ptr().add(at) as *const __m128i))
+    }
+
+    fn addr(self, at: usize) -> (*const u8, usize) {
+        (self.as_ptr().wrapping_add(at) as *const u8, 2)
     }
 }
 
@@ -108,6 +128,11 @@ unsafe fn scores8(
     let scale = _mm256_set1_ps(scale);
     for t in (0..len - len % 8).step_by(8) {
         let at: [usize; 8] = std::array::from_fn(|u| base + (t + u) * step);
+        // The keys two blocks on: the cache streams from memory, and a block's scores take long enough to
+        // hide the wait.
+        for &a in &at {
+            k.prefetch(a + 16 * step, hd);
+        }
         for (j, qh) in q.chunks_exact(hd).enumerate() {
             let mut acc = [_mm256_setzero_ps(); 8];
             for c in (0..hd).step_by(8) {
@@ -182,6 +207,7 @@ unsafe fn columns_of<const N: usize>(
     for (t, &pt) in p.iter().enumerate() {
         let pv = _mm256_set1_ps(pt);
         let at = base + t * step;
+        v.prefetch(at + 8 * step, 8 * N);
         for (i, a) in acc.iter_mut().enumerate() {
             *a = _mm256_add_ps(*a, _mm256_mul_ps(pv, v.load8(at + 8 * i)));
         }

@@ -1,0 +1,219 @@
+//! The softmax of one row of attention scores, in place: the largest score, `e^(s - max)` for every score with
+//! rill's own exponential, their sum in eight lanes, and each divided by the sum.
+//!
+//! The exponential is evaluated with multiplies and adds only (no fused multiply-add), in one fixed order, so
+//! the portable loop and the AVX2 loop give the same bits for every score, and a row's result does not depend
+//! on which path ran it. A call to the C library's `expf` per score was half of a decoding step's attention
+//! time; eight lanes at once take a few instructions a score.
+
+/// Scores are clamped to this range before the exponential: `e^88` is the largest power of two's
+/// neighbourhood that stays finite, and below `-87` the result would leave the normal floats (a softmax
+/// input is `s - max <= 0`, so only the low clamp matters, and `e^-87 ≈ 1.6e-38` adds nothing to a sum
+/// that holds `e^0 = 1`).
+const HI: f32 = 88.0;
+const LO: f32 = -87.0;
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+/// `ln 2` split in two so that `n · LN2_HI` is exact for the `n` that occur.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// Coefficients of a polynomial for `(e^r - 1 - r) / r²` on `|r| <= ln2 / 2`, highest degree first.
+const POLY: [f32; 6] = [
+    1.987_569_2e-4,
+    1.398_2e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
+
+/// `e^x` to within about one unit in the last place, NaN for NaN; the portable twin of the AVX2 lanes.
+#[inline(always)]
+pub(super) fn exp(x: f32) -> f32 {
+    let x = if x > HI { HI } else { x };
+    let x = if x < LO { LO } else { x };
+    let n = (x * LOG2E).round_ties_even();
+    let r = x - n * LN2_HI;
+    let r = r - n * LN2_LO;
+    let z = r * r;
+    let mut p = POLY[0];
+    for c in &POLY[1..] {
+        p = p * r + c;
+    }
+    let y = p * z + r + 1.0;
+    // `n` is in -125..=127 after the clamps (NaN becomes 0 here; `y` is NaN then anyway).
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// Replaces the scores `s` by their softmax. `simd` (AVX2 checked by the caller) picks the vector loop, which
+/// gives the same bits.
+pub(super) fn softmax(s: &mut [f32], simd: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: the caller checked AVX2 (`simd_rows`).
+        unsafe { x86::softmax(s) };
+        return;
+    }
+    let _ = simd;
+    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut lanes = [0f32; 8];
+    let mut chunks = s.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for (x, l) in c.iter_mut().zip(&mut lanes) {
+            *x = exp(*x - max);
+            *l += *x;
+        }
+    }
+    let tail = chunks.into_remainder();
+    for x in tail.iter_mut() {
+        *x = exp(*x - max);
+    }
+    scale(s, 1.0 / total(&lanes, &s[s.len() - s.len() % 8..]));
+}
+
+/// The sum of the exponentials: the eight lanes in order, then the scores past the last whole eight.
+#[inline(always)]
+fn total(lanes: &[f32; 8], tail: &[f32]) -> f32 {
+    let mut sum = 0.0;
+    for l in lanes.iter().chain(tail) {
+        sum += l;
+    }
+    sum
+}
+
+#[inline(always)]
+fn scale(s: &mut [f32], by: f32) {
+    s.iter_mut().for_each(|x| *x *= by);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{scale, total, HI, LN2_HI, LN2_LO, LO, LOG2E, POLY};
+    use std::arch::x86_64::*;
+
+    /// [`super::exp`] of eight lanes, operation for operation.
+    #[inline(always)]
+    unsafe fn exp8(x: __m256) -> __m256 {
+        // `max_ps(a, b)` returns `b` when either is NaN: the score goes first so that NaN stays NaN.
+        let x = _mm256_min_ps(_mm256_set1_ps(HI), x);
+        let x = _mm256_max_ps(_mm256_set1_ps(LO), x);
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
+        );
+        let r = _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(LN2_HI)));
+        let r = _mm256_sub_ps(r, _mm256_mul_ps(n, _mm256_set1_ps(LN2_LO)));
+        let z = _mm256_mul_ps(r, r);
+        let mut p = _mm256_set1_ps(POLY[0]);
+        for &c in &POLY[1..] {
+            p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(c));
+        }
+        let y = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, z), r), _mm256_set1_ps(1.0));
+        let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        ));
+        _mm256_mul_ps(y, _mm256_castsi256_ps(bits))
+    }
+
+    /// [`super::softmax`] eight scores at a time.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn softmax(s: &mut [f32]) {
+        let whole = s.len() - s.len() % 8;
+        let p = s.as_mut_ptr();
+        // The largest score: the same value as the portable fold for any scores without NaN (a NaN score
+        // makes the row NaN either way).
+        let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+        for i in (0..whole).step_by(8) {
+            m = _mm256_max_ps(m, _mm256_loadu_ps(p.add(i)));
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+        let max = lanes
+            .iter()
+            .chain(&s[whole..])
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
+        let mv = _mm256_set1_ps(max);
+        let mut sum = _mm256_setzero_ps();
+        for i in (0..whole).step_by(8) {
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), mv));
+            _mm256_storeu_ps(p.add(i), e);
+            sum = _mm256_add_ps(sum, e);
+        }
+        for x in &mut s[whole..] {
+            *x = super::exp(*x - max);
+        }
+        _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
+        scale(s, 1.0 / total(&lanes, &s[whole..]));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic scores spread over `-spread ..= spread`.
+    fn scores(n: usize, spread: f32, seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                ((s >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0) * spread
+            })
+            .collect()
+    }
+
+    #[test]
+    fn exp_is_within_two_ulps_of_the_true_exponential() {
+        let mut x = -87.0f32;
+        while x <= 88.0 {
+            let want = (x as f64).exp();
+            let got = exp(x) as f64;
+            let ulp = (want as f32).abs() * f32::EPSILON;
+            assert!(
+                (got - want).abs() <= 2.0 * ulp as f64,
+                "exp({x}) = {got}, want {want}"
+            );
+            x += 0.001_3;
+        }
+        assert_eq!(exp(0.0), 1.0);
+        assert!(exp(f32::NAN).is_nan());
+        assert!(exp(-1000.0) < 1e-37 && exp(-1000.0) >= 0.0);
+        assert!(exp(f32::NEG_INFINITY) < 1e-37);
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_matches_the_definition() {
+        for len in [1, 2, 7, 8, 9, 31, 100, 257] {
+            let mut s = scores(len, 12.0, len as u32);
+            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let sum: f64 = s.iter().map(|&x| (x as f64 - max).exp()).sum();
+            let want: Vec<f64> = s.iter().map(|&x| (x as f64 - max).exp() / sum).collect();
+            softmax(&mut s, false);
+            for (g, w) in s.iter().zip(&want) {
+                assert!((*g as f64 - w).abs() <= 1e-6 * w.max(1e-3), "{g} vs {w}");
+            }
+            assert!((s.iter().map(|&x| x as f64).sum::<f64>() - 1.0).abs() < 1e-5);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx2_loop_gives_the_portable_bits() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        for len in [1, 3, 8, 15, 16, 64, 100, 129, 1000] {
+            for spread in [0.5, 10.0, 200.0] {
+                let base = scores(len, spread, 7 * len as u32 + spread as u32);
+                let (mut a, mut b) = (base.clone(), base);
+                softmax(&mut a, false);
+                softmax(&mut b, true);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&a), bits(&b), "len {len}, spread {spread}");
+            }
+        }
+    }
+}
