@@ -9,7 +9,7 @@
 use half::f16;
 
 use super::q4_1::{quantize_row_q8_1, BlockQ4_1, BlockQ8_1};
-use super::x8::{dispatch_rows, k_quant_groups, Format, Interleaved, Kernel, ROWS};
+use super::x8::{dispatch_rows, k_quant_groups, Ahead, Format, Interleaved, Kernel, ROWS};
 use super::QK;
 
 /// Interleaved nibbles of one 32-value block of eight rows: bytes `32t + 4c .. 32t + 4c + 4` are bytes
@@ -199,20 +199,22 @@ impl<G: Q4Group> Format for Q4x8<G> {
         kernel: Kernel,
         xs: [&[BlockQ8_1]; R],
         w: &[G],
+        ahead: Ahead,
         dst: *mut f32,
         stride: usize,
     ) {
-        dispatch_rows!(kernel, xs, w, dst, stride)
+        dispatch_rows!(kernel, xs, w, ahead, dst, stride)
     }
 
     #[cfg(target_arch = "x86_64")]
     unsafe fn rows_pair_avx512<const R: usize>(
         xs: [&[BlockQ8_1]; R],
         w: [&[G]; 2],
+        ahead: Ahead,
         dst: *mut f32,
         stride: usize,
     ) -> bool {
-        x86::rows_pair_avx512(xs, w, dst, stride);
+        x86::rows_pair_avx512(xs, w, ahead, dst, stride);
         true
     }
 }
@@ -243,6 +245,7 @@ unsafe fn rows_scalar<G: Q4Group>(x: &[BlockQ8_1], w: &[G], dst: *mut f32) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{BlockQ8_1, Q4Group};
+    use crate::model::quant::x8::Ahead;
     use crate::model::quant::x86::{dot_avx512vnni, dot_avxvnni, pair_bytes, pair_ps};
     use std::arch::x86_64::*;
 
@@ -255,12 +258,14 @@ mod x86 {
             pub unsafe fn $name<G: Q4Group, const R: usize>(
                 xs: [&[BlockQ8_1]; R],
                 w: &[G],
+                ahead: Ahead,
                 dst: *mut f32,
                 stride: usize,
             ) {
                 let mask = _mm256_set1_epi8(0x0F);
                 let mut acc = [_mm256_setzero_ps(); R];
                 for (b, p) in w.iter().enumerate() {
+                    ahead.fetch(b);
                     for s in 0..G::SUBS {
                         let (dw, mw) = p.scales8(s);
                         let qs = p.nibbles(s);
@@ -339,12 +344,14 @@ mod x86 {
     pub unsafe fn rows_pair_avx512<G: Q4Group, const R: usize>(
         xs: [&[BlockQ8_1]; R],
         w: [&[G]; 2],
+        ahead: Ahead,
         dst: *mut f32,
         stride: usize,
     ) {
         let mask = _mm512_set1_epi8(0x0F);
         let mut acc = [_mm512_setzero_ps(); R];
         for (b, (p0, p1)) in w[0].iter().zip(w[1]).enumerate() {
+            ahead.fetch(b);
             for s in 0..G::SUBS {
                 let ((d0, m0), (d1, m1)) = (p0.scales8(s), p1.scales8(s));
                 let (dw, mw) = (pair_ps(d0, d1), pair_ps(m0, m1));

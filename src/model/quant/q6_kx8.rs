@@ -10,7 +10,7 @@
 
 use half::f16;
 
-use super::x8::{dispatch_rows, k_quant_groups, Format, Interleaved, Kernel, QK_K, ROWS};
+use super::x8::{dispatch_rows, k_quant_groups, Ahead, Format, Interleaved, Kernel, QK_K, ROWS};
 use super::QK;
 
 /// The size of a Q6_K super-block in a GGUF file.
@@ -133,20 +133,22 @@ impl Format for Q6Kx8 {
         kernel: Kernel,
         xs: [&[ActHalves]; R],
         w: &[Q6KGroup],
+        ahead: Ahead,
         dst: *mut f32,
         stride: usize,
     ) {
-        dispatch_rows!(kernel, xs, w, dst, stride)
+        dispatch_rows!(kernel, xs, w, ahead, dst, stride)
     }
 
     #[cfg(target_arch = "x86_64")]
     unsafe fn rows_pair_avx512<const R: usize>(
         xs: [&[ActHalves]; R],
         w: [&[Q6KGroup]; 2],
+        ahead: Ahead,
         dst: *mut f32,
         stride: usize,
     ) -> bool {
-        x86::rows_pair_avx512(xs, w, dst, stride);
+        x86::rows_pair_avx512(xs, w, ahead, dst, stride);
         true
     }
 }
@@ -175,6 +177,7 @@ unsafe fn rows_scalar(x: &[ActHalves], w: &[Q6KGroup], dst: *mut f32) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{ActHalves, Q6KGroup};
+    use crate::model::quant::x8::Ahead;
     use crate::model::quant::x86::{
         dot_avx2_u8, dot_avx512vnni, dot_avxvnni, pair_bytes, pair_ps, unsigned_rows_kernels,
     };
@@ -188,11 +191,13 @@ mod x86 {
             pub unsafe fn $name<const R: usize>(
                 xs: [&[ActHalves]; R],
                 w: &[Q6KGroup],
+                ahead: Ahead,
                 dst: *mut f32,
                 stride: usize,
             ) {
                 let mut acc = [_mm256_setzero_ps(); R];
                 for (b, p) in w.iter().enumerate() {
+                    ahead.fetch(b);
                     let d = _mm256_cvtph_ps(_mm_loadu_si128(p.d.as_ptr() as *const __m128i));
                     let (m4, m2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x03));
                     for i in 0..8 {
@@ -249,12 +254,14 @@ mod x86 {
     pub unsafe fn rows_pair_avx512<const R: usize>(
         xs: [&[ActHalves]; R],
         w: [&[Q6KGroup]; 2],
+        ahead: Ahead,
         dst: *mut f32,
         stride: usize,
     ) {
         let (m4, m2) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x03));
         let mut acc = [_mm512_setzero_ps(); R];
         for (b, (p0, p1)) in w[0].iter().zip(w[1]).enumerate() {
+            ahead.fetch(b);
             let half_d =
                 |p: &Q6KGroup| _mm256_cvtph_ps(_mm_loadu_si128(p.d.as_ptr() as *const __m128i));
             let d = pair_ps(half_d(p0), half_d(p1));

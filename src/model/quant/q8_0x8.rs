@@ -7,7 +7,7 @@
 use half::f16;
 
 use super::q8_0::{quantize_row, ActQ8_0, BlockQ8_0};
-use super::x8::{dispatch_rows, Format, Interleaved, Kernel, ROWS};
+use super::x8::{dispatch_rows, Ahead, Format, Interleaved, Kernel, ROWS};
 use super::{QuantBlock, QK};
 
 /// Block `b` of eight consecutive Q8_0 weight rows.
@@ -80,20 +80,22 @@ impl Format for Q8_0x8 {
         kernel: Kernel,
         xs: [&[ActQ8_0Sum]; R],
         w: &[Q8_0x8Block],
+        ahead: Ahead,
         dst: *mut f32,
         stride: usize,
     ) {
-        dispatch_rows!(kernel, xs, w, dst, stride)
+        dispatch_rows!(kernel, xs, w, ahead, dst, stride)
     }
 
     #[cfg(target_arch = "x86_64")]
     unsafe fn rows_pair_avx512<const R: usize>(
         xs: [&[ActQ8_0Sum]; R],
         w: [&[Q8_0x8Block]; 2],
+        ahead: Ahead,
         dst: *mut f32,
         stride: usize,
     ) -> bool {
-        x86::rows_pair_avx512(xs, w, dst, stride);
+        x86::rows_pair_avx512(xs, w, ahead, dst, stride);
         true
     }
 }
@@ -119,6 +121,7 @@ unsafe fn rows_scalar(x: &[ActQ8_0Sum], w: &[Q8_0x8Block], dst: *mut f32) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{ActQ8_0Sum, Q8_0x8Block};
+    use crate::model::quant::x8::Ahead;
     use crate::model::quant::x86::{dot_avx512vnni, dot_avxvnni, pair_bytes, pair_ps};
     use std::arch::x86_64::*;
 
@@ -130,11 +133,13 @@ mod x86 {
             pub unsafe fn $name<const R: usize>(
                 xs: [&[ActQ8_0Sum]; R],
                 w: &[Q8_0x8Block],
+                ahead: Ahead,
                 dst: *mut f32,
                 stride: usize,
             ) {
                 let mut acc = [_mm256_setzero_ps(); R];
                 for (b, p) in w.iter().enumerate() {
+                    ahead.fetch(b);
                     let dw = _mm256_cvtph_ps(_mm_loadu_si128(p.d.as_ptr() as *const __m128i));
                     let mut isum = [_mm256_setzero_si256(); R];
                     for t in 0..8 {
@@ -185,6 +190,7 @@ mod x86 {
     pub unsafe fn rows_pair_avx512<const R: usize>(
         xs: [&[ActQ8_0Sum]; R],
         w: [&[Q8_0x8Block]; 2],
+        ahead: Ahead,
         dst: *mut f32,
         stride: usize,
     ) {
@@ -192,6 +198,7 @@ mod x86 {
             |p: &Q8_0x8Block| _mm256_cvtph_ps(_mm_loadu_si128(p.d.as_ptr() as *const __m128i));
         let mut acc = [_mm512_setzero_ps(); R];
         for (b, (p0, p1)) in w[0].iter().zip(w[1]).enumerate() {
+            ahead.fetch(b);
             let dw = pair_ps(half_d(p0), half_d(p1));
             let mut isum = [_mm512_setzero_si512(); R];
             for t in 0..8 {

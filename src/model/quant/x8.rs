@@ -40,7 +40,7 @@ pub trait Format {
     /// Quantizes a row of activations (length a multiple of [`QK`]).
     fn quantize_acts(x: &[f32], out: &mut [Self::Act]);
     /// Writes `dst[r * stride + c]`, `c < 8`, for the `R` activation rows `xs` (all `k / 32` activation
-    /// blocks of each row) against one weight group `w`.
+    /// blocks of each row) against one weight group `w`, fetching `ahead` into the cache as it goes.
     ///
     /// # Safety
     /// `kernel` must be one of [`Kernel::available`], and `dst` valid for those writes by this thread alone.
@@ -48,6 +48,7 @@ pub trait Format {
         kernel: Kernel,
         xs: [&[Self::Act]; R],
         w: &[Self::Block],
+        ahead: Ahead,
         dst: *mut f32,
         stride: usize,
     );
@@ -62,18 +63,19 @@ pub trait Format {
         kernel: Kernel,
         xs: [&[Self::Act]; R],
         w: [&[Self::Block]; 2],
+        ahead: Ahead,
         dst: *mut f32,
         stride: usize,
     ) {
         #[cfg(target_arch = "x86_64")]
         if matches!(kernel, Kernel::Avx512Vnni)
             && has_avx512()
-            && Self::rows_pair_avx512(xs, w, dst, stride)
+            && Self::rows_pair_avx512(xs, w, ahead, dst, stride)
         {
             return;
         }
-        Self::rows(kernel, xs, w[0], dst, stride);
-        Self::rows(kernel, xs, w[1], dst.add(ROWS), stride);
+        Self::rows(kernel, xs, w[0], ahead, dst, stride);
+        Self::rows(kernel, xs, w[1], Ahead::NONE, dst.add(ROWS), stride);
     }
 
     /// The format's two-group kernel on 512-bit vectors, if it has one: writes what [`Self::rows_pair`]
@@ -85,6 +87,7 @@ pub trait Format {
     unsafe fn rows_pair_avx512<const R: usize>(
         _xs: [&[Self::Act]; R],
         _w: [&[Self::Block]; 2],
+        _ahead: Ahead,
         _dst: *mut f32,
         _stride: usize,
     ) -> bool {
@@ -93,16 +96,17 @@ pub trait Format {
 }
 
 /// The body of [`Format::rows`] for a format module that defines `x86::rows_avx512vnni`, `x86::rows_avxvnni`
-/// and `x86::rows_avx2` (all `R` rows at once) and `rows_scalar` (one row).
+/// and `x86::rows_avx2` (all `R` rows at once, each fetching its [`Ahead`] block by block) and `rows_scalar`
+/// (one row, no prefetch).
 macro_rules! dispatch_rows {
-    ($kernel:expr, $xs:expr, $w:expr, $dst:expr, $stride:expr) => {
+    ($kernel:expr, $xs:expr, $w:expr, $ahead:expr, $dst:expr, $stride:expr) => {
         match $kernel {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni => x86::rows_avx512vnni($xs, $w, $dst, $stride),
+            Kernel::Avx512Vnni => x86::rows_avx512vnni($xs, $w, $ahead, $dst, $stride),
             #[cfg(target_arch = "x86_64")]
-            Kernel::AvxVnni => x86::rows_avxvnni($xs, $w, $dst, $stride),
+            Kernel::AvxVnni => x86::rows_avxvnni($xs, $w, $ahead, $dst, $stride),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => x86::rows_avx2($xs, $w, $dst, $stride),
+            Kernel::Avx2 => x86::rows_avx2($xs, $w, $ahead, $dst, $stride),
             Kernel::Scalar => {
                 for (r, x) in $xs.iter().enumerate() {
                     rows_scalar(x, $w, $dst.add(r * $stride))
@@ -267,23 +271,25 @@ impl<F: Format> Interleaved<F> {
                 while g < groups.end {
                     let pair = g + 1 < groups.end;
                     let w = |g: usize| &blocks[g * wb..(g + 1) * wb];
-                    if prefetch_on() && r + rows >= m {
-                        // The last pass over this tile reads it from L1; meanwhile fetch the same groups of
-                        // the next tile, which the first pass over it would otherwise wait for (a hardware
-                        // prefetcher follows only the demand misses, and this pass makes none).
+                    // The last pass over this tile reads it from L1; meanwhile the kernel fetches the same
+                    // groups of the next tile, which the first pass over it would otherwise wait for (a
+                    // hardware prefetcher follows only the demand misses, and this pass makes none).
+                    let ahead = if prefetch_on() && r + rows >= m {
                         let (next, count) = (g + COL_TILE / ROWS, if pair { 2 } else { 1 });
                         let end = ((next + count) * wb).min(blocks.len());
-                        prefetch(blocks.get(next * wb..end));
-                    }
+                        Ahead::over(blocks.get(next * wb..end), wb)
+                    } else {
+                        Ahead::NONE
+                    };
                     // SAFETY: the caller's contract; rows r.. and the group's columns are inside `dst`.
                     let d = dst.add(r * ld + g * ROWS - col0);
                     let xs = |i: usize| x(r + i);
                     macro_rules! go {
                         ($xs:expr) => {
                             if pair {
-                                F::rows_pair(kernel, $xs, [w(g), w(g + 1)], d, ld)
+                                F::rows_pair(kernel, $xs, [w(g), w(g + 1)], ahead, d, ld)
                             } else {
-                                F::rows(kernel, $xs, w(g), d, ld)
+                                F::rows(kernel, $xs, w(g), ahead, d, ld)
                             }
                         };
                     }
@@ -311,22 +317,66 @@ impl<F: Format> Interleaved<F> {
 /// to 184–198 tokens/s and eight from 530–539 to 574–575 (capped at AVX2: 132–138 → 158–178 and 401–414 →
 /// 438–456); prefetching the whole tile then took one stream from 192–209 to 207–227 and eight from 569–609 to
 /// 614–636 (capped at AVX2: 156–188 → 209–225 and 460–473 → 470–483). Two and four tiles ahead, or a prefetch
-/// every other cache line, were no better.
+/// every other cache line, were no better. Spreading the prefetches over the kernel's blocks ([`Ahead`]) instead
+/// of a burst before it then took one stream from 198–238 to 203–253 and eight from 466–634 to 493–695 (both
+/// kernel sets, two alternations each).
 fn prefetch_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("RILL_PREFETCH").as_deref() != Ok("0"))
 }
 
-/// Asks for `blocks` to be brought into the caches (a hint; nothing when `None`).
-#[inline]
-fn prefetch<T>(blocks: Option<&[T]>) {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(b) = blocks {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let (p, bytes) = (b.as_ptr() as *const i8, std::mem::size_of_val(b));
-        for off in (0..bytes).step_by(64) {
-            // SAFETY: a prefetch never faults, and `off` is inside `b` anyway.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(off)) };
+/// Weights for a kernel to bring into the cache while it computes: the next tile's, a slice at each of its
+/// blocks, so that the requests overlap the arithmetic. Issued all at once before the kernel, the same
+/// prefetches stalled it whenever they outnumbered the core's line-fill buffers: with eight activation rows
+/// on AVX2 a quarter of the step's CPU time went to waiting in that burst.
+#[derive(Clone, Copy)]
+pub struct Ahead {
+    /// Address of the region's first byte, bytes per block step, address past its end.
+    start: usize,
+    part: usize,
+    end: usize,
+}
+
+impl Ahead {
+    /// Nothing to fetch.
+    pub const NONE: Ahead = Ahead {
+        start: 0,
+        part: 0,
+        end: 0,
+    };
+
+    /// `region` (nothing when `None` or empty) spread over a kernel's `steps` block steps.
+    fn over<T>(region: Option<&[T]>, steps: usize) -> Self {
+        match region {
+            Some(r) if !r.is_empty() && steps > 0 => {
+                let (start, bytes) = (r.as_ptr() as usize, std::mem::size_of_val(r));
+                Ahead {
+                    start,
+                    part: bytes.div_ceil(steps),
+                    end: start + bytes,
+                }
+            }
+            _ => Ahead::NONE,
+        }
+    }
+
+    /// Asks for the cache lines of block step `b`'s slice of the region (a hint; it never faults).
+    #[inline(always)]
+    pub fn fetch(self, b: usize) {
+        if self.part == 0 {
+            return;
+        }
+        let lo = self.start + b * self.part;
+        let hi = (lo + self.part).min(self.end);
+        let mut line = lo & !63;
+        while line < hi {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a prefetch is a hint that never faults, whatever the address.
+            unsafe {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                _mm_prefetch::<_MM_HINT_T0>(line as *const i8)
+            };
+            line += 64;
         }
     }
 }
@@ -473,9 +523,23 @@ pub mod testing {
                     let rows: [&[F::Act]; $r] = std::array::from_fn(xs);
                     // SAFETY: the kernel is available; both buffers hold `$r` rows of 16 columns.
                     unsafe {
-                        F::rows_pair(kernel, rows, groups, pair.as_mut_ptr(), 16);
-                        F::rows(kernel, rows, groups[0], single.as_mut_ptr(), 16);
-                        F::rows(kernel, rows, groups[1], single.as_mut_ptr().add(ROWS), 16);
+                        F::rows_pair(kernel, rows, groups, Ahead::NONE, pair.as_mut_ptr(), 16);
+                        F::rows(
+                            kernel,
+                            rows,
+                            groups[0],
+                            Ahead::NONE,
+                            single.as_mut_ptr(),
+                            16,
+                        );
+                        F::rows(
+                            kernel,
+                            rows,
+                            groups[1],
+                            Ahead::NONE,
+                            single.as_mut_ptr().add(ROWS),
+                            16,
+                        );
                     }
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert_eq!(bits(&pair), bits(&single), "{kernel:?}, {} rows", $r);
