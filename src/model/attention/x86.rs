@@ -129,13 +129,15 @@ unsafe fn scores8(
     for t in (0..len - len % 8).step_by(8) {
         let at: [usize; 8] = std::array::from_fn(|u| base + (t + u) * step);
         // The keys two blocks on: the cache streams from memory, and a block's scores take long enough to
-        // hide the wait.
-        for &a in &at {
-            k.prefetch(a + 16 * step, hd);
-        }
+        // hide the wait. One key's row per step of the first head's loop, so that the requests do not queue
+        // up in one burst (the rest after it when the head is narrower than eight steps).
+        let steps = hd / 8;
         for (j, qh) in q.chunks_exact(hd).enumerate() {
             let mut acc = [_mm256_setzero_ps(); 8];
             for c in (0..hd).step_by(8) {
+                if j == 0 && c / 8 < 8 {
+                    k.prefetch(at[c / 8] + 16 * step, hd);
+                }
                 let qv = _mm256_loadu_ps(qh.as_ptr().add(c));
                 for u in 0..8 {
                     let prod = _mm256_mul_ps(qv, k.load8(at[u] + c));
@@ -144,6 +146,11 @@ unsafe fn scores8(
             }
             let s = _mm256_mul_ps(lane_sums(acc), scale);
             _mm256_storeu_ps(scores.as_mut_ptr().add(j * len + t), s);
+            if j == 0 {
+                for &a in &at[steps.min(8)..] {
+                    k.prefetch(a + 16 * step, hd);
+                }
+            }
         }
     }
 }
