@@ -108,6 +108,7 @@ macro_rules! dispatch_rows {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => x86::rows_avx2($xs, $w, $ahead, $dst, $stride),
             Kernel::Scalar => {
+                let _ = $ahead;
                 for (r, x) in $xs.iter().enumerate() {
                     rows_scalar(x, $w, $dst.add(r * $stride))
                 }
