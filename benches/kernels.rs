@@ -1,7 +1,7 @@
 //! `cargo bench --bench kernels`: throughput of rill's quantized CPU matmul kernels (GMAC/s) for the shapes of
 //! SmolLM2's layers, with 1 to 16 activation rows (batched decode) and 64 (a prefill chunk); and of the f32
 //! kernel against candle's f32 matmul for GPT-2 124M's MLP shape; and the CPU attention kernel for a batched
-//! decode step of SmolLM2's shape (`attn`: eight sequences, every layer's cache its own buffer).
+//! decode step of SmolLM2's shape (`attn`: one or eight sequences, every layer's cache its own buffer).
 
 use std::time::Instant;
 

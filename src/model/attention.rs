@@ -104,7 +104,7 @@ pub struct SeqRows<'a> {
 ///
 /// **One arithmetic path.** A row's result is computed by one work item (row, kv head), by the same code,
 /// whether the row is a lone decoding token or the 200th row of a prompt chunk, whatever else is in the
-/// batch and whichever thread runs it: the scores in key order, one max, one sum of exponentials in a fixed order (eight lanes, [`softmax`]),
+/// batch and whichever thread runs it: the scores in key order, one max, one sum of exponentials in a fixed order (eight lanes),
 /// one weighted sum of values in key order. So a position's attention output, and with it its keys and values
 /// in the next layer, have the same bits whether the position was computed in a prefill chunk, alone, after a
 /// prefix-cache copy or beside other sequences (the idea of batch-invariant kernels: the reduction order of
@@ -251,8 +251,9 @@ enum CacheData<'a> {
 }
 
 /// Softmax attention of a group of query heads `q` (`[group, hd]`) at position `pos` over the keys of kv head
-/// `kv` it sees, into `out`. Every sum runs in position order, in the same lanes, whatever the caller; `simd`
-/// (from [`simd_rows`]) picks the AVX2 loops, which give the same bits.
+/// `kv` it sees, into `out`. The scores and the weighted sum run in position order and the exponentials' sum in
+/// eight lanes, the same whatever the caller; `simd` (from [`simd_rows`]) picks the AVX2 loops, which give the
+/// same bits.
 #[allow(clippy::too_many_arguments)]
 fn attend_one(
     q: &[f32],

@@ -16,12 +16,16 @@ trait Load8: Copy {
     /// AVX2 and F16C; the eight values exist.
     unsafe fn load8(self, at: usize) -> __m256;
 
-    /// Asks for the cache lines of the `n` values from `at` (a hint: addresses past the data are not read).
+    /// Asks for the cache lines of the `n` values from `at` (a hint: it never faults, and lines past the data
+    /// may be fetched for nothing).
     #[inline(always)]
     unsafe fn prefetch(self, at: usize, n: usize) {
         let (p, size) = self.addr(at);
-        for line in (0..n * size).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line) as *const i8);
+        let end = p as usize + n * size;
+        let mut line = p as usize & !63;
+        while line < end {
+            _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
+            line += 64;
         }
     }
 
@@ -176,11 +180,11 @@ pub unsafe fn weighted_values(
         let mut c0 = 0;
         while c0 < hd {
             match (hd - c0) / 8 {
-                1 => c0 += columns::<1>(pj, v.data, base + c0, step, &mut oh[c0..]),
-                2 => c0 += columns::<2>(pj, v.data, base + c0, step, &mut oh[c0..]),
-                3 => c0 += columns::<3>(pj, v.data, base + c0, step, &mut oh[c0..]),
-                4..=7 => c0 += columns::<4>(pj, v.data, base + c0, step, &mut oh[c0..]),
-                _ => c0 += columns::<8>(pj, v.data, base + c0, step, &mut oh[c0..]),
+                1 => c0 += columns::<1>(pj, v.data, base + c0, step, &mut oh[c0..], j == 0),
+                2 => c0 += columns::<2>(pj, v.data, base + c0, step, &mut oh[c0..], j == 0),
+                3 => c0 += columns::<3>(pj, v.data, base + c0, step, &mut oh[c0..], j == 0),
+                4..=7 => c0 += columns::<4>(pj, v.data, base + c0, step, &mut oh[c0..], j == 0),
+                _ => c0 += columns::<8>(pj, v.data, base + c0, step, &mut oh[c0..], j == 0),
             }
         }
     }
@@ -194,10 +198,11 @@ unsafe fn columns<const N: usize>(
     base: usize,
     step: usize,
     out: &mut [f32],
+    fetch: bool,
 ) -> usize {
     match data {
-        CacheData::F32(d) => columns_of::<N>(p, d, base, step, out),
-        CacheData::F16(d) => columns_of::<N>(p, d, base, step, out),
+        CacheData::F32(d) => columns_of::<N>(p, d, base, step, out, fetch),
+        CacheData::F16(d) => columns_of::<N>(p, d, base, step, out, fetch),
     }
     8 * N
 }
@@ -209,12 +214,17 @@ unsafe fn columns_of<const N: usize>(
     base: usize,
     step: usize,
     out: &mut [f32],
+    fetch: bool,
 ) {
     let mut acc = [_mm256_setzero_ps(); N];
     for (t, &pt) in p.iter().enumerate() {
         let pv = _mm256_set1_ps(pt);
         let at = base + t * step;
-        v.prefetch(at + 8 * step, 8 * N);
+        // The first head's pass brings the values in, eight keys ahead; the group's other heads find them
+        // cached.
+        if fetch {
+            v.prefetch(at + 8 * step, 8 * N);
+        }
         for (i, a) in acc.iter_mut().enumerate() {
             *a = _mm256_add_ps(*a, _mm256_mul_ps(pv, v.load8(at + 8 * i)));
         }

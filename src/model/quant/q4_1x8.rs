@@ -190,6 +190,8 @@ impl<G: Q4Group> Format for Q4x8<G> {
     type Block = G;
     type Act = BlockQ8_1;
     const ZERO_ACT: BlockQ8_1 = BlockQ8_1::ZERO;
+    /// The kernels fetch ahead at each of a block's sub-blocks.
+    const FETCH_STEPS: usize = G::SUBS;
 
     fn quantize_acts(x: &[f32], out: &mut [BlockQ8_1]) {
         quantize_row_q8_1(x, out)
@@ -265,8 +267,8 @@ mod x86 {
                 let mask = _mm256_set1_epi8(0x0F);
                 let mut acc = [_mm256_setzero_ps(); R];
                 for (b, p) in w.iter().enumerate() {
-                    ahead.fetch(b);
                     for s in 0..G::SUBS {
+                        ahead.fetch(b * G::SUBS + s);
                         let (dw, mw) = p.scales8(s);
                         let qs = p.nibbles(s);
                         let blk = b * G::SUBS + s;
@@ -351,8 +353,8 @@ mod x86 {
         let mask = _mm512_set1_epi8(0x0F);
         let mut acc = [_mm512_setzero_ps(); R];
         for (b, (p0, p1)) in w[0].iter().zip(w[1]).enumerate() {
-            ahead.fetch(b);
             for s in 0..G::SUBS {
+                ahead.fetch(b * G::SUBS + s);
                 let ((d0, m0), (d1, m1)) = (p0.scales8(s), p1.scales8(s));
                 let (dw, mw) = (pair_ps(d0, d1), pair_ps(m0, m1));
                 let (q0, q1) = (p0.nibbles(s), p1.nibbles(s));

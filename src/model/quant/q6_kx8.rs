@@ -124,6 +124,8 @@ impl Format for Q6Kx8 {
     type Block = Q6KGroup;
     type Act = ActHalves;
     const ZERO_ACT: ActHalves = ActHalves::ZERO;
+    /// The kernels fetch ahead at each of a block's eight 32-value parts.
+    const FETCH_STEPS: usize = 8;
 
     fn quantize_acts(x: &[f32], out: &mut [ActHalves]) {
         quantize(x, out)
@@ -197,10 +199,10 @@ mod x86 {
             ) {
                 let mut acc = [_mm256_setzero_ps(); R];
                 for (b, p) in w.iter().enumerate() {
-                    ahead.fetch(b);
                     let d = _mm256_cvtph_ps(_mm_loadu_si128(p.d.as_ptr() as *const __m128i));
                     let (m4, m2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x03));
                     for i in 0..8 {
+                        ahead.fetch(b * 8 + i);
                         let mut isum = [[_mm256_setzero_si256(); R]; 2];
                         let high = [
                             _mm256_loadu_si256(p.high[i].as_ptr() as *const __m256i),
@@ -261,11 +263,11 @@ mod x86 {
         let (m4, m2) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x03));
         let mut acc = [_mm512_setzero_ps(); R];
         for (b, (p0, p1)) in w[0].iter().zip(w[1]).enumerate() {
-            ahead.fetch(b);
             let half_d =
                 |p: &Q6KGroup| _mm256_cvtph_ps(_mm_loadu_si128(p.d.as_ptr() as *const __m128i));
             let d = pair_ps(half_d(p0), half_d(p1));
             for i in 0..8 {
+                ahead.fetch(b * 8 + i);
                 let mut isum = [[_mm512_setzero_si512(); R]; 2];
                 let high = [
                     pair_bytes(p0.high[i].as_ptr(), p1.high[i].as_ptr()),

@@ -34,13 +34,17 @@ pub trait Format {
     /// Weights of one row covered by one `Block` (a multiple of [`QK`]).
     const VALUES: usize = QK;
     type Block: Copy + Send + Sync;
+    /// Steps per `Block` at which the kernels fetch the next tile (one per 32-value part of a K-quant
+    /// super-block, so that no step asks for more than a few cache lines).
+    const FETCH_STEPS: usize = 1;
     /// One quantized block of activations.
     type Act: Copy + Send + Sync;
     const ZERO_ACT: Self::Act;
     /// Quantizes a row of activations (length a multiple of [`QK`]).
     fn quantize_acts(x: &[f32], out: &mut [Self::Act]);
     /// Writes `dst[r * stride + c]`, `c < 8`, for the `R` activation rows `xs` (all `k / 32` activation
-    /// blocks of each row) against one weight group `w`, fetching `ahead` into the cache as it goes.
+    /// blocks of each row) against one weight group `w`; the x86 kernels fetch `ahead` into the cache as they
+    /// go (step `b * FETCH_STEPS + s` at part `s` of block `b`), the portable one ignores it.
     ///
     /// # Safety
     /// `kernel` must be one of [`Kernel::available`], and `dst` valid for those writes by this thread alone.
@@ -278,7 +282,10 @@ impl<F: Format> Interleaved<F> {
                     let ahead = if prefetch_on() && r + rows >= m {
                         let (next, count) = (g + COL_TILE / ROWS, if pair { 2 } else { 1 });
                         let end = ((next + count) * wb).min(blocks.len());
-                        Ahead::over(blocks.get(next * wb..end), wb)
+                        Ahead::over(
+                            blocks.get(next * wb..end),
+                            fetch_steps(wb * F::FETCH_STEPS, m),
+                        )
                     } else {
                         Ahead::NONE
                     };
@@ -312,6 +319,22 @@ impl<F: Format> Interleaved<F> {
     }
 }
 
+/// Over how many of a kernel's `steps` it fetches the next tile, for `m` activation rows. With one row a step
+/// is short and the core waits on memory, so the fetches go out in the first quarter of the kernel and more of
+/// them are in flight at once; with more rows each step has arithmetic to hide its few requests behind, and
+/// they are spread over the whole kernel. Side by side on the 2-vCPU Xeon (`rill generate`, a random-weight
+/// llama of 235 MB in Q4_K_M, one stream, 4 alternations): a burst before the kernel 83–86 tokens/s, the whole
+/// kernel 79–82, the first half 81–86, the first quarter 83–85; eight streams of it over HTTP went from 275 with
+/// the burst to 319–323 spread over the whole kernel. SmolLM2 Q4_1's eight streams (decode bench) were fastest
+/// over the whole kernel (503–531 tokens/s capped at AVX2, against 467–487 for a half to an eighth).
+fn fetch_steps(steps: usize, m: usize) -> usize {
+    if m == 1 {
+        steps.div_ceil(4)
+    } else {
+        steps
+    }
+}
+
 /// Whether the last pass over a tile prefetches the next tile's weights (`RILL_PREFETCH=0` turns it off, for
 /// comparisons; the results are the same bits either way). Side by side in the decode bench on a 2-vCPU Xeon,
 /// SmolLM2 Q4_1, three alternations each: prefetching the next tile's first group took one stream from 169–186
@@ -332,9 +355,11 @@ fn prefetch_on() -> bool {
 /// on AVX2 a quarter of the step's CPU time went to waiting in that burst.
 #[derive(Clone, Copy)]
 pub struct Ahead {
-    /// Address of the region's first byte, bytes per block step, address past its end.
+    /// Address of the region's first byte.
     start: usize,
+    /// Bytes fetched per step.
     part: usize,
+    /// Address past the region's last byte.
     end: usize,
 }
 
@@ -346,7 +371,7 @@ impl Ahead {
         end: 0,
     };
 
-    /// `region` (nothing when `None` or empty) spread over a kernel's `steps` block steps.
+    /// `region` (nothing when `None` or empty) spread over a kernel's `steps` fetch steps.
     fn over<T>(region: Option<&[T]>, steps: usize) -> Self {
         match region {
             Some(r) if !r.is_empty() && steps > 0 => {
@@ -361,7 +386,7 @@ impl Ahead {
         }
     }
 
-    /// Asks for the cache lines of block step `b`'s slice of the region (a hint; it never faults).
+    /// Asks for the cache lines of step `b`'s slice of the region (a hint; it never faults).
     #[inline(always)]
     pub fn fetch(self, b: usize) {
         if self.part == 0 {
