@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Decode speed on a busy machine: SmolLM2 Q4_1 single-stream decode, rill against llama.cpp (PyPI
 # llama-cpp-python, same GGUF, same threads), quiet and beside 1 and 2 busy-looping processes, plus rill with
-# --threads 1 and rill's 8-stream aggregate (cargo bench's decode bench). Every condition runs every contender
-# in turn, ROUNDS times, so drift hits all alike; medians are printed as a table.
+# --threads 1 and rill's 8-stream aggregate (cargo bench's decode bench). Every round runs every condition and,
+# within it, every contender in turn, ROUNDS times, so drift hits all alike; medians are printed as a table.
 #
 #   scripts/bench-contention.sh            # ROUNDS=3 TOKENS=128 THREADS=2
 #
@@ -65,17 +65,19 @@ rill_x8() {
 }
 
 OUT="$(mktemp)"
-for cond in 0 1 2; do
-  start_hogs "$cond"
-  sleep 1
-  for ((r = 0; r < ROUNDS; r++)); do
+# Each round visits every condition in turn (quiet, one, two busy processes), so that this VM's drift over the
+# run falls on all conditions alike and the share-of-quiet column compares like with like.
+for ((r = 0; r < ROUNDS; r++)); do
+  for cond in 0 1 2; do
+    start_hogs "$cond"
+    sleep 1
     echo "$cond rill $(rill_x1 "$THREADS")" >>"$OUT"
     echo "$cond llama $(llama_x1)" >>"$OUT"
     echo "$cond rill-t1 $(rill_x1 1)" >>"$OUT"
     echo "$cond rill-x8 $(rill_x8)" >>"$OUT"
-    log "busy processes: $cond, round $((r + 1))/$ROUNDS done"
+    stop_hogs
   done
-  stop_hogs
+  log "round $((r + 1))/$ROUNDS done"
 done
 
 python3 - "$OUT" "$THREADS" <<'PY'
