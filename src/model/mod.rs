@@ -13,6 +13,7 @@ pub mod gpu;
 pub mod kv_cache;
 pub mod linear;
 pub mod norm;
+mod prefetch;
 pub mod qlinear;
 pub mod quant;
 pub mod rope;

@@ -19,14 +19,9 @@ trait Load8: Copy {
     /// Asks for the cache lines of the `n` values from `at` (a hint: it never faults, and lines past the data
     /// may be fetched for nothing).
     #[inline(always)]
-    unsafe fn prefetch(self, at: usize, n: usize) {
+    fn prefetch(self, at: usize, n: usize) {
         let (p, size) = self.addr(at);
-        let end = p as usize + n * size;
-        let mut line = p as usize & !63;
-        while line < end {
-            _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
-            line += 64;
-        }
+        crate::model::prefetch::lines(p as usize, p as usize + n * size);
     }
 
     /// The address of value `at` and the bytes a value takes.
@@ -135,7 +130,6 @@ unsafe fn scores8(
         // The keys two blocks on: the cache streams from memory, and a block's scores take long enough to
         // hide the wait. One key's row per step of the first head's loop, so that the requests do not queue
         // up in one burst (the rest after it when the head is narrower than eight steps).
-        let steps = hd / 8;
         for (j, qh) in q.chunks_exact(hd).enumerate() {
             let mut acc = [_mm256_setzero_ps(); 8];
             for c in (0..hd).step_by(8) {
@@ -151,7 +145,7 @@ unsafe fn scores8(
             let s = _mm256_mul_ps(lane_sums(acc), scale);
             _mm256_storeu_ps(scores.as_mut_ptr().add(j * len + t), s);
             if j == 0 {
-                for &a in &at[steps.min(8)..] {
+                for &a in &at[(hd / 8).min(8)..] {
                     k.prefetch(a + 16 * step, hd);
                 }
             }

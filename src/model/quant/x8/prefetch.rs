@@ -76,16 +76,6 @@ impl Ahead {
             return;
         }
         let lo = self.start + b * self.part;
-        let hi = (lo + self.part).min(self.end);
-        let mut line = lo & !63;
-        while line < hi {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: a prefetch is a hint that never faults, whatever the address.
-            unsafe {
-                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-                _mm_prefetch::<_MM_HINT_T0>(line as *const i8)
-            };
-            line += 64;
-        }
+        crate::model::prefetch::lines(lo, (lo + self.part).min(self.end));
     }
 }
