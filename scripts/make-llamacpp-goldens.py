@@ -4,6 +4,7 @@
     scripts/fetch-models.sh smollm2
     python3 scripts/make-llamacpp-goldens.py            # writes tests/fixtures/smollm2-llamacpp-golden.json
     python3 scripts/make-llamacpp-goldens.py --no-bench # skip the speed measurement
+    python3 scripts/make-llamacpp-goldens.py --add-top-logits  # only add `top_logits` to the existing file
 
 llama.cpp comes from the Python package `llama-cpp-python`, installed into
 `.venv-llamacpp/` (git-ignored) on first use. It builds llama.cpp from source:
@@ -200,11 +201,53 @@ def bench(llm, prompt_ids):
     return med, rows
 
 
+TOP_LOGITS = 8
+
+
+def add_top_logits():
+    """Adds `top_logits` to every prompt of the golden file: at each step of its recorded greedy path
+    (teacher-forced, f16 KV cache as recorded), llama.cpp's TOP_LOGITS best ids with their logits, best
+    first. Tests use them to tell a near-tie among several tokens from a real disagreement."""
+    import llama_cpp
+    import numpy as np
+    with open(OUT) as f:
+        golden = json.load(f)
+    assert sha256_file(GGUF) == golden["model_sha256"], "the golden file was made from another GGUF"
+    llamacpp_plain.disable_extra_bufts()
+    llm = llama_cpp.Llama(model_path=GGUF, n_ctx=N_CTX, n_batch=512, n_threads=N_THREADS,
+                          n_threads_batch=N_THREADS, seed=SEED, logits_all=False, verbose=False)
+    for e in golden["prompts"]:
+        llm.reset()
+        llm.eval(e["prompt_ids"])
+        tops, path = [], e["generated_ids"]
+        for i, want in enumerate(path):
+            lg = last_logits(llm)
+            order = np.argsort(-lg, kind="stable")[:TOP_LOGITS]
+            tops.append([[int(t), round(float(lg[t]), 5)] for t in order])
+            if int(order[0]) != want:
+                log(f"{e['name']} step {i}: this llama.cpp build picks {int(order[0])}, the file {want} "
+                    f"(gap {float(lg[order[0]] - lg[want]):.5f})")
+            if i + 1 < len(path):
+                llm.eval([want])
+        e["top_logits"] = tops
+        log(f"{e['name']}: {len(tops)} steps")
+    golden["top_logits_note"] = (f"per prompt, `top_logits`: at each step of `generated_ids` (teacher-forced, "
+                                 f"f16 KV cache), llama.cpp's {TOP_LOGITS} best [id, logit], best first")
+    with open(OUT, "w") as f:
+        json.dump(golden, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    log(f"wrote {OUT}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--no-bench", action="store_true", help="skip the tok/s measurement")
+    ap.add_argument("--add-top-logits", action="store_true",
+                    help="keep the existing golden file and add each step's top logits along its paths")
     args = ap.parse_args()
     ensure_env()
+    if args.add_top_logits:
+        return add_top_logits()
 
     if not os.path.exists(GGUF):
         log("GGUF missing: running scripts/fetch-models.sh smollm2")

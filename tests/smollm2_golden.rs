@@ -5,7 +5,8 @@
 //! this model's greedy path is full of near-ties: llama.cpp itself, switched from its default f16 KV cache to
 //! an f32 one, leaves its own default path after 4-7 tokens on three of the seven prompts. So:
 //! - teacher-forced along llama.cpp's path, rill's pick must be llama.cpp's at every step whose top-1/top-2
-//!   gap is at least [`NEAR_TIE`], and its runner-up elsewhere (measured: 220 of 224 steps pick the same);
+//!   gap is at least [`NEAR_TIE`], and elsewhere one llama.cpp scores within [`NEAR_TIE`] of its top (the
+//!   golden file keeps llama.cpp's eight best logits of every step);
 //! - generating freely, rill must follow llama.cpp's default run up to a near-tie, pick the runner-up there,
 //!   and keep at least [`MIN_AGREED`] tokens unless a near-tie comes first. How far each prompt gets after a
 //!   coin-flip is printed, not asserted: one early split decides the rest of the path.
@@ -109,8 +110,19 @@ fn teacher_forced_picks(model: &dyn CausalLm, prompt: &[u32], path: &[u32]) -> V
     picks
 }
 
+/// How far below llama.cpp's top logit llama.cpp puts `id` at one step (`top`: its best `[id, logit]` pairs,
+/// best first); `None` if `id` is not among them.
+fn behind_llama_cpp_top(top: &Value, id: u32) -> Option<f64> {
+    let top = top.as_array().expect("the golden file has top_logits");
+    let logit = |e: &Value| e[1].as_f64().unwrap();
+    top.iter()
+        .find(|e| e[0].as_u64() == Some(id as u64))
+        .map(|e| logit(&top[0]) - logit(e))
+}
+
 /// Step by step along llama.cpp's path, rill's top pick is llama.cpp's wherever llama.cpp's top two are more
-/// than [`NEAR_TIE`] apart, and its runner-up otherwise. Unlike free-running generation this checks every step
+/// than [`NEAR_TIE`] apart, and otherwise a token llama.cpp itself scores within [`NEAR_TIE`] of its top (the
+/// runner-up, or a third where several are that close). Unlike free-running generation this checks every step
 /// of every prompt: one early coin-flip does not hide the rest.
 #[test]
 fn teacher_forced_picks_match_llama_cpp_except_near_ties() {
@@ -130,12 +142,14 @@ fn teacher_forced_picks_match_llama_cpp_except_near_ties() {
                 continue;
             }
             let gap = p["top1_top2_gaps"][i].as_f64().unwrap();
-            let second = p["top2_ids"][i][1].as_u64().unwrap() as u32;
             eprintln!("{name} step {i}: llama.cpp picks {want} by {gap}, rill {got} by {rill_gap}");
             assert!(gap < NEAR_TIE, "{name} step {i}: llama.cpp's gap is {gap}");
-            assert_eq!(
-                got, second,
-                "{name} step {i}: rill must pick llama.cpp's runner-up"
+            let behind = behind_llama_cpp_top(&p["top_logits"][i], got);
+            assert!(
+                behind.is_some_and(|b| b < NEAR_TIE),
+                "{name} step {i}: rill's pick {got} is not within {NEAR_TIE} of llama.cpp's top \
+                 (behind by {behind:?}; outside its best {} when None)",
+                p["top_logits"][i].as_array().unwrap().len()
             );
         }
     }

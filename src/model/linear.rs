@@ -5,18 +5,11 @@
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::dense::Dense;
-use super::qlinear::{glu_rows, swiglu_rows, with_f32_rows, QLinear};
+use super::qlinear::{glu_rows, with_f32_rows, QLinear};
 use super::team::{Part, Parts};
 use super::weights::Weight;
 
-/// The nonlinearity of a gated MLP: `act(gate) * up`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// SiLU (SwiGLU): llama, qwen, phi3, mistral.
-    Silu,
-    /// GELU, tanh approximation (GeGLU): gemma.
-    GeluTanh,
-}
+pub use super::gate::Activation;
 
 /// `y = x · Wᵀ (+ b)`, `W` stored `[out, in]`.
 pub struct Linear {
@@ -149,8 +142,7 @@ impl Linear {
         let rows = y.dim(0)?;
         let mut h = vec![0f32; rows * half];
         with_f32_rows(&y, |y| match act {
-            Activation::Silu => swiglu_rows(y, &mut h, half),
-            Activation::GeluTanh => glu_rows(y, &mut h, half, gelu_tanh),
+            act => glu_rows(y, &mut h, half, act),
         })?;
         Tensor::from_vec(h, (rows, half), y.device())
     }
@@ -206,10 +198,4 @@ fn device_of(w: &Weight) -> Device {
         Weight::Quant(q) => q.device(),
         Weight::Dense(t) => t.device().clone(),
     }
-}
-
-/// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, as PyTorch's `gelu(approximate="tanh")` writes it.
-pub fn gelu_tanh(x: f32) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
 }

@@ -8,6 +8,8 @@
 pub mod attention;
 pub mod decoder;
 pub mod dense;
+mod exp;
+mod gate;
 pub mod gpt2;
 pub mod gpu;
 pub mod kv_cache;

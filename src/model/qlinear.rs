@@ -7,6 +7,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, Device, Module, Result, Storage, Tensor};
 
+use super::gate::{gate_in_place, Activation};
 use super::quant::q4_1x8::{self, Q4Kx8, Q4_1x8};
 use super::quant::q6_kx8::{self, Q6Kx8};
 use super::quant::q8_0x8::{self, Q8_0x8};
@@ -174,7 +175,7 @@ impl QLinear {
             _ => self.own_matmul(x)?,
         };
         let mut h = vec![0f32; rows * half];
-        swiglu_rows(&y, &mut h, half);
+        glu_rows(&y, &mut h, half, Activation::Silu);
         Tensor::from_vec(h, (rows, half), x.device())
     }
 
@@ -225,21 +226,9 @@ impl QLinear {
     }
 }
 
-/// `h[r, i] = silu(y[r, i]) * y[r, half + i]` for every row `r` of `y` (`[rows, 2 * half]`), in chunks across
-/// rill's CPU worker pool.
-pub(crate) fn swiglu_rows(y: &[f32], h: &mut [f32], half: usize) {
-    glu_rows(y, h, half, silu)
-}
-
-/// SiLU, `g·σ(g)`.
-#[inline(always)]
-pub(crate) fn silu(g: f32) -> f32 {
-    g / (1.0 + (-g).exp())
-}
-
 /// `h[r, i] = act(y[r, i]) * y[r, half + i]` for every row `r` of `y` (`[rows, 2 * half]`), in chunks across
 /// rill's CPU worker pool.
-pub(crate) fn glu_rows(y: &[f32], h: &mut [f32], half: usize, act: impl Fn(f32) -> f32 + Sync) {
+pub(crate) fn glu_rows(y: &[f32], h: &mut [f32], half: usize, act: Activation) {
     const CHUNK: usize = 256;
     let per_row = half.div_ceil(CHUNK);
     let h_addr = h.as_mut_ptr() as usize;
@@ -255,9 +244,8 @@ pub(crate) fn glu_rows(y: &[f32], h: &mut [f32], half: usize, act: impl Fn(f32) 
             let out = unsafe {
                 std::slice::from_raw_parts_mut((h_addr as *mut f32).add(r * half + c), n)
             };
-            for ((o, &g), u) in out.iter_mut().zip(gate).zip(up) {
-                *o = act(g) * u;
-            }
+            out.copy_from_slice(gate);
+            gate_in_place(out, up, act);
         }
     });
 }

@@ -13,8 +13,8 @@ use super::attention::{attend_item, ItemScratch, RawCache, Scoring};
 use super::{ModelError, SeqStep};
 
 use super::dense::{self, Dense, Post};
-use super::linear::{gelu_tanh, Activation, Linear};
-use super::qlinear::silu;
+use super::gate::gate_in_place;
+use super::linear::{Activation, Linear};
 use super::quant::q4_1::BlockQ8_1;
 use super::quant::q4_1x8::{Q4Kx8, Q4_1x8};
 use super::quant::q6_kx8::{ActHalves, Q6Kx8};
@@ -235,12 +235,8 @@ impl<'a> Tiled<'a> {
             self.columns(acts, x, m, 0, tiles.clone(), scratch);
             let ups = tiles.start + shift..tiles.end + shift;
             self.columns(acts, x, m, up, ups, scratch);
-            let f = match act {
-                Activation::Silu => silu,
-                Activation::GeluTanh => gelu_tanh,
-            };
             let (g, u) = scratch.split_at_mut(n);
-            g.iter_mut().zip(&*u).for_each(|(g, &u)| *g = f(*g) * u);
+            gate_in_place(g, u, act);
             scratch.truncate(n);
             return;
         }

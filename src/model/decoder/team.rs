@@ -11,8 +11,8 @@ use std::sync::Arc;
 use candle_core::Tensor;
 
 use super::{Decoder, DecoderConfig, Stack};
-use crate::model::linear::{gelu_tanh, Activation, Linear};
-use crate::model::qlinear::silu;
+use crate::model::gate::gate_in_place;
+use crate::model::linear::{Activation, Linear};
 use crate::model::team::{
     each_row, finish, fits, gather, logit_rows, wanted, Caches, Input, Tiled,
 };
@@ -198,9 +198,8 @@ fn glu(gu: &[f32], g: &mut Vec<f32>, half: usize, act: Activation) {
     g.clear();
     for row in gu.chunks_exact(2 * half) {
         let (gate, up) = row.split_at(half);
-        match act {
-            Activation::Silu => g.extend(gate.iter().zip(up).map(|(&a, &u)| silu(a) * u)),
-            Activation::GeluTanh => g.extend(gate.iter().zip(up).map(|(&a, &u)| gelu_tanh(a) * u)),
-        }
+        let at = g.len();
+        g.extend_from_slice(gate);
+        gate_in_place(&mut g[at..], up, act);
     }
 }
