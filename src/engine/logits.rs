@@ -153,10 +153,11 @@ mod tests {
     use candle_core::Device;
     use std::sync::Mutex;
 
-    /// On the CPU, in place: rows read are copied, argmax rows give the sampler's argmax (the first of equal
-    /// maxima) and no row, and rows nobody reads stay empty.
+    /// Both paths, the CPU's in place and the device's (run here on CPU tensors): rows read are copied, argmax
+    /// rows give their id only (the first of equal maxima: row 2 is `[4, 4, 1]`), and rows nobody reads stay
+    /// empty.
     #[test]
-    fn cpu_logits_bring_only_what_is_read() -> Result<()> {
+    fn logits_bring_only_what_is_read() -> Result<()> {
         let l = Tensor::new(
             &[
                 [1f32, 3.0, 2.0],
@@ -174,64 +175,28 @@ mod tests {
             (1, Want::Nothing),
             (1, Want::All),
         ];
-        let got = fetch(&l, &wants)?;
         let empty = Vec::<f32>::new();
-        assert_eq!(
-            got.rows,
-            vec![
-                empty.clone(),
-                all[1].clone(),
-                empty.clone(),
-                empty,
-                all[4].clone()
-            ]
-        );
-        assert_eq!(got.ids, vec![None, None, Some(0), None, None]);
-        assert_eq!(fetch(&l, &[(5, Want::All)])?.rows, all);
-        // A view that is not contiguous goes the general way, with the same result.
+        let rows = vec![
+            empty.clone(),
+            all[1].clone(),
+            empty.clone(),
+            empty,
+            all[4].clone(),
+        ];
+        // A view that is not contiguous takes the general path on the CPU.
         let wide = Tensor::cat(&[&l, &l.narrow(1, 0, 1)?], 1)?.narrow(1, 0, 3)?;
         assert!(!wide.is_contiguous());
-        let general = fetch(&wide, &wants)?;
-        assert_eq!((general.rows, general.ids), (got.rows, got.ids));
-        Ok(())
-    }
-
-    /// The device path, run on CPU tensors: rows read are copied, argmax rows give their id only, and rows
-    /// nobody reads stay empty.
-    #[test]
-    fn device_logits_bring_only_what_is_read() -> Result<()> {
-        let l = Tensor::new(
-            &[
-                [1f32, 3.0, 2.0],
-                [0.0, -1.0, 5.0],
-                [4.0, 4.0, 1.0],
-                [7.0, 0.0, 1.0],
-                [0.5, 0.25, 9.0],
-            ],
-            &Device::Cpu,
-        )?;
-        let all = l.to_vec2::<f32>()?;
-        let wants = [
-            (2, Want::Last),
-            (1, Want::LastArgmax),
-            (1, Want::Nothing),
-            (1, Want::All),
-        ];
-        let got = selected(&l, &wants)?;
-        let empty = Vec::<f32>::new();
-        assert_eq!(
-            got.rows,
-            vec![
-                empty.clone(),
-                all[1].clone(),
-                empty.clone(),
-                empty,
-                all[4].clone()
-            ]
-        );
-        assert_eq!(got.ids, vec![None, None, Some(0), None, None]);
-        let got = selected(&l, &[(5, Want::All)])?;
-        assert_eq!(got.rows, all);
+        type Fetch = fn(&Tensor, &[(usize, Want)]) -> Result<HostLogits>;
+        for (path, f, t) in [
+            ("cpu", fetch as Fetch, &l),
+            ("cpu, not contiguous", fetch, &wide),
+            ("device", selected, &l),
+        ] {
+            let got = f(t, &wants)?;
+            assert_eq!(got.rows, rows, "{path}");
+            assert_eq!(got.ids, vec![None, None, Some(0), None, None], "{path}");
+            assert_eq!(f(t, &[(5, Want::All)])?.rows, all, "{path}");
+        }
         Ok(())
     }
 

@@ -79,6 +79,18 @@ pub(crate) mod x86 {
     }
 }
 
+/// Deterministic values spread over `-spread ..= spread`, for tests of functions built on [`exp`].
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, spread: f32, seed: u32) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            ((s >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0) * spread
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -93,13 +93,7 @@ mod tests {
     use super::*;
 
     fn values(n: usize, spread: f32) -> Vec<f32> {
-        let mut s = 12_345u32;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                ((s >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0) * spread
-            })
-            .collect()
+        crate::model::exp::test_values(n, spread, 12_345)
     }
 
     #[test]

@@ -93,16 +93,7 @@ mod x86 {
 mod tests {
     use super::*;
 
-    /// Deterministic scores spread over `-spread ..= spread`.
-    fn scores(n: usize, spread: f32, seed: u32) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                ((s >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0) * spread
-            })
-            .collect()
-    }
+    use crate::model::exp::test_values as scores;
 
     #[test]
     fn softmax_sums_to_one_and_matches_the_definition() {
