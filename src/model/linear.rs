@@ -141,9 +141,7 @@ impl Linear {
         }
         let rows = y.dim(0)?;
         let mut h = vec![0f32; rows * half];
-        with_f32_rows(&y, |y| match act {
-            act => glu_rows(y, &mut h, half, act),
-        })?;
+        with_f32_rows(&y, |y| glu_rows(y, &mut h, half, act))?;
         Tensor::from_vec(h, (rows, half), y.device())
     }
 

@@ -4,6 +4,7 @@
 //! The portable loop and the AVX2 loop give the same bits for every score, so a row's result does not depend
 //! on which path ran it. A call to the C library's `expf` per score was half of a decoding step's attention
 //! time; eight lanes at once take a few instructions a score.
+
 use crate::model::exp::exp;
 
 /// Replaces the scores `s` by their softmax. `simd` (AVX2 checked by the caller) picks the vector loop, which
