@@ -204,18 +204,23 @@ def bench(llm, prompt_ids):
 TOP_LOGITS = 8
 
 
+def open_model(**extra):
+    """The GGUF in llama.cpp with the goldens' settings (`extra`: more `Llama` arguments, e.g. the KV type)."""
+    import llama_cpp
+    return llama_cpp.Llama(model_path=GGUF, n_ctx=N_CTX, n_batch=512, n_threads=N_THREADS,
+                           n_threads_batch=N_THREADS, seed=SEED, logits_all=False, verbose=False, **extra)
+
+
 def add_top_logits():
     """Adds `top_logits` to every prompt of the golden file: at each step of its recorded greedy path
     (teacher-forced, f16 KV cache as recorded), llama.cpp's TOP_LOGITS best ids with their logits, best
     first. Tests use them to tell a near-tie among several tokens from a real disagreement."""
-    import llama_cpp
     import numpy as np
-    with open(OUT) as f:
+    with open(OUT, encoding="utf-8") as f:
         golden = json.load(f)
     assert sha256_file(GGUF) == golden["model_sha256"], "the golden file was made from another GGUF"
     llamacpp_plain.disable_extra_bufts()
-    llm = llama_cpp.Llama(model_path=GGUF, n_ctx=N_CTX, n_batch=512, n_threads=N_THREADS,
-                          n_threads_batch=N_THREADS, seed=SEED, logits_all=False, verbose=False)
+    llm = open_model()
     for e in golden["prompts"]:
         llm.reset()
         llm.eval(e["prompt_ids"])
@@ -233,10 +238,15 @@ def add_top_logits():
         log(f"{e['name']}: {len(tops)} steps")
     golden["top_logits_note"] = (f"per prompt, `top_logits`: at each step of `generated_ids` (teacher-forced, "
                                  f"f16 KV cache), llama.cpp's {TOP_LOGITS} best [id, logit], best first")
-    with open(OUT, "w") as f:
-        json.dump(golden, f, indent=1, ensure_ascii=False)
+    write_golden(golden)
+
+
+def write_golden(golden):
+    os.makedirs(os.path.dirname(OUT), exist_ok=True)
+    with open(OUT, "w", encoding="utf-8") as f:
+        json.dump(golden, f, ensure_ascii=False, indent=1)
         f.write("\n")
-    log(f"wrote {OUT}")
+    log(f"wrote {os.path.relpath(OUT, ROOT)}")
 
 
 def main():
@@ -257,16 +267,7 @@ def main():
 
     import llama_cpp
     llamacpp_plain.disable_extra_bufts()
-    llm = llama_cpp.Llama(
-        model_path=GGUF,
-        n_ctx=N_CTX,
-        n_batch=512,
-        n_threads=N_THREADS,
-        n_threads_batch=N_THREADS,
-        seed=SEED,
-        logits_all=False,
-        verbose=False,
-    )
+    llm = open_model()
     md = llm.metadata
     add_bos = md.get("tokenizer.ggml.add_bos_token", "false") == "true"
     log(f"llama-cpp-python {llama_cpp.__version__}; add_bos_token={md.get('tokenizer.ggml.add_bos_token')} "
@@ -316,9 +317,7 @@ def main():
     # llama.cpp keeps its KV cache in f16 by default; rill keeps it in f32. Greedy decoding of this model is
     # sensitive enough that llama.cpp itself, switched to an f32 cache, leaves its default path within a few
     # tokens on some prompts. So record the f32-cache run too: it is the like-for-like reference for rill.
-    llm32 = llama_cpp.Llama(model_path=GGUF, n_ctx=N_CTX, n_batch=512, n_threads=N_THREADS,
-                            n_threads_batch=N_THREADS, seed=SEED, logits_all=False, verbose=False,
-                            type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, flash_attn=False)
+    llm32 = open_model(type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, flash_attn=False)
     greedy32 = Greedy(llm32)
     for e in entries:
         out, gaps, top2 = greedy32.run(e["prompt_ids"], N_GEN)
@@ -377,11 +376,9 @@ def main():
             prev = json.load(f).get("speed_info")
         if prev is not None:
             golden["speed_info"] = prev
-    os.makedirs(os.path.dirname(OUT), exist_ok=True)
-    with open(OUT, "w", encoding="utf-8") as f:
-        json.dump(golden, f, ensure_ascii=False, indent=1)
-        f.write("\n")
-    log(f"wrote {os.path.relpath(OUT, ROOT)}")
+    write_golden(golden)
+    # The tests read each step's top logits too.
+    add_top_logits()
 
 
 if __name__ == "__main__":
