@@ -116,6 +116,58 @@ async fn the_binary_serves_with_its_flags() {
     assert_eq!(too_big.status(), 413);
 }
 
+/// Each of the process's threads by name, with its scheduling policy (`/proc/PID/task/TID/stat`, field 41).
+#[cfg(target_os = "linux")]
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            let name = std::fs::read_to_string(dir.join("comm")).ok()?;
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            // Fields after the parenthesised name start at field 3.
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let policy = rest.split_whitespace().nth(41 - 3)?.parse().ok()?;
+            Some((name.trim().to_string(), policy))
+        })
+        .collect()
+}
+
+/// The HTTP runtime's threads run under SCHED_BATCH (their wake-ups do not preempt the step), while the
+/// generation thread and the pool's workers stay normal threads.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_threads_are_batch_threads_and_the_compute_threads_are_not() {
+    let (normal, batch) = (0, 3);
+    let s = start_model("smollm2", &["--threads", "2"], &[]);
+    let http = reqwest::Client::new();
+    wait_ready(&http, &s.url).await;
+    let body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+    let r = http
+        .post(format!("{}/v1/chat/completions", s.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let threads = thread_policies(s.child.id());
+    let of = |prefix: &str| -> Vec<u32> {
+        threads
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .map(|t| t.1)
+            .collect()
+    };
+    let (http_threads, gen, workers) = (of("tokio-rt-worker"), of("rill-gen"), of("rill-cpu-"));
+    assert!(
+        !http_threads.is_empty() && !workers.is_empty(),
+        "{threads:?}"
+    );
+    assert!(http_threads.iter().all(|&p| p == batch), "{threads:?}");
+    assert_eq!(gen, [normal], "{threads:?}");
+    assert!(workers.iter().all(|&p| p == normal), "{threads:?}");
+}
+
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_server() {

@@ -17,6 +17,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         },
     )
     .with_context(|| format!("loading model `{}`", args.model.model))?;
+    // After the engine's threads exist, which would otherwise inherit the policy: this thread only prints.
+    crate::sched::helper_thread();
     let shared = engine.shared().clone();
     let text = if args.chat {
         let mut msgs = Vec::new();

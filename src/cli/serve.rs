@@ -14,6 +14,7 @@ use crate::load::{ModelLocator, ModelSource};
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .on_thread_start(crate::sched::helper_thread)
         .enable_all()
         .build()?;
     rt.block_on(serve(args))
