@@ -4,6 +4,7 @@
 //! [`Event`]s: text deltas with their token ids, then exactly one `Done` or `Error`. Dropping the stream cancels
 //! the request: the thread notices before the sequence's next step and frees its cache.
 
+mod argmax;
 mod device_memory;
 pub mod grammar;
 pub mod histogram;

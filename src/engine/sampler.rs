@@ -3,6 +3,7 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+pub use super::argmax::argmax;
 use super::grammar::{apply_mask, Constraint, GrammarError};
 
 /// How to pick each next token. Defaults are neutral: no penalty, no truncation, temperature 1.
@@ -242,17 +243,6 @@ fn top_p_prefix(cand: &mut [(usize, f32)], mass: f32, weight: impl Fn(f32) -> f3
         }
         head *= 8;
     }
-}
-
-/// Index of the largest logit; the first one on ties.
-pub fn argmax(logits: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
-        }
-    }
-    best
 }
 
 #[cfg(test)]
