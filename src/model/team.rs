@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::ops::Range;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -282,8 +283,7 @@ impl<'a> Tiled<'a> {
             for r in 0..m {
                 let at = r * self.out + cols.start;
                 // SAFETY: these columns of row `r` belong to chunk `c` alone.
-                unsafe { out.slice(at..at + cols.len()) }
-                    .copy_from_slice(&scratch[r * cols.len()..][..cols.len()]);
+                unsafe { out.write(at, &scratch[r * cols.len()..][..cols.len()]) };
             }
             return;
         }
@@ -293,8 +293,7 @@ impl<'a> Tiled<'a> {
         for r in 0..m {
             let at = r * self.out + offset + cols.start;
             // SAFETY: these columns of row `r` belong to chunk `c` alone.
-            unsafe { out.slice(at..at + valid) }
-                .copy_from_slice(&scratch[r * cols.len()..][..valid]);
+            unsafe { out.write(at, &scratch[r * cols.len()..][..valid]) };
         }
     }
 }
@@ -423,8 +422,7 @@ impl Caches {
             |c, scratch, out| {
                 let its = span(c);
                 // SAFETY: items `its` own these outputs (item (row, kv head) is `group` heads of a row).
-                unsafe { out.slice(its.start * group * hd..its.end * group * hd) }
-                    .copy_from_slice(scratch)
+                unsafe { out.write(its.start * group * hd, scratch) }
             },
         )
     }
@@ -472,12 +470,12 @@ pub fn logit_rows(batch: &[SeqStep<'_>], spans: &[(usize, usize)]) -> Vec<usize>
 /// Ends a team step: the caches advance past the new positions, and the last section's output (`rows`
 /// logit rows) becomes the logits tensor.
 pub fn finish(
-    step: &Step,
+    step: Arc<Step>,
     batch: &mut [SeqStep<'_>],
     spans: &[(usize, usize)],
     rows: usize,
 ) -> Result<Tensor, ModelError> {
-    let logits = step.output(step.len() - 1).to_vec();
+    let logits = Step::into_last(step);
     for (seq, &(_, len)) in batch.iter_mut().zip(spans) {
         seq.cache.advance(len);
     }

@@ -21,10 +21,12 @@
 //! Memory: each section has its own output in one step buffer, written once and never reused within the step,
 //! and the step (buffer, counters, the program and everything it holds) lives as long as any member holds it.
 //! So a member that wakes up late only ever reads memory that is alive and no longer written, and its late
-//! commits fail. The buffer goes back to a small spare list when the step is dropped.
+//! commits fail. The buffer goes back to a small spare list when the step is dropped. The last section's
+//! output (a model's logits) has an allocation of its own, which [`Step::into_last`] hands to the caller
+//! without a copy once no member holds the step.
 
 use std::any::Any;
-use std::ops::Range;
+use std::mem::{ManuallyDrop, MaybeUninit};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,6 +36,9 @@ use std::time::{Duration, Instant};
 const PATIENCE_MIN: Duration = Duration::from_micros(20);
 /// How long a member spins for commits in progress before it yields its CPU to let their writer run.
 const YIELD_AFTER: Duration = Duration::from_micros(200);
+/// How long [`Step::into_last`] waits for members still leaving the step (a running one leaves within a
+/// microsecond or two) before it copies the output instead (~100 µs for eight rows of 49k logits).
+const LEAVE_WAIT: Duration = Duration::from_micros(20);
 /// Step buffers kept for reuse.
 const SPARE_BUFFERS: usize = 2;
 
@@ -86,8 +91,8 @@ pub struct Abandoned;
 
 struct Section {
     shape: Shape,
-    /// Where its output starts in the step buffer.
-    offset: usize,
+    /// Its output: in the step buffer, or the last section's own allocation.
+    out: *mut f32,
     /// The next chunk to claim.
     next: AtomicUsize,
     /// Chunks committed.
@@ -98,16 +103,18 @@ struct Section {
 /// The shared part of one step: every section's counters and output.
 pub struct Step {
     sections: Vec<Section>,
-    /// The outputs, section after section; written only by commits, through `out`.
+    /// The outputs of all sections but the last, one after the other; written only by commits, through the
+    /// sections' `out`.
     buffer: Vec<f32>,
-    out: *mut f32,
+    /// The last section's output, uninitialised until its commits write it (they write every value).
+    last: Vec<MaybeUninit<f32>>,
     /// Set when the caller has finished: members still in the step leave it.
     over: AtomicBool,
 }
 
-// SAFETY: `out` points into `buffer`, which lives and stays put as long as the step. Each output value is
-// written by exactly one commit (the compare-and-swap of its chunk) and read only after that chunk is seen
-// done with acquire ordering.
+// SAFETY: each section's `out` points into `buffer` or `last`, which live and stay put as long as the step.
+// Each output value is written by exactly one commit (the compare-and-swap of its chunk) and read only after
+// that chunk is seen done with acquire ordering.
 unsafe impl Send for Step {}
 unsafe impl Sync for Step {}
 
@@ -117,34 +124,37 @@ impl Step {
     /// A step of sections of `shapes`.
     pub fn new(shapes: &[Shape]) -> Self {
         STEPS.fetch_add(1, Ordering::Relaxed);
-        let mut offset = 0;
-        let sections: Vec<Section> = shapes
-            .iter()
-            .map(|&shape| {
-                let s = Section {
-                    shape,
-                    offset,
-                    next: AtomicUsize::new(0),
-                    done: AtomicUsize::new(0),
-                    state: (0..shape.chunks).map(|_| AtomicU8::new(OPEN)).collect(),
-                };
-                offset += shape.out;
-                s
-            })
-            .collect();
+        let (body, tail) = shapes.split_at(shapes.len().saturating_sub(1));
         let mut buffer = SPARE
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pop()
             .unwrap_or_default();
-        if buffer.len() < offset {
-            buffer.resize(offset, 0.0);
+        let size: usize = body.iter().map(|s| s.out).sum();
+        if buffer.len() < size {
+            buffer.resize(size, 0.0);
         }
-        let out = buffer.as_mut_ptr();
+        let mut last: Vec<MaybeUninit<f32>> = Vec::with_capacity(tail.first().map_or(0, |s| s.out));
+        // SAFETY: `MaybeUninit` values need no initialisation.
+        unsafe { last.set_len(last.capacity()) };
+        let mut offset = 0;
+        let mut sections: Vec<Section> = body
+            .iter()
+            .map(|&shape| {
+                // SAFETY: the offsets of `body` stay within `size`, which `buffer` holds.
+                let out = unsafe { buffer.as_mut_ptr().add(offset) };
+                offset += shape.out;
+                Section::new(shape, out)
+            })
+            .collect();
+        sections.extend(
+            tail.iter()
+                .map(|&t| Section::new(t, last.as_mut_ptr().cast())),
+        );
         Self {
             sections,
             buffer,
-            out,
+            last,
             over: AtomicBool::new(false),
         }
     }
@@ -157,8 +167,35 @@ impl Step {
             s.shape.chunks,
             "section {i} is not finished"
         );
-        // SAFETY: every chunk of the section is committed (acquire above), so nothing writes these any more.
-        unsafe { std::slice::from_raw_parts(self.out.add(s.offset), s.shape.out) }
+        // SAFETY: every chunk of the section is committed (acquire above), so every value is written and
+        // nothing writes them any more.
+        unsafe { std::slice::from_raw_parts(s.out, s.shape.out) }
+    }
+
+    /// The last section's output, once the step is over: moved out of the step when no member holds it any
+    /// more (the usual case, after waiting up to [`LEAVE_WAIT`] for members on their way out), else copied.
+    pub fn into_last(step: Arc<Step>) -> Vec<f32> {
+        let i = step
+            .sections
+            .len()
+            .checked_sub(1)
+            .expect("a step has sections");
+        let t0 = Instant::now();
+        while Arc::strong_count(&step) > 1 && t0.elapsed() < LEAVE_WAIT {
+            std::hint::spin_loop();
+        }
+        match Arc::try_unwrap(step) {
+            Ok(mut step) => {
+                step.output(i);
+                let last = ManuallyDrop::new(std::mem::take(&mut step.last));
+                let (ptr, len, cap) = (last.as_ptr(), last.len(), last.capacity());
+                // SAFETY: `output` checked that every chunk of the last section is committed, and commits
+                // write every value of their section; `MaybeUninit<f32>` has `f32`'s layout, and the
+                // allocation is `last`'s own, no longer referenced by anything (the step is unique).
+                unsafe { Vec::from_raw_parts(ptr as *mut f32, len, cap) }
+            }
+            Err(step) => step.output(i).to_vec(),
+        }
     }
 
     /// Sections in the step.
@@ -180,6 +217,18 @@ impl Drop for Step {
     }
 }
 
+impl Section {
+    fn new(shape: Shape, out: *mut f32) -> Self {
+        Self {
+            shape,
+            out,
+            next: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            state: (0..shape.chunks).map(|_| AtomicU8::new(OPEN)).collect(),
+        }
+    }
+}
+
 /// The output of one section, for a commit to write its chunk's values into.
 pub struct Out {
     ptr: *mut f32,
@@ -187,15 +236,15 @@ pub struct Out {
 }
 
 impl Out {
-    /// The values at `range` of the section's output.
+    /// Writes `values` into the section's output from index `at` on. The output may be uninitialised before
+    /// its commits: they must write every value of it.
     ///
     /// # Safety
-    /// Only the commit of the chunk that owns `range` may call this (each output value belongs to exactly
-    /// one chunk of its section), and `range` must lie inside the section's output.
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn slice(&self, range: Range<usize>) -> &mut [f32] {
-        debug_assert!(range.start <= range.end && range.end <= self.len);
-        std::slice::from_raw_parts_mut(self.ptr.add(range.start), range.len())
+    /// Only the commit of the chunk that owns `at..at + values.len()` may call this (each output value belongs
+    /// to exactly one chunk of its section), and the range must lie inside the section's output.
+    pub unsafe fn write(&self, at: usize, values: &[f32]) {
+        debug_assert!(at + values.len() <= self.len);
+        std::ptr::copy_nonoverlapping(values.as_ptr(), self.ptr.add(at), values.len());
     }
 
     /// Length of the section's output.
@@ -251,9 +300,8 @@ impl<'a> Member<'a> {
             return Err(Abandoned);
         }
         let n = s.shape.chunks;
-        // SAFETY: the section's output lies inside the step buffer (offsets from the shapes).
         let out = Out {
-            ptr: unsafe { step.out.add(s.offset) },
+            ptr: s.out,
             len: s.shape.out,
         };
         if s.done.load(Ordering::Acquire) < n {
@@ -427,9 +475,7 @@ mod tests {
                         scratch.extend((c * per..(c + 1) * per).map(|i| value(&prev, s, i)));
                     },
                     // SAFETY: chunk `c` owns values `c * per ..`.
-                    |c, scratch, out| {
-                        unsafe { out.slice(c * per..(c + 1) * per) }.copy_from_slice(scratch)
-                    },
+                    |c, scratch, out| unsafe { out.write(c * per, scratch) },
                 )?;
                 prev = out.to_vec();
             }
@@ -467,6 +513,36 @@ mod tests {
             );
             assert_eq!(step.output(29), serial(30));
         }
+    }
+
+    /// The last output leaves the step without a copy when nothing else holds the step, and as a copy of the
+    /// same values while something does.
+    #[test]
+    fn the_last_output_moves_out_of_a_step_no_member_holds() {
+        let step = crate::pool::team(
+            Arc::new(Chain {
+                sections: 4,
+                stall: None,
+            }),
+            &shapes(4),
+        );
+        let at = step.output(3).as_ptr();
+        let held = step.clone();
+        let copied = Step::into_last(step);
+        assert_eq!(copied, serial(4));
+        assert_ne!(copied.as_ptr(), at);
+        // A worker may still be on its way out of the step.
+        let t0 = Instant::now();
+        while Arc::strong_count(&held) > 1 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "a worker kept the step"
+            );
+            std::thread::yield_now();
+        }
+        let moved = Step::into_last(held);
+        assert_eq!(moved, serial(4));
+        assert_eq!(moved.as_ptr(), at);
     }
 
     /// The caller stalls in every chunk it claims: the worker computes and commits those chunks after its
@@ -522,7 +598,7 @@ mod tests {
                         |c, scratch, out| {
                             assert!(!worker, "a worker's commit fails");
                             // SAFETY: chunk `c` owns values `c * per ..`.
-                            unsafe { out.slice(c * per..(c + 1) * per) }.copy_from_slice(scratch)
+                            unsafe { out.write(c * per, scratch) }
                         },
                     )?;
                     prev = out.to_vec();

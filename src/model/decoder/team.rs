@@ -70,7 +70,7 @@ pub(super) fn forward(
     };
     let rows = plan.input.logit_rows.len();
     let step = crate::pool::team(Arc::new(plan), &shapes);
-    let logits = finish(&step, batch, spans, rows)?;
+    let logits = finish(step, batch, spans, rows)?;
     Ok(Some(match cfg.final_softcap {
         Some(c) => ((logits / c as f64)?.tanh()? * c as f64)?,
         None => logits,

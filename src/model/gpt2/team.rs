@@ -110,7 +110,7 @@ pub(super) fn forward(
     };
     let rows = plan.input.logit_rows.len();
     let step = crate::pool::team(Arc::new(plan), &shapes);
-    Ok(Some(finish(&step, batch, spans, rows)?))
+    Ok(Some(finish(step, batch, spans, rows)?))
 }
 
 impl Program for Plan {
