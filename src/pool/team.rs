@@ -173,7 +173,7 @@ impl Step {
     }
 
     /// The last section's output, once the step is over: moved out of the step when no member holds it any
-    /// more (the usual case, after waiting up to [`LEAVE_WAIT`] for members on their way out), else copied.
+    /// more (the usual case, after waiting up to 20 µs for members on their way out), else copied.
     pub fn into_last(step: Arc<Step>) -> Vec<f32> {
         let i = step
             .sections
