@@ -197,12 +197,6 @@ pub struct EngineArgs {
     /// rounded to f16 once, as llama.cpp's default cache does).
     #[arg(long, env = "RILL_KV_DTYPE", value_enum, default_value = "f32")]
     pub kv_dtype: KvDtype,
-    /// Most milliseconds of tokens that greedy decoding may hold back to run several decode steps as one
-    /// (when every running request decodes greedily and none waits): the CPU's threads then never wait for
-    /// the generation thread between those steps, which matters on a busy machine. The tokens are those of
-    /// single steps; 0 runs one step at a time.
-    #[arg(long, env = "RILL_GREEDY_BURST_MS", default_value_t = 25)]
-    pub greedy_burst_ms: u64,
 }
 
 /// `--kv-dtype`.
@@ -225,7 +219,6 @@ impl EngineArgs {
                 KvDtype::F32 => candle_core::DType::F32,
                 KvDtype::F16 => candle_core::DType::F16,
             },
-            greedy_burst: std::time::Duration::from_millis(self.greedy_burst_ms),
             ..EngineConfig::default()
         }
     }

@@ -14,7 +14,7 @@ use rill::engine::{
 };
 use rill::load::Loaded;
 use rill::model::{CausalLm, ModelError, ModelInfo, SeqCache, SeqStep};
-use rill::tokenizer::{ChatMessage, ChatTemplate, TextTokenizer};
+use rill::tokenizer::{ChatTemplate, TextTokenizer};
 
 const VOCAB: usize = 50257;
 const EOS: u32 = 50256;
@@ -413,87 +413,6 @@ fn the_prefix_cache_reuses_finished_requests_without_changing_results() {
     let (continued, hit) = run(&cached, &next);
     assert_eq!(hit, first.len() + answer.len() - 1);
     assert_eq!(continued, run(&fresh, &next).0);
-}
-
-/// Greedy bursts (several decode steps run as one team step) give exactly the events of one step at a time:
-/// two requests batched together, one cut by a stop string inside a burst and one by a token limit that is no
-/// multiple of the burst, then the next turn of the first (a prefix-cache hit on the cache it left, which
-/// must hold exactly the positions it used).
-#[test]
-fn greedy_bursts_give_the_results_of_single_steps() {
-    rill::pool::set_threads(2);
-    let request = |prompt: &[u32], n: usize, stop: &[String]| GenRequest {
-        stop: stop.to_vec(),
-        ignore_eos: false,
-        ..common::greedy(prompt.to_vec(), n)
-    };
-    let run = |burst: Duration, stop: &[String]| {
-        let e = engine(
-            "smollm2",
-            EngineConfig {
-                max_running: 2,
-                greedy_burst: burst,
-                ..EngineConfig::default()
-            },
-        );
-        let tok = e.tokenizer().clone();
-        let chat = |q: &str| {
-            let text = e.shared().chat.render(&[ChatMessage::new("user", q)], true);
-            tok.encode(&text.unwrap()).unwrap()
-        };
-        let (p1, p2) = (
-            chat("Write a short poem about rivers."),
-            chat("List three colours."),
-        );
-        let first = e.submit(request(&p1, 48, stop)).unwrap();
-        let second = e.submit(request(&p2, 29, &[])).unwrap();
-        let mut out: Vec<_> = [first, second]
-            .map(|s| std::thread::spawn(move || s.collect_blocking().unwrap()))
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .collect();
-        let mut next = p1.clone();
-        next.extend(out[0].1.iter().map(|t| t.id));
-        next.extend(tok.encode(" Again:").unwrap());
-        out.push(
-            e.submit(request(&next, 12, &[]))
-                .unwrap()
-                .collect_blocking()
-                .unwrap(),
-        );
-        let stats = &e.shared().stats;
-        let counts = (
-            stats.burst_steps.load(Ordering::Relaxed),
-            stats.prefix_hits.load(Ordering::Relaxed),
-        );
-        let out: Vec<_> = out
-            .into_iter()
-            .map(|(text, tokens, c)| {
-                let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
-                (text, ids, c.finish, c.usage)
-            })
-            .collect();
-        (out, counts)
-    };
-    // Stop strings from several places in the first answer, so that some land inside a burst.
-    let (free, _) = run(Duration::ZERO, &[]);
-    let text: Vec<char> = free[0].0.chars().collect();
-    for at in [3, 5, 7, 9].map(|k| k * text.len() / 12) {
-        let stop = vec![text[at..at + 3].iter().collect::<String>()];
-        let (single, (bursts, hits)) = run(Duration::ZERO, &stop);
-        assert_eq!((bursts, hits), (0, 1));
-        assert!(
-            matches!(single[0].2, FinishReason::StopSequence(_)),
-            "{single:?}"
-        );
-        assert_eq!(single[1].2, FinishReason::Length);
-        let (burst, (bursts, hits)) = run(Duration::from_secs(10), &stop);
-        assert!(
-            bursts > 0 && hits == 1,
-            "{bursts} burst steps, {hits} prefix hits"
-        );
-        assert_eq!(burst, single, "stop string {stop:?}");
-    }
 }
 
 #[test]

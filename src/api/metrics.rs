@@ -77,12 +77,6 @@ pub fn render(stats: &EngineStats, queued: usize, model: &str) -> String {
         stats.steps.load(Relaxed),
     );
     scalar(
-        "rill_burst_steps_total",
-        "counter",
-        "Of those, steps run as part of greedy bursts (several decode steps run as one, --greedy-burst-ms).",
-        stats.burst_steps.load(Relaxed),
-    );
-    scalar(
         "rill_step_forward_microseconds_total",
         "counter",
         "Time in forward passes, the logits' way to the host included.",

@@ -4,6 +4,7 @@
 //! [`Event`]s: text deltas with their token ids, then exactly one `Done` or `Error`. Dropping the stream cancels
 //! the request: the thread notices before the sequence's next step and frees its cache.
 
+mod argmax;
 mod device_memory;
 pub mod grammar;
 pub mod histogram;
@@ -190,9 +191,6 @@ pub struct EngineConfig {
     pub max_logprobs: usize,
     /// The type KV caches store keys and values in: f32, or f16 for half the memory.
     pub kv_dtype: candle_core::DType,
-    /// Most time of tokens greedy decoding may hold back by running several steps at once (zero: one step at
-    /// a time); see the generation loop.
-    pub greedy_burst: std::time::Duration,
 }
 
 impl EngineConfig {
@@ -213,7 +211,6 @@ impl Default for EngineConfig {
             prefix_cache_bytes: 512 << 20,
             max_logprobs: 20,
             kv_dtype: candle_core::DType::F32,
-            greedy_burst: std::time::Duration::from_millis(25),
         }
     }
 }
@@ -226,10 +223,8 @@ pub const TTFT_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30
 /// Counters the generation thread keeps, readable from any thread.
 #[derive(Debug)]
 pub struct EngineStats {
-    /// Forward passes run (a greedy burst counts each of its steps).
+    /// Forward passes run.
     pub steps: AtomicU64,
-    /// Of those, the steps run inside greedy bursts ([`EngineConfig::greedy_burst`]).
-    pub burst_steps: AtomicU64,
     /// Tokens generated, all requests.
     pub tokens_generated: AtomicU64,
     /// Sequences currently holding a slot (and a KV cache).
@@ -260,7 +255,6 @@ impl Default for EngineStats {
     fn default() -> Self {
         Self {
             steps: AtomicU64::new(0),
-            burst_steps: AtomicU64::new(0),
             tokens_generated: AtomicU64::new(0),
             running: AtomicUsize::new(0),
             kv_reserved_bytes: AtomicUsize::new(0),

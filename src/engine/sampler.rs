@@ -3,8 +3,8 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+pub use super::argmax::argmax;
 use super::grammar::{apply_mask, Constraint, GrammarError};
-pub use crate::model::argmax::argmax;
 
 /// How to pick each next token. Defaults are neutral: no penalty, no truncation, temperature 1.
 #[derive(Debug, Clone, PartialEq)]

@@ -202,27 +202,6 @@ impl Sequence {
         self.take_token(id, None, tok)
     }
 
-    /// Takes the tokens of greedy steps run as one ([`crate::model::CausalLm::forward_greedy`], whose cache
-    /// counts all their positions) as single steps would: the cache counts each token's input position as the
-    /// token is taken, so a sequence that finishes early keeps exactly the positions it used.
-    pub fn accept_argmax_run(&mut self, ids: &[u32], tok: &TextTokenizer) {
-        let base = self.fed() - ids.len();
-        for (t, &id) in ids.iter().enumerate() {
-            if self.finished || self.cancelled {
-                break;
-            }
-            if let Some(cache) = self.cache.as_mut() {
-                cache.set_len(base + t + 1);
-            }
-            self.accept_argmax(id, tok);
-        }
-    }
-
-    /// Tokens it may still generate.
-    pub fn remaining(&self) -> usize {
-        self.max_new.saturating_sub(self.generated())
-    }
-
     /// Appends the picked `id` (with the raw logits when log probabilities are wanted), emits its text, and
     /// finishes on EOS, a stop sequence, a finished grammar or the token limit.
     fn take_token(&mut self, id: u32, raw: Option<(usize, Vec<f32>)>, tok: &TextTokenizer) {

@@ -1,12 +1,6 @@
 //! The generation loop: admit requests, build one batched forward from every running sequence (decode tokens
 //! plus prompt chunks, up to `prefill_chunk` prompt tokens a step), sample, emit, and retire finished or
 //! cancelled sequences.
-//!
-//! Greedy bursts: when every running sequence decodes greedily and no request waits, several decode steps run
-//! as one ([`CausalLm::forward_greedy`]), as many as fit in `greedy_burst` at the last step's pace (at most
-//! [`MAX_BURST`]). Each sequence then takes the tokens one by one as single steps would give them, and its cache
-//! forgets the positions after the token it finishes on. The tokens are the single steps' tokens; what changes
-//! is that they reach the reader a burst at a time, and that a request arriving meanwhile waits for the burst.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -24,8 +18,6 @@ use crate::tokenizer::TextTokenizer;
 
 /// How long an otherwise idle thread waits before retrying delivery to a slow reader.
 const DRAIN_POLL: Duration = Duration::from_millis(2);
-/// Most greedy decode steps run as one.
-const MAX_BURST: usize = 8;
 
 pub(crate) struct Worker {
     model: Box<dyn CausalLm>,
@@ -39,8 +31,6 @@ pub(crate) struct Worker {
     held: Option<Submission>,
     /// Caches of finished sequences, for prompts that begin the same way.
     prefix: PrefixCache,
-    /// How long the last forward step took (per step, for steps run as one).
-    step_time: Option<Duration>,
 }
 
 impl Worker {
@@ -63,7 +53,6 @@ impl Worker {
             running: Vec::new(),
             draining: Vec::new(),
             held: None,
-            step_time: None,
         }
     }
 
@@ -195,13 +184,23 @@ impl Worker {
             .iter()
             .map(|&i| self.running[i].wants_all_logits())
             .collect();
-        let steps = self.burst_steps(&selected, &inputs);
-        if steps > 1 && self.run_burst(&selected, &inputs, steps) {
-            return;
-        }
-        let result = self.call_model(&selected, &inputs, &all_logits, |m, b| m.forward(b));
-        self.count_steps(1, selected.len());
-        self.step_time = Some(began.elapsed());
+        let model = &self.model;
+        let running = &mut self.running;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let mut caches: Vec<_> = running.iter_mut().map(|s| s.cache.as_mut()).collect();
+            let mut batch: Vec<SeqStep<'_>> = Vec::with_capacity(selected.len());
+            for (k, &i) in selected.iter().enumerate() {
+                let cache = caches[i].take().expect("running sequences hold a cache");
+                batch.push(SeqStep {
+                    tokens: &inputs[k],
+                    cache,
+                    all_logits: all_logits[k],
+                });
+            }
+            model.forward(&mut batch)
+        }));
+        self.shared.stats.steps.fetch_add(1, Ordering::Relaxed);
+        self.shared.stats.batch_size.observe(selected.len() as f64);
         let expected: usize = (0..selected.len())
             .map(|k| if all_logits[k] { inputs[k].len() } else { 1 })
             .sum();
@@ -218,13 +217,17 @@ impl Worker {
                 }
             })
             .collect();
-        let logits = result.and_then(|l| match l.dim(0) {
-            Ok(n) if n == expected => logits::fetch(&l, &wants).map_err(|e| e.to_string()),
-            Ok(n) => Err(format!(
-                "the model returned {n} rows of logits, {expected} were asked for"
-            )),
-            Err(e) => Err(e.to_string()),
-        });
+        let logits = match result {
+            Ok(Ok(l)) => match l.dim(0) {
+                Ok(n) if n == expected => logits::fetch(&l, &wants).map_err(|e| e.to_string()),
+                Ok(n) => Err(format!(
+                    "the model returned {n} rows of logits, {expected} were asked for"
+                )),
+                Err(e) => Err(e.to_string()),
+            },
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(panic) => Err(panic_message(panic)),
+        };
         self.shared
             .stats
             .forward_micros
@@ -257,123 +260,16 @@ impl Worker {
                     }
                 }
             }
-            Err(msg) => self.fail_step(&selected, &msg),
-        }
-    }
-
-    /// How many greedy decode steps to run as one ([`CausalLm::forward_greedy`]): more than one only when
-    /// every running sequence decodes one token greedily, no request waits to be admitted, and at the last
-    /// step's pace the tokens held back stay within `greedy_burst`; never past a sequence's token limit.
-    fn burst_steps(&self, selected: &[usize], inputs: &[Vec<u32>]) -> usize {
-        let burst = self.shared.config.greedy_burst;
-        let Some(per_step) = self.step_time.filter(|t| !t.is_zero()) else {
-            return 1;
-        };
-        if selected.len() != self.running.len() || self.held.is_some() || !self.rx.is_empty() {
-            return 1;
-        }
-        let mut steps = MAX_BURST.min((burst.as_secs_f64() / per_step.as_secs_f64()) as usize);
-        for (&i, input) in selected.iter().zip(inputs) {
-            let s = &self.running[i];
-            // One token, the last one: this step samples the next.
-            let last = input.len() == 1 && s.fed() + 1 == s.tokens.len();
-            if !last || s.in_prefill() || !s.greedy_only() {
-                return 1;
-            }
-            steps = steps.min(s.remaining());
-        }
-        steps.max(1)
-    }
-
-    /// Runs `steps` greedy decode steps as one and hands each sequence its tokens as single steps would;
-    /// false when the model cannot (nothing changed).
-    fn run_burst(&mut self, selected: &[usize], inputs: &[Vec<u32>], steps: usize) -> bool {
-        let began = Instant::now();
-        let plain = vec![false; selected.len()];
-        let tokens = match self
-            .call_model(selected, inputs, &plain, |m, b| m.forward_greedy(b, steps))
-        {
-            Ok(None) => return false,
-            Ok(Some(t)) if t.len() == selected.len() && t.iter().all(|t| t.len() == steps) => Ok(t),
-            Ok(Some(_)) => Err(format!(
-                "the model returned other than {steps} tokens for each of {} sequences",
-                selected.len()
-            )),
-            Err(msg) => Err(msg),
-        };
-        self.count_steps(steps, selected.len());
-        let stats = &self.shared.stats;
-        stats.burst_steps.fetch_add(steps as u64, Ordering::Relaxed);
-        self.shared
-            .stats
-            .forward_micros
-            .fetch_add(began.elapsed().as_micros() as u64, Ordering::Relaxed);
-        self.step_time = Some(began.elapsed() / steps as u32);
-        match tokens {
-            Ok(tokens) => {
-                for (&i, ids) in selected.iter().zip(&tokens) {
-                    let seq = &mut self.running[i];
-                    let before = seq.generated();
-                    seq.accept_argmax_run(ids, &self.tokenizer);
-                    let taken = seq.generated().saturating_sub(before);
-                    self.shared
-                        .stats
-                        .tokens_generated
-                        .fetch_add(taken as u64, Ordering::Relaxed);
+            Err(msg) => {
+                tracing::error!(error = %msg, sequences = selected.len(), "model step failed");
+                self.shared
+                    .stats
+                    .failed
+                    .fetch_add(selected.len() as u64, Ordering::Relaxed);
+                for &i in &selected {
+                    self.running[i].fail(EngineError::Model(msg.clone()));
                 }
             }
-            Err(msg) => self.fail_step(selected, &msg),
-        }
-        true
-    }
-
-    /// Calls `f` on the model with the selected sequences' inputs and caches, catching a panic.
-    fn call_model<R>(
-        &mut self,
-        selected: &[usize],
-        inputs: &[Vec<u32>],
-        all_logits: &[bool],
-        f: impl FnOnce(&dyn CausalLm, &mut [SeqStep<'_>]) -> Result<R, crate::model::ModelError>,
-    ) -> Result<R, String> {
-        let model = &*self.model;
-        let running = &mut self.running;
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            let mut caches: Vec<_> = running.iter_mut().map(|s| s.cache.as_mut()).collect();
-            let mut batch: Vec<SeqStep<'_>> = Vec::with_capacity(selected.len());
-            for (k, &i) in selected.iter().enumerate() {
-                let cache = caches[i].take().expect("running sequences hold a cache");
-                batch.push(SeqStep {
-                    tokens: &inputs[k],
-                    cache,
-                    all_logits: all_logits[k],
-                });
-            }
-            f(model, &mut batch)
-        }));
-        match result {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(panic) => Err(panic_message(panic)),
-        }
-    }
-
-    /// Counts `steps` forward steps of `batch` sequences in the stats.
-    fn count_steps(&self, steps: usize, batch: usize) {
-        let stats = &self.shared.stats;
-        stats.steps.fetch_add(steps as u64, Ordering::Relaxed);
-        for _ in 0..steps {
-            stats.batch_size.observe(batch as f64);
-        }
-    }
-
-    /// Fails every selected sequence after a model step that failed.
-    fn fail_step(&mut self, selected: &[usize], msg: &str) {
-        tracing::error!(error = %msg, sequences = selected.len(), "model step failed");
-        self.shared
-            .stats
-            .failed
-            .fetch_add(selected.len() as u64, Ordering::Relaxed);
-        for &i in selected {
-            self.running[i].fail(EngineError::Model(msg.to_string()));
         }
     }
 

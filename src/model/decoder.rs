@@ -183,24 +183,9 @@ struct Layer {
 }
 
 /// The token embedding table, quantized or dense.
-#[derive(Clone)]
 enum Embedding {
     Quant(Arc<QTensor>),
     Dense(Tensor),
-}
-
-impl Embedding {
-    /// The rows of `ids` as f32, times `scale` when the family scales its embeddings.
-    fn lookup(&self, ids: &Tensor, scale: Option<f32>) -> candle_core::Result<Tensor> {
-        let xs = match self {
-            Embedding::Quant(q) => q.embedding(ids)?,
-            Embedding::Dense(t) => t.index_select(ids, 0)?.to_dtype(DType::F32)?,
-        };
-        match scale {
-            Some(s) => xs * s as f64,
-            None => Ok(xs),
-        }
-    }
 }
 
 /// A loaded decoder-only model.
@@ -326,7 +311,14 @@ impl Decoder {
 
     /// The embeddings of `ids` (a u32 tensor on the model's device), scaled where the family scales them.
     fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        self.embed.lookup(ids, self.cfg.embed_scale)
+        let xs = match &self.embed {
+            Embedding::Quant(q) => q.embedding(ids)?,
+            Embedding::Dense(t) => t.index_select(ids, 0)?.to_dtype(DType::F32)?,
+        };
+        match self.cfg.embed_scale {
+            Some(s) => xs * s as f64,
+            None => Ok(xs),
+        }
     }
 
     /// Attention of one layer for every sequence; `xs` holds all new tokens stacked, normalized.
@@ -483,33 +475,10 @@ mod attend;
 mod team;
 
 impl CausalLm for Decoder {
-    /// On the CPU team path only, and not for families that soft-cap their logits (the cap is applied
-    /// after the step; the argmax inside it would have to see it).
-    fn forward_greedy(
-        &self,
-        batch: &mut [SeqStep<'_>],
-        steps: usize,
-    ) -> Result<Option<Vec<Vec<u32>>>, ModelError> {
-        if steps < 2
-            || self.cfg.final_softcap.is_some()
-            || batch.iter().any(|s| s.tokens.len() != 1 || s.all_logits)
-        {
-            return Ok(None);
-        }
-        if batch
-            .iter()
-            .any(|s| s.cache.len() + steps > self.cfg.context)
-        {
-            return Ok(None);
-        }
-        let spans = row_spans(batch);
-        Ok(team::forward(self, batch, &spans, steps)?.map(|(_, tokens)| tokens))
-    }
-
     fn forward(&self, batch: &mut [SeqStep<'_>]) -> Result<Tensor, ModelError> {
         check_context(batch, self.cfg.context)?;
         let spans = row_spans(batch);
-        if let Some((logits, _)) = team::forward(self, batch, &spans, 1)? {
+        if let Some(logits) = team::forward(self, batch, &spans)? {
             return Ok(logits);
         }
         let ids: Vec<u32> = batch

@@ -205,22 +205,6 @@ impl SeqCache {
     pub fn advance(&mut self, n: usize) {
         self.len += n;
     }
-
-    /// Counts exactly the first `n` positions as processed, in the cache and every layer: fewer forgets the
-    /// rest (their room stays and is overwritten later); more counts positions a step already wrote (`n` at
-    /// most the room reserved). For greedy steps run ahead ([`crate::model::CausalLm::forward_greedy`]) whose
-    /// tokens a sequence takes one at a time.
-    pub fn set_len(&mut self, n: usize) {
-        assert!(
-            n <= self.allocated_positions(),
-            "set_len({n}) beyond the {} positions reserved",
-            self.allocated_positions()
-        );
-        self.len = n;
-        for l in &mut self.layers {
-            l.len = n;
-        }
-    }
 }
 
 #[cfg(test)]

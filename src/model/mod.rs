@@ -5,7 +5,6 @@
 //! its new tokens, when asked, for prompt logprobs). The engine
 //! owns the caches, so a cancelled or finished sequence frees its memory by dropping its cache.
 
-pub mod argmax;
 pub mod attention;
 pub mod decoder;
 pub mod dense;
@@ -115,17 +114,6 @@ pub trait CausalLm: Send {
     /// each sequence's cache, and returns logits as an f32 tensor of `[rows, vocab]`: for each sequence in
     /// order, [`SeqStep::logit_rows`] rows (its last token's, or all of its new tokens' with `all_logits`).
     fn forward(&self, batch: &mut [SeqStep<'_>]) -> Result<Tensor, ModelError>;
-    /// Runs `steps` greedy decode steps of `batch` at once (each sequence one new token; each later step's
-    /// token the [`argmax::argmax`] of the step before's logits), when the model can: returns each
-    /// sequence's `steps` argmax tokens, with all `steps` positions counted in its cache, or `Ok(None)` having
-    /// changed nothing. The tokens are those of `steps` calls of [`Self::forward`]. The default cannot.
-    fn forward_greedy(
-        &self,
-        _batch: &mut [SeqStep<'_>],
-        _steps: usize,
-    ) -> Result<Option<Vec<Vec<u32>>>, ModelError> {
-        Ok(None)
-    }
     /// A fresh, empty cache for a new sequence.
     fn new_cache(&self) -> SeqCache;
     fn info(&self) -> &ModelInfo;

@@ -300,7 +300,6 @@ impl<'a> Tiled<'a> {
 
 /// The sequences of a team step and their caches: each row's sequence and position, each sequence's rows, and
 /// its keys and values layer by layer with this step's positions reserved.
-#[derive(Clone)]
 pub struct Caches {
     pub rows: Vec<(usize, usize)>,
     spans: Vec<(usize, usize)>,
@@ -320,15 +319,13 @@ impl Caches {
             && batch.iter().all(|s| Some(s.cache.dtype()) == dtype)
     }
 
-    /// Reserves the new positions of every sequence in its cache (see [`crate::model::SeqCache::reserve`]),
-    /// and `ahead` more for the one-token steps that follow within the same team step ([`Self::ahead`]).
+    /// Reserves the new positions of every sequence in its cache (see [`crate::model::SeqCache::reserve`]).
     pub fn reserve(
         batch: &mut [SeqStep<'_>],
         spans: &[(usize, usize)],
         kv_heads: usize,
         head_dim: usize,
         target: usize,
-        ahead: usize,
     ) -> Result<Self, ModelError> {
         let mut c = Self {
             rows: Vec::new(),
@@ -344,21 +341,13 @@ impl Caches {
             c.rows.extend((0..len).map(|r| (s, pos + r)));
             let layers = seq
                 .cache
-                .reserve(len + ahead, kv_heads, head_dim, &candle_core::Device::Cpu)?
+                .reserve(len, kv_heads, head_dim, &candle_core::Device::Cpu)?
                 .iter()
                 .map(|(k, v)| Ok((RawCache::new(k, head_dim)?, RawCache::new(v, head_dim)?)))
                 .collect::<candle_core::Result<Vec<_>>>()?;
             c.kv.push(layers);
         }
         Ok(c)
-    }
-
-    /// The same sequences `t` positions further on: for the `t`-th one-token step after this one, in room
-    /// reserved `ahead`.
-    pub fn ahead(&self, t: usize) -> Self {
-        let mut c = self.clone();
-        c.rows.iter_mut().for_each(|r| r.1 += t);
-        c
     }
 
     /// The two sections of one layer's attention for `m` rows and `heads` query heads: the cache write,
@@ -478,18 +467,17 @@ pub fn logit_rows(batch: &[SeqStep<'_>], spans: &[(usize, usize)]) -> Vec<usize>
         .collect()
 }
 
-/// Ends a team step: the caches advance past the new positions (and `ahead` more, written by one-token steps
-/// run after the first), and the last section's output (`rows` logit rows) becomes the logits tensor.
+/// Ends a team step: the caches advance past the new positions, and the last section's output (`rows`
+/// logit rows) becomes the logits tensor.
 pub fn finish(
     step: Arc<Step>,
     batch: &mut [SeqStep<'_>],
     spans: &[(usize, usize)],
     rows: usize,
-    ahead: usize,
 ) -> Result<Tensor, ModelError> {
     let logits = Step::into_last(step);
     for (seq, &(_, len)) in batch.iter_mut().zip(spans) {
-        seq.cache.advance(len + ahead);
+        seq.cache.advance(len);
     }
     let vocab = logits.len() / rows.max(1);
     Ok(Tensor::from_vec(logits, (rows, vocab), &Device::Cpu)?)

@@ -8,7 +8,6 @@ use super::{attend_one, simd_rows, CacheData, CacheView, Scoring};
 /// One sequence's keys or values of one layer, held for a team step (`crate::pool::team`): the cache's
 /// whole buffer (`[kv_heads, allocated positions, head_dim]`, kept alive by this clone) and its address, read
 /// without holding candle's storage lock, so a member that lost its CPU while reading blocks no one.
-#[derive(Clone)]
 pub(crate) struct RawCache {
     keep: Tensor,
     data: RawData,

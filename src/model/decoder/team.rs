@@ -5,18 +5,12 @@
 //!
 //! Used on the CPU for steps of up to [`crate::model::team::MAX_ROWS`] rows (decoding, and short prompts), when every weight runs
 //! on rill's kernels; `RILL_TEAM=0` turns it off.
-//!
-//! A team step can also run several greedy decode steps back to back ([`crate::model::CausalLm::forward_greedy`]):
-//! every member takes the argmax of a step's logits and embeds it as the next step's input itself, so no
-//! thread waits for the generation thread between those steps (on a busy machine it is often off its CPU
-//! just then). Each step's sections are those of a single step, so its values have the same bits.
 
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
-use super::{Decoder, DecoderConfig, Embedding, Stack};
-use crate::model::argmax::argmax;
+use super::{Decoder, DecoderConfig, Stack};
 use crate::model::gate::gate_in_place;
 use crate::model::linear::{Activation, Linear};
 use crate::model::team::{
@@ -34,26 +28,14 @@ struct Plan {
     head_dim: usize,
     hidden: usize,
     act: Activation,
-    /// The one-token steps run after the first, each on the argmax tokens of the one before: their caches'
-    /// rows ([`Caches::ahead`]), and the embedding table that turns those tokens into their input.
-    later: Vec<Caches>,
-    embed: Option<(Embedding, Option<f32>)>,
 }
 
-/// A team step's result: the last step's logits, and each sequence's argmax tokens of every step (when
-/// several ran).
-type Stepped = (Tensor, Vec<Vec<u32>>);
-
-/// Runs `batch` as a team step if it qualifies; `Ok(None)` leaves it to the fork-join path. With `steps` > 1
-/// (every sequence one token, one logit row) the step goes on for `steps - 1` more one-token steps, each fed
-/// the argmax of the one before; it returns the last step's logits and every step's argmax tokens, sequence
-/// by sequence (only with `steps` > 1), and counts all `steps` positions in the caches.
+/// Runs `batch` as a team step if it qualifies; `Ok(None)` leaves it to the fork-join path.
 pub(super) fn forward(
     dec: &Decoder,
     batch: &mut [SeqStep<'_>],
     spans: &[(usize, usize)],
-    steps: usize,
-) -> Result<Option<Stepped>, ModelError> {
+) -> Result<Option<Tensor>, ModelError> {
     let m: usize = spans.iter().map(|s| s.1).sum();
     if !dec.device.is_cpu() || !wanted(m) || !Caches::fit(batch) {
         return Ok(None);
@@ -61,15 +43,9 @@ pub(super) fn forward(
     let cfg = &dec.cfg;
     let target = 8 * crate::pool::threads();
     let logit_rows = logit_rows(batch, spans);
-    let Some(one) = shapes(&dec.stack, cfg, m, spans.len(), logit_rows.len(), target) else {
+    let Some(shapes) = shapes(&dec.stack, cfg, m, spans.len(), logit_rows.len(), target) else {
         return Ok(None);
     };
-    let shapes: Vec<Shape> = one
-        .iter()
-        .copied()
-        .cycle()
-        .take(one.len() * steps)
-        .collect();
     if !fits(&shapes) {
         return Ok(None);
     }
@@ -78,16 +54,12 @@ pub(super) fn forward(
         .flat_map(|s| s.tokens.iter().copied())
         .collect();
     let x0 = dec.embed(&Tensor::new(ids.as_slice(), &dec.device)?)?;
-    let ahead = steps - 1;
-    let caches = Caches::reserve(batch, spans, cfg.n_kv_heads, cfg.head_dim, target, ahead)?;
     let plan = Plan {
         stack: dec.stack.clone(),
         hidden: x0.dim(1)?,
-        later: (1..steps).map(|t| caches.ahead(t)).collect(),
-        embed: (steps > 1).then(|| (dec.embed.clone(), cfg.embed_scale)),
         input: Input {
             x0: x0.flatten_all()?.to_vec1()?,
-            caches,
+            caches: Caches::reserve(batch, spans, cfg.n_kv_heads, cfg.head_dim, target)?,
             logit_rows,
             target,
         },
@@ -98,29 +70,11 @@ pub(super) fn forward(
     };
     let rows = plan.input.logit_rows.len();
     let step = crate::pool::team(Arc::new(plan), &shapes);
-    // Every step's tokens but the last from the step's sections; the last from the logits returned.
-    let mut tokens = vec![Vec::with_capacity(steps); if steps > 1 { rows } else { 0 }];
-    for t in 0..ahead {
-        let logits = step.output((t + 1) * one.len() - 1);
-        for (seq, row) in tokens
-            .iter_mut()
-            .zip(logits.chunks_exact(logits.len() / rows))
-        {
-            seq.push(argmax(row) as u32);
-        }
-    }
-    let logits = finish(step, batch, spans, rows, ahead)?;
-    let logits = match cfg.final_softcap {
+    let logits = finish(step, batch, spans, rows)?;
+    Ok(Some(match cfg.final_softcap {
         Some(c) => ((logits / c as f64)?.tanh()? * c as f64)?,
         None => logits,
-    };
-    if steps > 1 {
-        let last = logits.to_vec2::<f32>()?;
-        for (seq, row) in tokens.iter_mut().zip(&last) {
-            seq.push(argmax(row) as u32);
-        }
-    }
-    Ok(Some((logits, tokens)))
+    }))
 }
 
 /// The gated layer as one section of `act(gate) * up` where its halves allow, else of its product.
@@ -163,37 +117,12 @@ struct Rows {
 
 impl Program for Plan {
     fn run(&self, mm: &mut Member<'_>) -> Result<(), Abandoned> {
-        let mut x = self.input.x0.clone();
-        let steps = 1 + self.later.len();
-        for t in 0..steps {
-            let caches = if t == 0 {
-                &self.input.caches
-            } else {
-                &self.later[t - 1]
-            };
-            let logits = self.step(mm, std::mem::take(&mut x), caches)?;
-            if t + 1 < steps {
-                x = self.next_input(logits);
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Plan {
-    /// One forward pass of the rows `x` (`[rows, hidden]`) at the positions of `caches`; returns the logits.
-    fn step<'s>(
-        &self,
-        mm: &mut Member<'s>,
-        x: Vec<f32>,
-        caches: &Caches,
-    ) -> Result<&'s [f32], Abandoned> {
-        let m = caches.rows.len();
+        let m = self.input.caches.rows.len();
         let (nh, nkv, hd, d) = (self.heads, self.kv_heads, self.head_dim, self.hidden);
         let (qw, kvw) = (nh * hd, nkv * hd);
         let tiled = |l| Tiled::new(l, self.input.target).expect("checked by shapes");
         let mut p = Rows {
-            x,
+            x: self.input.x0.clone(),
             h: vec![0f32; m * d],
             q: vec![0f32; m * qw],
             k: vec![0f32; m * kvw],
@@ -218,11 +147,14 @@ impl Plan {
                     qn.forward_host(qr);
                     kn.forward_host(kr);
                 }
-                let pos = caches.rows[r].1;
+                let pos = self.input.caches.rows[r].1;
                 rope.rotate_host(qr, pos);
                 rope.rotate_host(kr, pos);
             }
-            let att = caches.attend(mm, i, &p.q, &p.k, &p.v, nh, &l.scoring)?;
+            let att = self
+                .input
+                .caches
+                .attend(mm, i, &p.q, &p.k, &p.v, nh, &l.scoring)?;
             let o = tiled(&l.wo).run(mm, att, m)?;
             residual(&mut p.x, o, l.post_attn_norm.as_ref(), d);
             each_row(&p.x, &mut p.h, d, |x, o| l.ffn_norm.row(x, o));
@@ -241,25 +173,8 @@ impl Plan {
         let last = gather(&p.x, &self.input.logit_rows, d);
         let mut normed = vec![0f32; last.len()];
         each_row(&last, &mut normed, d, |x, o| self.stack.norm.row(x, o));
-        tiled(&self.stack.output).run(mm, &normed, self.input.logit_rows.len())
-    }
-
-    /// The next one-token step's input: the embeddings of each row's argmax in `logits` (one row a sequence).
-    /// Every member computes the same values from the same logits.
-    fn next_input(&self, logits: &[f32]) -> Vec<f32> {
-        let rows = self.input.logit_rows.len();
-        let ids: Vec<u32> = logits
-            .chunks_exact(logits.len() / rows)
-            .map(|row| argmax(row) as u32)
-            .collect();
-        let (table, scale) = self
-            .embed
-            .as_ref()
-            .expect("steps after the first have a table");
-        Tensor::new(ids.as_slice(), &Device::Cpu)
-            .and_then(|ids| table.lookup(&ids, *scale))
-            .and_then(|x| x.flatten_all()?.to_vec1())
-            .expect("the embedding rows of argmax tokens")
+        tiled(&self.stack.output).run(mm, &normed, self.input.logit_rows.len())?;
+        Ok(())
     }
 }
 

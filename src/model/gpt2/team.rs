@@ -100,7 +100,7 @@ pub(super) fn forward(
         stack: g.stack.clone(),
         input: Input {
             x0,
-            caches: Caches::reserve(batch, spans, heads, d / heads, target, 0)?,
+            caches: Caches::reserve(batch, spans, heads, d / heads, target)?,
             logit_rows,
             target,
         },
@@ -110,7 +110,7 @@ pub(super) fn forward(
     };
     let rows = plan.input.logit_rows.len();
     let step = crate::pool::team(Arc::new(plan), &shapes);
-    Ok(Some(finish(step, batch, spans, rows, 0)?))
+    Ok(Some(finish(step, batch, spans, rows)?))
 }
 
 impl Program for Plan {
