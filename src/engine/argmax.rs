@@ -2,8 +2,9 @@
 //!
 //! Exactly the scalar scan's answer (`best = i` whenever `l[i] > l[best]`): NaNs are never picked, except that
 //! a NaN at index 0 is kept (nothing compares greater than it), and -0.0 and 0.0 are equal. With AVX2 it is
-//! two passes of eight lanes, the maximum of the non-NaN values and then its first index, ~10× the scan: the
-//! scan's compare chain took ~16–30 µs a row of 49k logits on the generation thread, while the pool waited.
+//! two passes of eight lanes, the maximum of the non-NaN values and then its first index. It runs on the
+//! generation thread while the pool waits: fetching eight greedy rows of 49k logits took 43–130 µs with the
+//! scan and 14–20 µs with this (timers in the generation loop, SmolLM2).
 
 /// Index of the largest logit; the first one on ties (0 for an empty slice).
 pub fn argmax(logits: &[f32]) -> usize {
