@@ -6,6 +6,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+echo "== source rules"
+# Every unsafe fn states its contract in a `# Safety` section; layers import downward only.
+python3 scripts/check-source.py
+
 echo "== models"
 scripts/fetch-models.sh
 python3 scripts/make-fixtures.py

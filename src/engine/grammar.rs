@@ -272,7 +272,7 @@ impl Constraint {
     }
 
     /// The allowed token that best brings the answer to an end — EOS where the grammar is complete, else a
-    /// closing quote, else a bracket (see [`Closers`]), the likeliest of its rank; `None` when nothing allowed
+    /// closing quote, else a bracket (see `Closers`), the likeliest of its rank; `None` when nothing allowed
     /// closes anything here.
     pub fn closing_pick(&mut self, logits: &[f32]) -> Result<Option<u32>, GrammarError> {
         let Some(closers) = self.closers.clone() else {

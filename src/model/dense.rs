@@ -360,6 +360,11 @@ pub unsafe fn tiles_into<W: WeightElem>(
 
 /// One micro-kernel call: `rows` activation rows from `r`, `width` weight rows from `c`; `dst` points at
 /// column `c` of row 0, rows `n` apart.
+///
+/// # Safety
+/// `kernel` must be one of [`Kernel::available`]. `x` holds at least `(r + rows) * k` values, `w` at least
+/// `(c + width) * k` and `b`, if any, at least `c + width`; `dst` is valid for writes of `dst[i * n + j]` for
+/// every row `i` in `r .. r + rows` and `j < width`, by this thread alone.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 unsafe fn block<W: WeightElem>(
@@ -406,6 +411,10 @@ const SCALAR_LANES: usize = 8;
 
 /// Portable micro-kernel: `R` activation rows (stride `k` from `x`) against `C` weight rows (stride `k` from
 /// `w`), writing `dst[r * stride + c]`. Lane-wise sums over chunks of eight, a pairwise tree, the tail, the bias.
+///
+/// # Safety
+/// `x` is valid for reads of `R * k` values and `w` of `C * k` weights; `b` is null or valid for reads of `C`
+/// values; `dst` is valid for writes of `R` rows of `C` values, `stride` apart.
 unsafe fn rows_scalar<W: WeightElem, const R: usize, const C: usize>(
     x: *const f32,
     w: *const W,

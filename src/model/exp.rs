@@ -146,6 +146,10 @@ mod tests {
             // SAFETY: AVX2 was just detected.
             unsafe {
                 use std::arch::x86_64::*;
+                /// Stores `exp8` of the eight lanes of `x` in `out`.
+                ///
+                /// # Safety
+                /// The CPU must have AVX2.
                 #[target_feature(enable = "avx2")]
                 unsafe fn run(x: &[f32; 8], out: &mut [f32; 8]) {
                     _mm256_storeu_ps(out.as_mut_ptr(), x86::exp8(_mm256_loadu_ps(x.as_ptr())));

@@ -97,12 +97,20 @@ fn gelu_new(v: &mut [f32]) {
     gelu_new_slice(v)
 }
 
+/// [`gelu_new_slice`] compiled for AVX-512F, so that the compiler vectorizes it sixteen lanes wide.
+///
+/// # Safety
+/// The CPU must have AVX-512F; that is the whole contract.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn gelu_new_avx512(v: &mut [f32]) {
     gelu_new_slice(v)
 }
 
+/// [`gelu_new_slice`] compiled for AVX2, so that the compiler vectorizes it eight lanes wide.
+///
+/// # Safety
+/// The CPU must have AVX2; that is the whole contract.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn gelu_new_avx2(v: &mut [f32]) {

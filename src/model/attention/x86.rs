@@ -52,6 +52,9 @@ impl Load8 for &[half::f16] {
 
 /// The lane sums `v[0][i] + v[1][i] + … + v[7][i]`, in that order, of eight vectors turned into one: lane `u`
 /// of the result is the in-order sum of the eight lanes of `v[u]`.
+///
+/// # Safety
+/// The CPU must have AVX (the callers are `#[target_feature(enable = "avx2,f16c")]` functions).
 #[inline(always)]
 unsafe fn lane_sums(v: [__m256; 8]) -> __m256 {
     // 8×8 transpose: row u = v[u]; afterwards column i (lane i of every v[u]) is one vector.
@@ -112,6 +115,10 @@ pub unsafe fn scaled_scores8(
 }
 
 /// [`scaled_scores8`] over keys `base + t * step`.
+///
+/// # Safety
+/// The CPU must have AVX2 and F16C. `hd` is a multiple of eight, `scores` holds at least `q.len() / hd * len`
+/// values, and `k` holds values `base + t * step .. base + t * step + hd` for every key `t < len - len % 8`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn scores8(
@@ -185,6 +192,10 @@ pub unsafe fn weighted_values(
 }
 
 /// `8 * N` columns of one head's weighted sum, kept in registers across the keys; returns `8 * N`.
+///
+/// # Safety
+/// The CPU must have AVX2 and F16C. `data` holds values `base + t * step .. base + t * step + 8 * N` for every
+/// key `t < p.len()`, and `out` holds at least `8 * N` values.
 #[inline(always)]
 unsafe fn columns<const N: usize>(
     p: &[f32],
@@ -201,6 +212,10 @@ unsafe fn columns<const N: usize>(
     8 * N
 }
 
+/// [`columns`] for one cache element type: `out[..8 * N] = Σ_t p[t] · v[base + t * step ..][..8 * N]`.
+///
+/// # Safety
+/// As [`columns`], with `v` the cache's values.
 #[inline(always)]
 unsafe fn columns_of<const N: usize>(
     p: &[f32],

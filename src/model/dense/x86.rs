@@ -30,6 +30,9 @@ macro_rules! load8 {
 }
 
 /// Scalar tail and bias after a row's horizontal sum; shared so every kernel finishes the same way.
+///
+/// # Safety
+/// `x` and `w` are valid for reads of elements `from .. k`, and `b` is null or valid for a read of one value.
 #[inline(always)]
 unsafe fn finish<W: WeightElem>(
     mut s: f32,
@@ -49,6 +52,9 @@ unsafe fn finish<W: WeightElem>(
 }
 
 /// AVX-512F micro-kernel; see [`super::rows_scalar`] for the arguments.
+///
+/// # Safety
+/// The CPU must have AVX-512F; the pointers are as [`super::rows_scalar`] requires.
 #[target_feature(enable = "avx512f")]
 pub unsafe fn rows_avx512<W: WeightElem, const R: usize, const C: usize>(
     x: *const f32,
@@ -92,6 +98,9 @@ pub unsafe fn rows_avx512<W: WeightElem, const R: usize, const C: usize>(
 }
 
 /// 8 → 4 → 2 → 1 lanes.
+///
+/// # Safety
+/// The CPU must have AVX (the callers are the AVX2 and AVX-512F kernels).
 #[inline(always)]
 unsafe fn hsum256(h: __m256) -> f32 {
     let q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
@@ -101,6 +110,9 @@ unsafe fn hsum256(h: __m256) -> f32 {
 }
 
 /// AVX2 + FMA micro-kernel; see [`super::rows_scalar`] for the arguments.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; the pointers are as [`super::rows_scalar`] requires.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn rows_avx2<W: WeightElem, const R: usize, const C: usize>(
     x: *const f32,

@@ -145,6 +145,10 @@ mod avx2 {
     use half::f16;
     use std::arch::x86_64::*;
 
+    /// [`super::vec_dot`] with AVX2 and FMA: one block pair per step, the scaled products kept in eight lanes.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; that is the whole contract.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn vec_dot(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
         let low = _mm_set1_epi8(0x0F);
@@ -167,6 +171,9 @@ mod avx2 {
     }
 
     /// [`super::quantize_row_q8_1`] eight lanes at a time.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; that is the whole contract.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn quantize_row_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
         let sign = _mm256_set1_ps(-0.0);
@@ -211,6 +218,9 @@ mod avx2 {
     }
 
     /// One weight row against four activation rows: each weight block is unpacked once.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; that is the whole contract (an activation row shorter than `x` panics).
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn vec_dot4(x: &[BlockQ4_1], ys: [&[BlockQ8_1]; 4]) -> [f32; 4] {
         let low = _mm_set1_epi8(0x0F);
@@ -239,6 +249,10 @@ mod avx2 {
         ]
     }
 
+    /// The sum of the eight lanes of `v`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; that is the whole contract.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn hsum(v: __m256) -> f32 {

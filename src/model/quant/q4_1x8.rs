@@ -222,6 +222,9 @@ impl<G: Q4Group> Format for Q4x8<G> {
 }
 
 /// Portable kernel for one activation row.
+///
+/// # Safety
+/// `dst` is valid for writes of eight values, one for each row of the group.
 unsafe fn rows_scalar<G: Q4Group>(x: &[BlockQ8_1], w: &[G], dst: *mut f32) {
     let mut acc = [0f32; ROWS];
     for (b, p) in w.iter().enumerate() {
@@ -256,6 +259,13 @@ mod x86 {
     /// 32-bit sums, four bytes a lane.
     macro_rules! rows_kernel {
         ($name:ident, $features:literal, $step:ident, $widen:ident) => {
+            /// Writes `dst[r * stride + c]`, `c < 8`, for the `R` activation rows `xs` against the weight group
+            /// `w`, fetching `ahead` as it goes: `Format::rows` for one instruction set.
+            ///
+            /// # Safety
+            /// The CPU must have the target features this instance is generated with: AVX2, FMA and F16C, and for
+            /// the VNNI kernels AVX-512 VNNI and VL, or AVX-VNNI. `dst` is valid for writes of `R` rows of eight
+            /// values, `stride` apart.
             #[target_feature(enable = $features)]
             pub unsafe fn $name<G: Q4Group, const R: usize>(
                 xs: [&[BlockQ8_1]; R],
@@ -314,15 +324,22 @@ mod x86 {
     }
 
     /// AVX2 without VNNI: `vpmaddubsw` gives each 16-bit lane a pair's sum (at most 2·15·128 = 3 840 in
-    /// magnitude for 4-bit weights), so a block's eight steps add up in 16 bits without overflow (30 720)...
+    /// magnitude for 4-bit weights), so a block's eight steps add up in 16 bits without overflow (30 720), and
+    /// [`widen_pairs`] widens them once per block.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C; that is the whole contract.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn pairs_avx2(part: __m256i, u: __m256i, s: __m256i) -> __m256i {
         _mm256_add_epi16(part, _mm256_maddubs_epi16(u, s))
     }
 
-    /// ...and one `vpmaddwd` per block and row widens them: the integer sums are exactly the VNNI kernels',
-    /// for a quarter of the widening multiplies of doing it step by step.
+    /// One `vpmaddwd` per block and row widens [`pairs_avx2`]'s 16-bit sums: the integer sums are exactly the
+    /// VNNI kernels', for a quarter of the widening multiplies of doing it step by step.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C; that is the whole contract.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn widen_pairs(part: __m256i) -> __m256i {
@@ -341,6 +358,10 @@ mod x86 {
     /// Two weight groups at once on 512-bit vectors: lanes 0–7 are the first group's eight rows, lanes 8–15
     /// the second's, and every lane goes through exactly the 256-bit kernel's operations, so each output has
     /// the same bits as there (`vpdpbusd` on 512 bits does twice the multiply-adds per instruction).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA, F16C and AVX-512 F, BW, VNNI and VL; `dst` is valid for writes of `R` rows of
+    /// sixteen values, `stride` apart.
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
     pub unsafe fn rows_pair_avx512<G: Q4Group, const R: usize>(

@@ -156,6 +156,9 @@ impl Format for Q6Kx8 {
 }
 
 /// Portable kernel for one activation row.
+///
+/// # Safety
+/// `dst` is valid for writes of eight values, one for each row of the group.
 unsafe fn rows_scalar(x: &[ActHalves], w: &[Q6KGroup], dst: *mut f32) {
     let mut acc = [0f32; ROWS];
     for (b, p) in w.iter().enumerate() {
@@ -189,6 +192,13 @@ mod x86 {
     /// `acc += Σ₄ u8·i8` step per 32-bit lane (valid for weights below 64: at most 2·63·128 per pair).
     macro_rules! rows_kernel {
         ($name:ident, $features:literal, $dot:ident) => {
+            /// Writes `dst[r * stride + c]`, `c < 8`, for the `R` activation rows `xs` against the weight group
+            /// `w`, fetching `ahead` as it goes: `Format::rows` for one instruction set.
+            ///
+            /// # Safety
+            /// The CPU must have the target features this instance is generated with: AVX2, FMA and F16C, and for
+            /// the VNNI kernels AVX-512 VNNI and VL, or AVX-VNNI. `dst` is valid for writes of `R` rows of eight
+            /// values, `stride` apart.
             #[target_feature(enable = $features)]
             pub unsafe fn $name<const R: usize>(
                 xs: [&[ActHalves]; R],
@@ -251,6 +261,10 @@ mod x86 {
 
     /// Two weight groups at once on 512-bit vectors, lanes 0–7 the first group's rows and 8–15 the
     /// second's, each lane through exactly the 256-bit kernel's operations (so the same bits).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA, F16C and AVX-512 F, BW, VNNI and VL; `dst` is valid for writes of `R` rows of
+    /// sixteen values, `stride` apart.
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
     pub unsafe fn rows_pair_avx512<const R: usize>(

@@ -93,6 +93,10 @@ mod avx2 {
     use super::{ActQ8_0, BlockQ8_0};
     use std::arch::x86_64::*;
 
+    /// Dot product of a Q8_0 weight row with a Q8_0 activation row, with AVX2 and FMA.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; that is the whole contract.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn vec_dot(w: &[BlockQ8_0], x: &[ActQ8_0]) -> f32 {
         let ones = _mm256_set1_epi16(1);
@@ -110,6 +114,9 @@ mod avx2 {
     }
 
     /// One weight row against four activation rows: each weight block's magnitude is computed once.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; that is the whole contract (an activation row shorter than `w` panics).
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn vec_dot4(w: &[BlockQ8_0], xs: [&[ActQ8_0]; 4]) -> [f32; 4] {
         let ones = _mm256_set1_epi16(1);
@@ -128,6 +135,10 @@ mod avx2 {
         [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
     }
 
+    /// The sum of the eight lanes of `acc`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; that is the whole contract.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn hsum(acc: __m256) -> f32 {

@@ -101,6 +101,9 @@ impl Format for Q8_0x8 {
 }
 
 /// Portable kernel for one activation row.
+///
+/// # Safety
+/// `dst` is valid for writes of eight values, one for each row of the group.
 unsafe fn rows_scalar(x: &[ActQ8_0Sum], w: &[Q8_0x8Block], dst: *mut f32) {
     let mut acc = [0f32; ROWS];
     for (p, y) in w.iter().zip(x) {
@@ -129,6 +132,13 @@ mod x86 {
     /// `Σ₄ w'·y` for offset weights `w'`; `$excess` is how many times `Σy` that leaves in the sum.
     macro_rules! rows_kernel {
         ($name:ident, $features:literal, $dot:ident, $excess:expr) => {
+            /// Writes `dst[r * stride + c]`, `c < 8`, for the `R` activation rows `xs` against the weight group
+            /// `w`, fetching `ahead` as it goes: `Format::rows` for one instruction set.
+            ///
+            /// # Safety
+            /// The CPU must have the target features this instance is generated with: AVX2, FMA and F16C, and for
+            /// the VNNI kernels AVX-512 VNNI and VL, or AVX-VNNI. `dst` is valid for writes of `R` rows of eight
+            /// values, `stride` apart.
             #[target_feature(enable = $features)]
             pub unsafe fn $name<const R: usize>(
                 xs: [&[ActQ8_0Sum]; R],
@@ -166,6 +176,9 @@ mod x86 {
 
     /// AVX2 without VNNI: a pair of offset weights times activations can overflow i16, so the weights go
     /// back to signed and the sign is moved onto the activations (`|w|·(y·sign w)`); no excess remains.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C; that is the whole contract.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dot_avx2_signed(acc: __m256i, w_offset: __m256i, y: __m256i) -> __m256i {
@@ -185,6 +198,10 @@ mod x86 {
 
     /// Two weight groups at once on 512-bit vectors, lanes 0–7 the first group's rows and 8–15 the
     /// second's, each lane through exactly the 256-bit VNNI kernel's operations (so the same bits).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA, F16C and AVX-512 F, BW, VNNI and VL; `dst` is valid for writes of `R` rows of
+    /// sixteen values, `stride` apart.
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
     pub unsafe fn rows_pair_avx512<const R: usize>(

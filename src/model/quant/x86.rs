@@ -4,6 +4,9 @@
 use std::arch::x86_64::*;
 
 /// `vpdpbusd` with AVX-512 VNNI on 256-bit vectors.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA, F16C, AVX-512 VNNI and AVX-512 VL; that is the whole contract.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
 pub unsafe fn dot_avx512vnni(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
@@ -11,6 +14,9 @@ pub unsafe fn dot_avx512vnni(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
 }
 
 /// `vpdpbusd` with AVX-VNNI.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA, F16C and AVX-VNNI; that is the whole contract.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
 pub unsafe fn dot_avxvnni(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
@@ -19,6 +25,9 @@ pub unsafe fn dot_avxvnni(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
 
 /// AVX2 without VNNI: byte pairs into i16, then pairs into i32. Exact only while a pair's sum fits i16, i.e.
 /// for `u < 128` (4-bit weights: at most 2·15·128).
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; that is the whole contract (`u < 128` is for exactness, not safety).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_avx2_u8(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
@@ -28,6 +37,9 @@ pub unsafe fn dot_avx2_u8(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
 
 /// Two 256-bit float vectors as one 512-bit vector (`lo` in lanes 0–7): the two weight groups' per-row
 /// values side by side in the two-group kernels.
+///
+/// # Safety
+/// The CPU must have AVX-512F; that is the whole contract.
 #[inline]
 #[target_feature(enable = "avx512f")]
 pub unsafe fn pair_ps(lo: __m256, hi: __m256) -> __m512 {
@@ -38,6 +50,9 @@ pub unsafe fn pair_ps(lo: __m256, hi: __m256) -> __m512 {
 }
 
 /// 32 bytes from `lo` and 32 from `hi` as one 512-bit vector.
+///
+/// # Safety
+/// The CPU must have AVX-512F, and `lo` and `hi` are each valid for reads of 32 bytes (no alignment needed).
 #[inline]
 #[target_feature(enable = "avx512f")]
 pub unsafe fn pair_bytes(lo: *const u8, hi: *const u8) -> __m512i {
