@@ -11,7 +11,8 @@
 #   fixtures  GPT-2 124M-shaped checkpoint, every architecture's tiny checkpoint (HF f32 + GGUF q8_0), and a
 #             SmolLM2-135M-shaped Q4_1 GGUF with random weights (from gpu-dist/smollm2-skeleton.gguf.xz)
 #   parity    CPU against the GPU for every architecture: greedy ids (identical required for f32 checkpoints)
-#             and teacher-forced agreement (scripts/gpu_parity.py)
+#             and teacher-forced agreement (scripts/gpu_parity.py); then GPT-2 124M and SmolLM2 again with CUDA
+#             graphs (`RILL_GPU_GRAPHS=1`) and with an f16 KV cache (`--kv-dtype f16`, on both sides)
 #   ttft      first-request TTFT of a fresh server with the kernel cache off, against a warm request
 #   bench     `rill bench` at 1/8/64 clients against `rill serve --device cuda`; the same with CUDA graphs
 #             (`RILL_GPU_GRAPHS=1`, opt-in), with candle's per-sequence attention (`RILL_GPU_ATTENTION=0`, only when
@@ -181,6 +182,14 @@ if wants parity; then
   for f in models/arch/llama-wide-*.gguf; do
     parity "$(basename "$f" .gguf)" "$f" -
   done
+  # Opt-in paths a default could switch to, checked the same way (the concurrent answers are batched steps):
+  # CUDA graphs, whose first run failed on batched steps, and an f16 KV cache on the device.
+  export RILL_GPU_GRAPHS=1
+  parity gpt2-124m-graphs models/gpt2-124m-shape --exact
+  parity smollm2-q4_1-graphs models/smollm2/SmolLM2-135M-Instruct-Q4_1.gguf -
+  unset RILL_GPU_GRAPHS
+  parity gpt2-124m-kv-f16 models/gpt2-124m-shape - --kv-dtype f16
+  parity smollm2-q4_1-kv-f16 models/smollm2/SmolLM2-135M-Instruct-Q4_1.gguf - --kv-dtype f16
 fi
 
 # --- ttft ------------------------------------------------------------------------------------------------------
