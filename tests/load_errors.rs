@@ -176,6 +176,42 @@ fn bad_long_rope_and_context_requests_are_refused() {
     assert_eq!(ok.model.info().context_length, 8);
 }
 
+/// A depth no model has (a corrupt or hostile file) is refused, naming the value, before anything is sized by
+/// it: per-layer settings of four billion layers would take gigabytes, and the error once printed them all.
+#[test]
+fn an_absurd_layer_count_is_refused_before_anything_is_sized_by_it() {
+    let dir = copy_fixture("layers");
+    edit_config(&dir, |c| {
+        c.insert("num_hidden_layers".into(), 4_000_000_000u64.into());
+    });
+    let e = load_error(&dir);
+    assert!(
+        e.contains("config.json") && e.contains("4000000000 layers"),
+        "{e}"
+    );
+    assert!(e.len() < 1000, "an error of {} bytes", e.len());
+
+    // The same in a GGUF file: the tiny llama with `llama.block_count` (a u32 after its key and value type)
+    // set to u32::MAX.
+    let mut bytes = std::fs::read(common::tiny_llama::tiny_llama()).unwrap();
+    let key = b"llama.block_count";
+    let at = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len() + 4;
+    assert_eq!(
+        bytes[at..at + 4],
+        2u32.to_le_bytes(),
+        "the fixture's layer count"
+    );
+    bytes[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    let file = dir.join("deep.gguf");
+    std::fs::write(&file, bytes).unwrap();
+    let e = load_error(&file);
+    assert!(
+        e.contains("deep.gguf") && e.contains(&format!("{} layers", u32::MAX)),
+        "{e}"
+    );
+    assert!(e.len() < 1000, "an error of {} bytes", e.len());
+}
+
 /// A GGUF file whose LongRoPE factors are not positive numbers is refused with the file named, not run
 /// with NaN rotary tables.
 #[test]

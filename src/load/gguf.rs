@@ -11,7 +11,7 @@ use candle_core::quantized::QTensor;
 use candle_core::Device;
 
 use super::{invalid, LoadOptions, Loaded};
-use crate::model::decoder::{Decoder, DecoderConfig, Label, LongRope};
+use crate::model::decoder::{check_shape, Decoder, DecoderConfig, Label, LongRope};
 use crate::model::linear::Activation;
 use crate::model::weights::{Weight, Weights};
 use crate::model::{CausalLm, ModelError};
@@ -236,6 +236,9 @@ fn decoder_config(g: &GgufFile, arch: &str) -> Result<DecoderConfig, ModelError>
     let head_dim = u("attention.key_length")
         .or_else(|_| u("rope.dimension_count"))
         .unwrap_or(dim / n_heads.max(1));
+    let n_kv_heads = u("attention.head_count_kv").unwrap_or(n_heads);
+    check_shape(n_layers, n_heads, n_kv_heads, head_dim)
+        .map_err(|reason| invalid(&g.path, reason))?;
     let gemma = arch.starts_with("gemma");
     // Which layers slide, as llama.cpp sets its pattern: gemma2 every other layer from the first, gemma3 five
     // layers of every six. Other families' windows are ignored by llama.cpp, and so here.
@@ -267,7 +270,7 @@ fn decoder_config(g: &GgufFile, arch: &str) -> Result<DecoderConfig, ModelError>
         arch: arch.to_string(),
         n_layers,
         n_heads,
-        n_kv_heads: u("attention.head_count_kv").unwrap_or(n_heads),
+        n_kv_heads,
         head_dim,
         context: u("context_length").unwrap_or(4096),
         rms_eps: f("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::resolve::read_json;
 use super::{invalid, LoadOptions, Loaded, WeightDtype};
-use crate::model::decoder::{Decoder, DecoderConfig, Label};
+use crate::model::decoder::{check_shape, Decoder, DecoderConfig, Label};
 use crate::model::gpt2::Gpt2;
 use crate::model::linear::{Activation, GPU_F32_MAX_PARAMS};
 use crate::model::weights::{Weight, Weights};
@@ -202,6 +202,9 @@ fn decoder_config(c: &Json<'_>, model_type: &str) -> Result<DecoderConfig, Model
         Some(d) => d,
         None => hidden / n_heads.max(1),
     };
+    let n_kv_heads = c.opt_usize("num_key_value_heads")?.unwrap_or(n_heads);
+    check_shape(n_layers, n_heads, n_kv_heads, head_dim)
+        .map_err(|reason| invalid(c.path, reason))?;
     if c.opt_f32("partial_rotary_factor")?
         .is_some_and(|f| f != 1.0)
     {
@@ -242,7 +245,7 @@ fn decoder_config(c: &Json<'_>, model_type: &str) -> Result<DecoderConfig, Model
         arch: arch.to_string(),
         n_layers,
         n_heads,
-        n_kv_heads: c.opt_usize("num_key_value_heads")?.unwrap_or(n_heads),
+        n_kv_heads,
         head_dim,
         context,
         rms_eps: c.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use super::attention::Scoring;
 use super::gpu;
-use super::linear::{Activation, Linear};
+use super::linear::Linear;
 use super::norm::RmsNorm;
 use super::rope::Rope;
 use super::weights::{Weight, Weights};
@@ -26,143 +26,8 @@ use super::{
     check_context, output_rows, row_spans, CausalLm, ModelError, ModelInfo, SeqCache, SeqStep,
 };
 
-/// The hyper-parameters and switches of one model, read by the loading layer from GGUF metadata or a
-/// HuggingFace `config.json`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DecoderConfig {
-    /// Family label for logs and `/api/show` (`llama`, `qwen2`, `gemma3`, ...).
-    pub arch: String,
-    pub n_layers: usize,
-    pub n_heads: usize,
-    pub n_kv_heads: usize,
-    pub head_dim: usize,
-    pub context: usize,
-    pub rms_eps: f32,
-    /// Rotary base of full-attention layers.
-    pub rope_base: f32,
-    /// Rotary base of sliding-window layers, where it differs (gemma3: 10 000).
-    pub rope_base_local: Option<f32>,
-    /// Linear position scaling of full-attention layers (positions divided by it), 1 for none.
-    pub rope_linear: f32,
-    /// GPT-NeoX rotary layout (pairs `i, i + d/2`) rather than interleaved pairs. HuggingFace checkpoints are
-    /// all NeoX; llama.cpp's converter permutes llama's Q and K to the interleaved layout.
-    pub rope_neox: bool,
-    /// Window of sliding-window layers.
-    pub sliding_window: Option<usize>,
-    /// Which layers use the window (and the local rotary base).
-    pub sliding: Vec<bool>,
-    /// Scale of `q·k` (`1/√head_dim` unless the family says otherwise).
-    pub attn_scale: f32,
-    /// `c·tanh(s/c)` on attention scores (gemma2).
-    pub attn_softcap: Option<f32>,
-    /// `c·tanh(l/c)` on the output logits (gemma2).
-    pub final_softcap: Option<f32>,
-    /// Embeddings are multiplied by this (gemma: `√hidden`).
-    pub embed_scale: Option<f32>,
-    pub act: Activation,
-    /// Per-frequency divisors of full-attention layers' rotary frequencies (Llama 3.1 rope scaling); a GGUF
-    /// file's `rope_freqs.weight` tensor takes their place.
-    pub rope_freqs: Option<Vec<f32>>,
-    /// Phi-3's LongRoPE, resolved by [`Self::serving`] into `rope_freqs` and `rope_attn_factor`.
-    pub long_rope: Option<LongRope>,
-    /// Factor on the rotary cos and sin (LongRoPE's attention factor), 1 for none.
-    pub rope_attn_factor: f32,
-}
-
-/// LongRoPE (Phi-3 / 3.5 long-context checkpoints): per-frequency divisors for contexts up to the pretrained
-/// `original` positions (`short`) and for longer ones (`long`), and a factor on cos and sin.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LongRope {
-    pub short: Vec<f32>,
-    pub long: Vec<f32>,
-    pub original: usize,
-    pub attn_factor: f32,
-}
-
-impl LongRope {
-    /// The factor on cos and sin a checkpoint implies when it does not state one:
-    /// `√(1 + ln(scale) / ln(original))`, 1 without extension; `scale` is the extension, by default the
-    /// model's context over `original`.
-    pub fn default_attn_factor(scale: f64, original: usize) -> f32 {
-        if scale <= 1.0 || original < 2 {
-            1.0
-        } else {
-            (1.0 + scale.ln() / (original as f64).ln()).sqrt() as f32
-        }
-    }
-}
-
-/// The longest context rill accepts from a model file (its rotary tables are sized by it).
-pub const MAX_CONTEXT: usize = 1 << 20;
-
-impl DecoderConfig {
-    /// The configuration for serving up to `ctx` positions per sequence (`None`: the model's own context, or
-    /// for a LongRoPE model its pretrained `original` one, as llama.cpp's and Ollama's default contexts give).
-    /// A LongRoPE model then takes its short factors when the context fits in `original` positions and its
-    /// long ones beyond, one set for every position, as llama.cpp picks them by its context size.
-    pub fn serving(mut self, ctx: Option<usize>) -> Self {
-        let default = match &self.long_rope {
-            Some(l) => l.original.min(self.context),
-            None => self.context,
-        };
-        self.context = ctx.unwrap_or(default);
-        if let Some(l) = self.long_rope.take() {
-            self.rope_freqs = Some(if self.context > l.original {
-                l.long
-            } else {
-                l.short
-            });
-            self.rope_attn_factor = l.attn_factor;
-        }
-        self
-    }
-
-    /// Refuses hyper-parameters no real model has (a corrupt or hostile file) before anything is sized by
-    /// them: zero or inconsistent head counts, odd head sizes, absurd depths or contexts.
-    pub fn checked(self) -> Result<Self, String> {
-        let ok = self.n_heads > 0
-            && self.n_kv_heads > 0
-            && self.n_heads.is_multiple_of(self.n_kv_heads)
-            && self.head_dim > 0
-            && self.head_dim.is_multiple_of(2)
-            && self.head_dim <= 1024
-            && (1..=1024).contains(&self.n_layers)
-            && (1..=MAX_CONTEXT).contains(&self.context)
-            && self.sliding.len() == self.n_layers
-            && self.rms_eps.is_finite()
-            && [
-                self.rope_base,
-                self.rope_base_local.unwrap_or(1.0),
-                self.rope_linear,
-            ]
-            .iter()
-            .all(|b| b.is_finite() && *b > 0.0)
-            && self.attn_scale.is_finite()
-            && self.sliding_window != Some(0)
-            && self.rope_attn_factor.is_finite()
-            && self.long_rope.as_ref().is_none_or(|l| {
-                l.original > 0
-                    && l.attn_factor.is_finite()
-                    && [&l.short, &l.long].iter().all(|f| {
-                        f.len() == self.head_dim / 2 && f.iter().all(|x| x.is_finite() && *x > 0.0)
-                    })
-            });
-        if ok {
-            Ok(self)
-        } else {
-            Err(format!("implausible hyper-parameters: {self:?}"))
-        }
-    }
-
-    /// How layer `i` scores keys.
-    fn scoring(&self, i: usize) -> Scoring {
-        Scoring {
-            scale: self.attn_scale,
-            softcap: self.attn_softcap,
-            window: self.sliding_window.filter(|_| self.sliding[i]),
-        }
-    }
-}
+mod config;
+pub use config::{check_shape, DecoderConfig, LongRope, MAX_CONTEXT};
 
 struct Layer {
     attn_norm: RmsNorm,
