@@ -1,13 +1,16 @@
 //! Hostile model files: a GGUF whose header is corrupted (random bytes, absurd counts, sizes, offsets and
-//! string lengths, a file cut short) is refused with an error naming the file, never a panic or an
-//! allocation the file cannot back, and quickly. The corpus is the tiny llama GGUF made by the tests, so
-//! every case starts from a file that loads.
+//! string lengths, a file cut short; and every numeric metadata value set to values no model has) is refused
+//! with an error naming the file, never a panic or an allocation the file cannot back, and quickly. The
+//! corpus is the tiny llama GGUF made by the tests, so every case starts from a file that loads. The test
+//! process's address space is capped (8 GiB), so a memory bomb aborts the test instead of exhausting the
+//! machine.
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::Device;
 use proptest::prelude::*;
 use rill::load::{self, ModelSource};
@@ -20,6 +23,48 @@ fn load(file: &Path) -> Result<(), String> {
     load::load(&source, "fuzz", &Device::Cpu)
         .map(drop)
         .map_err(|e| e.to_string())
+}
+
+/// Caps this process's address space at 8 GiB (once), far above what loading the tiny model takes: an
+/// allocation sized by a hostile value then fails at once (and the test with it) instead of exhausting the
+/// machine's memory.
+fn cap_memory() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        #[cfg(target_os = "linux")]
+        {
+            let cap = 8u64 << 30;
+            let limit = libc::rlimit {
+                rlim_cur: cap,
+                rlim_max: cap,
+            };
+            // SAFETY: `limit` is a valid rlimit for the duration of the call.
+            let rc = unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) };
+            assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
+        }
+    });
+}
+
+/// Loads `file` and checks the outcome: loaded, or refused with an error naming the file (or the tokenizer
+/// beside it), within 20 s.
+fn load_cleanly(file: &Path, what: &str) -> Result<bool, String> {
+    let t0 = Instant::now();
+    let loaded = match load(file) {
+        Ok(()) => true,
+        Err(e) if e.contains("case.gguf") || e.contains("tokenizer") => false,
+        Err(e) => return Err(format!("{what}: an error that does not name the file: {e}")),
+    };
+    match t0.elapsed() < Duration::from_secs(20) {
+        true => Ok(loaded),
+        false => Err(format!("{what}: took {:?}", t0.elapsed())),
+    }
+}
+
+/// A scratch folder for this process's cases.
+fn case_file(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rill-gguf-fuzz-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("case.gguf")
 }
 
 /// A corruption of the file's bytes.
@@ -65,16 +110,15 @@ fn apply(bytes: &[u8], m: &Mutation) -> Vec<u8> {
 
 #[test]
 fn corrupted_gguf_files_are_refused_cleanly() {
+    cap_memory();
     let good = common::tiny_llama::tiny_llama();
     let bytes = std::fs::read(good).unwrap();
     load(good).expect("the corpus file loads");
     // The header: everything before the tensor data (metadata and tensor infos).
-    let header = candle_core::quantized::gguf_file::Content::read(&mut std::io::Cursor::new(&bytes))
+    let header = Content::read(&mut std::io::Cursor::new(&bytes))
         .unwrap()
         .tensor_data_offset as usize;
-    let dir = std::env::temp_dir().join(format!("rill-gguf-fuzz-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let case = dir.join("case.gguf");
+    let case = case_file("random");
     let mut runner = proptest::test_runner::TestRunner::new_with_rng(
         ProptestConfig {
             cases: 300,
@@ -87,23 +131,70 @@ fn corrupted_gguf_files_are_refused_cleanly() {
     runner
         .run(&mutation(header, bytes.len()), |m| {
             std::fs::write(&case, apply(&bytes, &m)).unwrap();
-            let t0 = Instant::now();
-            match load(&case) {
-                Ok(()) => loaded.set(loaded.get() + 1),
-                Err(e) => {
-                    prop_assert!(e.contains("case.gguf") || e.contains("tokenizer"), "{e}");
-                    refused.set(refused.get() + 1);
-                }
+            match load_cleanly(&case, &format!("{m:?}")) {
+                Ok(true) => loaded.set(loaded.get() + 1),
+                Ok(false) => refused.set(refused.get() + 1),
+                Err(e) => prop_assert!(false, "{e}"),
             }
-            prop_assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "{:?} for {m:?}",
-                t0.elapsed()
-            );
             Ok(())
         })
         .unwrap_or_else(|e| panic!("{e}"));
     let (refused, loaded) = (refused.get(), loaded.get());
     assert!(refused > 100, "{refused} refused, {loaded} loaded");
-    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(case.parent().unwrap()).ok();
+}
+
+/// Where the value of metadata entry `key` starts in a GGUF file's bytes: after the key (its u64 length and
+/// bytes, searched with the length so that no longer key that starts alike matches) and the u32 value type.
+fn value_offset(bytes: &[u8], key: &str) -> usize {
+    let mut pattern = (key.len() as u64).to_le_bytes().to_vec();
+    pattern.extend_from_slice(key.as_bytes());
+    let at = bytes
+        .windows(pattern.len())
+        .position(|w| w == pattern)
+        .unwrap_or_else(|| panic!("{key} not found"));
+    at + pattern.len() + 4
+}
+
+/// Every numeric metadata value of the corpus file (layer and head counts, widths, context, norm epsilon,
+/// rotary base) set in turn to zero, one, three, 2^16, 2^31 and u32::MAX, or for floats to 0, -1, NaN,
+/// infinity and 1e30: each file loads or is refused cleanly, and none takes memory it cannot back.
+#[test]
+fn absurd_metadata_values_are_refused_cleanly() {
+    cap_memory();
+    let good = common::tiny_llama::tiny_llama();
+    let bytes = std::fs::read(good).unwrap();
+    let content = Content::read(&mut std::io::Cursor::new(&bytes)).unwrap();
+    let case = case_file("values");
+    let (mut cases, mut refused) = (0, 0);
+    let mut keys: Vec<_> = content.metadata.iter().collect();
+    keys.sort_by_key(|(k, _)| k.as_str());
+    for (key, value) in keys {
+        let variants: Vec<Vec<u8>> = match value {
+            Value::U32(_) => [0u32, 1, 3, 1 << 16, 1 << 31, u32::MAX]
+                .iter()
+                .map(|v| v.to_le_bytes().to_vec())
+                .collect(),
+            Value::F32(_) => [0f32, -1.0, f32::NAN, f32::INFINITY, 1e30]
+                .iter()
+                .map(|v| v.to_le_bytes().to_vec())
+                .collect(),
+            _ => continue,
+        };
+        let at = value_offset(&bytes, key);
+        for v in variants {
+            let mut b = bytes.clone();
+            b[at..at + v.len()].copy_from_slice(&v);
+            std::fs::write(&case, &b).unwrap();
+            let what = format!("{key} = {v:?}");
+            refused += usize::from(!load_cleanly(&case, &what).unwrap_or_else(|e| panic!("{e}")));
+            cases += 1;
+        }
+    }
+    // Eight numeric entries in the corpus file (see `tests/common/tiny_llama.rs`).
+    assert!(
+        cases >= 40 && refused >= 20,
+        "{cases} cases, {refused} refused"
+    );
+    std::fs::remove_dir_all(case.parent().unwrap()).ok();
 }
