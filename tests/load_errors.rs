@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use rill::load::{self, ModelLocator};
@@ -210,6 +211,94 @@ fn an_absurd_layer_count_is_refused_before_anything_is_sized_by_it() {
         "{e}"
     );
     assert!(e.len() < 1000, "an error of {} bytes", e.len());
+}
+
+/// Every top-level number of a `config.json` (widths, depths, head counts, context, token ids, norm epsilon,
+/// windows, soft caps) set in turn to values no model has, on llama, gemma2, phi3 with LongRoPE and GPT-2:
+/// each folder loads or is refused with an error naming its config, within bounded time, and nothing takes
+/// memory the files cannot back (the address space is capped at 8 GiB for this test binary).
+#[test]
+fn absurd_config_values_load_or_are_refused_cleanly() {
+    #[cfg(target_os = "linux")]
+    {
+        let cap = 8u64 << 30;
+        let limit = libc::rlimit {
+            rlim_cur: cap,
+            rlim_max: cap,
+        };
+        // SAFETY: `limit` is a valid rlimit for the duration of the call.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) }, 0);
+    }
+    let values: [serde_json::Value; 6] = [
+        0.into(),
+        3.into(),
+        (1u64 << 31).into(),
+        (1u64 << 40).into(),
+        (-1).into(),
+        1e30.into(),
+    ];
+    let (mut cases, mut refused) = (0, 0);
+    for fixture in ["arch/llama", "arch/gemma2", "arch/phi3-long", "tiny-gpt2"] {
+        let src = common::model_path(fixture);
+        let dir = std::env::temp_dir().join(format!(
+            "rill-load-errors-{}-values-{}",
+            std::process::id(),
+            fixture.replace('/', "-")
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // The weights and tokenizer linked, not copied; only config.json is rewritten.
+        for f in std::fs::read_dir(&src).unwrap() {
+            let f = f.unwrap().path();
+            if f.file_name().unwrap() != "config.json" {
+                std::os::unix::fs::symlink(&f, dir.join(f.file_name().unwrap())).unwrap();
+            }
+        }
+        let config: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap())
+                .unwrap();
+        let numeric = config.iter().filter(|(_, v)| v.is_number()).map(|(k, _)| k);
+        for key in numeric {
+            for value in &values {
+                let mut c = config.clone();
+                c.insert(key.clone(), value.clone());
+                std::fs::write(dir.join("config.json"), serde_json::to_string(&c).unwrap())
+                    .unwrap();
+                let locator = ModelLocator {
+                    models_dir: dir.clone(),
+                    hub_cache: dir.clone(),
+                    offline: true,
+                };
+                let source = locator.resolve(dir.to_str().unwrap()).unwrap();
+                let t0 = Instant::now();
+                if let Err(e) = load::load(&source, "hostile", &Device::Cpu) {
+                    let e = e.to_string();
+                    assert!(
+                        e.contains("config.json") || e.contains(&dir.display().to_string()),
+                        "{fixture} {key} = {value}: {e}"
+                    );
+                    // (Short, but candle's errors carry a backtrace when RUST_BACKTRACE is set.)
+                    assert!(
+                        e.len() < 64 << 10,
+                        "{fixture} {key} = {value}: an error of {} bytes: {e}",
+                        e.len()
+                    );
+                    refused += 1;
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(20),
+                    "{fixture} {key} = {value}: {:?}",
+                    t0.elapsed()
+                );
+                cases += 1;
+            }
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+    assert!(
+        cases > 200 && refused > 100,
+        "{cases} cases, {refused} refused"
+    );
 }
 
 /// A GGUF file whose LongRoPE factors are not positive numbers is refused with the file named, not run

@@ -60,7 +60,9 @@ pub fn load(
     let model: Box<dyn CausalLm> = if model_type == "gpt2" {
         let stored = stored_dtype(weights)?;
         let keep = |values| matrix_dtype(opts.dtype, device.is_cpu(), stored, values);
-        Box::new(Gpt2::load(&config_path, weights, name, device, &keep)?.serving(opts.ctx_size)?)
+        let gpt2 =
+            Gpt2::load(&config_path, weights, name, device, &keep).map_err(super::in_file(dir))?;
+        Box::new(gpt2.serving(opts.ctx_size)?)
     } else {
         // Multimodal checkpoints keep the text model's settings in `text_config`.
         let text = config.get("text_config").unwrap_or(&config);

@@ -27,7 +27,7 @@ use super::{
 };
 
 mod config;
-pub use config::{check_shape, DecoderConfig, LongRope, MAX_CONTEXT};
+pub use config::{check_shape, DecoderConfig, LongRope, MAX_CONTEXT, MAX_LAYERS};
 
 struct Layer {
     attn_norm: RmsNorm,

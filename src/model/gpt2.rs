@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
+use super::decoder::{MAX_CONTEXT, MAX_LAYERS};
 use super::dense::Dense;
 use super::gpu;
 use super::linear::float_matmul;
@@ -37,6 +38,50 @@ pub struct Config {
 
 fn default_eps() -> f64 {
     1e-5
+}
+
+/// The widest embedding rill accepts from a GPT-2 config (GPT-2 XL has 1 600).
+const MAX_EMBD: usize = 1 << 16;
+/// The largest vocabulary rill accepts from a GPT-2 config.
+const MAX_VOCAB: usize = 1 << 24;
+
+impl Config {
+    /// Refuses values no GPT-2 checkpoint has (a corrupt or hostile config) before anything is sized by them,
+    /// naming each value out of bounds.
+    fn checked(self) -> Result<Self, String> {
+        let mut bad = Vec::new();
+        let mut need = |ok: bool, what: String| {
+            if !ok {
+                bad.push(what)
+            }
+        };
+        need(
+            (1..=MAX_LAYERS).contains(&self.n_layer),
+            format!("{} layers (1 to {MAX_LAYERS})", self.n_layer),
+        );
+        need(
+            (1..=MAX_EMBD).contains(&self.n_embd)
+                && self.n_head > 0
+                && self.n_embd.is_multiple_of(self.n_head),
+            format!("width {} over {} heads", self.n_embd, self.n_head),
+        );
+        need(
+            (1..=MAX_CONTEXT).contains(&self.n_positions),
+            format!("{} positions (1 to {MAX_CONTEXT})", self.n_positions),
+        );
+        need(
+            (1..=MAX_VOCAB).contains(&self.vocab_size),
+            format!("a vocabulary of {} (1 to {MAX_VOCAB})", self.vocab_size),
+        );
+        need(
+            self.layer_norm_epsilon.is_finite() && self.layer_norm_epsilon >= 0.0,
+            format!("layer norm epsilon {}", self.layer_norm_epsilon),
+        );
+        match bad.is_empty() {
+            true => Ok(self),
+            false => Err(format!("implausible hyper-parameters: {}", bad.join("; "))),
+        }
+    }
 }
 
 fn default_act() -> String {
@@ -230,10 +275,13 @@ impl Gpt2 {
             path: config.display().to_string(),
             source,
         })?;
-        let cfg: Config = serde_json::from_str(&text).map_err(|e| ModelError::Invalid {
-            path: config.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let cfg = serde_json::from_str::<Config>(&text)
+            .map_err(|e| e.to_string())
+            .and_then(Config::checked)
+            .map_err(|reason| ModelError::Invalid {
+                path: config.display().to_string(),
+                reason,
+            })?;
         // SAFETY: the files are mapped read-only and not modified while the model lives.
         let root = unsafe { VarBuilder::from_mmaped_safetensors(weights, DType::F32, device)? };
         let vb = if root.contains_tensor("transformer.wte.weight") {
