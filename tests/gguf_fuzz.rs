@@ -25,24 +25,10 @@ fn load(file: &Path) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// Caps this process's address space at 8 GiB (once), far above what loading the tiny model takes: an
-/// allocation sized by a hostile value then fails at once (and the test with it) instead of exhausting the
-/// machine's memory.
+/// Caps this process's address space at 8 GiB, far above what loading the tiny model takes (see
+/// [`common::cap_address_space`]).
 fn cap_memory() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        #[cfg(target_os = "linux")]
-        {
-            let cap = 8u64 << 30;
-            let limit = libc::rlimit {
-                rlim_cur: cap,
-                rlim_max: cap,
-            };
-            // SAFETY: `limit` is a valid rlimit for the duration of the call.
-            let rc = unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) };
-            assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
-        }
-    });
+    common::cap_address_space(8 << 30);
 }
 
 /// Loads `file` and checks the outcome: loaded, or refused with an error naming the file (or the tokenizer

@@ -219,16 +219,7 @@ fn an_absurd_layer_count_is_refused_before_anything_is_sized_by_it() {
 /// memory the files cannot back (the address space is capped at 8 GiB for this test binary).
 #[test]
 fn absurd_config_values_load_or_are_refused_cleanly() {
-    #[cfg(target_os = "linux")]
-    {
-        let cap = 8u64 << 30;
-        let limit = libc::rlimit {
-            rlim_cur: cap,
-            rlim_max: cap,
-        };
-        // SAFETY: `limit` is a valid rlimit for the duration of the call.
-        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) }, 0);
-    }
+    common::cap_address_space(8 << 30);
     let values: [serde_json::Value; 6] = [
         0.into(),
         3.into(),

@@ -119,3 +119,25 @@ pub fn fuzz_rng() -> proptest::test_runner::TestRng {
     bytes[..8].copy_from_slice(&seed.to_le_bytes());
     proptest::test_runner::TestRng::from_seed(proptest::test_runner::RngAlgorithm::ChaCha, &bytes)
 }
+
+/// Caps this test process's address space at `bytes` (or leaves a lower limit in place), so that an allocation
+/// sized by a hostile value fails at once, failing the test, instead of exhausting the machine's memory. Only
+/// the soft limit moves; the hard limit stays as it was.
+#[allow(dead_code)]
+pub fn cap_address_space(bytes: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `limit` is a valid, writable rlimit for the duration of each call.
+        unsafe {
+            assert_eq!(libc::getrlimit(libc::RLIMIT_AS, &mut limit), 0);
+            limit.rlim_cur = bytes.min(limit.rlim_max).min(limit.rlim_cur);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_AS, &limit), 0);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = bytes;
+}
