@@ -4,22 +4,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use rill::load::{self, LoadOptions, ModelLocator, WeightDtype};
 use rill::model::{CausalLm, SeqStep};
 
 /// `models/<model>` with its weights stored as `dtype`, in a fresh temporary folder.
-fn converted_copy(model: &str, dtype: DType) -> PathBuf {
+fn converted_copy(model: &str, dtype: DType) -> common::TempDir {
     let src = common::model_path(model);
-    let dir = std::env::temp_dir().join(format!(
-        "rill-dtype-{}-{}-{dtype:?}",
-        std::process::id(),
-        model.replace('/', "-")
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::TempDir::new(&format!("dtype-{}-{dtype:?}", model.replace('/', "-")));
     for f in std::fs::read_dir(&src).unwrap() {
         let f = f.unwrap().path();
         if f.extension().is_some_and(|e| e == "safetensors") {
@@ -88,7 +82,6 @@ fn half_checkpoints_kept_half_give_the_bits_of_f32() {
             bits(&logits(wide.model.as_ref())),
             "{family} {dtype:?}"
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -44,13 +44,6 @@ fn load_cleanly(file: &Path, what: &str) -> Result<bool, String> {
         true => Ok(loaded),
         false => Err(format!("{what}: took {:?}", t0.elapsed())),
     }
-}
-
-/// A scratch folder for this process's cases.
-fn case_file(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("rill-gguf-fuzz-{}-{test}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join("case.gguf")
 }
 
 /// A corruption of the file's bytes.
@@ -104,7 +97,8 @@ fn corrupted_gguf_files_are_refused_cleanly() {
     let header = Content::read(&mut std::io::Cursor::new(&bytes))
         .unwrap()
         .tensor_data_offset as usize;
-    let case = case_file("random");
+    let dir = common::TempDir::new("gguf-fuzz-random");
+    let case = dir.join("case.gguf");
     let mut runner = proptest::test_runner::TestRunner::new_with_rng(
         ProptestConfig {
             cases: 300,
@@ -127,7 +121,6 @@ fn corrupted_gguf_files_are_refused_cleanly() {
         .unwrap_or_else(|e| panic!("{e}"));
     let (refused, loaded) = (refused.get(), loaded.get());
     assert!(refused > 100, "{refused} refused, {loaded} loaded");
-    std::fs::remove_dir_all(case.parent().unwrap()).ok();
 }
 
 /// Where the value of metadata entry `key` starts in a GGUF file's bytes: after the key (its u64 length and
@@ -151,7 +144,8 @@ fn absurd_metadata_values_are_refused_cleanly() {
     let good = common::tiny_llama::tiny_llama();
     let bytes = std::fs::read(good).unwrap();
     let content = Content::read(&mut std::io::Cursor::new(&bytes)).unwrap();
-    let case = case_file("values");
+    let dir = common::TempDir::new("gguf-fuzz-values");
+    let case = dir.join("case.gguf");
     let (mut cases, mut refused) = (0, 0);
     let mut keys: Vec<_> = content.metadata.iter().collect();
     keys.sort_by_key(|(k, _)| k.as_str());
@@ -182,5 +176,4 @@ fn absurd_metadata_values_are_refused_cleanly() {
         cases >= 40 && refused >= 20,
         "{cases} cases, {refused} refused"
     );
-    std::fs::remove_dir_all(case.parent().unwrap()).ok();
 }

@@ -4,18 +4,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use rill::load::{self, ModelLocator};
 
 /// A copy of `models/arch/llama` in a fresh temporary folder.
-fn copy_fixture(name: &str) -> PathBuf {
+fn copy_fixture(name: &str) -> common::TempDir {
     let src = common::model_path("arch/llama");
-    let dir = std::env::temp_dir().join(format!("rill-load-errors-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::TempDir::new(&format!("load-errors-{name}"));
     for f in std::fs::read_dir(&src).unwrap() {
         let f = f.unwrap().path();
         std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
@@ -231,13 +229,8 @@ fn absurd_config_values_load_or_are_refused_cleanly() {
     let (mut cases, mut refused) = (0, 0);
     for fixture in ["arch/llama", "arch/gemma2", "arch/phi3-long", "tiny-gpt2"] {
         let src = common::model_path(fixture);
-        let dir = std::env::temp_dir().join(format!(
-            "rill-load-errors-{}-values-{}",
-            std::process::id(),
-            fixture.replace('/', "-")
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir =
+            common::TempDir::new(&format!("load-errors-values-{}", fixture.replace('/', "-")));
         // The weights and tokenizer linked, not copied; only config.json is rewritten.
         for f in std::fs::read_dir(&src).unwrap() {
             let f = f.unwrap().path();
@@ -256,8 +249,8 @@ fn absurd_config_values_load_or_are_refused_cleanly() {
                 std::fs::write(dir.join("config.json"), serde_json::to_string(&c).unwrap())
                     .unwrap();
                 let locator = ModelLocator {
-                    models_dir: dir.clone(),
-                    hub_cache: dir.clone(),
+                    models_dir: dir.to_path_buf(),
+                    hub_cache: dir.to_path_buf(),
                     offline: true,
                 };
                 let source = locator.resolve(dir.to_str().unwrap()).unwrap();
@@ -284,7 +277,6 @@ fn absurd_config_values_load_or_are_refused_cleanly() {
                 cases += 1;
             }
         }
-        std::fs::remove_dir_all(&dir).ok();
     }
     assert!(
         cases > 200 && refused > 100,
@@ -303,9 +295,7 @@ fn gguf_long_rope_factors_that_are_not_positive_are_refused() {
     let info = &content.tensor_infos["rope_factors_short.weight"];
     let at = (content.tensor_data_offset + info.offset) as usize;
     bytes[at..at + 4].copy_from_slice(&(-1f32).to_le_bytes());
-    let dir = std::env::temp_dir().join(format!("rill-load-errors-{}-rope", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::TempDir::new("load-errors-rope");
     let file = dir.join("bad-rope.gguf");
     std::fs::write(&file, bytes).unwrap();
     let e = load_error(&file);

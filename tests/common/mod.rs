@@ -15,6 +15,32 @@ pub fn root() -> PathBuf {
 }
 
 /// A path under `models/`, which must exist: the scripts make it.
+/// A fresh folder under the system's temporary directory, `rill-NAME-PID`, removed when dropped (also when
+/// its test fails and unwinds), so that test runs leave nothing behind. Derefs to its path.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("rill-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 pub fn model_path(rel: &str) -> PathBuf {
     let p = root().join("models").join(rel);
     assert!(

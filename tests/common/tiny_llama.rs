@@ -11,20 +11,24 @@ use candle_core::{Device, Tensor};
 /// GPT-2's vocabulary, which the model uses.
 pub const VOCAB: u32 = 50257;
 
-/// The file, written once per test process.
+/// The file, under cargo's temporary folder for tests (`target/tmp/tiny-llama/`), written once per test
+/// process. Its bytes are the same every time, so each process writes its own copy and renames it into place:
+/// test binaries running at once never see half a file, and runs leave one copy behind, not one each.
 pub fn tiny_llama() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("rill-tiny-llama-{}", std::process::id()));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tiny-llama");
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::copy(
-            super::model_path("gpt2-tokenizer/tokenizer.json"),
-            dir.join("tokenizer.json"),
-        )
-        .unwrap();
-        let file = dir.join("tiny-llama.gguf");
-        write_tiny_llama(&file).unwrap();
-        file
+        let into_place = |name: &str, write: &dyn Fn(&Path)| {
+            let part = dir.join(format!("{name}.{}", std::process::id()));
+            write(&part);
+            std::fs::rename(&part, dir.join(name)).unwrap();
+        };
+        into_place("tokenizer.json", &|p| {
+            std::fs::copy(super::model_path("gpt2-tokenizer/tokenizer.json"), p).unwrap();
+        });
+        into_place("tiny-llama.gguf", &|p| write_tiny_llama(p).unwrap());
+        dir.join("tiny-llama.gguf")
     })
 }
 
