@@ -27,6 +27,7 @@ use super::{
 };
 
 mod config;
+pub(crate) use config::refuse_implausible;
 pub use config::{check_shape, DecoderConfig, LongRope, MAX_CONTEXT, MAX_LAYERS};
 
 struct Layer {

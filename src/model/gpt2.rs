@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
-use super::decoder::{MAX_CONTEXT, MAX_LAYERS};
+use super::decoder::{refuse_implausible, MAX_CONTEXT, MAX_LAYERS};
 use super::dense::Dense;
 use super::gpu;
 use super::linear::float_matmul;
@@ -38,6 +38,10 @@ pub struct Config {
 
 fn default_eps() -> f64 {
     1e-5
+}
+
+fn default_act() -> String {
+    "gelu_new".into()
 }
 
 /// The widest embedding rill accepts from a GPT-2 config (GPT-2 XL has 1 600).
@@ -77,15 +81,8 @@ impl Config {
             self.layer_norm_epsilon.is_finite() && self.layer_norm_epsilon >= 0.0,
             format!("layer norm epsilon {}", self.layer_norm_epsilon),
         );
-        match bad.is_empty() {
-            true => Ok(self),
-            false => Err(format!("implausible hyper-parameters: {}", bad.join("; "))),
-        }
+        refuse_implausible(bad).map(|()| self)
     }
-}
-
-fn default_act() -> String {
-    "gelu_new".into()
 }
 
 /// `x · W + b` with a Conv1D weight `[in, out]`: rill's f32 kernel on the CPU (the weight transposed once to

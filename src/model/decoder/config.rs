@@ -87,11 +87,12 @@ pub fn check_shape(
     n_kv_heads: usize,
     head_dim: usize,
 ) -> Result<(), String> {
-    verdict(shape_problems(n_layers, n_heads, n_kv_heads, head_dim))
+    refuse_implausible(shape_problems(n_layers, n_heads, n_kv_heads, head_dim))
 }
 
-/// The error for the problems found, each naming a value out of bounds; `Ok` when there are none.
-fn verdict(bad: Vec<String>) -> Result<(), String> {
+/// The error for the problems a model file's hyper-parameters have, each naming a value out of bounds; `Ok`
+/// when there are none.
+pub(crate) fn refuse_implausible(bad: Vec<String>) -> Result<(), String> {
     match bad.is_empty() {
         true => Ok(()),
         false => Err(format!("implausible hyper-parameters: {}", bad.join("; "))),
@@ -204,7 +205,7 @@ impl DecoderConfig {
                 }
             }
         }
-        verdict(bad).map(|()| self)
+        refuse_implausible(bad).map(|()| self)
     }
 
     /// How layer `i` scores keys.
