@@ -177,3 +177,164 @@ fn absurd_metadata_values_are_refused_cleanly() {
         "{cases} cases, {refused} refused"
     );
 }
+
+/// A change to a GGUF tokenizer's metadata, as a corrupt or hostile file could carry.
+#[derive(Debug, Clone)]
+enum TokenizerEdit {
+    /// Token `i`'s text replaced (empty, odd bytes, a duplicate of another's).
+    Token(usize, String),
+    /// Token `i`'s type set to any number.
+    Type(usize, i32),
+    /// Merge `i` replaced (no space, several, unknown pieces, empty).
+    Merge(usize, String),
+    /// An array cut to `len` entries.
+    Cut(&'static str, usize),
+    /// A special token id set to any number.
+    Id(&'static str, u32),
+    /// A string setting replaced.
+    Setting(&'static str, String),
+    /// An entry removed.
+    Remove(&'static str),
+}
+
+fn tokenizer_edit(tokens: usize, merges: usize) -> impl Strategy<Value = TokenizerEdit> {
+    use TokenizerEdit as E;
+    let text = prop_oneof![
+        Just(String::new()),
+        "[ a-zĠ<>|]{0,6}",
+        any::<Vec<u8>>().prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+        Just("<|im_end|>".to_string()),
+    ];
+    let arrays = prop_oneof![
+        Just("tokenizer.ggml.tokens"),
+        Just("tokenizer.ggml.token_type"),
+        Just("tokenizer.ggml.merges"),
+    ];
+    let ids = prop_oneof![
+        Just("tokenizer.ggml.bos_token_id"),
+        Just("tokenizer.ggml.eos_token_id"),
+        Just("tokenizer.ggml.unknown_token_id"),
+        Just("tokenizer.ggml.padding_token_id"),
+    ];
+    let settings = prop_oneof![Just("tokenizer.ggml.model"), Just("tokenizer.ggml.pre")];
+    let names = prop_oneof![
+        Just("gpt2"),
+        Just("llama"),
+        Just(""),
+        Just("bert"),
+        Just("smollm"),
+        Just("llama-bpe"),
+        Just("qwen2"),
+        Just("gpt-2"),
+    ];
+    prop_oneof![
+        (0..tokens, text.clone()).prop_map(|(i, t)| E::Token(i, t)),
+        (0..tokens, any::<i32>()).prop_map(|(i, t)| E::Type(i, t)),
+        (0..merges, text).prop_map(|(i, t)| E::Merge(i, t)),
+        (arrays.clone(), 0..tokens).prop_map(|(k, n)| E::Cut(k, n)),
+        (
+            ids,
+            prop_oneof![Just(u32::MAX), Just(tokens as u32), 0..tokens as u32 + 2]
+        )
+            .prop_map(|(k, v)| E::Id(k, v)),
+        (settings, names).prop_map(|(k, v)| E::Setting(k, v.to_string())),
+        arrays.prop_map(E::Remove),
+    ]
+}
+
+fn edit(meta: &mut std::collections::HashMap<String, Value>, e: &TokenizerEdit) {
+    use TokenizerEdit as E;
+    let array = |meta: &mut std::collections::HashMap<String, Value>, k: &str| match meta.get_mut(k)
+    {
+        Some(Value::Array(v)) => Some(std::mem::take(v)),
+        _ => None,
+    };
+    let mut set = |k: &str, i: usize, v: Value| {
+        if let Some(mut a) = array(meta, k) {
+            if i < a.len() {
+                a[i] = v;
+            }
+            meta.insert(k.to_string(), Value::Array(a));
+        }
+    };
+    match e {
+        E::Token(i, t) => set("tokenizer.ggml.tokens", *i, Value::String(t.clone())),
+        E::Type(i, t) => set("tokenizer.ggml.token_type", *i, Value::I32(*t)),
+        E::Merge(i, t) => set("tokenizer.ggml.merges", *i, Value::String(t.clone())),
+        E::Cut(k, n) => {
+            if let Some(mut a) = array(meta, k) {
+                a.truncate(*n);
+                meta.insert(k.to_string(), Value::Array(a));
+            }
+        }
+        E::Id(k, v) => {
+            meta.insert(k.to_string(), Value::U32(*v));
+        }
+        E::Setting(k, v) => {
+            meta.insert(k.to_string(), Value::String(v.clone()));
+        }
+        E::Remove(k) => {
+            meta.remove(*k);
+        }
+    }
+}
+
+/// SmolLM2's GGUF tokenizer (49 152 tokens, their types, 48 900 BPE merges, special ids, model and split
+/// names) with one to three edits of the kinds above, 150 cases: rill's own GGUF tokenizer builder
+/// (`from_gguf`) returns a tokenizer or an error, never panics, within 20 s and the address-space cap; and what
+/// it builds encodes and decodes a short text without panicking.
+#[test]
+fn corrupted_gguf_tokenizers_are_refused_cleanly() {
+    cap_memory();
+    let path = common::model_path("smollm2/SmolLM2-135M-Instruct-Q4_1.gguf");
+    let meta = Content::read(&mut std::fs::File::open(&path).unwrap())
+        .unwrap()
+        .metadata;
+    let count = |k: &str| match &meta[k] {
+        Value::Array(v) => v.len(),
+        _ => panic!("{k} is not an array"),
+    };
+    let (tokens, merges) = (
+        count("tokenizer.ggml.tokens"),
+        count("tokenizer.ggml.merges"),
+    );
+    rill::tokenizer::gguf::from_gguf(&meta).expect("the real tokenizer builds");
+    let mut runner = proptest::test_runner::TestRunner::new_with_rng(
+        ProptestConfig {
+            cases: 150,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        },
+        common::fuzz_rng(),
+    );
+    let (built, refused) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+    let edits = prop::collection::vec(tokenizer_edit(tokens, merges), 1..4);
+    runner
+        .run(&edits, |edits| {
+            let mut m = meta.clone();
+            edits.iter().for_each(|e| edit(&mut m, e));
+            let t0 = Instant::now();
+            match rill::tokenizer::gguf::from_gguf(&m) {
+                Ok(tok) => {
+                    let ids = tok.encode("Hello, world! <|im_end|> ĠĠ");
+                    if let Ok(ids) = ids {
+                        let _ = tok.decode(&ids, false);
+                    }
+                    built.set(built.get() + 1)
+                }
+                Err(_) => refused.set(refused.get() + 1),
+            }
+            prop_assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "{:?} for {edits:?}",
+                t0.elapsed()
+            );
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (built, refused) = (built.get(), refused.get());
+    assert!(
+        built > 20 && refused > 20,
+        "{built} built, {refused} refused"
+    );
+}
