@@ -99,14 +99,7 @@ fn corrupted_gguf_files_are_refused_cleanly() {
         .tensor_data_offset as usize;
     let dir = common::TempDir::new("gguf-fuzz-random");
     let case = dir.join("case.gguf");
-    let mut runner = proptest::test_runner::TestRunner::new_with_rng(
-        ProptestConfig {
-            cases: 300,
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        },
-        common::fuzz_rng(),
-    );
+    let mut runner = common::fuzz_runner(300);
     let (refused, loaded) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
     runner
         .run(&mutation(header, bytes.len()), |m| {
@@ -299,14 +292,7 @@ fn corrupted_gguf_tokenizers_are_refused_cleanly() {
         count("tokenizer.ggml.merges"),
     );
     rill::tokenizer::gguf::from_gguf(&meta).expect("the real tokenizer builds");
-    let mut runner = proptest::test_runner::TestRunner::new_with_rng(
-        ProptestConfig {
-            cases: 150,
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        },
-        common::fuzz_rng(),
-    );
+    let mut runner = common::fuzz_runner(150);
     let (built, refused) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
     let edits = prop::collection::vec(tokenizer_edit(tokens, merges), 1..4);
     runner

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use http_support::*;
 use proptest::prelude::*;
-use proptest::test_runner::{Config as PtConfig, TestRunner};
 use rill::api::{ApiConfig, AppState};
 use rill::engine::EngineConfig;
 use serde_json::{json, Value};
@@ -387,14 +386,7 @@ fn six_hundred_hostile_requests_never_get_a_5xx() {
     )));
     let sent = std::cell::Cell::new(0);
     for (r, (route, shape)) in ROUTES.iter().enumerate() {
-        let mut runner = TestRunner::new_with_rng(
-            PtConfig {
-                cases: 70,
-                failure_persistence: None,
-                ..PtConfig::default()
-            },
-            common::fuzz_rng(),
-        );
+        let mut runner = common::fuzz_runner(70);
         runner
             .run(&hostile_body(r), |body| {
                 sent.set(sent.get() + 1);

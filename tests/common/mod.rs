@@ -136,7 +136,7 @@ pub fn sha256(path: &Path) -> String {
 
 /// A fixed seed: the same cases on every run (CI must not turn red on a case no one can reproduce);
 /// `RILL_FUZZ_SEED=<n>` explores others.
-pub fn fuzz_rng() -> proptest::test_runner::TestRng {
+fn fuzz_rng() -> proptest::test_runner::TestRng {
     let seed: u64 = std::env::var("RILL_FUZZ_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -144,6 +144,16 @@ pub fn fuzz_rng() -> proptest::test_runner::TestRng {
     let mut bytes = [0u8; 32];
     bytes[..8].copy_from_slice(&seed.to_le_bytes());
     proptest::test_runner::TestRng::from_seed(proptest::test_runner::RngAlgorithm::ChaCha, &bytes)
+}
+
+/// A property-test runner of `cases` cases from [`fuzz_rng`]'s seed, keeping no failure files.
+pub fn fuzz_runner(cases: u32) -> proptest::test_runner::TestRunner {
+    let config = proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    };
+    proptest::test_runner::TestRunner::new_with_rng(config, fuzz_rng())
 }
 
 /// Caps this test process's address space at `bytes` (or leaves a lower limit in place), so that an allocation
