@@ -21,14 +21,18 @@ fn copy_fixture(name: &str) -> common::TempDir {
     dir
 }
 
-/// Loads `dir` and returns the error text (a successful load fails the test).
-fn load_error(dir: &Path) -> String {
-    let locator = ModelLocator {
+/// A locator that finds `dir` (a folder or file) offline, with nothing else to search.
+fn locator(dir: &Path) -> ModelLocator {
+    ModelLocator {
         models_dir: dir.to_path_buf(),
         hub_cache: dir.to_path_buf(),
         offline: true,
-    };
-    let source = match locator.resolve(dir.to_str().unwrap()) {
+    }
+}
+
+/// Loads `dir` and returns the error text (a successful load fails the test).
+fn load_error(dir: &Path) -> String {
+    let source = match locator(dir).resolve(dir.to_str().unwrap()) {
         Ok(s) => s,
         Err(e) => return e.to_string(),
     };
@@ -248,12 +252,7 @@ fn absurd_config_values_load_or_are_refused_cleanly() {
                 c.insert(key.clone(), value.clone());
                 std::fs::write(dir.join("config.json"), serde_json::to_string(&c).unwrap())
                     .unwrap();
-                let locator = ModelLocator {
-                    models_dir: dir.to_path_buf(),
-                    hub_cache: dir.to_path_buf(),
-                    offline: true,
-                };
-                let source = locator.resolve(dir.to_str().unwrap()).unwrap();
+                let source = locator(&dir).resolve(dir.to_str().unwrap()).unwrap();
                 let t0 = Instant::now();
                 if let Err(e) = load::load(&source, "hostile", &Device::Cpu) {
                     let e = e.to_string();
