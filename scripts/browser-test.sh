@@ -31,12 +31,18 @@ fi
 
 pinned_venv "$VENV" "import selenium, pytest, httpx" "${PACKAGES[@]}"
 
-trap stop_rill_server EXIT
+# Chromium and its driver leave a profile folder in $TMPDIR after every session: give them one of their own.
+BROWSER_TMP="$(mktemp -d)"
+cleanup() {
+  stop_rill_server
+  rm -rf "$BROWSER_TMP"
+}
+trap cleanup EXIT
 start_rill_server target/release/rill serve --model smollm2 --host 127.0.0.1 --port 0 --resume-window-secs 3
 log "server ready at $URL; $(chromium --version 2>/dev/null | head -n1)"
 
 status=0
-RILL_BASE_URL="$URL" "$VENV/bin/python" -m pytest -q -c tests/browser/pytest.ini --rootdir tests/browser tests/browser ${PYTEST_ARGS:-} || status=$?
+TMPDIR="$BROWSER_TMP" RILL_BASE_URL="$URL" "$VENV/bin/python" -m pytest -q -c tests/browser/pytest.ini --rootdir tests/browser tests/browser ${PYTEST_ARGS:-} || status=$?
 if [[ $status -ne 0 ]]; then
   log "server log (last 40 lines):"
   tail -n 40 "$RILL_SERVER_LOG" >&2
