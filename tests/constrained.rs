@@ -41,8 +41,11 @@ fn run(e: &EngineHandle, req: GenRequest) -> (String, rill::engine::Completion) 
     (text, done)
 }
 
-/// A schema and a check of what it allows (written out by hand: the schemas are small).
-fn cases() -> Vec<(Value, fn(&Value) -> bool)> {
+/// A schema and a check of what a value it allows must satisfy.
+type Case = (Value, fn(&Value) -> bool);
+
+/// The schemas and their checks (written out by hand: the schemas are small).
+fn cases() -> Vec<Case> {
     let s = |v: &Value| v.is_string();
     vec![
         (

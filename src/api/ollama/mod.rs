@@ -67,7 +67,7 @@ async fn generate(
             let mode = Mode::Generate {
                 prompt: gen.prompt.clone(),
             };
-            run(&state, model, mode, gen, stream, None, "/api/generate").await
+            run(&state, model, mode, *gen, stream, None, "/api/generate").await
         }
     }
 }
@@ -83,7 +83,7 @@ async fn chat(
             Ok(Json(wire::load_response(&model, &Mode::Chat, SystemTime::now())).into_response())
         }
         Plan::Generate { gen, stream, tools } => {
-            run(&state, model, Mode::Chat, gen, stream, tools, "/api/chat").await
+            run(&state, model, Mode::Chat, *gen, stream, tools, "/api/chat").await
         }
     }
 }

@@ -116,7 +116,8 @@ pub enum Plan {
     /// Only to load the model (empty prompt): answered at once with `done_reason: "load"`.
     Load,
     Generate {
-        gen: GenRequest,
+        /// Boxed: a request is large beside `Load`'s nothing.
+        gen: Box<GenRequest>,
         stream: bool,
         /// The answer may hold tool calls: read them out of the text.
         tools: Option<&'static Format>,
@@ -209,7 +210,7 @@ impl Common {
             prompt_logprobs: None,
         };
         Ok(Plan::Generate {
-            gen,
+            gen: Box::new(gen),
             stream: self.stream.unwrap_or(true),
             tools: None,
         })
