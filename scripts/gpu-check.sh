@@ -13,7 +13,8 @@
 #   parity    CPU against the GPU for every architecture: greedy ids (identical required for f32 checkpoints)
 #             and teacher-forced agreement (scripts/gpu_parity.py); then GPT-2 124M and SmolLM2 again with CUDA
 #             graphs (`RILL_GPU_GRAPHS=1`) and with an f16 KV cache (`--kv-dtype f16`, on both sides)
-#   ttft      first-request TTFT of a fresh server with the kernel cache off, against a warm request
+#   ttft      first-request TTFT of a fresh server with the kernel cache off, against warm requests (prompts of
+#             their own: no prefix-cache hits)
 #   bench     `rill bench` at 1/8/64 clients against `rill serve --device cuda`; the same with CUDA graphs
 #             (`RILL_GPU_GRAPHS=1`, opt-in), with candle's per-sequence attention (`RILL_GPU_ATTENTION=0`, only when
 #             GPU_CHECK_CANDLE_ATTENTION is set) and, for SmolLM2, with its weights kept quantized
@@ -194,17 +195,20 @@ fi
 
 # --- ttft ------------------------------------------------------------------------------------------------------
 # First request of a fresh process (the kernel cache off, so every kernel compiles as on a new machine) against
-# a warm one; the load time includes the warm-up.
+# warm ones; the load time includes the warm-up. Every request's prompt starts with another word, so no warm
+# request finds its prompt in the prefix cache (a hit would skip the prefill the first request paid for), and the
+# client makes one request of its own first, so its own first-use costs are not counted. Client-side times, then
+# the server's own (submission to first token, from its log).
 ttft() {
   local name="$1" model="$2" t0=$SECONDS
   [[ -e "$model" ]] || { say "ttft-$name: skipped, $model is missing"; return; }
   CUDA_CACHE_DISABLE=1 serve "ttft-$name" "$model" "$DEVICE" || { FAILED+=("ttft-$name"); return; }
   local ready=$((SECONDS - t0))
-  python3 - "$URL" "$name" "$ready" <<'EOF'
-import json, sys, time, urllib.request
-url, name, ready = sys.argv[1], sys.argv[2], sys.argv[3]
-def first_token():
-    body = {"prompt": "The quick brown fox jumps over the lazy dog", "max_tokens": 8, "temperature": 0,
+  python3 - "$URL" "$name" "$ready" "$OUT/serve-ttft-$name-$DEVICE.log" <<'EOF'
+import json, re, statistics, sys, time, urllib.request
+url, name, ready, log = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+def first_token(word):
+    body = {"prompt": word + " quick brown fox jumps over the lazy dog", "max_tokens": 8, "temperature": 0,
             "stream": True}
     req = urllib.request.Request(url + "/v1/completions", json.dumps(body).encode(),
                                  {"Content-Type": "application/json"})
@@ -216,10 +220,14 @@ def first_token():
                 for _ in r:
                     pass
                 return t
-first = first_token()
-warm = sorted(first_token() for _ in range(5))[2]
+urllib.request.urlopen(url + "/v1/models", timeout=10).read()
+first = first_token("The")
+warm = statistics.median(first_token(w) for w in ("A", "One", "This", "Her", "Every"))
+time.sleep(0.2)
+served = [float(v) for v in re.findall(r"ttft_ms=([0-9.]+)", open(log).read())]
 print(f"TTFT {name}: ready after {ready} s; first request {first * 1e3:.1f} ms, warm {warm * 1e3:.1f} ms "
-      f"({first / warm:.2f}x)")
+      f"({first / warm:.2f}x); in the server {served[0]:.1f} ms against {statistics.median(served[1:]):.1f} ms "
+      f"({served[0] / statistics.median(served[1:]):.2f}x)")
 EOF
   [[ $? -eq 0 ]] || FAILED+=("ttft-$name")
   stop

@@ -61,7 +61,7 @@ pub struct ModelArgs {
     pub ctx_size: Option<u64>,
     /// The type a safetensors checkpoint's matrices are kept and multiplied in: `auto` keeps a checkpoint's
     /// f16 or bf16 on the CPU (half the memory of f32 and faster decoding, the same results as f32) and, on a
-    /// GPU, for matrices of more than 16M values (smaller ones become f32); `f32`, `f16` or `bf16` convert.
+    /// GPU, for matrices of more than 2M values (smaller ones become f32); `f32`, `f16` or `bf16` convert.
     /// On a GPU a half-type matrix multiplies activations rounded to its type; everything else runs in f32.
     /// GGUF files keep their own types.
     #[arg(long, env = "RILL_DTYPE", value_enum, default_value = "auto")]
