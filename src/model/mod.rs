@@ -128,10 +128,13 @@ pub trait CausalLm: Send {
     }
 }
 
-/// [`CausalLm::warm_up`] by forward passes on throwaway caches: a two-token prefill, a one-token prefill, then
-/// one batched decode step of both sequences (the paths a server's first requests take).
+/// [`CausalLm::warm_up`] by forward passes on throwaway caches: a two-token prefill, a one-token prefill, one
+/// batched decode step of both sequences (the paths a server's first requests take), then a prompt of up to 32
+/// tokens (on the CPU, its pass sizes the kernels' scratch memory for many rows, which a first prompt would
+/// otherwise pay for).
 pub(crate) fn warm_up_by_forward(model: &dyn CausalLm, kv_dtype: DType) -> Result<(), ModelError> {
-    if model.info().context_length < 4 || model.info().vocab_size < 3 {
+    let (context, vocab) = (model.info().context_length, model.info().vocab_size);
+    if context < 4 || vocab < 3 {
         return Ok(());
     }
     let mut a = model.new_cache().stored_as(kv_dtype);
@@ -144,6 +147,13 @@ pub(crate) fn warm_up_by_forward(model: &dyn CausalLm, kv_dtype: DType) -> Resul
         .to_vec2::<f32>()?;
     model
         .forward(&mut [SeqStep::new(&[2], &mut a), SeqStep::new(&[1], &mut b)])?
+        .to_vec2::<f32>()?;
+    let prompt: Vec<u32> = (0..context.min(32) as u32)
+        .map(|i| i % vocab as u32)
+        .collect();
+    let mut c = model.new_cache().stored_as(kv_dtype);
+    model
+        .forward(&mut [SeqStep::new(&prompt, &mut c)])?
         .to_vec2::<f32>()?;
     Ok(())
 }
@@ -247,7 +257,7 @@ mod tests {
     }
 
     #[test]
-    fn warm_up_runs_a_prefill_and_a_batched_decode_step() {
+    fn warm_up_runs_prefills_a_batched_decode_step_and_a_longer_prompt() {
         let m = Recorder {
             info: ModelInfo {
                 name: "r".into(),
@@ -261,6 +271,9 @@ mod tests {
             calls: Mutex::new(Vec::new()),
         };
         warm_up_by_forward(&m, DType::F32).unwrap();
-        assert_eq!(*m.calls.lock().unwrap(), vec![vec![2], vec![1], vec![1, 1]]);
+        assert_eq!(
+            *m.calls.lock().unwrap(),
+            vec![vec![2], vec![1], vec![1, 1], vec![16]]
+        );
     }
 }
