@@ -105,26 +105,27 @@ impl ModelArgs {
     }
 }
 
-/// Sampling flags shared by the CLI commands.
+/// Sampling flags shared by the CLI commands, each checked against its range as it is parsed (negative numbers
+/// reach the check rather than being taken for flags).
 #[derive(Debug, Clone, Args)]
 pub struct SamplingArgs {
-    /// Most tokens to generate.
-    #[arg(long, default_value_t = 256)]
+    /// Most tokens to generate (at least 1).
+    #[arg(long, default_value_t = 256, value_parser = at_least_1)]
     pub max_tokens: usize,
-    /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.8)]
+    /// Sampling temperature, at least 0; 0 is greedy.
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true, value_parser = at_least_0)]
     pub temperature: f32,
-    /// Nucleus sampling: keep the most likely tokens up to this probability mass (1 = off).
-    #[arg(long, default_value_t = 1.0)]
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass, 0 to 1 (1 = off).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = from_0_to_1)]
     pub top_p: f32,
     /// Keep only the k most likely tokens (0 = off).
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
-    /// Drop tokens less likely than this fraction of the most likely one (0 = off).
-    #[arg(long, default_value_t = 0.0)]
+    /// Drop tokens less likely than this fraction of the most likely one, 0 to 1 (0 = off).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = from_0_to_1)]
     pub min_p: f32,
-    /// Repetition penalty over the last 64 tokens (1 = off).
-    #[arg(long, default_value_t = 1.0)]
+    /// Repetition penalty over the last 64 tokens, above 0 (1 = off; above 1 discourages repeats).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = above_0)]
     pub repeat_penalty: f32,
     /// Random seed; the same seed gives the same output.
     #[arg(long)]
@@ -135,6 +136,33 @@ pub struct SamplingArgs {
     /// Keep generating past the model's end-of-sequence token.
     #[arg(long)]
     pub ignore_eos: bool,
+}
+
+/// A finite number for which `ok` holds, else what it must be.
+fn number_where(s: &str, ok: fn(f32) -> bool, must: &str) -> Result<f32, String> {
+    match s.trim().parse::<f32>() {
+        Ok(v) if v.is_finite() && ok(v) => Ok(v),
+        _ => Err(format!("must be a number {must}")),
+    }
+}
+
+fn at_least_1(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("must be a whole number of at least 1".into()),
+    }
+}
+
+fn at_least_0(s: &str) -> Result<f32, String> {
+    number_where(s, |v| v >= 0.0, "of at least 0")
+}
+
+fn from_0_to_1(s: &str) -> Result<f32, String> {
+    number_where(s, |v| (0.0..=1.0).contains(&v), "from 0 to 1")
+}
+
+fn above_0(s: &str) -> Result<f32, String> {
+    number_where(s, |v| v > 0.0, "above 0")
 }
 
 impl SamplingArgs {
@@ -248,7 +276,8 @@ pub struct ServeArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ApiArgs {
     /// Require this key on every model route, as `Authorization: Bearer <key>` or `x-api-key: <key>`
-    /// (`/health` and `/` stay open).
+    /// (`/health`, `/`, the chat page's files and a browser stream's event feed, which its token guards, stay
+    /// open).
     #[arg(long, env = "RILL_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Allow browsers from this origin (repeatable or comma-separated; `*` allows any). CORS is off by default.
@@ -258,8 +287,9 @@ pub struct ApiArgs {
     #[arg(long, env = "RILL_BODY_LIMIT", default_value_t = 4 * 1024 * 1024)]
     pub body_limit: usize,
     /// Let OpenAI and Anthropic requests name any model and get the served one (by default an unknown name is a
-    /// 404; Ollama requests must always name the served model).
-    #[arg(long, env = "RILL_ANY_MODEL")]
+    /// 404; Ollama requests must always name the served model). From the environment, `1`, `true`, `yes` or
+    /// `on` turn it on.
+    #[arg(long, env = "RILL_ANY_MODEL", value_parser = clap::builder::BoolishValueParser::new())]
     pub any_model: bool,
     /// Seconds a stream may stay silent (e.g. during a long prefill) before an SSE keep-alive is sent.
     #[arg(long, env = "RILL_SSE_PING_SECS", default_value_t = 10.0)]
@@ -306,5 +336,38 @@ impl ApiArgs {
                 },
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// `rill generate` refuses sampling values out of range as it parses them, naming the flag and the range,
+    /// negative numbers included (rather than taking them for flags); values in range pass.
+    #[test]
+    fn sampling_flags_are_checked_as_they_are_parsed() {
+        let parse = |flags: &[&str]| {
+            let args = ["rill", "generate", "--prompt", "hi"].iter().chain(flags);
+            Cli::try_parse_from(args).map(|_| ()).map_err(|e| e.to_string())
+        };
+        let refused = [
+            (&["--min-p", "1.5"][..], "from 0 to 1"),
+            (&["--min-p=-0.5"], "from 0 to 1"),
+            (&["--top-p", "2"], "from 0 to 1"),
+            (&["--temperature", "-1"], "at least 0"),
+            (&["--temperature", "nan"], "at least 0"),
+            (&["--temperature", "inf"], "at least 0"),
+            (&["--repeat-penalty", "0"], "above 0"),
+            (&["--max-tokens", "0"], "at least 1"),
+        ];
+        for (flags, range) in refused {
+            let e = parse(flags).unwrap_err();
+            let flag = flags[0].split('=').next().unwrap();
+            assert!(e.contains(flag) && e.contains(range), "{flags:?}: {e}");
+        }
+        let fine = ["--temperature", "0", "--top-p", "1", "--min-p", "0.05", "--repeat-penalty", "1.1"];
+        parse(&fine).unwrap();
     }
 }

@@ -208,6 +208,36 @@ fn requests_are_validated_before_they_are_queued() {
             context: 100_000
         })
     );
+    assert_eq!(
+        e.submit(request(vec![1], 0)).err(),
+        Some(EngineError::NoTokens)
+    );
+    // Whoever builds the request (the CLI has no HTTP layer in front): values the sampler has no meaning for
+    // are refused, naming the field. A `min_p` above 1 used to empty the candidates and panic the step.
+    let odd = [
+        ("min_p", 1.5),
+        ("temperature", -1.0),
+        ("temperature", f32::NAN),
+        ("top_p", 2.0),
+        ("repetition_penalty", 0.0),
+    ];
+    for (name, value) in odd {
+        let mut req = request(vec![1], 1);
+        let s = &mut req.sampling;
+        *match name {
+            "min_p" => &mut s.min_p,
+            "temperature" => &mut s.temperature,
+            "top_p" => &mut s.top_p,
+            _ => &mut s.repetition_penalty,
+        } = value;
+        match e.submit(req).err() {
+            Some(EngineError::Sampling(o)) => assert_eq!(o.name, name),
+            other => panic!("{name} {value}: {other:?}"),
+        }
+    }
+    // The engine still serves after the refusals.
+    let (_, tokens, _) = e.submit(request(vec![5], 2)).unwrap().collect_blocking().unwrap();
+    assert_eq!(tokens.len(), 2);
 }
 
 #[test]

@@ -207,6 +207,31 @@ fn a_model_that_fails_to_load_stops_the_server_with_the_error() {
     );
 }
 
+/// `RILL_ANY_MODEL` (a flag) takes the usual ways of saying yes and no from the environment, not only `true`
+/// and `false`: the server gets past its flags (to the missing model) with each, and names the variable's bad
+/// value otherwise.
+#[test]
+fn boolean_flags_take_yes_and_no_from_the_environment() {
+    let run = |value: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_rill"))
+            .args(["serve", "--port", "0", "--model"])
+            .arg(common::root().join("models/no-such-model.gguf"))
+            .env("RILL_LOG", "off")
+            .env("HF_HUB_OFFLINE", "1")
+            .env("RILL_ANY_MODEL", value)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    for value in ["1", "yes", "on", "true", "0", "no", "off", "false"] {
+        let err = run(value);
+        assert!(err.contains("no-such-model") && !err.contains("invalid value"), "{value}: {err}");
+    }
+    let err = run("maybe");
+    assert!(err.contains("invalid value 'maybe'"), "{err}");
+}
+
 /// The thread count changes which thread computes a piece of work, never the arithmetic: one and two threads
 /// give the same text and the same logprob bits (prompt and generated) for GPT-2 (f32) and SmolLM2 (Q4_1/Q8_0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,6 +92,8 @@ impl ApiError {
             Self::Internal(_) => ErrorKind::Internal,
             Self::Engine(e) => match e {
                 EngineError::EmptyPrompt
+                | EngineError::Sampling(_)
+                | EngineError::NoTokens
                 | EngineError::PromptTooLong { .. }
                 | EngineError::ExceedsKvBudget { .. } => ErrorKind::InvalidRequest,
                 EngineError::QueueFull(_) => ErrorKind::Overloaded,

@@ -44,10 +44,12 @@ pub struct SamplingFields {
     pub seed: Option<u64>,
 }
 
-/// The largest temperature each dialect allows.
+/// What differs between the dialects' sampling fields: the largest temperature each allows, and the name its
+/// clients give the repetition penalty (named as the client sent it in errors).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_temperature: f32,
+    pub repetition_penalty: &'static str,
 }
 
 impl SamplingFields {
@@ -71,7 +73,13 @@ impl SamplingFields {
             p.min_p = in_range("min_p", v, 0.0, 1.0)?;
         }
         if let Some(v) = self.repetition_penalty {
-            p.repetition_penalty = in_range("repetition_penalty", v, f32::MIN_POSITIVE, 100.0)?;
+            let name = limits.repetition_penalty;
+            if !(v > 0.0 && v <= 100.0) {
+                return Err(ApiError::BadRequest(format!(
+                    "`{name}` must be above 0 and at most 100, got {v}"
+                )));
+            }
+            p.repetition_penalty = v;
         }
         if let Some(n) = self.repeat_last_n {
             p.repeat_last_n = usize::try_from(n).unwrap_or(p.repeat_last_n);
@@ -125,6 +133,7 @@ mod tests {
 
     const OPENAI: Limits = Limits {
         max_temperature: 2.0,
+        repetition_penalty: "repetition_penalty",
     };
 
     #[test]
@@ -148,6 +157,27 @@ mod tests {
             ..Default::default()
         };
         assert!(f.build(SamplingParams::default(), OPENAI).is_err());
+    }
+
+    /// A repetition penalty of 0 or less is refused under the name the dialect's clients use, with its range
+    /// in plain numbers.
+    #[test]
+    fn the_repetition_penalty_is_named_as_the_dialect_names_it() {
+        let ollama = Limits {
+            max_temperature: 100.0,
+            repetition_penalty: "repeat_penalty",
+        };
+        for v in [0.0, -1.0, 101.0, f32::NAN] {
+            let f = SamplingFields {
+                repetition_penalty: Some(v),
+                ..Default::default()
+            };
+            let e = f.build(SamplingParams::default(), ollama).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("`repeat_penalty` must be above 0 and at most 100, got {v}")
+            );
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::Context;
 
 use crate::config::GenerateArgs;
-use crate::engine::{EngineConfig, Event, GenRequest};
+use crate::engine::{EngineConfig, Event, FinishReason, GenRequest};
 use crate::tokenizer::ChatMessage;
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
@@ -55,12 +55,12 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 writeln!(out)?;
                 let t = c.timings;
                 eprintln!(
-                    "[{} prompt tokens, {} generated; TTFT {:.0} ms; {:.1} tok/s; finish {:?}]",
+                    "[{} prompt tokens, {} generated; TTFT {:.0} ms; {:.1} tok/s; ended by {}]",
                     c.usage.prompt_tokens,
                     c.usage.completion_tokens,
                     t.ttft.as_secs_f64() * 1e3,
                     t.decode_tokens_per_sec(c.usage.completion_tokens),
-                    c.finish
+                    ended_by(&c.finish)
                 );
                 return Ok(());
             }
@@ -68,4 +68,13 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         }
     }
     anyhow::bail!("the generation thread stopped unexpectedly")
+}
+
+/// Why generation ended, in the words of the stats line.
+fn ended_by(f: &FinishReason) -> String {
+    match f {
+        FinishReason::Eos => "the end-of-sequence token".into(),
+        FinishReason::StopSequence(s) => format!("the stop string {s:?}"),
+        FinishReason::Length => "the token limit".into(),
+    }
 }

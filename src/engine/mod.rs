@@ -30,6 +30,10 @@ pub use sampler::SamplingParams;
 pub enum EngineError {
     #[error("the prompt is empty")]
     EmptyPrompt,
+    #[error("{0}")]
+    Sampling(#[from] sampler::OutOfRange),
+    #[error("at least one token must be asked for")]
+    NoTokens,
     #[error("the prompt has {prompt} tokens, but the model's context is {context} tokens (at least one must remain for the answer)")]
     PromptTooLong { prompt: usize, context: usize },
     #[error("the server is busy: {0} requests are already waiting")]
@@ -391,6 +395,10 @@ impl EngineHandle {
         let context = self.shared.info.context_length;
         if req.prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
+        }
+        req.sampling.check()?;
+        if req.max_tokens == Some(0) {
+            return Err(EngineError::NoTokens);
         }
         if req.prompt.len() >= context {
             return Err(EngineError::PromptTooLong {

@@ -56,6 +56,35 @@ impl SamplingParams {
             ..Self::default()
         }
     }
+
+    /// Refuses values the sampler has no meaning for (the engine checks every request with it, whoever sent
+    /// it): a temperature below 0, `top_p` or `min_p` outside 0..=1 (a `min_p` above 1 would drop every token),
+    /// a repetition penalty of 0 or below, and anything not a number.
+    pub fn check(&self) -> Result<(), OutOfRange> {
+        let unit = 0.0..=1.0;
+        let fields = [
+            ("temperature", self.temperature, self.temperature >= 0.0, "at least 0"),
+            ("top_p", self.top_p, unit.contains(&self.top_p), "between 0 and 1"),
+            ("min_p", self.min_p, unit.contains(&self.min_p), "between 0 and 1"),
+            ("repetition_penalty", self.repetition_penalty, self.repetition_penalty > 0.0, "above 0"),
+            ("presence_penalty", self.presence_penalty, true, "a number"),
+            ("frequency_penalty", self.frequency_penalty, true, "a number"),
+        ];
+        let biases = (self.logit_bias.iter()).map(|&(_, b)| ("logit_bias", b, true, "a number"));
+        match (fields.into_iter().chain(biases)).find(|&(_, v, ok, _)| !(ok && v.is_finite())) {
+            Some((name, value, _, range)) => Err(OutOfRange { name, range, value }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A sampling value outside the range [`SamplingParams::check`] allows.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("`{name}` must be {range}, got {value}")]
+pub struct OutOfRange {
+    pub name: &'static str,
+    pub range: &'static str,
+    pub value: f32,
 }
 
 /// Per-request sampler state: the parameters and the seeded generator.
@@ -199,7 +228,7 @@ impl Sampler {
         }
         if p.min_p > 0.0 {
             // At least `min_p` times as likely as the best token: logit ≥ max + T·ln(min_p).
-            let floor = max + p.temperature * p.min_p.ln();
+            let floor = max + p.temperature * p.min_p.min(1.0).ln();
             cand.retain(|c| c.1 >= floor);
         }
         let probs: Vec<f32> = cand.iter().map(|c| weight(c.1)).collect();

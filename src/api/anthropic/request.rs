@@ -15,6 +15,7 @@ use crate::tokenizer::ChatMessage;
 
 const LIMITS: Limits = Limits {
     max_temperature: 1.0,
+    repetition_penalty: "repetition_penalty",
 };
 
 /// `POST /v1/messages` (and `/v1/messages/count_tokens`, which ignores the generation fields).

@@ -22,6 +22,7 @@ use crate::tokenizer::ChatMessage;
 
 const LIMITS: Limits = Limits {
     max_temperature: 100.0,
+    repetition_penalty: "repeat_penalty",
 };
 
 /// Ollama's sampling defaults, which its clients expect when they send no options.

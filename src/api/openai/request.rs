@@ -17,6 +17,7 @@ use crate::tokenizer::ChatMessage;
 
 const LIMITS: Limits = Limits {
     max_temperature: 2.0,
+    repetition_penalty: "repetition_penalty",
 };
 
 /// `max_tokens` of `/v1/completions` when the request gives none, as OpenAI documents.
