@@ -188,14 +188,23 @@ fn source_from_path(path: &Path) -> Result<ModelSource, ModelError> {
         .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
         .collect();
     ggufs.sort();
-    match ggufs.into_iter().next() {
-        Some(file) => Ok(ModelSource::Gguf {
-            tokenizer: beside(&file),
-            file,
+    match ggufs.as_slice() {
+        [file] => Ok(ModelSource::Gguf {
+            tokenizer: beside(file),
+            file: file.clone(),
         }),
-        None => Err(ModelError::Invalid {
+        [] => Err(ModelError::Invalid {
             path: path.display().to_string(),
             reason: "no config.json or .gguf file".into(),
+        }),
+        // Several quantizations of one model side by side is common; taking one silently would serve a model
+        // the user may not have meant.
+        several => Err(ModelError::SeveralGguf {
+            path: path.display().to_string(),
+            files: several
+                .iter()
+                .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .collect(),
         }),
     }
 }

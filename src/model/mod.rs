@@ -46,6 +46,8 @@ pub enum ModelError {
     Unsupported(String),
     #[error("invalid model file {path}: {reason}")]
     Invalid { path: String, reason: String },
+    #[error("{path} holds {} GGUF files; name the one to load, e.g. {path}/{}: {}", files.len(), files[0], files.join(", "))]
+    SeveralGguf { path: String, files: Vec<String> },
     #[error("i/o error on {path}: {source}")]
     Io {
         path: String,
