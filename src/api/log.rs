@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use tracing::Span;
 
+use super::error::ApiError;
 use crate::engine::{Completion, EngineError, FinishReason};
 
 /// One request's span; logs its outcome once, or "cancelled" if dropped before it finished.
@@ -39,6 +40,14 @@ impl RequestLog {
                 "request finished"
             )
         });
+    }
+
+    /// The request was refused before it was queued (a full queue, a prompt that cannot fit): logged as such,
+    /// not as a client that went away.
+    pub fn refused(&mut self, e: &ApiError) {
+        self.done = true;
+        self.span
+            .in_scope(|| tracing::warn!(error = %e, "request refused"));
     }
 
     pub fn failed(&mut self, e: &EngineError) {

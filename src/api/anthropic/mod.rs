@@ -37,7 +37,7 @@ async fn messages(
     let (id, model) = (util::new_id("msg_"), state.model_name().to_string());
     let prompt_tokens = p.gen.prompt.len();
     let mut log = RequestLog::new("/v1/messages", &model, prompt_tokens, p.stream);
-    let events = state.submit(p.gen)?;
+    let events = state.submit(p.gen).inspect_err(|e| log.refused(e))?;
     if p.stream {
         let enc = AnthropicStream::new(id, model, prompt_tokens).with_tools(p.tools);
         return Ok(stream::response(

@@ -99,7 +99,7 @@ async fn run(
 ) -> Result<Response, OllamaError> {
     let mut log = RequestLog::new(route, state.model_name(), gen.prompt.len(), streaming);
     let logprobs = gen.logprobs.is_some();
-    let events = state.submit(gen)?;
+    let events = state.submit(gen).inspect_err(|e| log.refused(e))?;
     let enc = OllamaStream::new(model, mode, SystemTime::now)
         .with_logprobs(logprobs)
         .with_tools(tools);

@@ -64,7 +64,7 @@ async fn generate(
     };
     let meta = Meta::new(prefix, state.model_name());
     let mut log = RequestLog::new(route, state.model_name(), p.gen.prompt.len(), p.stream);
-    let events = state.submit(p.gen)?;
+    let events = state.submit(p.gen).inspect_err(|e| log.refused(e))?;
     if p.stream {
         let enc = OpenAiStream::new(meta, kind, p.include_usage)
             .with(p.logprobs, p.echo, p.token_ids)

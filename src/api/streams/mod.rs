@@ -70,10 +70,11 @@ async fn create(
     }
     let streams = state.streams();
     let entry = streams.create().ok_or(ApiError::TooManyStreams)?;
-    let log = RequestLog::new(PATH, state.model_name(), p.gen.prompt.len(), true);
+    let mut log = RequestLog::new(PATH, state.model_name(), p.gen.prompt.len(), true);
     let events = match state.submit(p.gen) {
         Ok(events) => events,
         Err(e) => {
+            log.refused(&e);
             streams.remove(&entry.id);
             return Err(e.into());
         }
