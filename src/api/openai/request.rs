@@ -373,7 +373,14 @@ fn chat_message(m: Message) -> Result<ChatMessage, ApiError> {
         }
     };
     let content = match m.content {
-        None => String::new(),
+        // Only an assistant message may go without (its tool calls say what it did), as OpenAI's API has it.
+        None if role == "assistant" => String::new(),
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "a {} message needs `content`",
+                m.role
+            )))
+        }
         Some(Content::Text(t)) => t,
         Some(Content::Parts(parts)) => {
             let mut text = String::new();
@@ -475,6 +482,14 @@ mod tests {
             chat_message(tool).unwrap().tool_call_id.as_deref(),
             Some("c1")
         );
+        let bare: Message = serde_json::from_str(r#"{"role":"user"}"#).unwrap();
+        let e = chat_message(bare).unwrap_err();
+        assert!(e.to_string().contains("a user message needs `content`"), "{e}");
+        let calls: Message = serde_json::from_str(
+            r#"{"role":"assistant","tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(chat_message(calls).unwrap().content, "");
         let other: Message = serde_json::from_str(r#"{"role":"function","content":"x"}"#).unwrap();
         assert!(chat_message(other).is_err());
     }
