@@ -536,6 +536,45 @@ async fn smollm2_stream_equals_whole_in_every_dialect() {
     .await;
 }
 
+/// Anthropic's prefill: a final assistant message is the start of the answer, and the model goes on from it.
+/// The answer is exactly the greedy continuation of the rendered conversation followed by the prefill's text
+/// (as `/v1/completions` of those ids gives it), streamed and whole alike, and the prefill counts as input.
+/// A prefill ending in whitespace, or holding a tool call, is refused as Anthropic refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smollm2_anthropic_prefill_continues_the_answer() {
+    let s = Server::ready(smollm2_engine()).await;
+    let question = "What is the capital of France? Reply in JSON.";
+    let prefill = "{\"capital\": \"";
+    let msgs = json!([{"role": "user", "content": question}, {"role": "assistant", "content": prefill}]);
+    let body = json!({"model": "smollm2", "messages": msgs, "max_tokens": 20, "temperature": 0});
+    let answer = anthropic_parity(&s, body.clone()).await;
+    assert!(answer.starts_with("Paris"), "{answer:?}");
+
+    let turn = s.post_json("/tokenize", &json!({"messages": user(question)}), 200).await;
+    let start = json!({"content": prefill, "add_special": false});
+    let start = s.post_json("/tokenize", &start, 200).await;
+    let mut ids = turn["tokens"].as_array().unwrap().clone();
+    ids.extend(start["tokens"].as_array().unwrap().iter().cloned());
+    let plain = json!({"model": "smollm2", "prompt": ids, "max_tokens": 20, "temperature": 0});
+    let plain = s.post_json("/v1/completions", &plain, 200).await;
+    assert_eq!(plain["choices"][0]["text"], answer.as_str());
+    let whole = s.post_json("/v1/messages", &body, 200).await;
+    assert_eq!(whole["usage"]["input_tokens"].as_u64().unwrap() as usize, ids.len());
+
+    for (last, why) in [
+        (json!("The capital is "), "trailing whitespace"),
+        (
+            json!([{"type": "tool_use", "id": "t1", "name": "f", "input": {}}]),
+            "may hold only text",
+        ),
+    ] {
+        let mut bad = body.clone();
+        bad["messages"][1]["content"] = last;
+        let e = s.post_json("/v1/messages", &bad, 400).await;
+        assert!(e["error"]["message"].as_str().unwrap().contains(why), "{e}");
+    }
+}
+
 /// Ollama tools on `/api/chat`: earlier calls (arguments as objects) and a system prompt lead SmolLM2 to call
 /// again; the call comes back whole with its arguments as an object, streamed in one line of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -186,6 +186,27 @@ fn tool_spec(tools: Vec<Value>, choice: Option<&Value>) -> Result<ToolSpec, ApiE
     ToolSpec::new(tools, choice, parallel)
 }
 
+/// The text of a final assistant message, which the answer continues: text blocks only, and, as Anthropic's
+/// API has it, not ending in whitespace (a tokenizer would end the prefill on a token that the answer's first
+/// one rarely follows).
+fn prefill_text(content: Content) -> Result<String, ApiError> {
+    let mut turns = content.turns("assistant")?;
+    let text = match turns.len() {
+        1 if turns[0].tool_calls.is_none() => turns.remove(0).content,
+        _ => {
+            return Err(ApiError::bad_request(
+                "a final assistant message (prefill) may hold only text",
+            ))
+        }
+    };
+    if text.ends_with(char::is_whitespace) {
+        return Err(ApiError::bad_request(
+            "final assistant content cannot end with trailing whitespace",
+        ));
+    }
+    Ok(text)
+}
+
 /// An engine request and how to answer it.
 #[derive(Debug)]
 pub struct Prepared {
@@ -210,17 +231,23 @@ impl MessagesRequest {
         self.prompt_with(shared, &tools)
     }
 
-    fn prompt_with(self, shared: &Shared, tools: &ToolSpec) -> Result<Vec<u32>, ApiError> {
+    /// Whether the conversation ends with an assistant message: the start of the answer, which the model
+    /// continues (a prefill).
+    fn has_prefill(&self) -> bool {
+        self.messages.last().is_some_and(|m| m.role == "assistant")
+    }
+
+    fn prompt_with(mut self, shared: &Shared, tools: &ToolSpec) -> Result<Vec<u32>, ApiError> {
         if self.messages.is_empty() {
             return Err(ApiError::bad_request(
                 "`messages` must hold at least one message",
             ));
         }
-        if self.messages.last().is_some_and(|m| m.role == "assistant") {
-            return Err(ApiError::bad_request(
-                "a final assistant message (prefill) is not supported yet",
-            ));
-        }
+        let prefill = if self.has_prefill() {
+            self.messages.pop().map(|m| prefill_text(m.content)).transpose()?
+        } else {
+            None
+        };
         let mut msgs = Vec::with_capacity(self.messages.len() + 1);
         if let Some(system) = self.system {
             let s = system.text()?;
@@ -237,9 +264,10 @@ impl MessagesRequest {
             }
             msgs.extend(m.content.turns(&m.role)?);
         }
-        Ok(shared
-            .tokenizer
-            .encode(&tools::prompt::render(shared, msgs, Some(tools))?)?)
+        let mut text = tools::prompt::render(shared, msgs, Some(tools))?;
+        // The answer so far goes after the assistant's turn has opened, and the model goes on from it.
+        text.push_str(prefill.as_deref().unwrap_or_default());
+        Ok(shared.tokenizer.encode(&text)?)
     }
 
     pub fn prepare(mut self, shared: &Shared) -> Result<Prepared, ApiError> {
@@ -268,6 +296,11 @@ impl MessagesRequest {
             .map(|g| structured::compile(shared, &g))
             .transpose()?;
         let calls = tools.calls(format);
+        if constraint.is_some() && self.has_prefill() {
+            return Err(ApiError::bad_request(
+                "a final assistant message (prefill) cannot be combined with a `tool_choice` that forces a tool",
+            ));
+        }
         let prompt = self.prompt_with(shared, &tools)?;
         Ok(Prepared {
             gen: GenRequest {
