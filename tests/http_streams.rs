@@ -214,7 +214,7 @@ async fn a_generation_nobody_comes_back_to_is_cancelled_after_the_window() {
     let gone = open(&s, c["events_url"].as_str().unwrap(), None).await;
     assert_eq!(gone.status(), 404);
     let err: Value = gone.json().await.unwrap();
-    assert_eq!(err["error"]["type"], "not_found_error");
+    assert_eq!(err["error"]["type"], "invalid_request_error");
 
     // A stream that was never opened is freed the same way.
     let c = create(&s, &chat(100_000)).await;

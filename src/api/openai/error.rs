@@ -22,11 +22,12 @@ pub fn classify(e: &ApiError) -> (StatusCode, &'static str, Option<&'static str>
             "authentication_error",
             Some("invalid_api_key"),
         ),
+        // OpenAI's API types a missing model or route as an invalid request (it has no `not_found_error`).
         ErrorKind::NotFound => {
             let code = matches!(e, ApiError::ModelNotFound { .. }).then_some("model_not_found");
-            (StatusCode::NOT_FOUND, "not_found_error", code)
+            (StatusCode::NOT_FOUND, "invalid_request_error", code)
         }
-        ErrorKind::Gone => (StatusCode::GONE, "not_found_error", Some("stream_gone")),
+        ErrorKind::Gone => (StatusCode::GONE, "invalid_request_error", Some("stream_gone")),
         ErrorKind::MethodNotAllowed => (
             StatusCode::METHOD_NOT_ALLOWED,
             "invalid_request_error",
@@ -104,7 +105,7 @@ mod tests {
             classify(&nf),
             (
                 StatusCode::NOT_FOUND,
-                "not_found_error",
+                "invalid_request_error",
                 Some("model_not_found")
             )
         );
