@@ -536,7 +536,8 @@ async fn smollm2_stream_equals_whole_in_every_dialect() {
     .await;
 }
 
-/// Anthropic's prefill: a final assistant message is the start of the answer, and the model goes on from it.
+/// Anthropic's prefill: a final assistant message is the start of the answer, and the model goes on from it
+/// (and Ollama's `/api/chat` likewise).
 /// The answer is exactly the greedy continuation of the rendered conversation followed by the prefill's text
 /// (as `/v1/completions` of those ids gives it), streamed and whole alike, and the prefill counts as input.
 /// A prefill ending in whitespace, or holding a tool call, is refused as Anthropic refuses it.
@@ -560,6 +561,10 @@ async fn smollm2_anthropic_prefill_continues_the_answer() {
     assert_eq!(plain["choices"][0]["text"], answer.as_str());
     let whole = s.post_json("/v1/messages", &body, 200).await;
     assert_eq!(whole["usage"]["input_tokens"].as_u64().unwrap() as usize, ids.len());
+    // Ollama's `/api/chat` continues a final assistant message the same way.
+    let greedy = json!({"num_predict": 20, "temperature": 0, "repeat_penalty": 1.0});
+    let ollama = json!({"model": "smollm2", "messages": msgs, "options": greedy});
+    assert_eq!(ollama_parity(&s, "/api/chat", ollama).await, answer);
 
     for (last, why) in [
         (json!("The capital is "), "trailing whitespace"),

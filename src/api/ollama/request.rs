@@ -269,12 +269,27 @@ impl ChatRequest {
         if self.messages.is_empty() {
             return Ok(Plan::Load);
         }
-        let msgs = self
+        let mut msgs = self
             .messages
             .into_iter()
             .map(chat_message)
             .collect::<Result<Vec<_>, _>>()?;
-        let text = tools::prompt::render(shared, msgs, Some(&spec))?;
+        // A final assistant message with text and no calls is continued, as Ollama's templates leave it open:
+        // the answer goes on from its text. Not under `format` or `tools`, whose grammar holds a whole answer
+        // from its start: there it stays a finished turn.
+        let start = match msgs.last() {
+            Some(m)
+                if m.role == "assistant"
+                    && m.tool_calls.is_none()
+                    && !m.content.is_empty()
+                    && constraint.is_none() =>
+            {
+                msgs.pop().map(|m| m.content)
+            }
+            _ => None,
+        };
+        let mut text = tools::prompt::render(shared, msgs, Some(&spec))?;
+        text.push_str(start.as_deref().unwrap_or_default());
         let prompt = shared.tokenizer.encode(&text)?;
         let mut plan = self.common.plan(prompt, shared, constraint)?;
         if let Plan::Generate { tools, .. } = &mut plan {
