@@ -342,7 +342,6 @@ impl ApiArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     /// `rill generate` refuses sampling values out of range as it parses them, naming the flag and the range,
     /// negative numbers included (rather than taking them for flags); values in range pass.
@@ -350,7 +349,9 @@ mod tests {
     fn sampling_flags_are_checked_as_they_are_parsed() {
         let parse = |flags: &[&str]| {
             let args = ["rill", "generate", "--prompt", "hi"].iter().chain(flags);
-            Cli::try_parse_from(args).map(|_| ()).map_err(|e| e.to_string())
+            Cli::try_parse_from(args)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         };
         let refused = [
             (&["--min-p", "1.5"][..], "from 0 to 1"),
@@ -367,7 +368,16 @@ mod tests {
             let flag = flags[0].split('=').next().unwrap();
             assert!(e.contains(flag) && e.contains(range), "{flags:?}: {e}");
         }
-        let fine = ["--temperature", "0", "--top-p", "1", "--min-p", "0.05", "--repeat-penalty", "1.1"];
+        let fine = [
+            "--temperature",
+            "0",
+            "--top-p",
+            "1",
+            "--min-p",
+            "0.05",
+            "--repeat-penalty",
+            "1.1",
+        ];
         parse(&fine).unwrap();
     }
 }

@@ -236,7 +236,11 @@ fn requests_are_validated_before_they_are_queued() {
         }
     }
     // The engine still serves after the refusals.
-    let (_, tokens, _) = e.submit(request(vec![5], 2)).unwrap().collect_blocking().unwrap();
+    let (_, tokens, _) = e
+        .submit(request(vec![5], 2))
+        .unwrap()
+        .collect_blocking()
+        .unwrap();
     assert_eq!(tokens.len(), 2);
 }
 

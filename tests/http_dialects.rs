@@ -546,12 +546,15 @@ async fn smollm2_anthropic_prefill_continues_the_answer() {
     let s = Server::ready(smollm2_engine()).await;
     let question = "What is the capital of France? Reply in JSON.";
     let prefill = "{\"capital\": \"";
-    let msgs = json!([{"role": "user", "content": question}, {"role": "assistant", "content": prefill}]);
+    let msgs =
+        json!([{"role": "user", "content": question}, {"role": "assistant", "content": prefill}]);
     let body = json!({"model": "smollm2", "messages": msgs, "max_tokens": 20, "temperature": 0});
     let answer = anthropic_parity(&s, body.clone()).await;
     assert!(answer.starts_with("Paris"), "{answer:?}");
 
-    let turn = s.post_json("/tokenize", &json!({"messages": user(question)}), 200).await;
+    let turn = s
+        .post_json("/tokenize", &json!({"messages": user(question)}), 200)
+        .await;
     let start = json!({"content": prefill, "add_special": false});
     let start = s.post_json("/tokenize", &start, 200).await;
     let mut ids = turn["tokens"].as_array().unwrap().clone();
@@ -560,7 +563,10 @@ async fn smollm2_anthropic_prefill_continues_the_answer() {
     let plain = s.post_json("/v1/completions", &plain, 200).await;
     assert_eq!(plain["choices"][0]["text"], answer.as_str());
     let whole = s.post_json("/v1/messages", &body, 200).await;
-    assert_eq!(whole["usage"]["input_tokens"].as_u64().unwrap() as usize, ids.len());
+    assert_eq!(
+        whole["usage"]["input_tokens"].as_u64().unwrap() as usize,
+        ids.len()
+    );
     // Ollama's `/api/chat` continues a final assistant message the same way.
     let greedy = json!({"num_predict": 20, "temperature": 0, "repeat_penalty": 1.0});
     let ollama = json!({"model": "smollm2", "messages": msgs, "options": greedy});

@@ -534,7 +534,9 @@ async fn cors_is_off_unless_an_origin_is_allowed() {
     assert!(pre.status().is_success(), "{}", pre.status());
     assert_eq!(pre.headers()["access-control-allow-origin"], origin);
     // Named, not `*`: a wildcard does not cover `Authorization`, where browser SDKs send the key.
-    let allowed = pre.headers()["access-control-allow-headers"].to_str().unwrap();
+    let allowed = pre.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap();
     assert!(allowed.contains("authorization"), "{allowed}");
     let other = s
         .http

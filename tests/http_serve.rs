@@ -226,7 +226,10 @@ fn boolean_flags_take_yes_and_no_from_the_environment() {
     };
     for value in ["1", "yes", "on", "true", "0", "no", "off", "false"] {
         let err = run(value);
-        assert!(err.contains("no-such-model") && !err.contains("invalid value"), "{value}: {err}");
+        assert!(
+            err.contains("no-such-model") && !err.contains("invalid value"),
+            "{value}: {err}"
+        );
     }
     let err = run("maybe");
     assert!(err.contains("invalid value 'maybe'"), "{err}");

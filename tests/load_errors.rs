@@ -291,7 +291,10 @@ fn a_folder_of_several_gguf_files_asks_which() {
     let one = common::model_path("arch/llama-q8_0.gguf");
     std::fs::copy(&one, dir.join("b-q8_0.gguf")).unwrap();
     let source = locator(&dir).resolve(dir.to_str().unwrap()).unwrap();
-    assert!(matches!(source, load::ModelSource::Gguf { .. }), "{source:?}");
+    assert!(
+        matches!(source, load::ModelSource::Gguf { .. }),
+        "{source:?}"
+    );
     std::fs::copy(&one, dir.join("a-q4_k_m.gguf")).unwrap();
     let e = load_error(&dir);
     assert!(

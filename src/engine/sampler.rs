@@ -63,12 +63,37 @@ impl SamplingParams {
     pub fn check(&self) -> Result<(), OutOfRange> {
         let unit = 0.0..=1.0;
         let fields = [
-            ("temperature", self.temperature, self.temperature >= 0.0, "at least 0"),
-            ("top_p", self.top_p, unit.contains(&self.top_p), "between 0 and 1"),
-            ("min_p", self.min_p, unit.contains(&self.min_p), "between 0 and 1"),
-            ("repetition_penalty", self.repetition_penalty, self.repetition_penalty > 0.0, "above 0"),
+            (
+                "temperature",
+                self.temperature,
+                self.temperature >= 0.0,
+                "at least 0",
+            ),
+            (
+                "top_p",
+                self.top_p,
+                unit.contains(&self.top_p),
+                "between 0 and 1",
+            ),
+            (
+                "min_p",
+                self.min_p,
+                unit.contains(&self.min_p),
+                "between 0 and 1",
+            ),
+            (
+                "repetition_penalty",
+                self.repetition_penalty,
+                self.repetition_penalty > 0.0,
+                "above 0",
+            ),
             ("presence_penalty", self.presence_penalty, true, "a number"),
-            ("frequency_penalty", self.frequency_penalty, true, "a number"),
+            (
+                "frequency_penalty",
+                self.frequency_penalty,
+                true,
+                "a number",
+            ),
         ];
         let biases = (self.logit_bias.iter()).map(|&(_, b)| ("logit_bias", b, true, "a number"));
         match (fields.into_iter().chain(biases)).find(|&(_, v, ok, _)| !(ok && v.is_finite())) {

@@ -244,7 +244,10 @@ impl MessagesRequest {
             ));
         }
         let prefill = if self.has_prefill() {
-            self.messages.pop().map(|m| prefill_text(m.content)).transpose()?
+            self.messages
+                .pop()
+                .map(|m| prefill_text(m.content))
+                .transpose()?
         } else {
             None
         };

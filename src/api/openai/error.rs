@@ -27,7 +27,11 @@ pub fn classify(e: &ApiError) -> (StatusCode, &'static str, Option<&'static str>
             let code = matches!(e, ApiError::ModelNotFound { .. }).then_some("model_not_found");
             (StatusCode::NOT_FOUND, "invalid_request_error", code)
         }
-        ErrorKind::Gone => (StatusCode::GONE, "invalid_request_error", Some("stream_gone")),
+        ErrorKind::Gone => (
+            StatusCode::GONE,
+            "invalid_request_error",
+            Some("stream_gone"),
+        ),
         ErrorKind::MethodNotAllowed => (
             StatusCode::METHOD_NOT_ALLOWED,
             "invalid_request_error",

@@ -484,7 +484,10 @@ mod tests {
         );
         let bare: Message = serde_json::from_str(r#"{"role":"user"}"#).unwrap();
         let e = chat_message(bare).unwrap_err();
-        assert!(e.to_string().contains("a user message needs `content`"), "{e}");
+        assert!(
+            e.to_string().contains("a user message needs `content`"),
+            "{e}"
+        );
         let calls: Message = serde_json::from_str(
             r#"{"role":"assistant","tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]}"#,
         )
