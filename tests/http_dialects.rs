@@ -584,6 +584,20 @@ async fn smollm2_anthropic_prefill_continues_the_answer() {
         let e = s.post_json("/v1/messages", &bad, 400).await;
         assert!(e["error"]["message"].as_str().unwrap().contains(why), "{e}");
     }
+    // Tools offered for the model to use as it likes leave the prefill in place; a forced one is refused,
+    // by `count_tokens` alike.
+    let tools = json!([{"name": "lookup", "description": "Look a city up",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}]);
+    let mut offered = body.clone();
+    offered["tools"] = tools;
+    let a = s.post_json("/v1/messages", &offered, 200).await;
+    assert_eq!(a["content"][0]["type"], "text", "{a}");
+    offered["tool_choice"] = json!({"type": "any"});
+    for path in ["/v1/messages", "/v1/messages/count_tokens"] {
+        let e = s.post_json(path, &offered, 400).await;
+        let message = e["error"]["message"].as_str().unwrap();
+        assert!(message.contains("forces a tool"), "{path}: {e}");
+    }
 }
 
 /// Ollama tools on `/api/chat`: earlier calls (arguments as objects) and a system prompt lead SmolLM2 to call

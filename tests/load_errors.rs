@@ -284,17 +284,18 @@ fn absurd_config_values_load_or_are_refused_cleanly() {
 }
 
 /// A folder holding several GGUF files (several quantizations of one model, say) is not loaded by picking
-/// one: the error names every file and how to choose. A folder with one is loaded.
+/// one: the error names every file and how to choose. A folder with one (and a vision projector) is loaded.
 #[test]
 fn a_folder_of_several_gguf_files_asks_which() {
     let dir = common::TempDir::new("load-errors-several-gguf");
     let one = common::model_path("arch/llama-q8_0.gguf");
     std::fs::copy(&one, dir.join("b-q8_0.gguf")).unwrap();
-    let source = locator(&dir).resolve(dir.to_str().unwrap()).unwrap();
-    assert!(
-        matches!(source, load::ModelSource::Gguf { .. }),
-        "{source:?}"
-    );
+    // A vision projector beside the model does not count.
+    std::fs::copy(&one, dir.join("mmproj-f16.gguf")).unwrap();
+    match locator(&dir).resolve(dir.to_str().unwrap()).unwrap() {
+        load::ModelSource::Gguf { file, .. } => assert!(file.ends_with("b-q8_0.gguf"), "{file:?}"),
+        other => panic!("{other:?}"),
+    }
     std::fs::copy(&one, dir.join("a-q4_k_m.gguf")).unwrap();
     let e = load_error(&dir);
     assert!(

@@ -186,6 +186,11 @@ fn source_from_path(path: &Path) -> Result<ModelSource, ModelError> {
         })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+        // A vision projector beside a model is not a model of its own.
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("mmproj"))
+        })
         .collect();
     ggufs.sort();
     match ggufs.as_slice() {

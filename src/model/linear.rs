@@ -44,6 +44,14 @@ impl Linear {
             Some(b) => Some(Tensor::cat(&b, 0)?.to_dtype(DType::F32)?),
             None => None,
         };
+        // On a GPU the stacked matrix is what each step reads, so its size decides, once for all its parts:
+        // deciding each part alone kept a 1B model's 4M-value Q quantized and widened its K and V, and parts
+        // of mixed types then all became f32.
+        let values = parts
+            .iter()
+            .map(|p| p.dims2().map(|(o, i)| o * i))
+            .sum::<Result<usize>>()?;
+        let widen_on_gpu = gpu_dequantizes(values);
         // Float "quantized" tensors of a GGUF file (F32, F16, BF16) run through the dense float kernel on the
         // CPU like safetensors weights: candle's quantized matmul takes a different summation path for one row
         // than for several, which would make a position's bits depend on the batch.
@@ -51,7 +59,7 @@ impl Linear {
             use candle_core::quantized::GgmlDType as T;
             match q.device().is_cpu() {
                 true => matches!(q.dtype(), T::F32 | T::F16 | T::BF16),
-                false => gpu_dequantizes(q.shape().elem_count()),
+                false => widen_on_gpu,
             }
         };
         let quant: Vec<_> = parts
@@ -84,9 +92,11 @@ impl Linear {
             })
             .collect::<Result<_>>()?;
         if dense.iter().any(|t| t.dtype() != dense[0].dtype()) {
+            let dtypes: Vec<DType> = dense.iter().map(Tensor::dtype).collect();
+            let to = stacked_dtype(&dtypes, values, !dense[0].device().is_cpu());
             dense = dense
                 .iter()
-                .map(|t| t.to_dtype(DType::F32))
+                .map(|t| t.to_dtype(to))
                 .collect::<Result<_>>()?;
         }
         let w = if dense.len() == 1 {
@@ -195,9 +205,39 @@ fn gpu_dequantizes(params: usize) -> bool {
     }
 }
 
+/// The one type parts of mixed float types are stacked in. On a GPU, a stacked matrix of more than
+/// [`GPU_F32_MAX_PARAMS`] values takes the half type among them: the loader keeps half types only for its
+/// larger parts and widened the small ones, which narrowing back gives exactly. Otherwise f32.
+fn stacked_dtype(dtypes: &[DType], values: usize, on_gpu: bool) -> DType {
+    let half = dtypes.iter().copied().find(|&d| d != DType::F32);
+    match half {
+        Some(h) if on_gpu && values > GPU_F32_MAX_PARAMS => h,
+        _ => DType::F32,
+    }
+}
+
 fn device_of(w: &Weight) -> Device {
     match w {
         Weight::Quant(q) => q.device(),
         Weight::Dense(t) => t.device().clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parts of mixed types stack as the half type on a GPU once the stacked matrix is large, else as f32.
+    #[test]
+    fn mixed_parts_stack_in_one_type_by_the_stacked_size() {
+        let (large, small) = (GPU_F32_MAX_PARAMS + 1, GPU_F32_MAX_PARAMS);
+        let q_kept_kv_widened = [DType::BF16, DType::F32, DType::F32];
+        assert_eq!(stacked_dtype(&q_kept_kv_widened, large, true), DType::BF16);
+        assert_eq!(stacked_dtype(&q_kept_kv_widened, small, true), DType::F32);
+        assert_eq!(stacked_dtype(&q_kept_kv_widened, large, false), DType::F32);
+        assert_eq!(
+            stacked_dtype(&[DType::F32, DType::F16], large, true),
+            DType::F16
+        );
     }
 }

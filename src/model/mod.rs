@@ -46,7 +46,7 @@ pub enum ModelError {
     Unsupported(String),
     #[error("invalid model file {path}: {reason}")]
     Invalid { path: String, reason: String },
-    #[error("{path} holds {} GGUF files; name the one to load, e.g. {path}/{}: {}", files.len(), files[0], files.join(", "))]
+    #[error("{path} holds {} GGUF files; name the one to load as {path}/<file>: {}", files.len(), files.join(", "))]
     SeveralGguf { path: String, files: Vec<String> },
     #[error("i/o error on {path}: {source}")]
     Io {
@@ -131,8 +131,8 @@ pub trait CausalLm: Send {
 }
 
 /// [`CausalLm::warm_up`] by forward passes on throwaway caches: a two-token prefill, a one-token prefill, one
-/// batched decode step of both sequences (the paths a server's first requests take), then a prompt of up to 32
-/// tokens (on the CPU, its pass sizes the kernels' scratch memory for many rows, which a first prompt would
+/// batched decode step of both sequences (the paths a server's first requests take), then, on the CPU, a prompt
+/// of up to 32 tokens (its pass sizes the kernels' scratch memory for many rows, which a first prompt would
 /// otherwise pay for).
 pub(crate) fn warm_up_by_forward(model: &dyn CausalLm, kv_dtype: DType) -> Result<(), ModelError> {
     let (context, vocab) = (model.info().context_length, model.info().vocab_size);
@@ -150,6 +150,10 @@ pub(crate) fn warm_up_by_forward(model: &dyn CausalLm, kv_dtype: DType) -> Resul
     model
         .forward(&mut [SeqStep::new(&[2], &mut a), SeqStep::new(&[1], &mut b)])?
         .to_vec2::<f32>()?;
+    if !model.device().is_cpu() {
+        // A GPU's engine warm-up runs a prompt chunk of its own (`engine::logits::warm_up`).
+        return Ok(());
+    }
     let prompt: Vec<u32> = (0..context.min(32) as u32)
         .map(|i| i % vocab as u32)
         .collect();

@@ -244,6 +244,12 @@ impl MessagesRequest {
             ));
         }
         let prefill = if self.has_prefill() {
+            // A forced call's grammar holds the whole answer from its start, which a prefill has already begun.
+            if matches!(tools.choice, Choice::Required | Choice::Named(_)) {
+                return Err(ApiError::bad_request(
+                    "a final assistant message (prefill) cannot be combined with a `tool_choice` that forces a tool",
+                ));
+            }
             self.messages
                 .pop()
                 .map(|m| prefill_text(m.content))
@@ -299,11 +305,6 @@ impl MessagesRequest {
             .map(|g| structured::compile(shared, &g))
             .transpose()?;
         let calls = tools.calls(format);
-        if constraint.is_some() && self.has_prefill() {
-            return Err(ApiError::bad_request(
-                "a final assistant message (prefill) cannot be combined with a `tool_choice` that forces a tool",
-            ));
-        }
         let prompt = self.prompt_with(shared, &tools)?;
         Ok(Prepared {
             gen: GenRequest {
