@@ -5,7 +5,8 @@
 //! the window with and without the new ids and emits the difference, up to the last complete character: when
 //! the new text ends in U+FFFD (a character whose bytes are still arriving), the complete part before it is
 //! emitted now and the rest waits. So a token that carries a space and the first byte of a CJK character
-//! shows its space at once. Spaces, punctuation and CJK text appear on the token that completes them.
+//! shows its space at once. Spaces, punctuation and CJK text appear on the token that completes them. Bytes
+//! still incomplete when the sequence ends are dropped.
 
 use super::{TextTokenizer, TokenizerError};
 
@@ -36,7 +37,8 @@ impl IncrementalDecoder {
         self.delta(tok, false)
     }
 
-    /// Returns whatever text is still held back, complete or not; call once when the sequence ends.
+    /// Returns the complete text still held back; call once when the sequence ends. The bytes of a character
+    /// that never completed (a token limit that cut an emoji, say) are dropped: they would only show as U+FFFD.
     pub fn flush(&mut self, tok: &TextTokenizer) -> Result<String, TokenizerError> {
         self.delta(tok, true)
     }
@@ -48,11 +50,7 @@ impl IncrementalDecoder {
         let before = tok.decode(&self.ids[self.prefix..self.read], self.skip_special)?;
         let after = tok.decode(&self.ids[self.prefix..], self.skip_special)?;
         let incomplete = !at_end && after.ends_with(REPLACEMENT);
-        let complete = if incomplete {
-            after.trim_end_matches(REPLACEMENT)
-        } else {
-            after.as_str()
-        };
+        let complete = after.trim_end_matches(REPLACEMENT);
         // Text of the new tokens; a decoder that rewrites earlier text (rare) is diffed after the common prefix.
         let start = if complete.starts_with(before.as_str()) {
             before.len()

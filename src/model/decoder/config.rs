@@ -126,11 +126,19 @@ impl DecoderConfig {
     /// for a LongRoPE model its pretrained `original` one, as llama.cpp's and Ollama's default contexts give).
     /// A LongRoPE model then takes its short factors when the context fits in `original` positions and its
     /// long ones beyond, one set for every position, as llama.cpp picks them by its context size.
+    /// A context beyond the model's own is served, with a warning: past its trained positions answers may degrade.
     pub fn serving(mut self, ctx: Option<usize>) -> Self {
         let default = match &self.long_rope {
             Some(l) => l.original.min(self.context),
             None => self.context,
         };
+        if let Some(n) = ctx.filter(|&n| n > self.context) {
+            tracing::warn!(
+                "a context of {n} positions is beyond the {} this model was trained for: answers that reach past \
+                 them may degrade",
+                self.context
+            );
+        }
         self.context = ctx.unwrap_or(default);
         if let Some(l) = self.long_rope.take() {
             self.rope_freqs = Some(if self.context > l.original {
