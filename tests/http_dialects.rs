@@ -464,6 +464,36 @@ async fn prompts_as_token_ids_and_detokenize() {
         .contains("exactly one"));
 }
 
+/// `/tokenize` renders chat `messages` as a chat completion does, tools, earlier calls (`content: null`, as the
+/// OpenAI SDK sends them) and tool results included: its count is the completion's `prompt_tokens`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokenize_counts_what_a_chat_completion_reads() {
+    let s = Server::ready(tiny_engine()).await;
+    let call = json!({"id": "c1", "type": "function",
+        "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}});
+    let messages = json!([
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": null, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "18C sunny"},
+    ]);
+    let tools = json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    for with_tools in [false, true] {
+        let mut ask = json!({"messages": messages});
+        if with_tools {
+            ask["tools"] = tools.clone();
+        }
+        let counted = s.post_json("/tokenize", &ask, 200).await["count"].clone();
+        ask["max_tokens"] = json!(1);
+        let done = s.post_json("/v1/chat/completions", &ask, 200).await;
+        assert_eq!(
+            counted, done["usage"]["prompt_tokens"],
+            "tools: {with_tools}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_streaming_answers_carry_timings() {
     let s = Server::ready(tiny_engine()).await;

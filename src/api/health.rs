@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::extract::Body;
 use super::openai::error::OpenAiError;
+use super::openai::request::{chat_prompt_text, tool_spec, Message};
 use super::state::AppState;
-use crate::tokenizer::ChatMessage;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -48,12 +48,16 @@ async fn health(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Text to tokenize: `content` (or `prompt`), or chat `messages` rendered with the model's template.
+/// Text to tokenize: `content` (or `prompt`), or OpenAI chat `messages` (with `tools` and `tool_choice` when
+/// given) rendered exactly as a chat completion renders them.
 #[derive(Deserialize)]
 struct TokenizeRequest {
     content: Option<String>,
     prompt: Option<String>,
-    messages: Option<Vec<ChatMessage>>,
+    messages: Option<Vec<Message>>,
+    tools: Option<Vec<Value>>,
+    tool_choice: Option<Value>,
+    parallel_tool_calls: Option<bool>,
     /// Keep the BOS token the model adds (default true).
     add_special: Option<bool>,
 }
@@ -66,7 +70,14 @@ async fn tokenize(
     let shared = engine.shared();
     let text = match (req.content.or(req.prompt), req.messages) {
         (Some(t), None) => t,
-        (None, Some(msgs)) => shared.chat.render(&msgs, true)?,
+        (None, Some(msgs)) => {
+            let tools = tool_spec(
+                req.tools.unwrap_or_default(),
+                req.tool_choice.as_ref(),
+                req.parallel_tool_calls.unwrap_or(true),
+            )?;
+            chat_prompt_text(shared, msgs, &tools)?
+        }
         _ => {
             return Err(ApiError::bad_request(
                 "give exactly one of `content` (or `prompt`) and `messages`",

@@ -163,20 +163,9 @@ impl ChatRequest {
         let constraint = grammar
             .map(|g| structured::compile(shared, &g))
             .transpose()?;
-        if self.messages.is_empty() {
-            return Err(ApiError::bad_request(
-                "`messages` must hold at least one message",
-            ));
-        }
-        let messages = self
-            .messages
-            .into_iter()
-            .map(chat_message)
-            .collect::<Result<Vec<_>, _>>()?;
-        let prompt =
-            shared
-                .tokenizer
-                .encode(&tools::prompt::render(shared, messages, Some(&tools))?)?;
+        let prompt = shared
+            .tokenizer
+            .encode(&chat_prompt_text(shared, self.messages, &tools)?)?;
         let max = params::positive("max_completion_tokens", self.max_completion_tokens)?;
         let mut p = self
             .common
@@ -323,7 +312,7 @@ fn logit_bias(
 }
 
 /// OpenAI's `tools` and `tool_choice` (absent: `auto` when there are tools).
-fn tool_spec(
+pub fn tool_spec(
     tools: Vec<Value>,
     choice: Option<&Value>,
     parallel: bool,
@@ -357,6 +346,25 @@ fn tool_spec(
     ToolSpec::new(tools, choice, parallel)
 }
 
+/// The prompt text of chat `messages` with `tools` offered as they may be used: what a chat completion
+/// generates from, and what `/tokenize` counts for the same messages and tools.
+pub fn chat_prompt_text(
+    shared: &Shared,
+    messages: Vec<Message>,
+    tools: &ToolSpec,
+) -> Result<String, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::bad_request(
+            "`messages` must hold at least one message",
+        ));
+    }
+    let messages = messages
+        .into_iter()
+        .map(chat_message)
+        .collect::<Result<Vec<_>, _>>()?;
+    tools::prompt::render(shared, messages, Some(tools))
+}
+
 /// One OpenAI message as a template message: `developer` counts as `system`; only text content is accepted;
 /// an assistant's `tool_calls` (arguments as objects, as templates expect) and a `tool` message's call id
 /// are kept.
@@ -368,7 +376,7 @@ fn chat_message(m: Message) -> Result<ChatMessage, ApiError> {
         "tool" => "tool",
         other => {
             return Err(ApiError::bad_request(format!(
-                "message role `{other}` is not supported; use system, user, assistant or tool"
+                "message role `{other}` is not supported; use system, developer, user, assistant or tool"
             )))
         }
     };
