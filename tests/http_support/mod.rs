@@ -18,6 +18,7 @@ use serde_json::Value;
 
 #[path = "../common/mod.rs"]
 pub mod common;
+pub mod parity;
 
 pub const VOCAB: usize = 50257;
 pub const EOS: u32 = 50256;
