@@ -275,8 +275,8 @@ impl ChatRequest {
             .map(chat_message)
             .collect::<Result<Vec<_>, _>>()?;
         // A final assistant message without calls is continued, as Ollama's templates leave it open: the
-        // answer goes on from its text (an empty one is just the assistant's turn opening). Not under `format` or `tools`, whose grammar holds a whole answer
-        // from its start: there it stays a finished turn.
+        // answer goes on from its text (an empty one is just the assistant's turn opening). Not under `format`
+        // or `tools`, whose grammar holds a whole answer from its start: there it stays a finished turn.
         let start = match msgs.last() {
             Some(m) if m.role == "assistant" && m.tool_calls.is_none() && constraint.is_none() => {
                 msgs.pop().map(|m| m.content)
