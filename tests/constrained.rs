@@ -159,7 +159,7 @@ fn a_forced_tool_call_is_well_formed_in_every_format() {
             let grammar = spec.grammar(format, None).unwrap().unwrap();
             let (text, done) = run(&e, request(&e, Some(&grammar), seed, 400));
             assert_eq!(done.finish, rill::engine::FinishReason::Eos, "{text:?}");
-            let parsed = parse::parse(&text, format);
+            let parsed = parse::parse(&text, spec.calls(format).unwrap());
             assert_eq!(parsed.text, "", "{}: {text:?}", format.name);
             check_calls(&parsed, &text);
             if let Choice::Named(n) = &choice {
@@ -181,7 +181,7 @@ fn with_auto_an_answer_is_text_or_whole_calls() {
         let grammar = spec.grammar(format, None).unwrap().unwrap();
         for seed in 0..6 {
             let (text, _) = run(&e, request(&e, Some(&grammar), seed, 200));
-            let parsed = parse::parse(&text, format);
+            let parsed = parse::parse(&text, spec.calls(format).unwrap());
             if text.trim_start().starts_with(format.trigger) {
                 assert_eq!(parsed.text, "", "{}: {text:?}", format.name);
                 check_calls(&parsed, &text);
@@ -206,7 +206,7 @@ fn with_auto_and_a_response_format_an_answer_is_that_json_or_calls() {
         .unwrap();
     for seed in 0..6 {
         let (text, _) = run(&e, request(&e, Some(&grammar), seed, 200));
-        let parsed = parse::parse(&text, &parse::HERMES);
+        let parsed = parse::parse(&text, spec.calls(&parse::HERMES).unwrap());
         if parsed.calls.is_empty() {
             let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
             assert!(v["ok"].is_boolean(), "{text:?}");

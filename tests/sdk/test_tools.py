@@ -2,7 +2,7 @@
 tool's schema, so they must validate whatever the tiny model would have said; when the model may choose, only the
 shape of the answer is checked.
 
-- openai: `tool_choice` "required", a named function, "none" and "auto"; streamed tool-call deltas exactly as
+- openai: `tool_choice` "required", a named function, "none" and "auto"; a forced call cut by `max_tokens`; streamed tool-call deltas exactly as
   OpenAI sends them (the first delta of each call carries id, type, name and empty arguments, later ones only
   argument fragments) and accumulated like a client does; the `chat.completions.stream` helper with
   `openai.pydantic_function_tool`; a round trip through a `tool` message; `parallel_tool_calls=False`; 400s;
@@ -153,6 +153,46 @@ def test_forced_tool_call_streamed_matches_non_streamed(client, model, tool_choi
     assert finish == "tool_calls"
     assert not content
     assert streamed == whole
+
+
+def test_forced_tool_call_cut_by_max_tokens_is_never_text(client, model):
+    """However early max_tokens cuts a forced call, no part of the call's own markup comes back as content: a call
+    whose name was complete is reported with what it has of arguments, one cut before that is left out."""
+    cuts = (1, 4, 8, 12, 16, 24, 32)
+    named = 0
+    for max_tokens in cuts:
+        args = request(model, tool_choice="required") | {"max_tokens": max_tokens}
+        choice = client.chat.completions.create(**args).choices[0]
+        assert choice.finish_reason == "length", max_tokens
+        assert not choice.message.content, f"max_tokens={max_tokens}: {choice.message.content!r}"
+        whole = [(c.function.name, c.function.arguments) for c in choice.message.tool_calls or []]
+        assert all(name in SCHEMAS for name, _ in whole), whole
+        named += bool(whole)
+        content, calls, finishes = [], {}, []
+        for chunk in client.chat.completions.create(**args, stream=True):
+            for c in chunk.choices:
+                content.append(c.delta.content or "")
+                for delta in c.delta.tool_calls or []:
+                    call = calls.setdefault(delta.index, ["", ""])
+                    call[0] += delta.function.name or ""
+                    call[1] += delta.function.arguments or ""
+                finishes += [c.finish_reason] if c.finish_reason else []
+        assert not "".join(content) and finishes == ["length"], max_tokens
+        assert [tuple(c) for _, c in sorted(calls.items())] == whole, max_tokens
+    # The range covers both sides: cuts inside the opening and cuts inside the arguments.
+    assert 0 < named < len(cuts), named
+
+
+def test_anthropic_forced_tool_use_cut_by_max_tokens_is_never_text(anthropic_client, model):
+    for max_tokens in (1, 4, 8):
+        args = anthropic_args(model, tool_choice={"type": "any"}) | {"max_tokens": max_tokens}
+        m = anthropic_client.messages.create(**args)
+        assert m.stop_reason == "max_tokens", max_tokens
+        assert not "".join(b.text for b in m.content if b.type == "text"), m.content
+        with anthropic_client.messages.stream(**args) as stream:
+            final = stream.get_final_message()
+        assert [(b.type, getattr(b, "text", None)) for b in final.content] == [
+            (b.type, getattr(b, "text", None)) for b in m.content]
 
 
 def test_parallel_tool_calls_false_gives_one_call(client, model):

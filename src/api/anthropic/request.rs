@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::api::error::ApiError;
 use crate::api::params::{self, Limits, SamplingFields};
 use crate::api::structured;
-use crate::api::tools::parse::Format;
+use crate::api::tools::parse::Reading;
 use crate::api::tools::{self, Choice, Tool, ToolSpec};
 use crate::engine::{GenRequest, SamplingParams, Shared};
 use crate::tokenizer::ChatMessage;
@@ -213,7 +213,7 @@ pub struct Prepared {
     pub gen: GenRequest,
     pub stream: bool,
     /// The answer may hold tool calls, written in this format: read them out of the text.
-    pub tools: Option<&'static Format>,
+    pub tools: Option<Reading>,
 }
 
 impl MessagesRequest {

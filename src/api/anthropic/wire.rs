@@ -8,7 +8,7 @@ use super::error;
 use crate::api::error::ApiError;
 use crate::api::frame::Frame;
 use crate::api::stream::{Collected, Encoder};
-use crate::api::tools::parse::{self, CallParser, Format, Piece};
+use crate::api::tools::parse::{self, CallParser, Format, Piece, Reading};
 use crate::engine::{Completion, EngineError, FinishReason, TokenInfo};
 
 /// `stop_reason` and `stop_sequence` for a finish.
@@ -58,9 +58,9 @@ impl AnthropicStream {
     }
 
     /// Streams tool calls as `tool_use` blocks when the answer may hold them.
-    pub fn with_tools(mut self, format: Option<&'static Format>) -> Self {
-        self.calls = format.map(CallParser::new);
-        self.call_format = format.unwrap_or(&parse::HERMES);
+    pub fn with_tools(mut self, reading: Option<Reading>) -> Self {
+        self.calls = reading.map(CallParser::new);
+        self.call_format = reading.map_or(&parse::HERMES, |r| r.format);
         self
     }
 
@@ -200,7 +200,7 @@ fn ping() -> Frame {
 }
 
 /// A whole `message`; with `tools`, the calls read out of the text as `tool_use` blocks after any text.
-pub fn message(id: &str, model: &str, c: &Collected, tools: Option<&'static Format>) -> Value {
+pub fn message(id: &str, model: &str, c: &Collected, tools: Option<Reading>) -> Value {
     let parsed = parse::parse_if(&c.text, tools);
     let mut content = Vec::new();
     if !parsed.text.is_empty() || parsed.calls.is_empty() {
@@ -209,7 +209,7 @@ pub fn message(id: &str, model: &str, c: &Collected, tools: Option<&'static Form
     for call in &parsed.calls {
         // A call cut off by max_tokens has no complete input: it is shown empty.
         let input: Value = serde_json::from_str(&call.arguments).unwrap_or_else(|_| json!({}));
-        let id = tools.map_or(&parse::HERMES, |f| f).call_id("toolu_");
+        let id = tools.map_or(&parse::HERMES, |r| r.format).call_id("toolu_");
         content.push(json!({ "type": "tool_use", "id": id, "name": call.name, "input": input }));
     }
     let (reason, seq) = if parsed.calls.is_empty() {

@@ -7,7 +7,7 @@ pub mod error;
 pub mod request;
 pub mod wire;
 
-use crate::api::tools::parse::Format;
+use crate::api::tools::parse::Reading;
 use std::time::SystemTime;
 
 use axum::extract::State;
@@ -94,7 +94,7 @@ async fn run(
     mode: Mode,
     gen: crate::engine::GenRequest,
     streaming: bool,
-    tools: Option<&'static Format>,
+    tools: Option<Reading>,
     route: &'static str,
 ) -> Result<Response, OllamaError> {
     let mut log = RequestLog::new(route, state.model_name(), gen.prompt.len(), streaming);

@@ -8,7 +8,7 @@
 //! messages as `tool_calls` with `arguments` as an object, and results as `tool` messages.
 
 use crate::api::structured;
-use crate::api::tools::parse::Format;
+use crate::api::tools::parse::Reading;
 use crate::api::tools::{self, Choice, ToolSpec};
 use crate::engine::grammar::Constraint;
 use serde::Deserialize;
@@ -121,7 +121,7 @@ pub enum Plan {
         gen: Box<GenRequest>,
         stream: bool,
         /// The answer may hold tool calls: read them out of the text.
-        tools: Option<&'static Format>,
+        tools: Option<Reading>,
     },
 }
 

@@ -17,7 +17,7 @@ use crate::api::error::ApiError;
 use crate::api::frame::Frame;
 use crate::api::logprobs::entry_json;
 use crate::api::stream::{Collected, Encoder};
-use crate::api::tools::parse::{self, CallParser, Format, Piece};
+use crate::api::tools::parse::{self, CallParser, Format, Piece, Reading};
 use crate::api::util;
 use crate::engine::{Completion, EngineError, FinishReason, TokenInfo};
 use crate::model::ModelInfo;
@@ -63,8 +63,8 @@ impl OllamaStream {
     }
 
     /// Reads the answer for tool calls (when the request offered tools).
-    pub fn with_tools(mut self, format: Option<&'static Format>) -> Self {
-        self.calls = format.map(CallParser::new);
+    pub fn with_tools(mut self, reading: Option<Reading>) -> Self {
+        self.calls = reading.map(CallParser::new);
         self
     }
 
@@ -119,12 +119,13 @@ impl OllamaStream {
     pub fn whole(mut self, c: &Collected) -> Value {
         self.generated = c.tokens.iter().map(|t| t.id).collect();
         self.collect_logprobs(&c.tokens);
-        let Some(format) = self.calls.as_ref().map(CallParser::format) else {
+        let Some(reading) = self.calls.as_ref().map(CallParser::reading) else {
             let mut v = self.last(&c.text, &c.completion);
             self.attach_logprobs(&mut v);
             return v;
         };
-        let parsed = parse::parse(&c.text, format);
+        let format = reading.format;
+        let parsed = parse::parse(&c.text, reading);
         let mut text = parsed.text;
         let mut calls = Vec::new();
         for call in &parsed.calls {
@@ -184,7 +185,7 @@ impl OllamaStream {
         let format = self
             .calls
             .as_ref()
-            .map_or(&parse::HERMES, CallParser::format);
+            .map_or(&parse::HERMES, |p| p.reading().format);
         Some(self.text_line(&unfinished(format, &name, &args)))
     }
 }

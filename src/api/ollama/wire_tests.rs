@@ -94,8 +94,8 @@ fn collected(text: &str, finish: FinishReason) -> Collected {
 #[test]
 fn tool_calls_stream_whole_once_complete() {
     for step in [1, 3, 7, CALLS.len()] {
-        let mut s =
-            OllamaStream::new("m".into(), Mode::Chat, epoch).with_tools(Some(&parse::HERMES));
+        let mut s = OllamaStream::new("m".into(), Mode::Chat, epoch)
+            .with_tools(Some(parse::Reading::auto(&parse::HERMES)));
         let chars: Vec<char> = CALLS.chars().collect();
         let mut lines = Vec::new();
         for chunk in chars.chunks(step) {
@@ -128,7 +128,8 @@ fn tool_calls_stream_whole_once_complete() {
         );
     }
     // The first call goes out as soon as its arguments close, before the model writes anything more.
-    let mut s = OllamaStream::new("m".into(), Mode::Chat, epoch).with_tools(Some(&parse::HERMES));
+    let mut s = OllamaStream::new("m".into(), Mode::Chat, epoch)
+        .with_tools(Some(parse::Reading::auto(&parse::HERMES)));
     assert!(s
         .delta(
             "<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 1",
@@ -144,7 +145,8 @@ fn tool_calls_stream_whole_once_complete() {
 
 #[test]
 fn text_streams_as_usual_with_tools() {
-    let mut s = OllamaStream::new("m".into(), Mode::Chat, epoch).with_tools(Some(&parse::HERMES));
+    let mut s = OllamaStream::new("m".into(), Mode::Chat, epoch)
+        .with_tools(Some(parse::Reading::auto(&parse::HERMES)));
     assert!(
         s.delta("<tool", &[]).is_empty(),
         "perhaps a call: held back"
@@ -159,7 +161,8 @@ fn text_streams_as_usual_with_tools() {
     let end = s.done(&completion());
     assert_eq!(end.len(), 1);
     // Text that only looked like the start of a call comes out at the end.
-    let mut s = OllamaStream::new("m".into(), Mode::Chat, epoch).with_tools(Some(&parse::HERMES));
+    let mut s = OllamaStream::new("m".into(), Mode::Chat, epoch)
+        .with_tools(Some(parse::Reading::auto(&parse::HERMES)));
     assert!(s.delta("<tool_", &[]).is_empty());
     let end = s.done(&completion());
     assert_eq!(data(&end[0])["message"]["content"], "<tool_");
@@ -169,14 +172,15 @@ fn text_streams_as_usual_with_tools() {
 #[test]
 fn a_call_cut_short_stays_text() {
     let cut = "<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": ";
-    let mut s = OllamaStream::new("m".into(), Mode::Chat, epoch).with_tools(Some(&parse::HERMES));
+    let mut s = OllamaStream::new("m".into(), Mode::Chat, epoch)
+        .with_tools(Some(parse::Reading::auto(&parse::HERMES)));
     assert!(s.delta(cut, &[]).is_empty());
     let end = s.done(&completion());
     assert_eq!(data(&end[0])["message"]["content"], cut);
     assert!(data(&end[0])["message"].get("tool_calls").is_none());
     assert_eq!(data(&end[1])["done_reason"], "length");
     let whole = OllamaStream::new("m".into(), Mode::Chat, epoch)
-        .with_tools(Some(&parse::HERMES))
+        .with_tools(Some(parse::Reading::auto(&parse::HERMES)))
         .whole(&collected(cut, FinishReason::Length));
     assert_eq!(
         whole["message"],
@@ -188,7 +192,7 @@ fn a_call_cut_short_stays_text() {
 #[test]
 fn whole_answers_carry_calls_as_objects() {
     let whole = OllamaStream::new("m".into(), Mode::Chat, epoch)
-        .with_tools(Some(&parse::HERMES))
+        .with_tools(Some(parse::Reading::auto(&parse::HERMES)))
         .whole(&collected(CALLS, FinishReason::Eos));
     assert_eq!(
         whole["message"],
@@ -201,7 +205,7 @@ fn whole_answers_carry_calls_as_objects() {
         (Some(true), Some("stop"))
     );
     let text = OllamaStream::new("m".into(), Mode::Chat, epoch)
-        .with_tools(Some(&parse::HERMES))
+        .with_tools(Some(parse::Reading::auto(&parse::HERMES)))
         .whole(&collected("Hello", FinishReason::Eos));
     assert_eq!(
         text["message"],
@@ -216,7 +220,7 @@ fn whole_answers_carry_calls_as_objects() {
 #[test]
 fn call_lines_carry_their_log_probabilities() {
     let mut s = OllamaStream::new("m".into(), Mode::Chat, epoch)
-        .with_tools(Some(&parse::HERMES))
+        .with_tools(Some(parse::Reading::auto(&parse::HERMES)))
         .with_logprobs(true);
     let lp = |id| {
         let mut t = TokenInfo::new(id);

@@ -10,7 +10,7 @@ use crate::api::error::ApiError;
 use crate::api::logprobs;
 use crate::api::params::{self, Limits, OneOrMany, SamplingFields};
 use crate::api::structured;
-use crate::api::tools::parse::Format;
+use crate::api::tools::parse::Reading;
 use crate::api::tools::{self, Choice, ToolSpec};
 use crate::engine::{GenRequest, SamplingParams, Shared};
 use crate::tokenizer::ChatMessage;
@@ -135,7 +135,7 @@ pub struct Prepared {
     /// Name tokens by id in the log probabilities.
     pub token_ids: bool,
     /// The answer may hold tool calls, written in this format: read them out of the text.
-    pub tools: Option<&'static Format>,
+    pub tools: Option<Reading>,
 }
 
 impl ChatRequest {

@@ -7,7 +7,7 @@
 //! `echo` sends the prompt, with its log probabilities, first). Tokens whose text the engine holds back wait
 //! for the next chunk with text, so every token appears exactly once.
 
-use crate::api::tools::parse::{self, CallParser, Format, Piece};
+use crate::api::tools::parse::{self, CallParser, Format, Piece, Reading};
 use serde_json::{json, Value};
 
 use super::error;
@@ -176,9 +176,9 @@ impl OpenAiStream {
     }
 
     /// Streams tool calls as OpenAI does when the answer may hold them.
-    pub fn with_tools(mut self, format: Option<&'static Format>) -> Self {
-        self.calls = format.map(CallParser::new);
-        self.call_format = format.unwrap_or(&parse::HERMES);
+    pub fn with_tools(mut self, reading: Option<Reading>) -> Self {
+        self.calls = reading.map(CallParser::new);
+        self.call_format = reading.map_or(&parse::HERMES, |r| r.format);
         self
     }
 
@@ -361,7 +361,7 @@ pub fn chat_completion(
     meta: &Meta,
     c: &Collected,
     logprobs: bool,
-    tools: Option<&'static Format>,
+    tools: Option<Reading>,
 ) -> Value {
     let logprobs = if logprobs {
         chat_logprobs(
@@ -382,7 +382,7 @@ pub fn chat_completion(
             .calls
             .iter()
             .map(|call| {
-                json!({ "id": tools.map_or(&parse::HERMES, |f| f).call_id("call_"), "type": "function",
+                json!({ "id": tools.map_or(&parse::HERMES, |r| r.format).call_id("call_"), "type": "function",
                         "function": { "name": call.name, "arguments": call.arguments } })
             })
             .collect();

@@ -17,7 +17,7 @@ use super::error::ApiError;
 use super::structured;
 use crate::engine::grammar::Grammar;
 use crate::engine::Shared;
-use parse::Format;
+use parse::{Format, Reading};
 
 /// Most calls one answer may hold when parallel calls are allowed.
 pub const MAX_PARALLEL_CALLS: usize = 8;
@@ -168,9 +168,12 @@ impl ToolSpec {
         !self.tools.is_empty() && self.choice != Choice::None
     }
 
-    /// The format to read the answer's calls in, when it may hold any.
-    pub fn calls(&self, format: &'static Format) -> Option<&'static Format> {
-        self.may_call().then_some(format)
+    /// How to read the answer's calls (written in `format`), when it may hold any.
+    pub fn calls(&self, format: &'static Format) -> Option<Reading> {
+        self.may_call().then_some(Reading {
+            format,
+            forced: matches!(self.choice, Choice::Required | Choice::Named(_)),
+        })
     }
 
     /// The grammar for the answer, calls written in `format`, or `None` when the model answers freely (no

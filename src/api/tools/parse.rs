@@ -108,6 +108,24 @@ impl Format {
     }
 }
 
+/// How an answer is read for calls: the format they are written in, and whether the request forced a call
+/// (`required` or a named tool), so that the answer is calls and nothing else.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reading {
+    pub format: &'static Format,
+    pub forced: bool,
+}
+
+impl Reading {
+    /// An answer that may be text or calls.
+    pub fn auto(format: &'static Format) -> Self {
+        Self {
+            format,
+            forced: false,
+        }
+    }
+}
+
 /// A piece of the answer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Piece {
@@ -146,6 +164,8 @@ const WS: [char; 4] = [' ', '\t', '\r', '\n'];
 #[derive(Debug)]
 pub struct CallParser {
     format: &'static Format,
+    /// The answer is calls only: a call cut off before its name is dropped rather than given back as text.
+    forced: bool,
     state: State,
     /// The text of the call being opened, until its name is known (given back as text if the answer ends
     /// there).
@@ -159,9 +179,10 @@ pub struct CallParser {
 }
 
 impl CallParser {
-    pub fn new(format: &'static Format) -> Self {
+    pub fn new(reading: Reading) -> Self {
         Self {
-            format,
+            format: reading.format,
+            forced: reading.forced,
             state: State::Undecided,
             opening: String::new(),
             buf: String::new(),
@@ -172,8 +193,12 @@ impl CallParser {
         }
     }
 
-    pub fn format(&self) -> &'static Format {
-        self.format
+    /// How this parser reads the answer.
+    pub fn reading(&self) -> Reading {
+        Reading {
+            format: self.format,
+            forced: self.forced,
+        }
     }
 
     /// How many calls have started.
@@ -194,10 +219,12 @@ impl CallParser {
     }
 
     /// The end of the answer: text still held back comes out as text, and so does a call cut off before its
-    /// name was complete (a call whose name is known was already reported, with what it has of arguments).
+    /// name was complete, unless calls were forced: then the answer was never text, and the unfinished opening
+    /// is dropped. A call whose name is known was already reported, with what it has of arguments.
     pub fn finish(&mut self) -> Vec<Piece> {
         let rest = std::mem::take(&mut self.buf);
         let text = match self.state {
+            State::Undecided | State::Name if self.forced => String::new(),
             State::Undecided | State::Text => rest,
             State::Name => std::mem::take(&mut self.opening) + &rest,
             _ => String::new(),
@@ -393,10 +420,10 @@ impl Parsed {
     }
 }
 
-/// Splits a whole answer when it may hold calls (written in `format`); otherwise it is all text.
-pub fn parse_if(text: &str, format: Option<&'static Format>) -> Parsed {
-    if let Some(f) = format {
-        parse(text, f)
+/// Splits a whole answer when it may hold calls (read as `reading` says); otherwise it is all text.
+pub fn parse_if(text: &str, reading: Option<Reading>) -> Parsed {
+    if let Some(r) = reading {
+        parse(text, r)
     } else {
         Parsed {
             text: text.to_string(),
@@ -406,8 +433,8 @@ pub fn parse_if(text: &str, format: Option<&'static Format>) -> Parsed {
 }
 
 /// Splits a whole answer.
-pub fn parse(text: &str, format: &'static Format) -> Parsed {
-    let mut p = CallParser::new(format);
+pub fn parse(text: &str, reading: Reading) -> Parsed {
+    let mut p = CallParser::new(reading);
     let mut parsed = Parsed::default();
     parsed.add(p.push(text));
     parsed.add(p.finish());
@@ -422,7 +449,7 @@ mod tests {
 
     #[test]
     fn whole_answers() {
-        let p = parse(TWO, &HERMES);
+        let p = parse(TWO, Reading::auto(&HERMES));
         assert_eq!(p.text, "");
         assert_eq!(p.calls.len(), 2);
         assert_eq!(p.calls[0].name, "get_weather");
@@ -436,18 +463,18 @@ mod tests {
             }
         );
         assert_eq!(
-            parse("Hello <tool_call> there", &HERMES).text,
+            parse("Hello <tool_call> there", Reading::auto(&HERMES)).text,
             "Hello <tool_call> there"
         );
-        assert_eq!(parse("<tool", &HERMES).text, "<tool");
-        assert_eq!(parse("  \n", &HERMES).text, "  \n");
+        assert_eq!(parse("<tool", Reading::auto(&HERMES)).text, "<tool");
+        assert_eq!(parse("  \n", Reading::auto(&HERMES)).text, "  \n");
     }
 
     #[test]
     fn any_split_gives_the_same_pieces() {
-        let whole = parse(TWO, &HERMES);
+        let whole = parse(TWO, Reading::auto(&HERMES));
         for step in 1..8 {
-            let mut p = CallParser::new(&HERMES);
+            let mut p = CallParser::new(Reading::auto(&HERMES));
             let mut parsed = Parsed::default();
             let chars: Vec<char> = TWO.chars().collect();
             for chunk in chars.chunks(step) {
@@ -460,7 +487,7 @@ mod tests {
 
     #[test]
     fn a_call_starts_as_soon_as_its_name_is_known() {
-        let mut p = CallParser::new(&HERMES);
+        let mut p = CallParser::new(Reading::auto(&HERMES));
         assert_eq!(p.push("<tool_call>\n{\"name\": \"ad"), vec![]);
         assert_eq!(
             p.push("d\", \"arguments\": {\"a\""),
@@ -481,7 +508,7 @@ mod tests {
     #[test]
     fn other_families_formats() {
         let llama = "{\"name\": \"add\", \"parameters\": {\"a\": 1}}";
-        let p = parse(llama, &LLAMA_JSON);
+        let p = parse(llama, Reading::auto(&LLAMA_JSON));
         assert_eq!(
             p.calls,
             vec![Call {
@@ -491,7 +518,7 @@ mod tests {
         );
         assert_eq!(p.text, "");
         let mistral = "[{\"name\": \"add\", \"arguments\": {\"a\": [1]}}, {\"name\": \"f\", \"arguments\": {}}]";
-        let p = parse(mistral, &MISTRAL);
+        let p = parse(mistral, Reading::auto(&MISTRAL));
         assert_eq!(p.calls.len(), 2);
         assert_eq!(
             p.calls[1],
@@ -500,7 +527,7 @@ mod tests {
                 arguments: "{}".into()
             }
         );
-        assert_eq!(parse("[1, 2]", &MISTRAL).text, "[1, 2]");
+        assert_eq!(parse("[1, 2]", Reading::auto(&MISTRAL)).text, "[1, 2]");
         assert_eq!(
             LLAMA_JSON.call("f", "{}"),
             "{\"name\": \"f\", \"parameters\": {}}"
@@ -528,11 +555,11 @@ mod tests {
     #[test]
     fn a_call_may_follow_text_in_the_hermes_format() {
         let answer = "Let me check.\n<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 1}}\n</tool_call>";
-        let whole = parse(answer, &HERMES);
+        let whole = parse(answer, Reading::auto(&HERMES));
         assert_eq!(whole.text, "Let me check.\n");
         assert_eq!(whole.calls.len(), 1);
         for step in 1..6 {
-            let mut p = CallParser::new(&HERMES);
+            let mut p = CallParser::new(Reading::auto(&HERMES));
             let mut parsed = Parsed::default();
             let chars: Vec<char> = answer.chars().collect();
             for chunk in chars.chunks(step) {
@@ -542,26 +569,39 @@ mod tests {
             assert_eq!(parsed, whole, "split every {step}");
         }
         // Text with a `<` that starts no call is given back whole.
-        assert_eq!(parse("a < b and <tool", &HERMES).text, "a < b and <tool");
+        assert_eq!(
+            parse("a < b and <tool", Reading::auto(&HERMES)).text,
+            "a < b and <tool"
+        );
         // A bare brace after text is text in the JSON formats.
         assert_eq!(
-            parse("x {\"name\": \"add\"", &LLAMA_JSON).text,
+            parse("x {\"name\": \"add\"", Reading::auto(&LLAMA_JSON)).text,
             "x {\"name\": \"add\""
         );
     }
 
     #[test]
-    fn a_call_cut_before_its_name_comes_back_as_text() {
+    fn a_call_cut_before_its_name_comes_back_as_text_unless_calls_were_forced() {
         let cut = "<tool_call>\n{\"name\": \"get_wea";
         assert_eq!(
-            parse(cut, &HERMES),
+            parse(cut, Reading::auto(&HERMES)),
             Parsed {
                 text: cut.into(),
                 calls: vec![]
             }
         );
+        // Under a forced call the answer is never text: what there is of the opening is dropped.
+        let forced = Reading {
+            format: &HERMES,
+            forced: true,
+        };
+        for cut in ["", "\n<tool_ca", cut] {
+            assert_eq!(parse(cut, forced), Parsed::default(), "{cut:?}");
+        }
+        let named = parse("<tool_call>\n{\"name\": \"add\", \"argu", forced);
+        assert_eq!(named.calls[0].name, "add");
         // Only the whitespace the grammar allows may precede a call.
         let odd = "\u{c}<tool_call>\n{\"name\": \"rm\", \"arguments\": {}}\n</tool_call>";
-        assert!(parse(odd, &LLAMA_JSON).calls.is_empty());
+        assert!(parse(odd, Reading::auto(&LLAMA_JSON)).calls.is_empty());
     }
 }

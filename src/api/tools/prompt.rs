@@ -105,7 +105,7 @@ mod tests {
         let a = generic_turn(a);
         assert_eq!(a.content, call_block("add", "{\"a\":1}"));
         assert_eq!(
-            parse::parse(&a.content, &parse::HERMES).calls[0].name,
+            parse::parse(&a.content, parse::Reading::auto(&parse::HERMES)).calls[0].name,
             "add"
         );
         let mut t = ChatMessage::new("tool", "3");
