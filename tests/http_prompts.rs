@@ -29,6 +29,17 @@ async fn prompts_as_token_ids_and_detokenize() {
     for field in ["prompt_tokens", "completion_tokens"] {
         assert_eq!(by_text["usage"][field], by_ids["usage"][field]);
     }
+    // An empty prompt starts from the BOS token (GPT-2's `<|endoftext|>`), as OpenAI's completions do.
+    let bos = s
+        .post_json("/tokenize", &json!({"content": "<|endoftext|>"}), 200)
+        .await["tokens"]
+        .clone();
+    assert_eq!(bos.as_array().unwrap().len(), 1, "{bos}");
+    let empty = s.post_json("/v1/completions", &body(json!("")), 200).await;
+    let from_bos = s.post_json("/v1/completions", &body(bos), 200).await;
+    assert_eq!(empty["choices"][0]["text"], from_bos["choices"][0]["text"]);
+    assert_eq!(empty["usage"]["prompt_tokens"], 1);
+    s.post_json("/v1/completions", &body(json!([])), 400).await;
     let v = s
         .post_json("/v1/completions", &body(json!([1, 999_999])), 400)
         .await;

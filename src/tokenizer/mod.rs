@@ -97,6 +97,14 @@ impl TextTokenizer {
         ))
     }
 
+    /// The id of the BOS token, when the model has one: what a text with no tokens of its own starts from, as
+    /// documents began in training (and as `generate` without inputs starts).
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos_token
+            .as_deref()
+            .and_then(|b| self.inner.token_to_id(b))
+    }
+
     /// Prompt text → ids, with BOS first when the model wants it. Special-token texts in `text` become
     /// their single ids, as chat templates require.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {

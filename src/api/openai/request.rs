@@ -429,8 +429,16 @@ fn call_for_template(mut call: Value) -> Value {
     call
 }
 
-/// The prompt's ids, and its text when it came as text.
+/// The prompt's ids, and its text when it came as text. An empty text starts from the model's BOS token, as
+/// OpenAI's completions do (a model without one has nothing to start from: the engine refuses the empty prompt).
 fn prompt_ids(p: Prompt, shared: &Shared) -> Result<(Vec<u32>, Option<String>), ApiError> {
+    let encode = |t: &str| -> Result<Vec<u32>, ApiError> {
+        let ids = shared.tokenizer.encode(t)?;
+        Ok(match shared.tokenizer.bos_id() {
+            Some(bos) if ids.is_empty() => vec![bos],
+            _ => ids,
+        })
+    };
     let one = |n: usize| {
         if n == 1 {
             Ok(())
@@ -441,11 +449,11 @@ fn prompt_ids(p: Prompt, shared: &Shared) -> Result<(Vec<u32>, Option<String>), 
         }
     };
     let (ids, text) = match p {
-        Prompt::Text(t) => (shared.tokenizer.encode(&t)?, Some(t)),
+        Prompt::Text(t) => (encode(&t)?, Some(t)),
         Prompt::Texts(mut v) => {
             one(v.len())?;
             let t = v.remove(0);
-            (shared.tokenizer.encode(&t)?, Some(t))
+            (encode(&t)?, Some(t))
         }
         Prompt::Ids(ids) => (ids, None),
         Prompt::IdLists(mut v) => {
