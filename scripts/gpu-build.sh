@@ -67,6 +67,10 @@ export PATH="$CU/bin:$PATH" NVCC="$CU/bin/nvcc" CUDA_HOME="$HOME_DIR" CUDA_PATH=
   CARGO_TARGET_DIR="$TARGET" RUSTFLAGS="-C target-cpu=x86-64-v3"
 log "building rill (--features cuda, compute capability $CAP) into $TARGET"
 cargo build --release --features cuda --bin rill
+log "checking that the attention kernels compile (NVRTC needs no GPU; the driver stub is never called)"
+mkdir -p "$HOME_DIR/stub"
+ln -sfn ../lib64/libcuda.so "$HOME_DIR/stub/libcuda.so.1"
+LD_LIBRARY_PATH="$CU/lib:$HOME_DIR/stub" cargo test --release --features cuda --lib model::gpu::cuda::tests
 log "building the decode bench"
 bench_exe="$(cargo bench --features cuda --bench decode --no-run --message-format=json 2>/dev/null \
   | python3 -c 'import json, sys

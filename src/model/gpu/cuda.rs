@@ -7,7 +7,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
 };
-use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
+use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 use candle_core::{
     bail, CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Result, Shape, Storage, Tensor,
 };
@@ -36,19 +36,24 @@ pub(super) struct Kernels {
     attend_f16: CudaFunction,
 }
 
+/// Compiles the kernels' source with NVRTC (which needs no GPU: the driver only loads the result).
+fn compile() -> std::result::Result<Ptx, String> {
+    // No fused multiply-adds: rotations round as the host's do.
+    let opts = CompileOptions {
+        fmad: Some(false),
+        name: Some("rill_attention.cu".into()),
+        ..Default::default()
+    };
+    compile_ptx_with_opts(SOURCE, opts).map_err(|e| format!("NVRTC: {e}"))
+}
+
 impl Kernels {
     /// Compiles the source for `dev` and loads it.
     pub(super) fn load(dev: &Device) -> std::result::Result<Self, String> {
         let Device::Cuda(d) = dev else {
             return Err("not a CUDA device".into());
         };
-        // No fused multiply-adds: rotations round as the host's do.
-        let opts = CompileOptions {
-            fmad: Some(false),
-            name: Some("rill_attention.cu".into()),
-            ..Default::default()
-        };
-        let ptx = compile_ptx_with_opts(SOURCE, opts).map_err(|e| format!("NVRTC: {e}"))?;
+        let ptx = compile()?;
         let stream = d.cuda_stream();
         let module = stream
             .context()
@@ -492,5 +497,18 @@ impl<F: Fn(u64) -> Result<()>> CustomOp1 for Fill<F> {
         let addr = out.device_ptr(&dev.cuda_stream()).0;
         (self.launch)(addr)?;
         Ok((CudaStorage::wrap_cuda_slice(out, dev), self.shape.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The kernels compile, and define every function `Kernels::load` looks up: checked wherever the CUDA build
+    /// is made (`scripts/gpu-build.sh` runs it), so a mistake in the source shows before a GPU is at hand.
+    #[test]
+    fn the_kernels_compile_without_a_gpu() {
+        let ptx = super::compile().unwrap().to_src();
+        for name in ["store_f32", "store_f16", "attend_f32", "attend_f16"] {
+            assert!(ptx.contains(&format!(".entry {name}(")), "{name} missing");
+        }
     }
 }
