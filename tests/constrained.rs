@@ -278,6 +278,10 @@ fn invalid_grammars_are_refused_when_compiled() {
     for schema in [
         json!({"type": "object", "properties": {"a": {"type": "nonsense"}}}),
         json!({"type": "integer", "minimum": 5, "maximum": 1}),
+        // No finite answer: these compile, and fail at the first token.
+        json!({"$ref": "#"}),
+        json!({"anyOf": [{"$ref": "#"}]}),
+        json!({"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}),
     ] {
         let g = structured::json_grammar(&schema).unwrap();
         assert!(

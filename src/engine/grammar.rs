@@ -176,9 +176,18 @@ impl GrammarCompiler {
             .factory
             .create_parser(grammar.top_level())
             .map_err(|e| GrammarError::Invalid(e.to_string()))?;
-        let matcher = Matcher::new(Ok(parser));
+        let mut matcher = Matcher::new(Ok(parser));
         if let Some(e) = matcher.get_error() {
             return Err(GrammarError::Invalid(e));
+        }
+        // Some grammars compile and only fail when asked for a first token: one with no finite answer (a schema
+        // that is nothing but a reference to itself). Asking here makes that a refusal before the request runs.
+        if let Err(e) = matcher.compute_mask() {
+            let reason = e.to_string();
+            let reason = reason.lines().next().unwrap_or_default();
+            return Err(GrammarError::Invalid(format!(
+                "no answer can satisfy it (does it only refer to itself?): {reason}"
+            )));
         }
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= CACHE_ENTRIES {
