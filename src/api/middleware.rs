@@ -47,12 +47,15 @@ fn is_open(method: &Method, path: &str) -> bool {
         || (method == Method::GET && super::streams::is_event_feed(path))
 }
 
-/// The key a client presented: `Authorization: Bearer <key>` or `x-api-key: <key>`.
+/// The key a client presented: `Authorization: Bearer <key>` (the scheme's name in any case, as HTTP has it)
+/// or `x-api-key: <key>`.
 fn presented_key(h: &HeaderMap) -> Option<&str> {
     let bearer = h
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key);
     bearer
         .or_else(|| h.get("x-api-key").and_then(|v| v.to_str().ok()))
         .map(str::trim)
@@ -146,6 +149,10 @@ mod tests {
         assert_eq!(presented_key(&h), Some("k1"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k2"));
         assert_eq!(presented_key(&h), Some("k2"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer k3"));
+        assert_eq!(presented_key(&h), Some("k3"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic k4"));
+        assert_eq!(presented_key(&h), Some("k1"));
         use crate::api::util::same_secret;
         assert!(
             same_secret("abc", "abc") && !same_secret("abc", "abd") && !same_secret("abc", "ab")
