@@ -333,6 +333,28 @@ async fn prompts_longer_than_the_context_are_400_naming_both_lengths() {
             "{path}: {m}"
         );
     }
+    // A text far beyond the context is refused from its length, before it is encoded, in every dialect.
+    let huge = "a ".repeat(500_000);
+    for (path, body, shape) in [
+        (CHAT, json!({"messages": user(&huge)}), Shape::OpenAi),
+        ("/v1/completions", json!({"prompt": huge}), Shape::OpenAi),
+        (
+            "/api/generate",
+            json!({"model": "fake", "prompt": huge, "raw": true}),
+            Shape::Ollama,
+        ),
+        (
+            "/v1/messages",
+            json!({"messages": user(&huge), "max_tokens": 5}),
+            Shape::Anthropic,
+        ),
+    ] {
+        let m = refused(&s, path, body, 400, shape).await;
+        assert!(
+            m.contains("at least") && m.contains("bytes of text") && m.contains("64 tokens"),
+            "{path}: {m}"
+        );
+    }
     // Ollama's num_ctx narrows the context; a prompt that does not fit is refused, not cut.
     let m = refused(
         &s,

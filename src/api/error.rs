@@ -126,6 +126,7 @@ impl From<crate::tokenizer::TokenizerError> for ApiError {
             crate::tokenizer::TokenizerError::Template(m) => {
                 Self::BadRequest(format!("chat template: {m}"))
             }
+            e @ crate::tokenizer::TokenizerError::TooLong { .. } => Self::BadRequest(e.to_string()),
             other => Self::Internal(other.to_string()),
         }
     }

@@ -30,7 +30,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     } else {
         args.prompt.clone()
     };
-    let prompt = shared.tokenizer.encode(&text)?;
+    let prompt = shared.encode_prompt(&text)?;
     tracing::debug!(prompt = ?text, ids = ?prompt, "prompt");
     let req = GenRequest {
         constraint: None,

@@ -310,6 +310,12 @@ impl Shared {
     ) -> Result<grammar::Constraint, grammar::GrammarError> {
         self.grammars()?.compile(g)
     }
+
+    /// A prompt's ids; a text that cannot fit the context is refused from its length when that is enough to
+    /// know (before the memory encoding it would take).
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>, crate::tokenizer::TokenizerError> {
+        self.tokenizer.encode_within(text, self.info.context_length)
+    }
 }
 
 /// A request as it travels to the generation thread.

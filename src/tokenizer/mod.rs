@@ -1,6 +1,7 @@
 //! Text ↔ token ids: a HuggingFace `tokenizer.json` or one built from GGUF metadata, the model's end-of-turn
 //! ids, its chat template, and the incremental decoder that streams text token by token.
 
+pub mod bound;
 pub mod chat;
 pub mod detok;
 pub mod gguf;
@@ -21,6 +22,13 @@ pub enum TokenizerError {
     Tokenize(String),
     #[error("chat template: {0}")]
     Template(String),
+    /// Refused from its length alone, before encoding (see [`bound`]).
+    #[error("the prompt has at least {at_least} tokens ({bytes} bytes of text), but the model's context is {limit} tokens")]
+    TooLong {
+        bytes: usize,
+        at_least: usize,
+        limit: usize,
+    },
 }
 
 /// Token texts that end a turn in common model families, used as stop ids when present as special tokens.
@@ -43,6 +51,8 @@ pub struct TextTokenizer {
     pub eos_token: Option<String>,
     /// Whether prompts start with the BOS token.
     pub add_bos: Option<u32>,
+    /// The most bytes of text one token can cover, when the tokenizer bounds it ([`bound`]).
+    max_bytes_per_token: Option<usize>,
 }
 
 impl TextTokenizer {
@@ -67,6 +77,7 @@ impl TextTokenizer {
             None
         };
         Self {
+            max_bytes_per_token: bound::max_bytes_per_token(&inner),
             inner,
             eos_ids,
             bos_token: bos,
@@ -120,6 +131,22 @@ impl TextTokenizer {
         }
         ids.extend_from_slice(enc.get_ids());
         Ok(ids)
+    }
+
+    /// Prompt text → ids as [`Self::encode`] gives them, but a text so long that it must have at least `limit`
+    /// tokens is refused from its length alone, without the memory encoding it would take (see [`bound`]).
+    pub fn encode_within(&self, text: &str, limit: usize) -> Result<Vec<u32>, TokenizerError> {
+        if let Some(per_token) = self.max_bytes_per_token {
+            let at_least = text.len().div_ceil(per_token);
+            if at_least >= limit {
+                return Err(TokenizerError::TooLong {
+                    bytes: text.len(),
+                    at_least,
+                    limit,
+                });
+            }
+        }
+        self.encode(text)
     }
 
     /// Ids → text; special tokens are dropped when `skip_special` is set.

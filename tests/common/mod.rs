@@ -14,7 +14,6 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A path under `models/`, which must exist: the scripts make it.
 /// A fresh folder under the system's temporary directory, `rill-NAME-PID`, removed when dropped (also when
 /// its test fails and unwinds), so that test runs leave nothing behind. Derefs to its path.
 pub struct TempDir(PathBuf);
@@ -41,6 +40,7 @@ impl Drop for TempDir {
     }
 }
 
+/// A path under `models/`, which must exist: the scripts make it.
 pub fn model_path(rel: &str) -> PathBuf {
     let p = root().join("models").join(rel);
     assert!(

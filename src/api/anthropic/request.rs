@@ -276,7 +276,7 @@ impl MessagesRequest {
         let mut text = tools::prompt::render(shared, msgs, Some(tools))?;
         // The answer so far goes after the assistant's turn has opened, and the model goes on from it.
         text.push_str(prefill.as_deref().unwrap_or_default());
-        Ok(shared.tokenizer.encode(&text)?)
+        Ok(shared.encode_prompt(&text)?)
     }
 
     pub fn prepare(mut self, shared: &Shared) -> Result<Prepared, ApiError> {

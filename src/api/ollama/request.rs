@@ -256,7 +256,7 @@ impl GenerateRequest {
                 "`context` holds token id {bad}, outside the vocabulary"
             )));
         }
-        prompt.extend(shared.tokenizer.encode(&text)?);
+        prompt.extend(shared.encode_prompt(&text)?);
         self.common.plan(prompt, shared, constraint)
     }
 }
@@ -285,7 +285,7 @@ impl ChatRequest {
         };
         let mut text = tools::prompt::render(shared, msgs, Some(&spec))?;
         text.push_str(start.as_deref().unwrap_or_default());
-        let prompt = shared.tokenizer.encode(&text)?;
+        let prompt = shared.encode_prompt(&text)?;
         let mut plan = self.common.plan(prompt, shared, constraint)?;
         if let Plan::Generate { tools, .. } = &mut plan {
             *tools = spec.calls(format);

@@ -163,9 +163,7 @@ impl ChatRequest {
         let constraint = grammar
             .map(|g| structured::compile(shared, &g))
             .transpose()?;
-        let prompt = shared
-            .tokenizer
-            .encode(&chat_prompt_text(shared, self.messages, &tools)?)?;
+        let prompt = shared.encode_prompt(&chat_prompt_text(shared, self.messages, &tools)?)?;
         let max = params::positive("max_completion_tokens", self.max_completion_tokens)?;
         let mut p = self
             .common
@@ -433,7 +431,7 @@ fn call_for_template(mut call: Value) -> Value {
 /// OpenAI's completions do (a model without one has nothing to start from: the engine refuses the empty prompt).
 fn prompt_ids(p: Prompt, shared: &Shared) -> Result<(Vec<u32>, Option<String>), ApiError> {
     let encode = |t: &str| -> Result<Vec<u32>, ApiError> {
-        let ids = shared.tokenizer.encode(t)?;
+        let ids = shared.encode_prompt(t)?;
         Ok(match shared.tokenizer.bos_id() {
             Some(bos) if ids.is_empty() => vec![bos],
             _ => ids,
