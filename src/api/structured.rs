@@ -41,19 +41,54 @@ pub fn close_objects(schema: &mut Value) {
             if map.contains_key("properties") && !map.contains_key("additionalProperties") {
                 map.insert("additionalProperties".into(), Value::Bool(false));
             }
-            schemas_inside(map).for_each(close_objects);
+            schemas_inside(map).into_iter().for_each(close_objects);
         }
         Value::Array(items) => items.iter_mut().for_each(close_objects),
         _ => {}
     }
 }
 
-/// The values of a schema object that may hold schemas: all but the literal values (`const`, `enum`,
-/// `default`, `examples`), which must not be rewritten.
-fn schemas_inside(map: &mut serde_json::Map<String, Value>) -> impl Iterator<Item = &mut Value> {
-    map.iter_mut()
-        .filter(|(k, _)| !matches!(k.as_str(), "const" | "enum" | "default" | "examples"))
-        .map(|(_, v)| v)
+/// Keywords whose value is a schema, or a list of schemas.
+const SUBSCHEMAS: [&str; 15] = [
+    "items",
+    "prefixItems",
+    "additionalItems",
+    "contains",
+    "additionalProperties",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+    "propertyNames",
+    "anyOf",
+    "allOf",
+    "oneOf",
+    "not",
+    "if",
+    "then",
+    "else",
+];
+
+/// Keywords whose value maps names to schemas.
+const NAMED_SUBSCHEMAS: [&str; 5] = [
+    "properties",
+    "patternProperties",
+    "dependentSchemas",
+    "$defs",
+    "definitions",
+];
+
+/// The schemas directly inside a schema object, by keyword: a property's name is never read as a keyword
+/// (a property called `default` is a schema; one called `properties` is not a map of them), and literal
+/// values (`const`, `enum`, `default`, `examples`) are never rewritten.
+fn schemas_inside(map: &mut serde_json::Map<String, Value>) -> Vec<&mut Value> {
+    let mut inside = Vec::new();
+    for (k, v) in map.iter_mut() {
+        if SUBSCHEMAS.contains(&k.as_str()) {
+            inside.push(v);
+        } else if let (true, Value::Object(named)) = (NAMED_SUBSCHEMAS.contains(&k.as_str()), v) {
+            inside.extend(named.values_mut());
+        }
+    }
+    inside
 }
 
 /// ±(2^53 − 1): the integers every JSON reader holds exactly.
@@ -77,7 +112,7 @@ pub fn bound_numbers(schema: &mut Value) {
                     map.insert("maximum".into(), json!(SAFE_INTEGER));
                 }
             }
-            schemas_inside(map).for_each(bound_numbers);
+            schemas_inside(map).into_iter().for_each(bound_numbers);
         }
         Value::Array(items) => items.iter_mut().for_each(bound_numbers),
         _ => {}
@@ -184,6 +219,29 @@ mod tests {
         ] {
             assert!(openai_response_format(Some(&bad)).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn property_names_are_not_read_as_keywords() {
+        let schema = json!({"type": "object", "properties": {
+            "default": {"type": "integer"},
+            "enum": {"type": "object", "properties": {"x": {"type": "number"}}},
+            "properties": {"type": "string"},
+        }, "$defs": {"n": {"type": "integer"}}, "anyOf": [{"type": "object", "properties": {}}],
+           "default": {"type": "integer"}, "enum": [{"properties": {}}]});
+        let Grammar::JsonSchema(s) = json_grammar(&schema).unwrap() else {
+            panic!("a schema grammar")
+        };
+        let p = &s["properties"];
+        assert_eq!(p["default"]["maximum"], SAFE_INTEGER);
+        assert_eq!(p["enum"]["additionalProperties"], false);
+        assert_eq!(p["enum"]["properties"]["x"]["minimum"], -SAFE_INTEGER);
+        assert_eq!(p.as_object().unwrap().len(), 3, "{p}");
+        assert_eq!(s["$defs"]["n"]["minimum"], -SAFE_INTEGER);
+        assert_eq!(s["anyOf"][0]["additionalProperties"], false);
+        // Literal values stay as they were.
+        assert_eq!(s["default"], json!({"type": "integer"}));
+        assert_eq!(s["enum"], json!([{"properties": {}}]));
     }
 
     #[test]
