@@ -103,7 +103,7 @@ pub fn render(stats: &EngineStats, queued: usize, model: &str) -> String {
     scalar(
         "rill_failed_requests_total",
         "counter",
-        "Requests failed by a model error.",
+        "Requests that ended in an error: a model step, their grammar or their tokenizer failed.",
         stats.failed.load(Relaxed),
     );
     scalar(

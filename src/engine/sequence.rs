@@ -57,6 +57,8 @@ pub struct Sequence {
     first_token: Option<Instant>,
     /// Set once `Done` or `Error` is in the outbox.
     pub finished: bool,
+    /// Set when it ended in an error (a model step, its grammar or its tokenizer failed).
+    pub failed: bool,
     /// Set when the reader went away.
     pub cancelled: bool,
 }
@@ -93,6 +95,7 @@ impl Sequence {
             admitted: Instant::now(),
             first_token: None,
             finished: false,
+            failed: false,
             cancelled: false,
         }
     }
@@ -296,6 +299,7 @@ impl Sequence {
 
     /// Ends the sequence with an error event.
     pub fn fail(&mut self, err: EngineError) {
+        self.failed = true;
         self.emit(Event::Error(err));
         self.release();
         // A failed step may have appended to some layers and not others: never reuse this cache.

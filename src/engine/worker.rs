@@ -262,10 +262,6 @@ impl Worker {
             }
             Err(msg) => {
                 tracing::error!(error = %msg, sequences = selected.len(), "model step failed");
-                self.shared
-                    .stats
-                    .failed
-                    .fetch_add(selected.len() as u64, Ordering::Relaxed);
                 for &i in &selected {
                     self.running[i].fail(EngineError::Model(msg.clone()));
                 }
@@ -299,6 +295,11 @@ impl Worker {
             .stats
             .cancelled
             .fetch_add(cancelled as u64, Ordering::Relaxed);
+        let failed = out.iter().filter(|s| s.failed).count();
+        self.shared
+            .stats
+            .failed
+            .fetch_add(failed as u64, Ordering::Relaxed);
         self.draining.extend(out);
         self.draining.retain(|s| !s.cancelled && !s.delivered());
         self.publish_occupancy();
