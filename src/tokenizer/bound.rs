@@ -9,8 +9,8 @@
 //! - normalization shrinks text at most 3× (a compatibility character such as the Kelvin sign, 3 bytes, becomes
 //!   `K`; the Hangul jamo of one syllable, 9 bytes, compose into 3), and adding or replacing by something at
 //!   least as long never shrinks it;
-//! - pre-tokenizers only split, and the model never skips a character (byte-level, byte fallback, or one unknown
-//!   token per unknown character).
+//! - pre-tokenizers only split, the model never skips a character (byte-level, byte fallback, or one unknown
+//!   token per unknown character), and no added token absorbs the whitespace beside it (`lstrip`, `rstrip`).
 //!
 //! A step that may drop or merge away text (stripping, a shorter replacement, a split that removes what it
 //! matches, a word-level model whose one unknown token covers a word of any length) leaves no bound.
@@ -43,6 +43,10 @@ pub fn max_bytes_per_token(t: &Tokenizer) -> Option<usize> {
         return None;
     }
     let added = t.get_added_tokens_decoder();
+    // An added token that strips the whitespace beside it covers any run of it.
+    if added.values().any(|a| a.lstrip || a.rstrip) {
+        return None;
+    }
     let longest = t
         .get_vocab(true)
         .iter()
@@ -102,8 +106,12 @@ mod tests {
     use super::*;
 
     fn tokenizer(normalizer: Value, pre: Value, model: Value) -> Tokenizer {
+        with_added(normalizer, pre, model, serde_json::json!([]))
+    }
+
+    fn with_added(normalizer: Value, pre: Value, model: Value, added: Value) -> Tokenizer {
         let json = serde_json::json!({
-            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
             "normalizer": normalizer, "pre_tokenizer": pre, "post_processor": null, "decoder": null,
             "model": model,
         });
@@ -152,6 +160,17 @@ mod tests {
         );
         assert_eq!(plain(serde_json::json!({"unk_token": "<unk>"})), Some(5));
         assert_eq!(plain(serde_json::json!({"byte_fallback": true})), Some(5));
+        // A special token that strips the spaces after it stands for any number of them.
+        let end = |rstrip| {
+            serde_json::json!([{"id": 4, "content": "<|end|>", "single_word": false,
+            "lstrip": false, "rstrip": rstrip, "normalized": false, "special": true}])
+        };
+        let fallback = || bpe(serde_json::json!({"byte_fallback": true}));
+        let t = with_added(Value::Null, Value::Null, fallback(), end(false));
+        assert_eq!(max_bytes_per_token(&t), Some(7));
+        let t = with_added(Value::Null, Value::Null, fallback(), end(true));
+        assert_eq!(t.encode("<|end|>      ", false).unwrap().len(), 1);
+        assert_eq!(max_bytes_per_token(&t), None);
         let removes = serde_json::json!({"type": "WhitespaceSplit"});
         let t = tokenizer(
             Value::Null,
