@@ -2,7 +2,7 @@
 //! tokenizer rill builds from GGUF metadata and on HuggingFace byte-level BPE, for texts that pack the most
 //! bytes into a token (whitespace runs, repeated words, special-token texts, emoji), a prompt of n tokens is
 //! never refused under a limit of n + 1, and a few megabytes of text are refused under a real context without
-//! being encoded.
+//! being encoded. And a `tokenizer.json` saved with truncation or padding on encodes prompts whole all the same.
 
 mod common;
 
@@ -85,4 +85,26 @@ fn megabytes_of_text_are_refused_without_encoding() {
             other => panic!("{name}: {:?}", other.map(|ids| ids.len())),
         }
     }
+}
+
+#[test]
+fn truncation_and_padding_saved_in_tokenizer_json_do_not_apply() {
+    let path = model_path("gpt2-tokenizer/tokenizer.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    json["truncation"] = serde_json::json!({"direction": "Right", "max_length": 4,
+                                            "strategy": "LongestFirst", "stride": 0});
+    json["padding"] = serde_json::json!({"strategy": {"Fixed": 64}, "direction": "Right",
+        "pad_to_multiple_of": null, "pad_id": 0, "pad_type_id": 0, "pad_token": "!"});
+    let dir = common::TempDir::new("saved-truncation");
+    let saved = dir.join("tokenizer.json");
+    std::fs::write(&saved, serde_json::to_vec(&json).unwrap()).unwrap();
+    let text = "Once upon a time there was a tokenizer that cut every prompt short.";
+    let plain = TextTokenizer::from_file(&path, None)
+        .unwrap()
+        .encode(text)
+        .unwrap();
+    assert!(plain.len() > 4, "{plain:?}");
+    let saved = TextTokenizer::from_file(&saved, None).unwrap();
+    assert_eq!(saved.encode(text).unwrap(), plain);
 }

@@ -58,11 +58,17 @@ pub struct TextTokenizer {
 impl TextTokenizer {
     /// Wraps a tokenizer; `eos` and `bos` are token texts from the model's configuration.
     pub fn new(
-        inner: tokenizers::Tokenizer,
+        mut inner: tokenizers::Tokenizer,
         eos: Option<String>,
         bos: Option<String>,
         add_bos: bool,
     ) -> Self {
+        // A `tokenizer.json` saved with truncation or padding on would cut prompts to its length, or fill them
+        // with padding, without a word: a prompt is encoded whole, and a long one refused by the engine.
+        inner
+            .with_truncation(None)
+            .expect("turning truncation off cannot fail");
+        inner.with_padding(None);
         let mut eos_ids: Vec<u32> = eos.iter().filter_map(|t| inner.token_to_id(t)).collect();
         for text in END_OF_TURN_TEXTS {
             if let Some(id) = inner.token_to_id(text) {
