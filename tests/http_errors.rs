@@ -445,6 +445,23 @@ async fn bodies_over_the_limit_are_413() {
     )
     .await;
     assert!(m.contains("1024"), "{m}");
+    // A declared length over the limit is a 413 at once, with no body sent (not a wait for the body timeout).
+    let addr = s.addr;
+    let answer = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let head =
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 999999999\r\n\r\n";
+        tcp.write_all(head.as_bytes()).unwrap();
+        let mut buf = [0u8; 512];
+        let n = tcp.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
     s.post_json(CHAT, &json!({"messages": user("small")}), 200)
         .await;
 }

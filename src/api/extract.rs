@@ -27,6 +27,16 @@ where
     type Rejection = E;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, E> {
+        // A declared length over the limit is refused at once, not after waiting for a body never read.
+        let limit = state.config().body_limit;
+        let declared = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(E::from(ApiError::TooLarge { limit }));
+        }
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|r| E::from(body_error(r, state)))?;
