@@ -27,18 +27,23 @@ fn whole_answers() {
     assert_eq!(parse("  \n", Reading::auto(&HERMES)).text, "  \n");
 }
 
+/// `text` (Hermes calls) fed to a parser `step` characters at a time.
+fn parse_in_steps(text: &str, step: usize) -> Parsed {
+    let mut p = CallParser::new(Reading::auto(&HERMES));
+    let mut parsed = Parsed::default();
+    let chars: Vec<char> = text.chars().collect();
+    for chunk in chars.chunks(step) {
+        parsed.add(p.push(&chunk.iter().collect::<String>()));
+    }
+    parsed.add(p.finish());
+    parsed
+}
+
 #[test]
 fn any_split_gives_the_same_pieces() {
     let whole = parse(TWO, Reading::auto(&HERMES));
     for step in 1..8 {
-        let mut p = CallParser::new(Reading::auto(&HERMES));
-        let mut parsed = Parsed::default();
-        let chars: Vec<char> = TWO.chars().collect();
-        for chunk in chars.chunks(step) {
-            parsed.add(p.push(&chunk.iter().collect::<String>()));
-        }
-        parsed.add(p.finish());
-        assert_eq!(parsed, whole, "split every {step}");
+        assert_eq!(parse_in_steps(TWO, step), whole, "split every {step}");
     }
 }
 
@@ -118,14 +123,7 @@ fn a_call_may_follow_text_in_the_hermes_format() {
     assert_eq!(whole.text, "Let me check.\n");
     assert_eq!(whole.calls.len(), 1);
     for step in 1..6 {
-        let mut p = CallParser::new(Reading::auto(&HERMES));
-        let mut parsed = Parsed::default();
-        let chars: Vec<char> = answer.chars().collect();
-        for chunk in chars.chunks(step) {
-            parsed.add(p.push(&chunk.iter().collect::<String>()));
-        }
-        parsed.add(p.finish());
-        assert_eq!(parsed, whole, "split every {step}");
+        assert_eq!(parse_in_steps(answer, step), whole, "split every {step}");
     }
     // Text with a `<` that starts no call is given back whole.
     assert_eq!(
