@@ -48,25 +48,6 @@ pub fn close_objects(schema: &mut Value) {
     }
 }
 
-/// Keywords whose value is a schema, or a list of schemas.
-const SUBSCHEMAS: [&str; 15] = [
-    "items",
-    "prefixItems",
-    "additionalItems",
-    "contains",
-    "additionalProperties",
-    "unevaluatedProperties",
-    "unevaluatedItems",
-    "propertyNames",
-    "anyOf",
-    "allOf",
-    "oneOf",
-    "not",
-    "if",
-    "then",
-    "else",
-];
-
 /// Keywords whose value maps names to schemas.
 const NAMED_SUBSCHEMAS: [&str; 5] = [
     "properties",
@@ -76,16 +57,24 @@ const NAMED_SUBSCHEMAS: [&str; 5] = [
     "definitions",
 ];
 
+/// Keywords whose value is a literal, never to be rewritten.
+const LITERALS: [&str; 4] = ["const", "enum", "default", "examples"];
+
 /// The schemas directly inside a schema object, by keyword: a property's name is never read as a keyword
 /// (a property called `default` is a schema; one called `properties` is not a map of them), and literal
-/// values (`const`, `enum`, `default`, `examples`) are never rewritten.
+/// values are never rewritten. Every other value may hold schemas (`items`, `anyOf`, or anything a `$ref` may
+/// point to, such as `#/components/A`), so it is walked.
 fn schemas_inside(map: &mut serde_json::Map<String, Value>) -> Vec<&mut Value> {
     let mut inside = Vec::new();
     for (k, v) in map.iter_mut() {
-        if SUBSCHEMAS.contains(&k.as_str()) {
+        let k = k.as_str();
+        if LITERALS.contains(&k) {
+            continue;
+        }
+        if NAMED_SUBSCHEMAS.contains(&k) && v.is_object() {
+            inside.extend(v.as_object_mut().expect("an object").values_mut());
+        } else {
             inside.push(v);
-        } else if let (true, Value::Object(named)) = (NAMED_SUBSCHEMAS.contains(&k.as_str()), v) {
-            inside.extend(named.values_mut());
         }
     }
     inside
@@ -228,7 +217,8 @@ mod tests {
             "enum": {"type": "object", "properties": {"x": {"type": "number"}}},
             "properties": {"type": "string"},
         }, "$defs": {"n": {"type": "integer"}}, "anyOf": [{"type": "object", "properties": {}}],
-           "default": {"type": "integer"}, "enum": [{"properties": {}}]});
+           "default": {"type": "integer"}, "enum": [{"properties": {}}],
+           "components": {"A": {"type": "object", "properties": {"n": {"type": "integer"}}}}});
         let Grammar::JsonSchema(s) = json_grammar(&schema).unwrap() else {
             panic!("a schema grammar")
         };
@@ -239,6 +229,10 @@ mod tests {
         assert_eq!(p.as_object().unwrap().len(), 3, "{p}");
         assert_eq!(s["$defs"]["n"]["minimum"], -SAFE_INTEGER);
         assert_eq!(s["anyOf"][0]["additionalProperties"], false);
+        // A schema under another key (a `$ref` may point there) is closed and bounded too.
+        let a = &s["components"]["A"];
+        assert_eq!(a["additionalProperties"], false);
+        assert_eq!(a["properties"]["n"]["maximum"], SAFE_INTEGER);
         // Literal values stay as they were.
         assert_eq!(s["default"], json!({"type": "integer"}));
         assert_eq!(s["enum"], json!([{"properties": {}}]));

@@ -186,7 +186,7 @@ impl GrammarCompiler {
             let reason = e.to_string();
             let reason = reason.lines().next().unwrap_or_default();
             return Err(GrammarError::Invalid(format!(
-                "no answer can satisfy it (does it only refer to itself?): {reason}"
+                "it allows no first token, so no answer ({reason}); a schema that is only a reference to itself does this"
             )));
         }
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());

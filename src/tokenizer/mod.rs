@@ -51,8 +51,8 @@ pub struct TextTokenizer {
     pub eos_token: Option<String>,
     /// Whether prompts start with the BOS token.
     pub add_bos: Option<u32>,
-    /// The most bytes of text one token can cover, when the tokenizer bounds it ([`bound`]).
-    max_bytes_per_token: Option<usize>,
+    /// The fewest tokens a text can become, by its length, when the tokenizer bounds it ([`bound`]).
+    length_bound: Option<bound::LengthBound>,
 }
 
 impl TextTokenizer {
@@ -83,7 +83,7 @@ impl TextTokenizer {
             None
         };
         Self {
-            max_bytes_per_token: bound::max_bytes_per_token(&inner),
+            length_bound: bound::LengthBound::of(&inner),
             inner,
             eos_ids,
             bos_token: bos,
@@ -142,8 +142,8 @@ impl TextTokenizer {
     /// Prompt text → ids as [`Self::encode`] gives them, but a text so long that it must have at least `limit`
     /// tokens is refused from its length alone, without the memory encoding it would take (see [`bound`]).
     pub fn encode_within(&self, text: &str, limit: usize) -> Result<Vec<u32>, TokenizerError> {
-        if let Some(per_token) = self.max_bytes_per_token {
-            let at_least = text.len().div_ceil(per_token);
+        if let Some(bound) = &self.length_bound {
+            let at_least = bound.fewest_tokens(text);
             if at_least >= limit {
                 return Err(TokenizerError::TooLong {
                     bytes: text.len(),
