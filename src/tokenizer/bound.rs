@@ -29,8 +29,8 @@ pub struct LengthBound {
     pub per_token: usize,
     /// Bytes a byte-level vocabulary has no token for: they become no token (or share one unknown token), so
     /// they count for nothing. SmolLM2's lacks a few control bytes and bytes that never lead a UTF-8
-    /// character of the planes text uses.
-    vanishing: Vec<u8>,
+    /// character of the planes text uses. Indexed by byte; empty when every byte has its token.
+    vanishing: Vec<bool>,
 }
 
 impl LengthBound {
@@ -53,16 +53,16 @@ impl LengthBound {
         let byte_level = mentions_type(&pre, "ByteLevel");
         let unfused_unknown = bpe.unk_token.is_some() && !bpe.fuse_unk;
         let mut vanishing = Vec::new();
-        if byte_level {
-            if !unfused_unknown {
-                vanishing = ByteLevel::alphabet()
-                    .into_iter()
-                    .filter(|c| t.token_to_id(&c.to_string()).is_none())
-                    .filter_map(super::byte_level_byte)
-                    .collect();
-                vanishing.sort_unstable();
+        if byte_level && !unfused_unknown {
+            let missing = ByteLevel::alphabet()
+                .into_iter()
+                .filter(|c| t.token_to_id(&c.to_string()).is_none())
+                .filter_map(super::byte_level_byte);
+            for b in missing {
+                vanishing.resize(256, false);
+                vanishing[b as usize] = true;
             }
-        } else {
+        } else if !byte_level {
             // Byte fallback without every byte token falls to the unknown token, or to nothing.
             let all_bytes = (0..=255u8).all(|b| t.token_to_id(&format!("<0x{b:02X}>")).is_some());
             if !(unfused_unknown || bpe.byte_fallback && all_bytes) {
@@ -94,11 +94,9 @@ impl LengthBound {
         let counted = if self.vanishing.is_empty() {
             text.len()
         } else {
-            let mut vanishes = [false; 256];
-            self.vanishing
-                .iter()
-                .for_each(|&b| vanishes[b as usize] = true);
-            text.bytes().filter(|&b| !vanishes[b as usize]).count()
+            text.bytes()
+                .filter(|&b| !self.vanishing[b as usize])
+                .count()
         };
         counted.div_ceil(self.per_token)
     }
