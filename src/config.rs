@@ -50,10 +50,10 @@ pub struct ModelArgs {
     pub models_dir: Option<PathBuf>,
     /// Compute device: cpu, cuda, metal or auto (the first GPU of this build that works, else the CPU). cuda and
     /// metal need the matching cargo feature.
-    #[arg(long, env = "RILL_DEVICE", default_value = "cpu")]
+    #[arg(long, env = "RILL_DEVICE", default_value = "cpu", value_parser = ["cpu", "cuda", "metal", "auto"])]
     pub device: String,
     /// CPU threads for the model's kernels (default: every available core).
-    #[arg(long, short = 't', env = "RILL_THREADS")]
+    #[arg(long, short = 't', env = "RILL_THREADS", value_parser = thread_count)]
     pub threads: Option<usize>,
     /// Most tokens per sequence, prompt and answer together (default: the model's own context; for Phi-3 /
     /// 3.5 long-context models their pretrained 4096, above which they switch to their long rotary factors).
@@ -153,6 +153,29 @@ fn at_least_1(s: &str) -> Result<usize, String> {
     }
 }
 
+fn thread_count(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=crate::pool::MAX_THREADS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "must be a whole number from 1 to {}",
+            crate::pool::MAX_THREADS
+        )),
+    }
+}
+
+/// The longest time a seconds flag takes (a year): `Duration` holds it, and no wait needs more.
+const MAX_SECONDS: f64 = 365.0 * 86_400.0;
+
+/// A number of seconds from 0 to a year.
+fn seconds(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if (0.0..=MAX_SECONDS).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "must be a number of seconds from 0 to {MAX_SECONDS}"
+        )),
+    }
+}
+
 fn at_least_0(s: &str) -> Result<f32, String> {
     number_where(s, |v| v >= 0.0, "of at least 0")
 }
@@ -200,18 +223,18 @@ pub struct GenerateArgs {
 #[derive(Debug, Clone, Args)]
 pub struct EngineArgs {
     /// Sequences generated at once, batched into one forward pass per step.
-    #[arg(long, env = "RILL_MAX_RUNNING", default_value_t = 8)]
+    #[arg(long, env = "RILL_MAX_RUNNING", default_value_t = 8, value_parser = at_least_1)]
     pub max_running: usize,
     /// Requests allowed to wait for a slot; beyond it requests are refused (429/503).
-    #[arg(long, env = "RILL_QUEUE_SIZE", default_value_t = 64)]
+    #[arg(long, env = "RILL_QUEUE_SIZE", default_value_t = 64, value_parser = at_least_1)]
     pub queue_size: usize,
     /// Prompt tokens per step, shared by the prompts being prefilled in arrival order; long prompts are
     /// processed in chunks between decode steps.
-    #[arg(long, env = "RILL_PREFILL_CHUNK", default_value_t = 256)]
+    #[arg(long, env = "RILL_PREFILL_CHUNK", default_value_t = 256, value_parser = at_least_1)]
     pub prefill_chunk: usize,
     /// KV-cache memory the running requests may reserve together, in MiB (each counted at its worst case:
     /// prompt plus maximum tokens). Larger requests are refused; others wait in order until theirs fits.
-    #[arg(long, env = "RILL_KV_BUDGET_MB", default_value_t = 4096)]
+    #[arg(long, env = "RILL_KV_BUDGET_MB", default_value_t = 4096, value_parser = at_least_1)]
     pub kv_budget_mb: usize,
     /// KV-cache memory, in MiB, kept from finished requests so that prompts starting the same way (system
     /// prompt, earlier turns of a conversation) prefill only what is new; 0 turns the prefix cache off.
@@ -237,9 +260,9 @@ pub enum KvDtype {
 impl EngineArgs {
     pub fn config(&self) -> EngineConfig {
         EngineConfig {
-            max_running: self.max_running.max(1),
-            queue_capacity: self.queue_size.max(1),
-            prefill_chunk: self.prefill_chunk.max(1),
+            max_running: self.max_running,
+            queue_capacity: self.queue_size,
+            prefill_chunk: self.prefill_chunk,
             kv_budget_bytes: self.kv_budget_mb.saturating_mul(1 << 20),
             prefix_cache_bytes: self.prefix_cache_mb.saturating_mul(1 << 20),
             max_logprobs: self.max_logprobs,
@@ -264,7 +287,7 @@ pub struct ServeArgs {
     pub port: u16,
     /// On SIGTERM or Ctrl-C, stop accepting connections and give requests in flight this many seconds to
     /// finish before exiting; a second signal exits at once.
-    #[arg(long, env = "RILL_SHUTDOWN_GRACE_SECS", default_value_t = 30.0)]
+    #[arg(long, env = "RILL_SHUTDOWN_GRACE_SECS", default_value_t = 30.0, value_parser = seconds)]
     pub shutdown_grace_secs: f64,
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -284,7 +307,7 @@ pub struct ApiArgs {
     #[arg(long, env = "RILL_CORS_ORIGIN", value_delimiter = ',')]
     pub cors_origin: Vec<String>,
     /// Largest request body accepted, in bytes; larger ones get 413.
-    #[arg(long, env = "RILL_BODY_LIMIT", default_value_t = 4 * 1024 * 1024)]
+    #[arg(long, env = "RILL_BODY_LIMIT", default_value_t = 4 * 1024 * 1024, value_parser = at_least_1)]
     pub body_limit: usize,
     /// Let OpenAI and Anthropic requests name any model and get the served one (by default an unknown name is a
     /// 404; Ollama requests must always name the served model). From the environment, `1`, `true`, `yes` or
@@ -292,15 +315,15 @@ pub struct ApiArgs {
     #[arg(long, env = "RILL_ANY_MODEL", value_parser = clap::builder::BoolishValueParser::new())]
     pub any_model: bool,
     /// Seconds a stream may stay silent (e.g. during a long prefill) before an SSE keep-alive is sent.
-    #[arg(long, env = "RILL_SSE_PING_SECS", default_value_t = 10.0)]
+    #[arg(long, env = "RILL_SSE_PING_SECS", default_value_t = 10.0, value_parser = seconds)]
     pub sse_ping_secs: f64,
     /// Seconds a client may take to send a request's headers, and again its body; a slower client (one that
     /// trickles bytes to hold a connection) is cut off: the connection is closed, or a 408 for a late body.
-    #[arg(long, env = "RILL_REQUEST_TIMEOUT_SECS", default_value_t = 30.0)]
+    #[arg(long, env = "RILL_REQUEST_TIMEOUT_SECS", default_value_t = 30.0, value_parser = seconds)]
     pub request_timeout_secs: f64,
     /// Seconds a browser stream (`/v1/streams`, the chat page) goes on generating after its reader disconnects,
     /// waiting for the reconnect that resumes it; also how long its events are kept after the last one.
-    #[arg(long, env = "RILL_RESUME_WINDOW_SECS", default_value_t = 30.0)]
+    #[arg(long, env = "RILL_RESUME_WINDOW_SECS", default_value_t = 30.0, value_parser = seconds)]
     pub resume_window_secs: f64,
 }
 
@@ -314,26 +337,16 @@ impl ApiArgs {
                 .map(|o| o.trim().to_string())
                 .filter(|o| !o.is_empty())
                 .collect(),
-            body_limit: self.body_limit.max(1),
+            body_limit: self.body_limit,
             any_model: self.any_model,
-            ping_interval: std::time::Duration::from_secs_f64(if self.sse_ping_secs.is_finite() {
-                self.sse_ping_secs.clamp(0.05, 3600.0)
-            } else {
-                10.0
-            }),
+            ping_interval: std::time::Duration::from_secs_f64(
+                self.sse_ping_secs.clamp(0.05, 3600.0),
+            ),
             request_timeout: std::time::Duration::from_secs_f64(
-                if self.request_timeout_secs.is_finite() {
-                    self.request_timeout_secs.clamp(0.05, 86_400.0)
-                } else {
-                    30.0
-                },
+                self.request_timeout_secs.clamp(0.05, 86_400.0),
             ),
             resume_window: std::time::Duration::from_secs_f64(
-                if self.resume_window_secs.is_finite() {
-                    self.resume_window_secs.clamp(0.05, 86_400.0)
-                } else {
-                    30.0
-                },
+                self.resume_window_secs.clamp(0.05, 86_400.0),
             ),
         }
     }

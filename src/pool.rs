@@ -56,10 +56,14 @@ thread_local! {
     static INSIDE: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Sets the number of threads (the caller included) the pool will use; takes effect only before its first
-/// use. Default: every available core.
+/// The most threads the pool runs: far above any core count rill runs on, far below what an operating system
+/// refuses to start.
+pub const MAX_THREADS: usize = 1024;
+
+/// Sets the number of threads (the caller included) the pool will use, at most [`MAX_THREADS`]; takes effect
+/// only before its first use. Default: every available core.
 pub fn set_threads(n: usize) {
-    let _ = THREADS.set(n.max(1));
+    let _ = THREADS.set(n.clamp(1, MAX_THREADS));
 }
 
 /// Threads (the caller included) that run a section.
@@ -69,7 +73,7 @@ pub fn threads() -> usize {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-            .max(1)
+            .clamp(1, MAX_THREADS)
     })
 }
 

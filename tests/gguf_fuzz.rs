@@ -171,6 +171,98 @@ fn absurd_metadata_values_are_refused_cleanly() {
     );
 }
 
+/// The corpus file rewritten with one more metadata entry (candle's writer still places tensors 32 bytes apart).
+fn with_entry(key: &str, value: Value) -> Vec<u8> {
+    let good = common::tiny_llama::tiny_llama();
+    let mut reader = std::fs::File::open(good).unwrap();
+    let content = Content::read(&mut reader).unwrap();
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let tensors: Vec<_> = names
+        .iter()
+        .map(|n| {
+            (
+                n.as_str(),
+                content.tensor(&mut reader, n, &Device::Cpu).unwrap(),
+            )
+        })
+        .collect();
+    let mut meta: Vec<(&str, &Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    meta.push((key, &value));
+    let tensors: Vec<(&str, &candle_core::quantized::QTensor)> =
+        tensors.iter().map(|(n, t)| (*n, t)).collect();
+    let mut out = std::io::Cursor::new(Vec::new());
+    candle_core::quantized::gguf_file::write(&mut out, &meta, &tensors).unwrap();
+    out.into_inner()
+}
+
+/// Where tensor `name`'s data offset lies in a GGUF file's bytes: after its name (u64 length and bytes), its
+/// dimension count, its u64 dimensions and its type.
+fn tensor_offset_at(bytes: &[u8], name: &str) -> usize {
+    let mut pattern = (name.len() as u64).to_le_bytes().to_vec();
+    pattern.extend_from_slice(name.as_bytes());
+    let at = bytes
+        .windows(pattern.len())
+        .position(|w| w == pattern)
+        .unwrap_or_else(|| panic!("{name} not found"))
+        + pattern.len();
+    let dims = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    at + 4 + 8 * dims + 4
+}
+
+/// A GGUF file whose layout is wrong loads as garbage or panics the parser unless it is refused: an alignment
+/// of 0 (candle's parser divides by it), one that is not a power of two or not a u32 (llama.cpp refuses
+/// both), a tensor whose data starts off the alignment, and two tensors over the same bytes. Each is refused
+/// with the file named and the reason given; the same file with a valid alignment loads.
+#[test]
+fn misplaced_gguf_layouts_are_refused() {
+    let dir = common::TempDir::new("gguf-layout");
+    let case = dir.join("case.gguf");
+    let refusal = |bytes: &[u8]| {
+        std::fs::write(&case, bytes).unwrap();
+        load(&case).err()
+    };
+    let key = "general.alignment";
+    assert_eq!(refusal(&with_entry(key, Value::U32(32))), None);
+    for (value, reason) in [
+        (Value::U32(0), "is 0, which is not a power of two"),
+        (Value::U32(7), "is 7, which is not a power of two"),
+        (Value::U64(32), "has GGUF value type 10; it must be a u32"),
+        (Value::I32(-32), "has GGUF value type 5; it must be a u32"),
+    ] {
+        let err =
+            refusal(&with_entry(key, value.clone())).unwrap_or_else(|| panic!("{value:?} loaded"));
+        assert!(
+            err.contains("case.gguf") && err.contains(reason),
+            "{value:?}: {err}"
+        );
+    }
+
+    let bytes = std::fs::read(common::tiny_llama::tiny_llama()).unwrap();
+    let offset = |b: &[u8], name: &str| {
+        let at = tensor_offset_at(b, name);
+        (at, u64::from_le_bytes(b[at..at + 8].try_into().unwrap()))
+    };
+    let (at, value) = offset(&bytes, "blk.0.attn_q.weight");
+    let mut shifted = bytes.clone();
+    shifted[at..at + 8].copy_from_slice(&(value + 1).to_le_bytes());
+    let err = refusal(&shifted).expect("a misaligned tensor loaded");
+    assert!(
+        err.contains("not a multiple of the file's alignment 32"),
+        "{err}"
+    );
+
+    let (_, first) = offset(&bytes, "blk.0.attn_k.weight");
+    let mut doubled = bytes.clone();
+    doubled[at..at + 8].copy_from_slice(&first.to_le_bytes());
+    let err = refusal(&doubled).expect("overlapping tensors loaded");
+    assert!(err.contains("overlap in the file"), "{err}");
+}
+
 /// A change to a GGUF tokenizer's metadata, as a corrupt or hostile file could carry.
 #[derive(Debug, Clone)]
 enum TokenizerEdit {

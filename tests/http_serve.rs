@@ -235,6 +235,58 @@ fn boolean_flags_take_yes_and_no_from_the_environment() {
     assert!(err.contains("invalid value 'maybe'"), "{err}");
 }
 
+/// Numbers no server can run with are refused as the flags are read, naming the flag: zero slots, queue,
+/// prefill chunk, KV budget or body limit (each was silently made 1, or a budget no request fits), a thread
+/// count no machine starts (it panicked spawning), seconds a `Duration` cannot hold (SIGTERM panicked), and a
+/// device rill has no backend for. Values at the edges get past the flags (to the missing model).
+#[test]
+fn impossible_numbers_are_refused_with_the_flag() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_rill"))
+            .args(["serve", "--port", "0", "--model"])
+            .arg(common::root().join("models/no-such-model.gguf"))
+            .args(args)
+            .env("RILL_LOG", "off")
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    for (flag, value) in [
+        ("--max-running", "0"),
+        ("--queue-size", "0"),
+        ("--prefill-chunk", "0"),
+        ("--kv-budget-mb", "0"),
+        ("--body-limit", "0"),
+        ("--threads", "0"),
+        ("--threads", "100000"),
+        ("--shutdown-grace-secs", "1e300"),
+        ("--shutdown-grace-secs", "inf"),
+        ("--sse-ping-secs", "NaN"),
+        ("--request-timeout-secs", "-1"),
+        ("--resume-window-secs", "1e20"),
+        ("--device", "tpu"),
+    ] {
+        let err = run(&[&format!("{flag}={value}")]);
+        assert!(
+            err.contains(&format!("invalid value '{value}' for '{flag}")),
+            "{flag} {value}: {err}"
+        );
+    }
+    for args in [
+        &["--threads", "1024", "--max-running", "1"][..],
+        &["--shutdown-grace-secs", "0", "--sse-ping-secs", "31536000"],
+        &["--device", "auto"],
+    ] {
+        let err = run(args);
+        assert!(
+            err.contains("no-such-model") && !err.contains("invalid value"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
 /// The thread count changes which thread computes a piece of work, never the arithmetic: one and two threads
 /// give the same text and the same logprob bits (prompt and generated) for GPT-2 (f32) and SmolLM2 (Q4_1/Q8_0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

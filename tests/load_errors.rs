@@ -12,7 +12,12 @@ use rill::load::{self, ModelLocator};
 
 /// A copy of `models/arch/llama` in a fresh temporary folder.
 fn copy_fixture(name: &str) -> common::TempDir {
-    let src = common::model_path("arch/llama");
+    copy_model("arch/llama", name)
+}
+
+/// A copy of `models/<rel>` in a fresh temporary folder.
+fn copy_model(rel: &str, name: &str) -> common::TempDir {
+    let src = common::model_path(rel);
     let dir = common::TempDir::new(&format!("load-errors-{name}"));
     for f in std::fs::read_dir(&src).unwrap() {
         let f = f.unwrap().path();
@@ -43,11 +48,14 @@ fn load_error(dir: &Path) -> String {
 }
 
 fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
-    let path = dir.join("config.json");
+    edit_json(&dir.join("config.json"), f)
+}
+
+fn edit_json(path: &Path, f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
     let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     f(v.as_object_mut().unwrap());
-    std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    std::fs::write(path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
 }
 
 #[test]
@@ -342,4 +350,88 @@ fn device_names_without_a_gpu_build() {
     assert!(load::device("cpu").unwrap().is_cpu());
     let e = load::device("tpu").unwrap_err().to_string();
     assert!(e.contains("use cpu, cuda, metal or auto"), "{e}");
+}
+
+/// A norm epsilon below zero (it gives NaN logits) and a GPT-2 activation rill does not run (it would be run as
+/// another) are refused, naming the value.
+#[test]
+fn a_negative_norm_epsilon_and_an_unknown_activation_are_refused() {
+    let dir = copy_fixture("negative-eps");
+    edit_config(&dir, |c| {
+        c.insert("rms_norm_eps".into(), (-1.0).into());
+    });
+    let e = load_error(&dir);
+    assert!(
+        e.contains("config.json") && e.contains("RMS norm epsilon -1 (0 or more)"),
+        "{e}"
+    );
+
+    let dir = copy_model("tiny-gpt2", "gpt2-relu");
+    edit_config(&dir, |c| {
+        c.insert("activation_function".into(), "relu".into());
+    });
+    let e = load_error(&dir);
+    assert!(e.contains("activation `relu`"), "{e}");
+}
+
+/// Adds `text` to a copied folder's `tokenizer.json` as a special added token (the tokenizer gives it the next
+/// id, 50 257 in the fixture's vocabulary).
+fn add_token(dir: &Path, text: &str) {
+    edit_json(&dir.join("tokenizer.json"), |t| {
+        t["added_tokens"].as_array_mut().unwrap().push(serde_json::json!({
+            "id": 50257, "content": text, "single_word": false, "lstrip": false, "rstrip": false,
+            "normalized": false, "special": true
+        }));
+    });
+}
+
+/// A tokenizer with tokens past the model's rows (the fixture has 50 257). When its EOS is one of them, the
+/// tokenizer belongs to other weights (generation could never end, grammars could not be built): refused at
+/// load. When only unnamed extra tokens are (some checkpoints' tokenizers hold a few), the model loads and a
+/// prompt holding one is refused, where it failed inside the model before.
+#[test]
+fn tokens_past_the_model_rows() {
+    let dir = copy_fixture("foreign-eos");
+    add_token(&dir, "<|end_other|>");
+    edit_json(&dir.join("tokenizer_config.json"), |c| {
+        c.insert("eos_token".into(), "<|end_other|>".into());
+    });
+    let e = load_error(&dir);
+    assert!(
+        e.contains("end-of-sequence token `<|end_other|>` is id 50257")
+            && e.contains("50257 token rows"),
+        "{e}"
+    );
+
+    let dir = copy_fixture("extra-token");
+    add_token(&dir, "<|extra|>");
+    let engine = common::engine(dir.to_str().unwrap(), Default::default());
+    let shared = engine.shared();
+    assert!(shared.encode_prompt("hello").is_ok());
+    let e = shared.encode_prompt("hello <|extra|>").unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("token `<|extra|>` (id 50257), past this model's 50257 token rows"),
+        "{e}"
+    );
+}
+
+/// Shard names in `model.safetensors.index.json` stay inside the model's folder: one that climbs out of it (or
+/// is absolute) is refused before any file is opened by it.
+#[test]
+fn a_shard_outside_the_model_folder_is_refused() {
+    for shard in ["../../../../etc/passwd", "/etc/passwd", ""] {
+        let dir = copy_fixture("shard-outside");
+        std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+        let index = serde_json::json!({ "weight_map": { "lm_head.weight": shard } });
+        std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+        let e = load_error(&dir);
+        assert!(
+            e.contains("model.safetensors.index.json")
+                && e.contains(&format!(
+                    "shard `{shard}` is not a file inside the model's folder"
+                )),
+            "{shard}: {e}"
+        );
+    }
 }

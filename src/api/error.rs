@@ -126,7 +126,10 @@ impl From<crate::tokenizer::TokenizerError> for ApiError {
             crate::tokenizer::TokenizerError::Template(m) => {
                 Self::BadRequest(format!("chat template: {m}"))
             }
-            e @ crate::tokenizer::TokenizerError::TooLong { .. } => Self::BadRequest(e.to_string()),
+            e @ (crate::tokenizer::TokenizerError::TooLong { .. }
+            | crate::tokenizer::TokenizerError::OutsideModel { .. }) => {
+                Self::BadRequest(e.to_string())
+            }
             other => Self::Internal(other.to_string()),
         }
     }

@@ -52,7 +52,7 @@ pub fn set_cpu_threads(threads: Option<usize>) {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
+        .clamp(1, crate::pool::MAX_THREADS);
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
     crate::pool::set_threads(n);

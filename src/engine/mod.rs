@@ -312,9 +312,21 @@ impl Shared {
     }
 
     /// A prompt's ids; a text that cannot fit the context is refused from its length when that is enough to
-    /// know (before the memory encoding it would take).
+    /// know (before the memory encoding it would take), and one holding a token past the model's rows (a
+    /// tokenizer with a few more tokens than its weights) once encoded.
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>, crate::tokenizer::TokenizerError> {
-        self.tokenizer.encode_within(text, self.info.context_length)
+        let ids = self
+            .tokenizer
+            .encode_within(text, self.info.context_length)?;
+        let rows = self.info.vocab_size;
+        match ids.iter().find(|&&id| id as usize >= rows) {
+            Some(&id) => Err(crate::tokenizer::TokenizerError::OutsideModel {
+                token: self.tokenizer.decode(&[id], false)?,
+                id,
+                rows,
+            }),
+            None => Ok(ids),
+        }
     }
 }
 

@@ -10,6 +10,10 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::QTensor;
 use candle_core::Device;
 
+mod layout;
+
+pub use layout::read_content;
+
 use super::{invalid, LoadOptions, Loaded};
 use crate::model::decoder::{check_shape, Decoder, DecoderConfig, Label, LongRope};
 use crate::model::linear::Activation;
@@ -37,11 +41,8 @@ impl GgufFile {
             path: path.display().to_string(),
             source,
         };
-        let file = File::open(path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
-        let mut reader = BufReader::new(file);
-        let content = Content::read(&mut reader).map_err(|e| invalid(path, e))?;
-        check_tensors(&content, len).map_err(|e| invalid(path, e))?;
+        let mut reader = BufReader::new(File::open(path).map_err(io)?);
+        let content = layout::read_content(&mut reader).map_err(|e| invalid(path, e))?;
         let progress = super::progress_bar(content.tensor_infos.len() as u64, "loading tensors");
         Ok(Self {
             path: path.to_path_buf(),
@@ -94,40 +95,6 @@ impl GgufFile {
     pub fn finish(&self) {
         self.progress.finish_and_clear();
     }
-}
-
-/// Every tensor's data must lie inside the file: a header that promises more (a corrupt or hostile file) is
-/// refused before anything is allocated for it.
-fn check_tensors(content: &Content, file_len: u64) -> Result<(), String> {
-    for (name, t) in &content.tensor_infos {
-        let elems = t
-            .shape
-            .dims()
-            .iter()
-            .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
-            .ok_or_else(|| format!("tensor `{name}`: shape {:?} overflows", t.shape))?;
-        let block = t.ggml_dtype.block_size() as u64;
-        if elems % block != 0 {
-            return Err(format!(
-                "tensor `{name}`: {elems} elements are not whole {:?} blocks of {block}",
-                t.ggml_dtype
-            ));
-        }
-        let bytes = (elems / block).checked_mul(t.ggml_dtype.type_size() as u64);
-        let end = bytes
-            .and_then(|b| b.checked_add(t.offset))
-            .and_then(|b| b.checked_add(content.tensor_data_offset));
-        match end {
-            Some(end) if end <= file_len => {}
-            _ => {
-                return Err(format!(
-                    "tensor `{name}` ({:?}, {:?}) lies past the end of the {file_len}-byte file",
-                    t.ggml_dtype, t.shape
-                ))
-            }
-        }
-    }
-    Ok(())
 }
 
 impl Weights for GgufFile {

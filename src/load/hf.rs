@@ -123,11 +123,18 @@ fn tokenizer_and_template(
             tokenizer.eos_ids.push(id);
         }
     }
-    let template = tok_config
+    // A template that does not parse is named by the file it came from.
+    let (template, template_file) = match tok_config
         .as_ref()
         .and_then(ChatTemplate::source_from_config)
-        .or_else(|| std::fs::read_to_string(dir.join("chat_template.jinja")).ok());
-    let chat = super::chat_template(template, &tokenizer, &tok_path)?;
+    {
+        Some(t) => (Some(t), dir.join("tokenizer_config.json")),
+        None => {
+            let file = dir.join("chat_template.jinja");
+            (std::fs::read_to_string(&file).ok(), file)
+        }
+    };
+    let chat = super::chat_template(template, &tokenizer, &template_file)?;
     Ok((tokenizer, chat))
 }
 

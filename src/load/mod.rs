@@ -60,12 +60,21 @@ pub fn load_with(
     device: &Device,
     opts: &LoadOptions,
 ) -> Result<Loaded, ModelError> {
-    match source {
-        ModelSource::Gguf { file, tokenizer } => {
-            gguf::load(file, tokenizer.as_deref(), name, device, opts)
+    let (mut loaded, path) = match source {
+        ModelSource::Gguf { file, tokenizer } => (
+            gguf::load(file, tokenizer.as_deref(), name, device, opts)?,
+            file,
+        ),
+        ModelSource::HfFolder { dir, weights } => {
+            (hf::load(dir, weights, name, device, opts)?, dir)
         }
-        ModelSource::HfFolder { dir, weights } => hf::load(dir, weights, name, device, opts),
-    }
+    };
+    let rows = loaded.model.info().vocab_size;
+    loaded
+        .tokenizer
+        .fit_rows(rows)
+        .map_err(|e| invalid(path, e))?;
+    Ok(loaded)
 }
 
 /// The compute device `--device` names. `cuda` and `metal` must open and run a first operation, or the error

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::{self, Content};
+use candle_core::quantized::gguf_file;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Device;
 
@@ -100,8 +100,8 @@ pub fn quantize(input: &Path, output: &Path, mix: Mix) -> Result<Report, ModelEr
             source,
         }
     };
-    let mut file = std::fs::File::open(input).map_err(io(input))?;
-    let content = Content::read(&mut file).map_err(|e| invalid(input, e))?;
+    let mut file = std::io::BufReader::new(std::fs::File::open(input).map_err(io(input))?);
+    let content = super::gguf::read_content(&mut file).map_err(|e| invalid(input, e))?;
     let arch = content
         .metadata
         .get("general.architecture")

@@ -2,6 +2,7 @@
 //! or a HuggingFace repo id through `hf-hub` (the local cache when `HF_HUB_OFFLINE=1`, downloads otherwise).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -60,6 +61,14 @@ impl ModelLocator {
             format!("path {}", as_path.display()),
             format!("models folder {}", short.display()),
         ];
+        // A path that does not exist (`/models/typo.gguf`, `./x`) is not a hub name: asking the hub would only
+        // turn a typo into a network error.
+        if !is_repo_id(name) {
+            return Err(ModelError::NotFound {
+                name: name.into(),
+                looked,
+            });
+        }
         let repo_dir = self
             .hub_cache
             .join(format!("models--{}", name.replace('/', "--")));
@@ -82,20 +91,39 @@ impl ModelLocator {
         }
     }
 
-    /// A repo's files from the hub cache, downloading missing ones unless offline.
+    /// A repo's files from the hub cache, downloading missing ones unless offline. Before the first download
+    /// the hub must answer within [`hub_timeout`]; when it does not, the cached files are used as they are (a
+    /// missing optional file is skipped, a missing required one is an error naming the hub's silence).
     fn fetch_from_hub(&self, repo: &str) -> Result<ModelSource, ModelError> {
+        // `None` until the hub is first needed, then whether it answered.
+        let hub: std::cell::RefCell<Option<Result<(), String>>> = Default::default();
         let fetch = |file: &str| -> Result<Option<PathBuf>, ModelError> {
-            if self.offline {
-                return Ok(hf_hub::Cache::new(self.hub_cache.clone())
-                    .model(repo.to_string())
-                    .get(file));
+            let cached = hf_hub::Cache::new(self.hub_cache.clone())
+                .model(repo.to_string())
+                .get(file);
+            if self.offline || cached.is_some() {
+                return Ok(cached);
             }
             let api = hf_hub::api::sync::ApiBuilder::from_env()
                 .with_cache_dir(self.hub_cache.clone())
                 .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .build()
                 .map_err(|e| ModelError::Hub(e.to_string()))?;
-            match api.model(repo.to_string()).get(file) {
+            let api = api.model(repo.to_string());
+            let answered = hub
+                .borrow_mut()
+                .get_or_insert_with(|| {
+                    hub_answers(&api.url(file)).inspect_err(|e| {
+                        tracing::warn!(
+                            "the hub did not answer ({e}); using what the cache holds of {repo}"
+                        )
+                    })
+                })
+                .is_ok();
+            if !answered {
+                return Ok(None);
+            }
+            match api.get(file) {
                 Ok(p) => Ok(Some(p)),
                 Err(hf_hub::api::sync::ApiError::RequestError(e))
                     if e.to_string().contains("404") =>
@@ -105,11 +133,16 @@ impl ModelLocator {
                 Err(e) => Err(ModelError::Hub(format!("{repo}/{file}: {e}"))),
             }
         };
+        // A required file that is missing: the hub's silence when it did not answer, else `otherwise`.
+        let missing = |otherwise: ModelError| match hub.borrow().clone() {
+            Some(Err(e)) => ModelError::Hub(e),
+            _ => otherwise,
+        };
         let Some(config) = fetch("config.json")? else {
-            return Err(ModelError::NotFound {
+            return Err(missing(ModelError::NotFound {
                 name: repo.into(),
                 looked: vec![],
-            });
+            }));
         };
         let dir = config.parent().expect("a file has a parent").to_path_buf();
         for extra in [
@@ -122,22 +155,56 @@ impl ModelLocator {
         let weights = match fetch("model.safetensors")? {
             Some(p) => vec![p],
             None => {
-                let index =
-                    fetch("model.safetensors.index.json")?.ok_or_else(|| ModelError::Invalid {
+                let index = fetch("model.safetensors.index.json")?.ok_or_else(|| {
+                    missing(ModelError::Invalid {
                         path: dir.display().to_string(),
                         reason: "no safetensors weights".into(),
-                    })?;
+                    })
+                })?;
                 let mut files = Vec::new();
                 for shard in shard_names(&index)? {
-                    files.push(fetch(&shard)?.ok_or_else(|| ModelError::Invalid {
-                        path: shard.clone(),
-                        reason: "missing shard".into(),
+                    files.push(fetch(&shard)?.ok_or_else(|| {
+                        missing(ModelError::Invalid {
+                            path: shard.clone(),
+                            reason: "missing shard".into(),
+                        })
                     })?);
                 }
                 files
             }
         };
         Ok(ModelSource::HfFolder { dir, weights })
+    }
+}
+
+/// How long the hub may take to connect and to answer before rill gives up on it: `RILL_HUB_TIMEOUT_SECS`,
+/// else 20 s.
+fn hub_timeout() -> Duration {
+    std::env::var("RILL_HUB_TIMEOUT_SECS")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map_or(Duration::from_secs(20), |s| {
+            Duration::from_secs_f64(s.min(3600.0))
+        })
+}
+
+/// Asks the hub for `url`'s headers, saying so in the log: any HTTP answer (even a 404 or a 401) shows the hub is
+/// there; no answer within [`hub_timeout`] is an error. The downloads that follow have no such limit.
+fn hub_answers(url: &str) -> Result<(), String> {
+    let timeout = hub_timeout();
+    tracing::info!("asking the hub for {url}");
+    let agent = ureq::AgentBuilder::new()
+        .try_proxy_from_env(true)
+        .timeout_connect(timeout)
+        .timeout_read(timeout)
+        .build();
+    match agent.head(url).call() {
+        Ok(_) | Err(ureq::Error::Status(..)) => Ok(()),
+        Err(ureq::Error::Transport(t)) => Err(format!(
+            "no answer within {} s ({t}); RILL_HUB_TIMEOUT_SECS waits longer",
+            timeout.as_secs_f64()
+        )),
     }
 }
 
@@ -214,7 +281,25 @@ fn source_from_path(path: &Path) -> Result<ModelSource, ModelError> {
     }
 }
 
-/// The distinct shard file names in a `model.safetensors.index.json`.
+/// Whether `name` can be a hub repo id: `name` or `owner/name`, each part of letters, digits, `-`, `_` and `.`,
+/// neither starting nor ending with `-` or `.`, without `--` or `..`, at most 96 characters (the hub's rules).
+pub fn is_repo_id(name: &str) -> bool {
+    let part_ok = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 96
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && !p.starts_with(['-', '.'])
+            && !p.ends_with(['-', '.'])
+            && !p.contains("--")
+            && !p.contains("..")
+    };
+    let parts: Vec<&str> = name.split('/').collect();
+    parts.len() <= 2 && parts.iter().all(|p| part_ok(p))
+}
+
+/// The distinct shard file names in a `model.safetensors.index.json`, each a relative path inside the model's
+/// folder (a name with `..` or a root would read a file outside it).
 fn shard_names(index: &Path) -> Result<Vec<String>, ModelError> {
     let v = read_json(index)?;
     let map = v
@@ -227,6 +312,18 @@ fn shard_names(index: &Path) -> Result<Vec<String>, ModelError> {
         .collect();
     names.sort();
     names.dedup();
+    let outside = |n: &String| {
+        n.is_empty()
+            || !Path::new(n)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)))
+    };
+    if let Some(bad) = names.iter().find(|n| outside(n)) {
+        return Err(super::invalid(
+            index,
+            format!("shard `{bad}` is not a file inside the model's folder"),
+        ));
+    }
     Ok(names)
 }
 
@@ -236,4 +333,37 @@ pub(super) fn read_json(path: &Path) -> Result<Value, ModelError> {
         source,
     })?;
     serde_json::from_str(&text).map_err(|e| super::invalid(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_repo_id;
+
+    #[test]
+    fn repo_ids_follow_the_hub_rules_and_paths_are_not_repo_ids() {
+        for ok in [
+            "gpt2",
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "org/model.v1_2",
+            "rill-fixtures/tiny-gpt2",
+        ] {
+            assert!(is_repo_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "/abs/model.gguf",
+            "./model",
+            "../model",
+            "a/b/c",
+            "org/",
+            "-org/m",
+            "org/m.",
+            "a--b/c",
+            "a/b..c",
+            "a b",
+            "~/models/x",
+        ] {
+            assert!(!is_repo_id(bad), "{bad}");
+        }
+    }
 }

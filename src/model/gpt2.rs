@@ -77,6 +77,18 @@ impl Config {
             (1..=MAX_VOCAB).contains(&self.vocab_size),
             format!("a vocabulary of {} (1 to {MAX_VOCAB})", self.vocab_size),
         );
+        // Exact GELU, or its tanh form under any of its names; any other activation would be run as the tanh
+        // form and answer wrongly.
+        need(
+            matches!(
+                self.activation_function.as_str(),
+                "gelu" | "gelu_new" | "gelu_fast" | "gelu_pytorch_tanh"
+            ),
+            format!(
+                "activation `{}` (gelu, gelu_new, gelu_fast or gelu_pytorch_tanh)",
+                self.activation_function
+            ),
+        );
         need(
             self.layer_norm_epsilon.is_finite() && self.layer_norm_epsilon >= 0.0,
             format!("layer norm epsilon {}", self.layer_norm_epsilon),

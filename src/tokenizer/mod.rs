@@ -29,6 +29,17 @@ pub enum TokenizerError {
         at_least: usize,
         limit: usize,
     },
+    /// A BOS or EOS token the model has no row for (see [`TextTokenizer::fit_rows`]).
+    #[error("the tokenizer's {what} token `{text}` is id {id}, but the model has {rows} token rows: the tokenizer does not belong to these weights")]
+    ForeignSpecial {
+        what: &'static str,
+        text: String,
+        id: u32,
+        rows: usize,
+    },
+    /// A prompt token the model has no row for: its tokenizer holds more tokens than its weights.
+    #[error("the prompt holds token `{token}` (id {id}), past this model's {rows} token rows")]
+    OutsideModel { token: String, id: u32, rows: usize },
 }
 
 /// Token texts that end a turn in common model families, used as stop ids when present as special tokens.
@@ -120,6 +131,36 @@ impl TextTokenizer {
         self.bos_token
             .as_deref()
             .and_then(|b| self.inner.token_to_id(b))
+    }
+
+    /// The id of the EOS token the model's configuration names, if the tokenizer has it.
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos_token
+            .as_deref()
+            .and_then(|e| self.inner.token_to_id(e))
+    }
+
+    /// Fits the tokenizer to a model with `rows` token rows (embedding and output head): refuses one whose BOS
+    /// or EOS token the model has no row for (a tokenizer made for other weights: generation could never end
+    /// on its EOS), and drops end-of-turn ids found by their text past the rows. Tokens past the rows that no
+    /// configuration names are left: some checkpoints' tokenizers hold a few more tokens than their weights
+    /// and run as long as prompts avoid them (see [`TokenizerError::OutsideModel`]).
+    pub fn fit_rows(&mut self, rows: usize) -> Result<(), TokenizerError> {
+        for (what, id, text) in [
+            ("end-of-sequence", self.eos_id(), &self.eos_token),
+            ("beginning-of-sequence", self.bos_id(), &self.bos_token),
+        ] {
+            if let (Some(id), Some(text)) = (id.filter(|&id| id as usize >= rows), text) {
+                return Err(TokenizerError::ForeignSpecial {
+                    what,
+                    text: text.clone(),
+                    id,
+                    rows,
+                });
+            }
+        }
+        self.eos_ids.retain(|&id| (id as usize) < rows);
+        Ok(())
     }
 
     /// Prompt text → ids, with BOS first when the model wants it. Special-token texts in `text` become

@@ -183,8 +183,11 @@ impl DecoderConfig {
                 bad.push(format!("{name} {v}"));
             }
         }
+        // A negative epsilon takes the root of a negative mean for small activations: NaN logits.
+        if !(self.rms_eps.is_finite() && self.rms_eps >= 0.0) {
+            bad.push(format!("RMS norm epsilon {} (0 or more)", self.rms_eps));
+        }
         for (name, v) in [
-            ("RMS norm epsilon", self.rms_eps),
             ("attention scale", self.attn_scale),
             ("rotary attention factor", self.rope_attn_factor),
         ] {
