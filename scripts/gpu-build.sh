@@ -72,7 +72,7 @@ mkdir -p "$HOME_DIR/stub"
 ln -sfn ../lib64/libcuda.so "$HOME_DIR/stub/libcuda.so.1"
 LD_LIBRARY_PATH="$CU/lib:$HOME_DIR/stub" cargo test --release --features cuda --lib model::gpu::cuda::tests
 log "building the decode bench"
-bench_exe="$(cargo bench --features cuda --bench decode --no-run --message-format=json 2>/dev/null \
+bench_exe="$(cargo bench --features cuda --bench decode --no-run --message-format=json-render-diagnostics \
   | python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)

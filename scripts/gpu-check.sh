@@ -3,30 +3,37 @@
 # repository root, with gpu-dist/ (from scripts/gpu-build.sh) and models/gpt2-tokenizer/ carried beside it (both
 # are ignored by git: name them in the device tool's `carry`; together about 22 MB).
 #
-#   scripts/gpu-check.sh              # everything below, about 5 minutes; one log: $OUT/gpu-check.log
+#   scripts/gpu-check.sh              # everything below; one log: $OUT/gpu-check.log
 #   GPU_CHECK_ONLY=parity,bench scripts/gpu-check.sh
 #
-# Steps (each bounded by `timeout`; a failing step is logged and the others still run):
+# Steps, in the order they run (each bounded by `timeout`; a failing step is logged and the others still run;
+# the log is written as it goes, so a run cut off by the device's time limit still returns what it finished,
+# and the order puts the issue's table before the wider checks):
 #   facts     nvidia-smi, CPU, library paths, ldd of the binaries
-#   fixtures  GPT-2 124M-shaped checkpoint, every architecture's tiny checkpoint (HF f32 + GGUF q8_0), and a
+#   fixtures  GPT-2 124M-shaped checkpoint, every architecture's tiny checkpoint (HF f32 + GGUF), and a
 #             SmolLM2-135M-shaped Q4_1 GGUF with random weights (from gpu-dist/smollm2-skeleton.gguf.xz)
-#   parity    CPU against the GPU for every architecture: greedy ids (identical required for f32 checkpoints)
-#             and teacher-forced agreement (scripts/gpu_parity.py); then GPT-2 124M and SmolLM2 again with CUDA
-#             graphs (`RILL_GPU_GRAPHS=1`) and with an f16 KV cache (`--kv-dtype f16`, on both sides)
-#   ttft      first-request TTFT of a fresh server with the kernel cache off, against warm requests (prompts of
-#             their own: no prefix-cache hits)
+#   parity    CPU against the GPU (scripts/gpu_parity.py): greedy ids, identical required for f32 checkpoints
+#             (sequential and concurrent, i.e. batched, answers), and teacher-forced agreement. First the benched
+#             paths: GPT-2 124M and SmolLM2, each also with CUDA graphs (`RILL_GPU_GRAPHS=1`)
 #   bench     `rill bench` at 1/8/64 clients against `rill serve --device cuda`; the same with CUDA graphs
 #             (`RILL_GPU_GRAPHS=1`, opt-in), with candle's per-sequence attention (`RILL_GPU_ATTENTION=0`, only when
 #             GPU_CHECK_CANDLE_ATTENTION is set) and, for SmolLM2, with its weights kept quantized
 #             (`RILL_GPU_WEIGHTS=quant`), and GPT-2 with bf16 weights (`--dtype bf16`), each followed by the
-#             server's time per step (/metrics); HF
-#             transformers `generate` on the same checkpoint
+#             server's time per step (/metrics); HF transformers `generate` on the same checkpoint
+#   ttft      first-request TTFT of a fresh server with the kernel cache off, against warm requests (prompts of
+#             their own: no prefix-cache hits)
+#   parity    (second part) every architecture's f32 folder, llama-wide in Q4_0, Q4_1, Q8_0, Q4_K_M and Q6_K
+#             (every mix and each family's Q8_0 too with GPU_CHECK_ALL_WEIGHTS=1), and an f16 KV cache
+#             (`--kv-dtype f16`, on both sides)
 #   decode    `cargo bench`'s decode bench (CPU and GPU side by side)
 #   http      (only when named) the two HTTP benches of `bench` at the defaults
+# Every check on the device also requires that the server ran rill's own GPU paths: its log must show the
+# batched attention kernels loaded, and no failed CUDA graph capture where graphs were on (a silent fallback to
+# candle's path would pass every comparison while checking nothing new).
 # The summary lines start with PARITY, TTFT, BENCH, STEPS and HF; FAILED lines name the steps that failed.
 #
 # Knobs: GPU_CHECK_DEVICE (cuda; `cpu` rehearses the script on a machine without a GPU), GPU_CHECK_PARITY (a
-# regular expression: only the parity checks whose names match), GPU_CHECK_BIN (a
+# regular expression: only the parity checks whose names match), GPU_CHECK_ALL_WEIGHTS, GPU_CHECK_BIN (a
 # folder with `rill` and `decode-bench` instead of gpu-dist/), GPU_CHECK_ONLY (comma-separated steps),
 # GPU_CHECK_TOKENS (tokens per stream for `rill bench` and transformers, 128).
 set -uo pipefail
@@ -127,6 +134,22 @@ EOF
 )" || { say "rill serve $name on $device did not start:"; tail -n 20 "$log"; return 1; }
 }
 stop() { kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null; }
+# paths_ran NAME: the device server just used ran rill's own GPU paths, not a silent fallback to candle's (which
+# would pass every comparison while checking nothing new): its log must say the batched attention kernels
+# loaded (unless RILL_GPU_ATTENTION=0 asked for candle's), and with RILL_GPU_GRAPHS=1 no capture may have failed.
+paths_ran() {
+  [[ "$DEVICE" == cpu ]] && return 0
+  local log="$OUT/serve-${1#parity-}-$DEVICE.log"
+  [[ "$1" == http-* ]] && log="$OUT/serve-bench-${1#http-}-$DEVICE.log"
+  if [[ "${RILL_GPU_ATTENTION:-1}" != 0 ]] && ! grep -q "kernels compiled and loaded" "$log"; then
+    say "FAILED $1: the batched attention kernels did not load:"; grep -m3 "unavailable" "$log"
+    FAILED+=("$1-kernels")
+  fi
+  if [[ "${RILL_GPU_GRAPHS:-}" == 1 ]] && grep -q "CUDA graph capture failed" "$log"; then
+    say "FAILED $1: a CUDA graph capture failed:"; grep -m3 "capture failed" "$log"
+    FAILED+=("$1-graphs")
+  fi
+}
 
 # --- facts -----------------------------------------------------------------------------------------------------
 if wants facts; then
@@ -163,35 +186,46 @@ parity() {
   local flags=()
   [[ "$exact" == --exact ]] && flags=(--exact)
   step "parity-$name" 120 python3 scripts/gpu_parity.py --name "$name" --ref "$ref" --test "$URL" "${flags[@]}"
+  paths_ran "parity-$name"
   stop
   kill "$ref_pid" 2>/dev/null; wait "$ref_pid" 2>/dev/null
 }
-if wants parity; then
-  say "--- parity: CPU against $DEVICE"
+# The parity checks in two parts: the paths the bench's figures stand on (GPT-2 and SmolLM2, with and without
+# CUDA graphs) before the bench, every other architecture and weight type after it, so that a run cut short by
+# its time limit still has the table.
+parity_core() {
+  say "--- parity: CPU against $DEVICE (the benched paths)"
   parity gpt2-124m models/gpt2-124m-shape --exact
-  parity tiny-gpt2 models/tiny-gpt2 --exact
   parity smollm2-q4_1 models/smollm2/SmolLM2-135M-Instruct-Q4_1.gguf -
+  # CUDA graphs, whose first run failed on batched steps (the concurrent answers are batched steps).
+  export RILL_GPU_GRAPHS=1
+  parity gpt2-124m-graphs models/gpt2-124m-shape --exact
+  parity smollm2-q4_1-graphs models/smollm2/SmolLM2-135M-Instruct-Q4_1.gguf -
+  unset RILL_GPU_GRAPHS
+}
+parity_rest() {
+  say "--- parity: CPU against $DEVICE (every architecture, weight type and the f16 KV cache)"
+  parity tiny-gpt2 models/tiny-gpt2 --exact
   for dir in models/arch/*/; do
     fam="$(basename "$dir")"
     [[ -f "$dir/config.json" ]] || continue
     extra=()
     [[ "$fam" == phi3-long ]] && extra=(--ctx-size 256)
     parity "$fam" "$dir" --exact "${extra[@]}"
-    [[ -f "models/arch/$fam-q8_0.gguf" ]] && parity "$fam-q8_0" "models/arch/$fam-q8_0.gguf" - "${extra[@]}"
+    [[ -n "${GPU_CHECK_ALL_WEIGHTS:-}" && -f "models/arch/$fam-q8_0.gguf" ]] &&
+      parity "$fam-q8_0" "models/arch/$fam-q8_0.gguf" - "${extra[@]}"
   done
-  # Every weight type rill quantizes to, on one model.
+  # The weight types the models rill serves come in, on one model (every mix with GPU_CHECK_ALL_WEIGHTS).
   for f in models/arch/llama-wide-*.gguf; do
-    parity "$(basename "$f" .gguf)" "$f" -
+    mix="$(basename "$f" .gguf)"
+    mix="${mix#llama-wide-}"
+    [[ -n "${GPU_CHECK_ALL_WEIGHTS:-}" || " q4_0 q4_1 q8_0 q4_k_m q6_k " == *" $mix "* ]] || continue
+    parity "llama-wide-$mix" "$f" -
   done
-  # Opt-in paths a default could switch to, checked the same way (the concurrent answers are batched steps):
-  # CUDA graphs, whose first run failed on batched steps, and an f16 KV cache on the device.
-  export RILL_GPU_GRAPHS=1
-  parity gpt2-124m-graphs models/gpt2-124m-shape --exact
-  parity smollm2-q4_1-graphs models/smollm2/SmolLM2-135M-Instruct-Q4_1.gguf -
-  unset RILL_GPU_GRAPHS
   parity gpt2-124m-kv-f16 models/gpt2-124m-shape - --kv-dtype f16
   parity smollm2-q4_1-kv-f16 models/smollm2/SmolLM2-135M-Instruct-Q4_1.gguf - --kv-dtype f16
-fi
+}
+wants parity && parity_core
 
 # --- ttft ------------------------------------------------------------------------------------------------------
 # First request of a fresh process (the kernel cache off, so every kernel compiles as on a new machine) against
@@ -232,11 +266,6 @@ EOF
   [[ $? -eq 0 ]] || FAILED+=("ttft-$name")
   stop
 }
-if wants ttft; then
-  say "--- ttft on $DEVICE"
-  ttft gpt2-124m models/gpt2-124m-shape
-  ttft smollm2-q4_1 models/smollm2/SmolLM2-135M-Instruct-Q4_1.gguf
-fi
 
 # --- bench -----------------------------------------------------------------------------------------------------
 # http NAME MODEL [FLAGS...]: `rill bench` at 1, 8 and 64 clients against `rill serve --device $DEVICE FLAGS`.
@@ -248,6 +277,7 @@ http() {
   PREFIX="BENCH $name " step "http-$name" 120 "$RILL" bench --url "$URL" --concurrency 1,8,64 --rounds 1 \
     --max-tokens "$TOKENS" --ignore-eos
   step_times "$name"
+  paths_ran "http-$name"
   stop
 }
 # step_times NAME: the server's step counters (/metrics) over everything it ran: time per step in the forward
@@ -296,6 +326,12 @@ if wants http; then
   http gpt2-124m models/gpt2-124m-shape
   http smollm2-q4_1 models/smollm2/SmolLM2-135M-Instruct-Q4_1.gguf
 fi
+if wants ttft; then
+  say "--- ttft on $DEVICE"
+  ttft gpt2-124m models/gpt2-124m-shape
+  ttft smollm2-q4_1 models/smollm2/SmolLM2-135M-Instruct-Q4_1.gguf
+fi
+wants parity && parity_rest
 if wants decode; then
   say "--- decode bench (CPU and $DEVICE side by side)"
   RILL_BENCH_ROUNDS=1 PREFIX="BENCH decode " step decode-bench 240 "$BIN/decode-bench" --bench

@@ -1,6 +1,7 @@
 //! The CUDA side of [`super`]: NVRTC compilation, the step table, and the two launches of a layer.
 
 use std::collections::HashMap;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 
 use candle_core::backend::BackendStorage;
@@ -234,20 +235,31 @@ impl Kernels {
         self.stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(launch_error)?;
-        let captured = forward(batch, &fixed_inputs, &step);
+        let captured = catch_unwind(AssertUnwindSafe(|| forward(batch, &fixed_inputs, &step)));
+        // A capture the driver invalidated makes the frees of the tensors dropped since fail, and cudarc keeps
+        // that error for the next call, which would return it before ending the capture: take it first.
+        let recorded = self.stream.context().check_err();
         let flags = sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH;
         let ended = self.stream.end_capture(flags);
-        match (captured, ended) {
-            (Ok(logits), Ok(Some(g))) => {
+        let captured = match captured {
+            Ok(c) => c,
+            Err(panic) => {
+                graph.failed = true;
+                self.leave_capture();
+                resume_unwind(panic)
+            }
+        };
+        match (captured, recorded, ended) {
+            (Ok(logits), Ok(()), Ok(Some(g))) => {
                 g.launch().map_err(launch_error)?;
                 graph.graph = Some(Captured(g));
                 graph.logits = Some(logits.clone());
                 Ok(Some(logits))
             }
-            (captured, ended) => {
-                let why = match (captured, ended) {
-                    (Err(e), _) => e.to_string(),
-                    (_, Err(e)) => e.to_string(),
+            (captured, recorded, ended) => {
+                let why = match (&captured, recorded, ended) {
+                    (Err(e), _, _) => e.to_string(),
+                    (_, Err(e), _) | (_, _, Err(e)) => e.to_string(),
                     _ => "no graph".to_string(),
                 };
                 tracing::warn!(
@@ -255,9 +267,28 @@ impl Kernels {
                     "CUDA graph capture failed, running steps of this size as before: {why}"
                 );
                 graph.failed = true;
+                // Tensors made during the capture are freed now, outside it; then the stream runs as before.
+                drop(captured);
+                self.leave_capture();
                 forward(batch, &fixed_inputs, &step).map(Some)
             }
         }
+    }
+
+    /// Ends a capture the stream may still be in (an error ended the attempt before the capture was ended) and
+    /// clears the errors cudarc kept meanwhile, so that the steps after a failed capture run on a stream that
+    /// is not capturing, with no stale error to fail them.
+    fn leave_capture(&self) {
+        use candle_core::cuda_backend::cudarc::driver::sys;
+        let flags = sys::CUgraphInstantiate_flags(0);
+        for _ in 0..3 {
+            let _ = self.stream.context().check_err();
+            match self.stream.capture_status() {
+                Ok(sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE) => break,
+                _ => drop(self.stream.end_capture(flags)),
+            }
+        }
+        let _ = self.stream.context().check_err();
     }
 }
 
