@@ -435,3 +435,40 @@ fn a_shard_outside_the_model_folder_is_refused() {
         );
     }
 }
+
+/// A configuration with fewer layers than its weights hold would run part of the model and answer garbage: it
+/// is refused, naming the first layer left out (llama and GPT-2 layouts).
+#[test]
+fn a_config_with_fewer_layers_than_its_weights_is_refused() {
+    let dir = copy_fixture("fewer-layers");
+    edit_config(&dir, |c| {
+        c.insert("num_hidden_layers".into(), 1.into());
+    });
+    let e = load_error(&dir);
+    assert!(
+        e.contains("1 layers, but the weights hold more (layer 1 is there)"),
+        "{e}"
+    );
+
+    let dir = copy_model("tiny-gpt2", "gpt2-fewer-layers");
+    edit_config(&dir, |c| {
+        c.insert("n_layer".into(), 1.into());
+    });
+    let e = load_error(&dir);
+    assert!(
+        e.contains("config.json")
+            && e.contains("1 layers, but the weights hold more (layer 1 is there)"),
+        "{e}"
+    );
+}
+
+/// A model path that is neither a file nor a folder (a device such as `/dev/null`) is named as such, not
+/// reported as an i/o error of another kind.
+#[test]
+fn a_device_as_the_model_is_named() {
+    let e = load_error(Path::new("/dev/null"));
+    assert!(
+        e.contains("/dev/null: expected a .gguf file or a model folder"),
+        "{e}"
+    );
+}

@@ -215,6 +215,12 @@ fn source_from_path(path: &Path) -> Result<ModelSource, ModelError> {
             .map(|d| d.join("tokenizer.json"))
             .filter(|t| t.exists())
     };
+    if !path.is_file() && !path.is_dir() {
+        return Err(ModelError::Unsupported(format!(
+            "{}: expected a .gguf file or a model folder, not a device, pipe or socket",
+            path.display()
+        )));
+    }
     if path.is_file() {
         return match path.extension().and_then(|e| e.to_str()) {
             Some("gguf") => Ok(ModelSource::Gguf {

@@ -128,6 +128,17 @@ impl Decoder {
             };
             layers.push(load_layer(w, i, &cfg, rope)?);
         }
+        // A configuration with fewer layers than its weights would run part of the model and answer garbage.
+        let next = |s: &str| format!("blk.{}.{s}", cfg.n_layers);
+        if ["attn_norm.weight", "attn_q.weight", "attn_qkv.weight"]
+            .iter()
+            .any(|s| w.has(&next(s)))
+        {
+            return Err(ModelError::Unsupported(format!(
+                "{}: {} layers, but the weights hold more (layer {} is there)",
+                cfg.arch, cfg.n_layers, cfg.n_layers
+            )));
+        }
         let norm = norm(w, "output_norm.weight", eps)?;
         // Tied embeddings: the output projection reuses the embedding table as it is stored.
         let output_w = if w.has("output.weight") {

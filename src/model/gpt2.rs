@@ -316,6 +316,16 @@ impl Gpt2 {
                 mlp_proj: Conv1D::load(b.pp("mlp.c_proj"), 4 * d, d, keep)?,
             });
         }
+        // A configuration with fewer layers than its weights would run part of the model and answer garbage.
+        if vb.contains_tensor(&format!("h.{}.ln_1.weight", cfg.n_layer)) {
+            return Err(ModelError::Invalid {
+                path: config.display().to_string(),
+                reason: format!(
+                    "{} layers, but the weights hold more (layer {} is there)",
+                    cfg.n_layer, cfg.n_layer
+                ),
+            });
+        }
         let ln_f = layer_norm(vb.pp("ln_f"), d, cfg.layer_norm_epsilon)?;
         let lm_head = if root.contains_tensor("lm_head.weight") {
             root.get((cfg.vocab_size, d), "lm_head.weight")?
