@@ -171,8 +171,9 @@ fn absurd_metadata_values_are_refused_cleanly() {
     );
 }
 
-/// The corpus file rewritten with one more metadata entry (candle's writer still places tensors 32 bytes apart).
-fn with_entry(key: &str, value: Value) -> Vec<u8> {
+/// The corpus file rewritten with more metadata entries, in order and repeated keys kept (candle's writer still
+/// places tensors 32 bytes apart).
+fn with_entries(entries: &[(&str, Value)]) -> Vec<u8> {
     let good = common::tiny_llama::tiny_llama();
     let mut reader = std::fs::File::open(good).unwrap();
     let content = Content::read(&mut reader).unwrap();
@@ -192,7 +193,7 @@ fn with_entry(key: &str, value: Value) -> Vec<u8> {
         .iter()
         .map(|(k, v)| (k.as_str(), v))
         .collect();
-    meta.push((key, &value));
+    meta.extend(entries.iter().map(|(k, v)| (*k, v)));
     let tensors: Vec<(&str, &candle_core::quantized::QTensor)> =
         tensors.iter().map(|(n, t)| (*n, t)).collect();
     let mut out = std::io::Cursor::new(Vec::new());
@@ -216,7 +217,8 @@ fn tensor_offset_at(bytes: &[u8], name: &str) -> usize {
 
 /// A GGUF file whose layout is wrong loads as garbage or panics the parser unless it is refused: an alignment
 /// of 0 (candle's parser divides by it), one that is not a power of two or not a u32 (llama.cpp refuses
-/// both), a tensor whose data starts off the alignment, and two tensors over the same bytes. Each is refused
+/// both; repeated or NUL-ended keys read as candle reads them), a tensor whose data starts off the alignment, and
+/// two tensors over the same bytes. Each is refused
 /// with the file named and the reason given; the same file with a valid alignment loads.
 #[test]
 fn misplaced_gguf_layouts_are_refused() {
@@ -227,18 +229,30 @@ fn misplaced_gguf_layouts_are_refused() {
         load(&case).err()
     };
     let key = "general.alignment";
-    assert_eq!(refusal(&with_entry(key, Value::U32(32))), None);
+    assert_eq!(refusal(&with_entries(&[(key, Value::U32(32))])), None);
     for (value, reason) in [
         (Value::U32(0), "is 0, which is not a power of two"),
         (Value::U32(7), "is 7, which is not a power of two"),
         (Value::U64(32), "has GGUF value type 10; it must be a u32"),
         (Value::I32(-32), "has GGUF value type 5; it must be a u32"),
     ] {
-        let err =
-            refusal(&with_entry(key, value.clone())).unwrap_or_else(|| panic!("{value:?} loaded"));
+        let err = refusal(&with_entries(&[(key, value.clone())]))
+            .unwrap_or_else(|| panic!("{value:?} loaded"));
         assert!(
             err.contains("case.gguf") && err.contains(reason),
             "{value:?}: {err}"
+        );
+    }
+    // candle's parser keeps the last of repeated keys and strips NULs that end a key: the check reads them so.
+    let nul_key = format!("{key}\0");
+    for entries in [
+        vec![(key, Value::U32(32)), (key, Value::U32(0))],
+        vec![(nul_key.as_str(), Value::U32(0))],
+    ] {
+        let err = refusal(&with_entries(&entries)).unwrap_or_else(|| panic!("{entries:?} loaded"));
+        assert!(
+            err.contains("is 0, which is not a power of two"),
+            "{entries:?}: {err}"
         );
     }
 

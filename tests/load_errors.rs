@@ -385,23 +385,43 @@ fn add_token(dir: &Path, text: &str) {
     });
 }
 
-/// A tokenizer with tokens past the model's rows (the fixture has 50 257). When its EOS is one of them, the
-/// tokenizer belongs to other weights (generation could never end, grammars could not be built): refused at
-/// load. When only unnamed extra tokens are (some checkpoints' tokenizers hold a few), the model loads and a
-/// prompt holding one is refused, where it failed inside the model before.
+/// A tokenizer with tokens past the model's rows (the fixture has 50 257). When every end-of-sequence token is
+/// one of them, the tokenizer belongs to other weights (generation could never end, grammars could not be
+/// built): refused at load. When the configuration still names one inside the rows (a fine-tune that added an
+/// end token without resizing its embedding), the model loads and ends on that one. When only unnamed extra
+/// tokens are past the rows (some checkpoints' tokenizers hold a few), the model loads and a prompt holding one
+/// is refused, where it failed inside the model before.
 #[test]
 fn tokens_past_the_model_rows() {
-    let dir = copy_fixture("foreign-eos");
-    add_token(&dir, "<|end_other|>");
-    edit_json(&dir.join("tokenizer_config.json"), |c| {
-        c.insert("eos_token".into(), "<|end_other|>".into());
-    });
+    let foreign_eos = |name: &str| {
+        let dir = copy_fixture(name);
+        add_token(&dir, "<|end_other|>");
+        edit_json(&dir.join("tokenizer_config.json"), |c| {
+            c.insert("eos_token".into(), "<|end_other|>".into());
+        });
+        // `<|endoftext|>` made an ordinary token, so that it is no end-of-turn token either.
+        edit_json(&dir.join("tokenizer.json"), |t| {
+            t["added_tokens"][0]["special"] = false.into();
+        });
+        dir
+    };
+    let dir = foreign_eos("foreign-eos");
+    for file in ["config.json", "generation_config.json"] {
+        edit_json(&dir.join(file), |c| {
+            c.remove("eos_token_id");
+        });
+    }
     let e = load_error(&dir);
     assert!(
         e.contains("end-of-sequence token `<|end_other|>` is id 50257")
             && e.contains("50257 token rows"),
         "{e}"
     );
+
+    let dir = foreign_eos("foreign-eos-config-id");
+    let source = locator(&dir).resolve(dir.to_str().unwrap()).unwrap();
+    let loaded = load::load(&source, "fine-tune", &Device::Cpu).unwrap();
+    assert_eq!(loaded.tokenizer.eos_ids, [50256]);
 
     let dir = copy_fixture("extra-token");
     add_token(&dir, "<|extra|>");

@@ -134,9 +134,12 @@ pub fn quantize(input: &Path, output: &Path, mix: Mix) -> Result<Report, ModelEr
         };
         tensors.push((name.clone(), q));
     }
+    // candle's writer places tensors 32 bytes apart whatever the input declared: another alignment copied over
+    // would misplace every tensor.
     let metadata: Vec<(&str, &gguf_file::Value)> = content
         .metadata
         .iter()
+        .filter(|(k, _)| k.as_str() != "general.alignment")
         .map(|(k, v)| (k.as_str(), v))
         .collect();
     let mut sorted_meta = metadata;

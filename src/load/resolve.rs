@@ -145,10 +145,17 @@ impl ModelLocator {
             }));
         };
         let dir = config.parent().expect("a file has a parent").to_path_buf();
+        // Needed by every folder rill loads; a silent hub is named when the cache lacks it.
+        fetch("tokenizer.json")?.ok_or_else(|| {
+            missing(ModelError::Invalid {
+                path: dir.display().to_string(),
+                reason: "no tokenizer.json".into(),
+            })
+        })?;
         for extra in [
-            "tokenizer.json",
             "tokenizer_config.json",
             "generation_config.json",
+            "chat_template.jinja",
         ] {
             fetch(extra)?;
         }
@@ -180,31 +187,49 @@ impl ModelLocator {
 /// How long the hub may take to connect and to answer before rill gives up on it: `RILL_HUB_TIMEOUT_SECS`,
 /// else 20 s.
 fn hub_timeout() -> Duration {
-    std::env::var("RILL_HUB_TIMEOUT_SECS")
-        .ok()
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .map_or(Duration::from_secs(20), |s| {
-            Duration::from_secs_f64(s.min(3600.0))
-        })
+    let default = Duration::from_secs(20);
+    let Ok(v) = std::env::var("RILL_HUB_TIMEOUT_SECS") else {
+        return default;
+    };
+    match v.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 => Duration::from_secs_f64(s.min(3600.0)),
+        _ => {
+            tracing::warn!(
+                "RILL_HUB_TIMEOUT_SECS={v:?} is not a number of seconds above 0; waiting 20 s"
+            );
+            default
+        }
+    }
 }
 
 /// Asks the hub for `url`'s headers, saying so in the log: any HTTP answer (even a 404 or a 401) shows the hub is
-/// there; no answer within [`hub_timeout`] is an error. The downloads that follow have no such limit.
+/// there; no answer within [`hub_timeout`], name lookup and redirects included, is an error. The request runs
+/// on a thread of its own, since the client bounds neither the lookup nor the sum of its redirects; one that
+/// hangs is left behind. The downloads that follow have no such limit.
 fn hub_answers(url: &str) -> Result<(), String> {
     let timeout = hub_timeout();
     tracing::info!("asking the hub for {url}");
-    let agent = ureq::AgentBuilder::new()
-        .try_proxy_from_env(true)
-        .timeout_connect(timeout)
-        .timeout_read(timeout)
-        .build();
-    match agent.head(url).call() {
-        Ok(_) | Err(ureq::Error::Status(..)) => Ok(()),
-        Err(ureq::Error::Transport(t)) => Err(format!(
-            "no answer within {} s ({t}); RILL_HUB_TIMEOUT_SECS waits longer",
+    let (tx, rx) = std::sync::mpsc::channel();
+    let request = url.to_string();
+    std::thread::spawn(move || {
+        let agent = ureq::AgentBuilder::new()
+            .try_proxy_from_env(true)
+            .timeout(timeout)
+            .build();
+        let _ = tx.send(match agent.head(&request).call() {
+            Ok(_) | Err(ureq::Error::Status(..)) => Ok(()),
+            Err(ureq::Error::Transport(t)) => Err(t.to_string()),
+        });
+    });
+    let silent = |why: String| {
+        format!(
+            "no answer within {} s ({why}); RILL_HUB_TIMEOUT_SECS waits longer",
             timeout.as_secs_f64()
-        )),
+        )
+    };
+    match rx.recv_timeout(timeout) {
+        Ok(answer) => answer.map_err(silent),
+        Err(_) => Err(silent(format!("{url}: still waiting"))),
     }
 }
 

@@ -29,7 +29,7 @@ pub enum TokenizerError {
         at_least: usize,
         limit: usize,
     },
-    /// A BOS or EOS token the model has no row for (see [`TextTokenizer::fit_rows`]).
+    /// A tokenizer whose every end-of-sequence token the model has no row for (see [`TextTokenizer::fit_rows`]).
     #[error("the tokenizer's {what} token `{text}` is id {id}, but the model has {rows} token rows: the tokenizer does not belong to these weights")]
     ForeignSpecial {
         what: &'static str,
@@ -133,33 +133,30 @@ impl TextTokenizer {
             .and_then(|b| self.inner.token_to_id(b))
     }
 
-    /// The id of the EOS token the model's configuration names, if the tokenizer has it.
-    pub fn eos_id(&self) -> Option<u32> {
-        self.eos_token
-            .as_deref()
-            .and_then(|e| self.inner.token_to_id(e))
-    }
-
-    /// Fits the tokenizer to a model with `rows` token rows (embedding and output head): refuses one whose BOS
-    /// or EOS token the model has no row for (a tokenizer made for other weights: generation could never end
-    /// on its EOS), and drops end-of-turn ids found by their text past the rows. Tokens past the rows that no
-    /// configuration names are left: some checkpoints' tokenizers hold a few more tokens than their weights
-    /// and run as long as prompts avoid them (see [`TokenizerError::OutsideModel`]).
+    /// Fits the tokenizer to a model with `rows` token rows (embedding and output head): end ids past the rows
+    /// are dropped (the model can never produce them), and when none is left while some were named the tokenizer
+    /// is refused (a tokenizer made for other weights: generation could never end). A BOS past the rows is no
+    /// longer put before prompts. Other tokens past the rows are left: some checkpoints' tokenizers hold a few
+    /// more tokens than their weights and run as long as prompts avoid them (see
+    /// [`TokenizerError::OutsideModel`]).
     pub fn fit_rows(&mut self, rows: usize) -> Result<(), TokenizerError> {
-        for (what, id, text) in [
-            ("end-of-sequence", self.eos_id(), &self.eos_token),
-            ("beginning-of-sequence", self.bos_id(), &self.bos_token),
-        ] {
-            if let (Some(id), Some(text)) = (id.filter(|&id| id as usize >= rows), text) {
+        let inside = |id: &u32| (*id as usize) < rows;
+        if let Some(&id) = self.eos_ids.iter().find(|id| !inside(id)) {
+            if !self.eos_ids.iter().any(inside) {
                 return Err(TokenizerError::ForeignSpecial {
-                    what,
-                    text: text.clone(),
+                    what: "end-of-sequence",
+                    text: self.decode(&[id], false).unwrap_or_default(),
                     id,
                     rows,
                 });
             }
+            tracing::warn!("end-of-sequence id {id} is past the model's {rows} token rows; ending on the others");
+            self.eos_ids.retain(inside);
         }
-        self.eos_ids.retain(|&id| (id as usize) < rows);
+        if let Some(bos) = self.add_bos.filter(|id| !inside(id)) {
+            tracing::warn!("the BOS token (id {bos}) is past the model's {rows} token rows; prompts start without it");
+            self.add_bos = None;
+        }
         Ok(())
     }
 

@@ -15,8 +15,8 @@ const DEFAULT_ALIGNMENT: u64 = 32;
 const U32: u32 = 4;
 /// GGUF's value type number for arrays.
 const ARRAY: u32 = 9;
-/// The deepest nesting of arrays the header walk follows (real files nest none).
-const MAX_NESTING: usize = 4;
+/// The deepest nesting of arrays the header walk follows (real files nest none; candle's parser allows this).
+const MAX_NESTING: usize = 64;
 
 /// Parses a GGUF header from the start of `reader`: its alignment checked first, then candle's parse, then
 /// every tensor's place. Errors are one line for "invalid model file".
@@ -64,25 +64,34 @@ struct Walker<'a, R> {
 
 impl<'a, R: Read + Seek> Walker<'a, R> {
     /// The value type of metadata entry `key` and, when that is u32, its value; `None` when the header has no
-    /// such entry.
+    /// such entry. Read as candle's parser reads it: either byte order of the magic, keys with trailing NULs
+    /// stripped, and the last of repeated keys.
     fn declared(reader: &'a mut R, key: &str) -> io::Result<Option<(u32, u32)>> {
         let mut w = Walker { reader, wide: true };
-        if w.u32()? != u32::from_le_bytes(*b"GGUF") {
+        if ![*b"GGUF", *b"FUGG"].contains(&w.u32()?.to_le_bytes()) {
             return Err(io::ErrorKind::InvalidData.into());
         }
-        w.wide = w.u32()? >= 2;
+        w.wide = w.u32()? != 1;
         let _tensors = w.len()?;
         let entries = w.len()?;
+        let mut found = None;
         for _ in 0..entries {
-            let name = w.string()?;
+            let mut name = w.string()?;
+            while name.last() == Some(&0) {
+                name.pop();
+            }
             let kind = w.u32()?;
             if name == key.as_bytes() {
                 let value = if kind == U32 { w.u32()? } else { 0 };
-                return Ok(Some((kind, value)));
+                found = Some((kind, value));
+                if kind != U32 {
+                    w.skip_value(kind, 0)?;
+                }
+            } else {
+                w.skip_value(kind, 0)?;
             }
-            w.skip_value(kind, 0)?;
         }
-        Ok(None)
+        Ok(found)
     }
 
     fn u32(&mut self) -> io::Result<u32> {
