@@ -135,11 +135,13 @@ pub fn quantize(input: &Path, output: &Path, mix: Mix) -> Result<Report, ModelEr
         tensors.push((name.clone(), q));
     }
     // candle's writer places tensors 32 bytes apart whatever the input declared: another alignment copied over
-    // would misplace every tensor.
+    // would misplace every tensor (a declared 32 is kept, so outputs stay byte for byte what they were).
     let metadata: Vec<(&str, &gguf_file::Value)> = content
         .metadata
         .iter()
-        .filter(|(k, _)| k.as_str() != "general.alignment")
+        .filter(|(k, v)| {
+            k.as_str() != "general.alignment" || matches!(v, gguf_file::Value::U32(32))
+        })
         .map(|(k, v)| (k.as_str(), v))
         .collect();
     let mut sorted_meta = metadata;
