@@ -116,16 +116,21 @@ fn corrupted_gguf_files_are_refused_cleanly() {
     assert!(refused > 100, "{refused} refused, {loaded} loaded");
 }
 
-/// Where the value of metadata entry `key` starts in a GGUF file's bytes: after the key (its u64 length and
-/// bytes, searched with the length so that no longer key that starts alike matches) and the u32 value type.
-fn value_offset(bytes: &[u8], key: &str) -> usize {
-    let mut pattern = (key.len() as u64).to_le_bytes().to_vec();
-    pattern.extend_from_slice(key.as_bytes());
-    let at = bytes
+/// Where the bytes after GGUF string `text` start in a file: the string is searched with its u64 length, so
+/// that no longer string that starts alike matches.
+fn after_string(bytes: &[u8], text: &str) -> usize {
+    let mut pattern = (text.len() as u64).to_le_bytes().to_vec();
+    pattern.extend_from_slice(text.as_bytes());
+    bytes
         .windows(pattern.len())
         .position(|w| w == pattern)
-        .unwrap_or_else(|| panic!("{key} not found"));
-    at + pattern.len() + 4
+        .unwrap_or_else(|| panic!("{text} not found"))
+        + pattern.len()
+}
+
+/// Where the value of metadata entry `key` starts in a GGUF file's bytes: after the key and the u32 value type.
+fn value_offset(bytes: &[u8], key: &str) -> usize {
+    after_string(bytes, key) + 4
 }
 
 /// Every numeric metadata value of the corpus file (layer and head counts, widths, context, norm epsilon,
@@ -204,13 +209,7 @@ fn with_entries(entries: &[(&str, Value)]) -> Vec<u8> {
 /// Where tensor `name`'s data offset lies in a GGUF file's bytes: after its name (u64 length and bytes), its
 /// dimension count, its u64 dimensions and its type.
 fn tensor_offset_at(bytes: &[u8], name: &str) -> usize {
-    let mut pattern = (name.len() as u64).to_le_bytes().to_vec();
-    pattern.extend_from_slice(name.as_bytes());
-    let at = bytes
-        .windows(pattern.len())
-        .position(|w| w == pattern)
-        .unwrap_or_else(|| panic!("{name} not found"))
-        + pattern.len();
+    let at = after_string(bytes, name);
     let dims = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
     at + 4 + 8 * dims + 4
 }
